@@ -1,0 +1,79 @@
+"""Qwen3-style decoder, size presets, abstract init and sharded materialisation.
+
+Typical use (functional NNX: split once, pure functions of params):
+
+  cfg = get_preset("tiny").model
+  graphdef, params = init_params(cfg, mesh=mesh)      # created already sharded
+  model = nnx.merge(graphdef, params)                  # inside jitted functions
+  hidden, _ = model(tokens, positions, mask)
+  logits = model.logits(hidden)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from real_jax import sharding as shd
+from real_jax.models.presets import PRESETS, Preset, get_preset
+from real_jax.models.qwen3 import (CACHE_AXES, PARAM_AXES, Qwen3, Qwen3Config, forward_logits,
+                                   init_cache, positions_from_mask)
+
+__all__ = [
+    "CACHE_AXES", "PARAM_AXES", "PRESETS", "Preset", "Qwen3", "Qwen3Config", "abstract_model",
+    "cache_shardings", "forward_logits", "get_preset", "init_cache", "init_params",
+    "param_path", "param_shardings", "positions_from_mask",
+]
+
+
+def param_path(keypath) -> str:
+  """'layers/q_proj' for a state leaf's key path (drops the Variable's `.value`)."""
+  parts = []
+  for k in keypath:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.GetAttrKey) and k.name != "value":
+      parts.append(k.name)
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+  return "/".join(parts)
+
+
+def abstract_model(cfg: Qwen3Config) -> tuple[nnx.GraphDef, nnx.State]:
+  """GraphDef and a State of ShapeDtypeStructs; allocates nothing."""
+  return nnx.split(nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0))))
+
+
+def param_shardings(state: nnx.State, mesh: Mesh, rules=shd.DEFAULT_RULES) -> Any:
+  """NamedSharding for every parameter, from PARAM_AXES and the logical rules."""
+  def one(keypath, leaf):
+    name = param_path(keypath)
+    if name not in PARAM_AXES:
+      raise KeyError(f"parameter {name!r} has no entry in PARAM_AXES")
+    return shd.named_sharding(leaf.shape, PARAM_AXES[name], mesh, rules, name=name)
+  return jax.tree_util.tree_map_with_path(one, state)
+
+
+def cache_shardings(mesh: Mesh, cfg: Qwen3Config, batch_size: int, length: int,
+                    rules=shd.DEFAULT_RULES) -> dict[str, Any]:
+  shape = (cfg.num_layers, batch_size, length, cfg.num_kv_heads, cfg.head_dim)
+  s = shd.named_sharding(shape, CACHE_AXES, mesh, rules, name="kv_cache")
+  return {"k": s, "v": s}
+
+
+def init_params(cfg: Qwen3Config, *, mesh: Mesh | None = None, rules=shd.DEFAULT_RULES,
+                seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
+  """Random parameters, materialised directly into their shardings (never whole on one device)."""
+  graphdef, abstract = abstract_model(cfg)
+  out_shardings = param_shardings(abstract, mesh, rules) if mesh is not None else None
+
+  @jax.jit
+  def init():
+    return nnx.split(Qwen3(cfg, rngs=nnx.Rngs(seed)))[1]
+
+  if out_shardings is not None:
+    init = jax.jit(init, out_shardings=out_shardings)
+  return graphdef, init()

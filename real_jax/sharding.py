@@ -1,0 +1,168 @@
+"""Device mesh factory and logical-axis sharding rules.
+
+Three mesh axes, as in MaxText but kept small:
+  data    pure data parallelism (parameters replicated),
+  fsdp    data parallelism with parameters and optimizer state sharded,
+  tensor  tensor (model) parallelism over heads / MLP / vocabulary.
+
+Model code names the *logical* axes of each array ("embed", "mlp", "batch", ...);
+`DEFAULT_RULES` maps them to mesh axes. The batch is split over (data, fsdp).
+Mesh axis types are `AxisType.Auto` (GSPMD propagation), chosen explicitly
+because `jax.make_mesh` defaults to explicit sharding in jax 0.10.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None for replicated).
+Rules = Mapping[str, Any]
+DEFAULT_RULES: dict[str, Any] = {
+    # parameters
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "q_heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "head_dim": None,
+    "layers": None,
+    "norm": None,
+    # activations and caches
+    "batch": ("data", "fsdp"),
+    "length": None,
+    "act_embed": None,
+    "act_vocab": "tensor",
+    "cache_batch": ("data", "fsdp"),
+    "cache_length": None,
+}
+
+
+def make_mesh(shape: Sequence[int] | Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+  """Builds a (data, fsdp, tensor) mesh. One entry may be -1 ("all remaining devices").
+
+  Raises ValueError naming the requested shape and the device count when they do not match.
+  """
+  if isinstance(shape, Mapping):
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+      raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
+    shape = [shape.get(a, 1) for a in MESH_AXES]
+  shape = [int(s) for s in shape]
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}")
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
+  if -1 in shape:
+    rest = math.prod(s for s in shape if s != -1)
+    if rest <= 0 or n % rest:
+      raise ValueError(f"mesh shape {dict(zip(MESH_AXES, shape))} cannot be filled from "
+                       f"{n} devices: {n} is not a multiple of {rest}")
+    shape[shape.index(-1)] = n // rest
+  if math.prod(shape) != n or min(shape) < 1:
+    raise ValueError(f"mesh shape {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} "
+                     f"devices but {n} are available ({jax.default_backend()}); change the "
+                     f"config's mesh or the device count")
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(axes: Sequence[str | None], rules: Rules = DEFAULT_RULES) -> P:
+  """PartitionSpec for an array whose dimensions have the given logical names."""
+  out, used = [], set()
+  for name in axes:
+    mesh_axes = rules.get(name) if name is not None else None
+    if name is not None and name not in rules:
+      raise KeyError(f"no sharding rule for logical axis {name!r}")
+    if isinstance(mesh_axes, str):
+      mesh_axes = (mesh_axes,)
+    # A mesh axis may shard only one dimension of an array.
+    mesh_axes = tuple(a for a in (mesh_axes or ()) if a not in used)
+    used.update(mesh_axes)
+    out.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+  return P(*out)
+
+
+def _axis_size(mesh: Mesh, entry) -> int:
+  if entry is None:
+    return 1
+  names = (entry,) if isinstance(entry, str) else entry
+  return math.prod(mesh.shape[a] for a in names)
+
+
+def named_sharding(shape: Sequence[int], axes: Sequence[str | None], mesh: Mesh,
+                   rules: Rules = DEFAULT_RULES, name: str = "array") -> NamedSharding:
+  """NamedSharding for `shape`, checking that every sharded dimension divides its mesh axes."""
+  if len(shape) != len(axes):
+    raise ValueError(f"{name}: shape {tuple(shape)} has {len(shape)} dims but logical axes "
+                     f"{tuple(axes)} name {len(axes)}")
+  spec = logical_to_spec(axes, rules)
+  for dim, logical, entry in zip(shape, axes, spec):
+    size = _axis_size(mesh, entry)
+    if dim % size:
+      raise ValueError(
+          f"{name}: dimension {logical!r} of size {dim} does not divide mesh axis {entry!r} of "
+          f"size {size} (mesh {dict(mesh.shape)}); pick a mesh whose {entry!r} size divides {dim}")
+  return NamedSharding(mesh, spec)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = DEFAULT_RULES) -> NamedSharding:
+  """Sharding of a [batch, ...] input: batch over the data axes, the rest replicated."""
+  return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+# Activation constraints. A mesh + rules set with `activation_sharding` make
+# `constrain` pin activations; with none set it is the identity (single device).
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(
+    "real_jax_activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
+  """Within this context, traced model code constrains activations to `mesh` by `rules`."""
+  token = _ACTIVE.set((mesh, rules))
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  active = _ACTIVE.get()
+  if active is None:
+    return x
+  mesh, rules = active
+  spec = logical_to_spec(axes, rules)
+  # Skip dims that do not divide (e.g. a batch of 1 while sampling); never silently wrong.
+  spec = P(*[e if x.shape[i] % _axis_size(mesh, e) == 0 else None for i, e in enumerate(spec)])
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def abstract_mesh(shape: Sequence[int] | Mapping[str, int], num_devices: int):
+  """A device-free (data, fsdp, tensor) mesh for planning shardings of hardware we do not have."""
+  from jax.sharding import AbstractMesh
+  devices = list(range(num_devices))
+  if isinstance(shape, Mapping):
+    shape = [shape.get(a, 1) for a in MESH_AXES]
+  shape = list(shape)
+  if -1 in shape:
+    rest = math.prod(s for s in shape if s != -1)
+    shape[shape.index(-1)] = len(devices) // rest
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"mesh shape {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} "
+                     f"devices, not {num_devices}")
+  return AbstractMesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

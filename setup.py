@@ -1,0 +1,44 @@
+"""real_jax: REAL (regression-aware RL) for LLM-as-a-judge in JAX/Flax."""
+from setuptools import find_packages, setup
+
+# Versions that install together on a fresh machine (see ../shared/reference/env.md).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "transformers==5.24.0",
+    "safetensors==0.8.0",
+    "tokenizers==0.23.3",
+    "tensorflow-datasets==4.9.10",
+    "array_record==0.8.6",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "jinja2==3.1.6",  # chat templates; transformers only pulls it in through torch
+    "tqdm==4.70.1",
+    "tensorboardX==2.6.5",
+]
+
+EXTRAS = {
+    "test": [
+        "pytest==9.2.0",
+        "torch==2.13.0",  # CPU wheel; reference implementation for parity tests only
+        "nbmake==1.5.5",
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
+    ],
+}
+
+setup(
+    name="real_jax",
+    version="0.1.0",
+    description="Regression-aware reinforcement learning (REAL) for LLM-as-a-judge in JAX/Flax",
+    packages=find_packages(include=["real_jax", "real_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

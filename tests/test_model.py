@@ -1,0 +1,247 @@
+"""Qwen3 model: parity with transformers, KV cache, HF import/export, sharding, presets."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hf_fixtures import make_tiny_qwen3
+from real_jax import models
+from real_jax import sharding as shd
+from real_jax.models import hf as hf_io
+from real_jax.tools import check_hf_parity, memory_table
+
+PARITY_CASES = {
+    "tied": dict(),
+    "untied_headdim24_theta1e6": dict(tie_word_embeddings=False, head_dim=24, rope_theta=1e6),
+    "gqa3_theta500": dict(num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+                          hidden_size=48, rope_theta=500.0),
+    "mha_3layers": dict(num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=3,
+                        rope_theta=1e5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARITY_CASES))
+def test_logits_match_transformers_fp32(tmp_path, case):
+  ckpt = make_tiny_qwen3(str(tmp_path / case), seed=1, **PARITY_CASES[case])
+  diff, tol = check_hf_parity.check(ckpt, "float32", batch=4, length=20)
+  assert tol == 1e-4
+  assert diff <= tol, f"{case}: max_abs_diff={diff}"
+
+
+def test_logits_match_transformers_bf16(tmp_path):
+  # bf16 keeps ~3 significant digits; the stated tolerance is 4e-2 x max(1, max|logit|).
+  ckpt = make_tiny_qwen3(str(tmp_path / "bf16"), seed=2, dtype="bfloat16",
+                         tie_word_embeddings=False)
+  diff, tol = check_hf_parity.check(ckpt, "bfloat16", batch=3, length=16)
+  assert diff <= tol, f"bf16 max_abs_diff={diff} > {tol}"
+  with open(os.path.join(ckpt, "config.json")) as f:
+    assert json.load(f)["dtype"] == "bfloat16"
+
+
+def test_parity_tool_cli_exit_codes(tmp_path, capsys):
+  ckpt = make_tiny_qwen3(str(tmp_path / "cli"), seed=3)
+  assert check_hf_parity.main([ckpt]) == 0
+  out = capsys.readouterr().out
+  assert "max_abs_diff=" in out and float(out.split("max_abs_diff=")[1].split()[0]) <= 1e-4
+  # A deliberately broken checkpoint (one norm weight changed behind the loader's back) fails.
+  from safetensors.numpy import load_file, save_file
+  path = os.path.join(ckpt, "model.safetensors")
+  tensors = load_file(path)
+  tensors["model.layers.0.mlp.down_proj.weight"] = tensors["model.layers.0.mlp.down_proj.weight"] * 1.01
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  save_file(tensors, str(broken / "model.safetensors"))
+  jax_only = check_hf_parity.jax_logits
+  tokens, mask, positions = check_hf_parity.make_batch(256, 2, 8, 0)
+  ref = check_hf_parity.hf_logits(ckpt, "float32", tokens, mask, positions)
+  (broken / "config.json").write_text(open(os.path.join(ckpt, "config.json")).read())
+  ours = jax_only(str(broken), "float32", tokens, mask, positions)
+  assert np.abs(ref - ours)[mask].max() > 1e-4
+
+
+def _random_batch(vocab, b, t, seed=0):
+  rng = np.random.RandomState(seed)
+  tokens = rng.randint(1, vocab, (b, t)).astype(np.int32)
+  mask = np.ones((b, t), bool)
+  for i in range(1, b):
+    mask[i, : 2 * i] = False
+  return jnp.asarray(np.where(mask, tokens, 0)), jnp.asarray(mask)
+
+
+@pytest.mark.parametrize("scan_layers,remat", [(True, "none"), (False, "full")])
+def test_kv_cache_decode_matches_full_forward(scan_layers, remat):
+  cfg = models.get_preset("tiny").model.replace(scan_layers=scan_layers, remat=remat)
+  graphdef, params = models.init_params(cfg, seed=0)
+  b, prompt_len, steps = 3, 7, 5
+  tokens, mask = _random_batch(cfg.vocab_size, b, prompt_len + steps)
+  mask = mask.at[:, prompt_len:].set(True)  # generated tokens are always real
+  full = models.forward_logits(graphdef, params, tokens, mask)
+
+  model = nnx.merge(graphdef, params)
+  total = prompt_len + steps + 2  # spare cache slots stay masked
+  cache = models.init_cache(cfg, b, total)
+  kv_mask = jnp.zeros((b, total), bool).at[:, :prompt_len].set(mask[:, :prompt_len])
+  positions = models.positions_from_mask(mask)
+  hidden, cache = model(tokens[:, :prompt_len], positions[:, :prompt_len], kv_mask,
+                        cache=cache, cache_index=0)
+  np.testing.assert_allclose(model.logits(hidden)[mask[:, :prompt_len]],
+                             full[:, :prompt_len][mask[:, :prompt_len]], atol=1e-5)
+  step = jax.jit(lambda tok, pos, kvm, c, i: model(tok, pos, kvm, cache=c, cache_index=i))
+  for t in range(prompt_len, prompt_len + steps):
+    kv_mask = kv_mask.at[:, t].set(True)
+    hidden, cache = step(tokens[:, t:t + 1], positions[:, t:t + 1], kv_mask, cache, t)
+    np.testing.assert_allclose(model.logits(hidden)[:, 0], full[:, t], atol=1e-5,
+                               err_msg=f"decode step {t}")
+
+
+def test_scan_unrolled_and_remat_agree():
+  cfg = models.get_preset("tiny").model
+  graphdef, params = models.init_params(cfg, seed=1)
+  tokens, mask = _random_batch(cfg.vocab_size, 2, 9)
+  ref = models.forward_logits(graphdef, params, tokens, mask)
+  for kw in (dict(scan_layers=False), dict(remat="dots"), dict(remat="full")):
+    g2, _ = models.abstract_model(cfg.replace(**kw))
+    np.testing.assert_allclose(models.forward_logits(g2, params, tokens, mask), ref, atol=1e-5)
+
+  def loss(p, g):
+    return models.forward_logits(g, p, tokens, mask).mean()
+  g_ref = jax.grad(loss)(params, graphdef)
+  g_remat = jax.grad(loss)(params, models.abstract_model(cfg.replace(remat="full"))[0])
+  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_remat)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_export_then_transformers_load_gives_same_logits(tmp_path, tied):
+  import torch
+  from transformers import AutoModelForCausalLM
+  cfg = models.get_preset("tiny").model.replace(tie_word_embeddings=tied)
+  graphdef, params = models.init_params(cfg, seed=4)
+  out = hf_io.export_hf(str(tmp_path / "export"), cfg, params)
+  hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+  tokens, mask, positions = check_hf_parity.make_batch(cfg.vocab_size, 3, 12, 1)
+  with torch.no_grad():
+    ref = hf(input_ids=torch.from_numpy(tokens.astype(np.int64)),
+             attention_mask=torch.from_numpy(mask.astype(np.int64)),
+             position_ids=torch.from_numpy(positions.astype(np.int64))).logits.numpy()
+  ours = np.asarray(models.forward_logits(graphdef, params, tokens, mask, positions))
+  assert np.abs(ref - ours)[mask].max() <= 1e-4
+
+
+def test_export_sharded_index_and_reload(tmp_path):
+  cfg = models.get_preset("tiny").model.replace(tie_word_embeddings=False)
+  _, params = models.init_params(cfg, seed=5)
+  out = hf_io.export_hf(str(tmp_path / "sharded"), cfg, params, max_shard_bytes=60_000)
+  assert os.path.exists(os.path.join(out, "model.safetensors.index.json"))
+  assert len([f for f in os.listdir(out) if f.endswith(".safetensors")]) > 1
+  cfg2, _, params2 = hf_io.load_hf(out)
+  assert cfg2.replace(initializer_range=cfg.initializer_range) == cfg
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_load_transformers_sharded_checkpoint_in_requested_dtype(tmp_path):
+  import torch
+  from transformers import Qwen3Config as HFConfig, Qwen3ForCausalLM
+  torch.manual_seed(0)
+  model = Qwen3ForCausalLM(HFConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=16))
+  out = str(tmp_path / "hf_sharded")
+  model.save_pretrained(out, max_shard_size="100KB")
+  assert os.path.exists(os.path.join(out, "model.safetensors.index.json"))
+  cfg, _, params = hf_io.load_hf(out, dtype="bfloat16")
+  assert cfg.dtype == cfg.param_dtype == "bfloat16"
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+  emb = model.model.embed_tokens.weight.detach().numpy()
+  np.testing.assert_allclose(np.asarray(params["embedding"][...], np.float32), emb, rtol=1e-2)
+
+
+def test_load_errors_name_the_problem(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  ckpt = make_tiny_qwen3(str(tmp_path / "base"))
+  tensors = load_file(os.path.join(ckpt, "model.safetensors"))
+  config = open(os.path.join(ckpt, "config.json")).read()
+
+  def variant(name, tensors, config_text=config):
+    d = tmp_path / name
+    d.mkdir()
+    save_file(tensors, str(d / "model.safetensors"))
+    (d / "config.json").write_text(config_text)
+    return str(d)
+
+  extra = dict(tensors, **{"model.layers.0.self_attn.q_proj.bias": np.zeros(64, np.float32)})
+  with pytest.raises(ValueError, match="q_proj.bias"):
+    hf_io.load_hf(variant("extra", extra))
+  missing = {k: v for k, v in tensors.items() if k != "model.layers.1.mlp.up_proj.weight"}
+  with pytest.raises(ValueError, match=r"missing .*model\.layers\.1\.mlp\.up_proj\.weight"):
+    hf_io.load_hf(variant("missing", missing))
+  llama = json.loads(config)
+  llama["model_type"] = "llama"
+  with pytest.raises(ValueError, match="model_type='llama'"):
+    hf_io.load_hf(variant("llama", tensors, json.dumps(llama)))
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    hf_io.load_hf(str(tmp_path))
+
+
+def test_sharded_forward_equals_single_device():
+  cfg = models.get_preset("tiny").model
+  mesh = shd.make_mesh({"fsdp": 2, "tensor": 4})
+  graphdef, params = models.init_params(cfg, mesh=mesh, seed=6)
+  # Every weight really is split across devices.
+  q = params["layers"]["q_proj"][...]
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (2, 32, 2, 16)
+  tokens, mask = _random_batch(cfg.vocab_size, 4, 10)
+  single = jax.tree.map(lambda x: jax.device_put(np.asarray(x), jax.devices()[0]), params)
+  ref = models.forward_logits(graphdef, single, tokens, mask)
+  batch_sharding = shd.batch_sharding(mesh)
+  with shd.activation_sharding(mesh):
+    fn = jax.jit(models.forward_logits, static_argnums=0)
+    out = fn(graphdef, params, jax.device_put(tokens, batch_sharding),
+             jax.device_put(mask, batch_sharding))
+  assert out.sharding.spec[0] in (("data", "fsdp"), "fsdp")
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+
+
+def test_mesh_and_divisibility_errors():
+  with pytest.raises(ValueError, match=r"needs 3 devices but 8 are available"):
+    shd.make_mesh({"data": 3})
+  with pytest.raises(ValueError, match=r"not a multiple of 3"):
+    shd.make_mesh({"data": -1, "tensor": 3})
+  with pytest.raises(ValueError, match="unknown mesh axes"):
+    shd.make_mesh({"model": 8})
+  mesh = shd.make_mesh({"tensor": 8})
+  cfg = models.get_preset("tiny").model  # 4 kv heads cannot split over tensor=8
+  with pytest.raises(ValueError, match=r"'kv_heads' of size 4 does not divide mesh axis 'tensor' of size 8"):
+    models.init_params(cfg, mesh=mesh)
+
+
+def test_presets_match_transformers_param_counts_and_print_memory():
+  import torch
+  from transformers import Qwen3Config as HFConfig, Qwen3ForCausalLM
+  rows = []
+  for name, preset in models.PRESETS.items():
+    c = preset.model
+    hf_cfg = HFConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+                      intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers,
+                      num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
+                      head_dim=c.head_dim, tie_word_embeddings=c.tie_word_embeddings)
+    with torch.device("meta"):
+      hf_model = Qwen3ForCausalLM(hf_cfg)
+    hf_count = sum(p.numel() for p in hf_model.parameters())
+    row = memory_table.preset_memory(name)
+    assert row["params"] == hf_count == c.num_params(), name
+    rows.append(row)
+  # Published sizes (rounded) for the real presets.
+  published = {"qwen3-0.6b": 0.6e9, "qwen3-1.7b": 1.7e9, "qwen3-4b": 4.0e9, "qwen3-8b": 8.2e9,
+               "qwen3-14b": 14.8e9, "qwen3-32b": 32.8e9}
+  for r in rows:
+    if r["preset"] in published:
+      assert abs(r["params"] / published[r["preset"]] - 1) < 0.05, r
+  print("\n" + memory_table.markdown_table(rows))
