@@ -245,3 +245,16 @@ def test_presets_match_transformers_param_counts_and_print_memory():
     if r["preset"] in published:
       assert abs(r["params"] / published[r["preset"]] - 1) < 0.05, r
   print("\n" + memory_table.markdown_table(rows))
+
+
+def test_load_hf_directly_into_mesh(tmp_path):
+  ckpt = make_tiny_qwen3(str(tmp_path / "mesh"), seed=7, num_attention_heads=8,
+                         num_key_value_heads=4, head_dim=8, tie_word_embeddings=False)
+  mesh = shd.make_mesh({"fsdp": 2, "tensor": 4})
+  cfg, graphdef, params = hf_io.load_hf(ckpt, mesh=mesh)
+  _, _, single = hf_io.load_hf(ckpt)
+  lm_head = params["lm_head"][...]
+  assert lm_head.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  assert lm_head.addressable_shards[0].data.shape == (cfg.hidden_size // 2, cfg.vocab_size // 4)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -223,7 +223,7 @@ def load_hf(ckpt_dir: str, *, mesh: Mesh | None = None, rules=shd.DEFAULT_RULES,
   reader = _Reader(index)
   missing = []
 
-  def load_one(keypath, leaf):
+  def load_one(keypath, leaf, sharding=None):
     path = param_path(keypath)
     rule = rules_by_param[path]
     got = by_param.get(path, {})
@@ -243,27 +243,18 @@ def load_hf(ckpt_dir: str, *, mesh: Mesh | None = None, rules=shd.DEFAULT_RULES,
       raise ValueError(f"{ckpt_dir}: {path} has shape {host.shape} after mapping, expected "
                        f"{leaf.shape} from config.json")
     host = host.astype(leaf.dtype)
-    if shardings is None:
+    if sharding is None:
       return jax.device_put(host)
-    sharding = _leaf_at(shardings, keypath)
+    # Each device receives only its own slice of the host array.
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
-  params = jax.tree_util.tree_map_with_path(load_one, abstract)
+  if shardings is None:
+    params = jax.tree_util.tree_map_with_path(load_one, abstract)
+  else:
+    params = jax.tree_util.tree_map_with_path(load_one, abstract, shardings)
   if missing:
     raise ValueError(f"{ckpt_dir}: missing {len(missing)} tensors: {missing[:10]}")
   return cfg, graphdef, params
-
-
-def _leaf_at(tree, keypath):
-  node = tree
-  for k in keypath:
-    if isinstance(k, jax.tree_util.DictKey):
-      node = node[k.key]
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      node = getattr(node, k.name)
-    else:
-      node = node[k.idx]
-  return node
 
 
 # ---------------------------------------------------------------------------

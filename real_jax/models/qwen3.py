@@ -234,7 +234,8 @@ class Qwen3(nnx.Module):
     """
     cfg = self.cfg
     t = tokens.shape[1]
-    x = self.embedding[...].astype(cfg.compute_dtype)[tokens]
+    # Gather first, then cast: never copy the whole [V, D] table to the compute dtype.
+    x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.compute_dtype)
     x = shd.constrain(x, ("batch", "length", "act_embed"))
     s = kv_mask.shape[1]
     query_slot = cache_index + jnp.arange(t)
