@@ -1,0 +1,18 @@
+"""Judge prompts (Prometheus absolute grading), score tokens and output parsing.
+
+  from real_jax.judge import prompts, scores
+  text = prompts.build_judge_prompt(record, output_format="score_phrase")
+  ids = prompts.render_chat(tokenizer, text)                  # chat template, generation prompt on
+  st = scores.resolve_score_tokens(tokenizer, "score_phrase")  # digit ids from the tokenizer
+  parsed = scores.parse_generation(generated_ids, st)          # cot_end, score, status
+"""
+from real_jax.judge.prompts import (OutputFormat, build_judge_prompt, build_target_ids,
+                                    build_target_text, load_tokenizer, render_chat,
+                                    render_chat_text)
+from real_jax.judge.scores import (ParsedGeneration, ScoreTokens, parse_generation, parse_text,
+                                   resolve_score_tokens)
+
+__all__ = ["OutputFormat", "build_judge_prompt", "build_target_ids", "build_target_text",
+           "load_tokenizer",
+           "render_chat", "render_chat_text", "ParsedGeneration", "ScoreTokens",
+           "parse_generation", "parse_text", "resolve_score_tokens"]

@@ -1,0 +1,402 @@
+"""The Prometheus absolute-grading judge prompt, its two output formats, and chat rendering.
+
+One template is used everywhere (real datasets and the synthetic task), so that the format
+instruction in the prompt always matches the format the parser and the score tokens expect
+(the authors' code mixes three variants, see ../shared/reference/official_code.md §1, §7.14).
+
+Layout of `build_judge_prompt` (the Prometheus v1 absolute-grading prompt, with rule 3/4 set by
+the output format, and no trailing space after the generation cue)::
+
+  ###Task Description:
+  An instruction (might include an Input inside it), a response to evaluate, a reference answer ...
+  1. Write a detailed feedback that assess the quality of the response strictly based on ...
+  2. After writing a feedback, write a score that is an integer between 1 and 5. ...
+  3. The output format should look as follows: "Feedback: (write a feedback for criteria) <FORMAT>"
+  4. Please do not generate any other opening, closing, and explanations.<FORMAT NOTE>
+
+  ###The instruction to evaluate:
+  {instruction}
+
+  ###Response to evaluate:
+  {response}
+
+  ###Reference Answer (Score 5):
+  {reference_answer}
+
+  ###Score Rubrics:
+  [{criteria}]
+  Score 1: {score1_description}
+  ...
+  Score 5: {score5_description}
+
+  ###Feedback:
+
+Output formats (`OutputFormat`):
+
+* ``"score_phrase"`` (default, REAL/TRACT): the model writes its feedback and ends with
+  ``So the overall score is N`` (no period). SFT target: ``"{feedback} So the overall score is N"``.
+* ``"result"`` (Prometheus): ``"{feedback} [RESULT] N"``.
+
+The generated text starts right after the cue ``###Feedback:`` (and the chat template's assistant
+header), so targets do not repeat the word "Feedback:".
+
+If the reference answer is empty, the reference section and the phrase ", a reference answer that
+gets a score of 5" are dropped (the Prometheus reference-free variant).
+
+API: `OutputFormat`, `build_judge_prompt(record, *, output_format, template)`,
+`render_prompt(JudgeFields, ...)`, `split_prometheus_prompt(text)`, `build_target_text(feedback,
+score, output_format)`, `build_target_ids(tokenizer, feedback, score, output_format, *,
+score_tokens=None, add_eos=True)`, `strip_score_suffix(text)`, `render_chat(tokenizer, prompt, *,
+enable_thinking=False)` / `render_chat_text`, `load_tokenizer(dir)`, `encode_text`.
+
+Records can give the fields (`orig_instruction`, `orig_response`, `orig_reference_answer`,
+`orig_criteria`, `orig_score{1..5}_description`, as in Feedback Collection), or only the prebuilt
+`instruction` field of the real files (FLASK, MT Bench, Vicuna Bench, TRACT's Feedback Bench):
+that prompt is split into its sections (`split_prometheus_prompt`) and rebuilt with the template,
+so its stock "[RESULT]" rule-3 line is replaced by the chosen format's line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from typing import Any, Mapping, Sequence
+
+
+class OutputFormat(str, enum.Enum):
+  """How the judge ends its output; the delimiter is the text right before the score digit."""
+
+  SCORE_PHRASE = "score_phrase"
+  RESULT = "result"
+
+  @property
+  def delimiter(self) -> str:
+    """The phrase that precedes the score, without surrounding spaces."""
+    return _DELIMITERS[self]
+
+
+_DELIMITERS = {
+    OutputFormat.SCORE_PHRASE: "So the overall score is",
+    OutputFormat.RESULT: "[RESULT]",
+}
+
+
+def as_output_format(output_format: OutputFormat | str) -> OutputFormat:
+  """Accepts an `OutputFormat` or its string value; clear error otherwise."""
+  try:
+    return OutputFormat(output_format)
+  except ValueError:
+    raise ValueError(f"Unknown output_format {output_format!r}; expected one of "
+                     f"{[f.value for f in OutputFormat]}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTemplate:
+  """The fixed text of the judge prompt. Every line here is boilerplate shared by all records."""
+
+  task_header: str = "###Task Description:"
+  description: str = ("An instruction (might include an Input inside it), a response to evaluate, "
+                      "a reference answer that gets a score of 5, and a score rubric representing a "
+                      "evaluation criteria are given.")
+  description_no_reference: str = ("An instruction (might include an Input inside it), a response "
+                                   "to evaluate, and a score rubric representing a evaluation "
+                                   "criteria are given.")
+  rule1: str = ("1. Write a detailed feedback that assess the quality of the response strictly "
+                "based on the given score rubric, not evaluating in general.")
+  rule2: str = ("2. After writing a feedback, write a score that is an integer between 1 and 5. "
+                "You should refer to the score rubric.")
+  rule3: Mapping[str, str] = dataclasses.field(default_factory=lambda: {
+      OutputFormat.SCORE_PHRASE.value: (
+          '3. The output format should look as follows: "Feedback: (write a feedback for '
+          'criteria) So the overall score is (an integer number between 1 and 5)"'),
+      OutputFormat.RESULT.value: (
+          '3. The output format should look as follows: "Feedback: (write a feedback for '
+          'criteria) [RESULT] (an integer number between 1 and 5)"'),
+  })
+  rule4: Mapping[str, str] = dataclasses.field(default_factory=lambda: {
+      OutputFormat.SCORE_PHRASE.value: (
+          "4. Please do not generate any other opening, closing, and explanations. End with the "
+          "score number itself, without a period."),
+      OutputFormat.RESULT.value: (
+          "4. Please do not generate any other opening, closing, and explanations."),
+  })
+  instruction_header: str = "###The instruction to evaluate:"
+  response_header: str = "###Response to evaluate:"
+  reference_header: str = "###Reference Answer (Score 5):"
+  rubric_header: str = "###Score Rubrics:"
+  feedback_cue: str = "###Feedback:"
+
+  def __hash__(self):  # Mappings are not hashable; templates are compared by value anyway.
+    return hash((self.description, self.rule1, tuple(sorted(self.rule3.items()))))
+
+  def boilerplate(self) -> list[str]:
+    """Every fixed line of the template (all formats), e.g. to make them single tokens."""
+    lines = [self.task_header, self.description, self.description_no_reference, self.rule1,
+             self.rule2, *self.rule3.values(), *self.rule4.values(), self.instruction_header,
+             self.response_header, self.reference_header, self.rubric_header, self.feedback_cue]
+    return list(dict.fromkeys(lines))
+
+
+PROMETHEUS_ABSOLUTE = PromptTemplate()
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeFields:
+  """The variable parts of a judge prompt. `rubric` is the whole rubric block
+  ("[criteria]\\nScore 1: ...\\n...\\nScore 5: ...")."""
+
+  instruction: str
+  response: str
+  reference_answer: str
+  rubric: str
+
+
+def format_rubric(criteria: str, descriptions: Sequence[str]) -> str:
+  """The Prometheus rubric block from a criteria string and the 5 score descriptions."""
+  if len(descriptions) != 5:
+    raise ValueError(f"need 5 score descriptions, got {len(descriptions)}")
+  criteria = criteria.strip()
+  if not (criteria.startswith("[") and criteria.endswith("]")):
+    criteria = f"[{criteria}]"
+  lines = [criteria] + [f"Score {k}: {d.strip()}" for k, d in enumerate(descriptions, start=1)]
+  return "\n".join(lines)
+
+
+_SECTION_RE = re.compile(
+    r"###The instruction to evaluate:\s*(?P<instruction>.*?)\s*"
+    r"###Response to evaluate:\s*(?P<response>.*?)\s*"
+    r"(?:###Reference Answer \(Score 5\):\s*(?P<reference>.*?)\s*)?"
+    r"###Score Rubrics:\s*(?P<rubric>.*?)\s*"
+    r"(?:###Feedback:.*)?$",
+    re.S,
+)
+
+
+def clean_prebuilt_instruction(text: str) -> str:
+  """Strips the stray quotes/commas/newlines some released files carry around the prompt."""
+  return text.strip().strip('",\n ').strip()
+
+
+def split_prometheus_prompt(text: str) -> JudgeFields:
+  """Splits a prebuilt Prometheus absolute-grading prompt (the `instruction` field of the real
+  files) into its sections. Raises ValueError if the layout is not recognised."""
+  text = clean_prebuilt_instruction(text)
+  m = _SECTION_RE.search(text)
+  if m is None:
+    raise ValueError("prompt does not have the Prometheus layout (###The instruction to "
+                     "evaluate: / ###Response to evaluate: / ###Score Rubrics:)")
+  return JudgeFields(instruction=m.group("instruction").strip(),
+                     response=m.group("response").strip(),
+                     reference_answer=(m.group("reference") or "").strip(),
+                     rubric=m.group("rubric").strip())
+
+
+_FIELD_KEYS = ("orig_instruction", "orig_response", "orig_criteria")
+
+
+def fields_from_record(record: Mapping[str, Any]) -> JudgeFields:
+  """`JudgeFields` from a record: the `orig_*` fields if present, else the prebuilt `instruction`.
+
+  A record that already is a `JudgeFields`-like dict (keys instruction/response/
+  reference_answer/rubric) is accepted too.
+  """
+  if isinstance(record, JudgeFields):
+    return record
+  if all(k in record and record[k] is not None for k in _FIELD_KEYS):
+    descriptions = []
+    for k in range(1, 6):
+      key = f"orig_score{k}_description"
+      if record.get(key) is None:
+        raise ValueError(f"record has orig_* fields but no {key!r}")
+      descriptions.append(_as_text(record[key]))
+    return JudgeFields(instruction=_as_text(record["orig_instruction"]).strip(),
+                       response=_as_text(record["orig_response"]).strip(),
+                       reference_answer=_as_text(record.get("orig_reference_answer") or "").strip(),
+                       rubric=format_rubric(_as_text(record["orig_criteria"]), descriptions))
+  if "rubric" in record and "response" in record and "instruction" in record:
+    return JudgeFields(instruction=_as_text(record["instruction"]).strip(),
+                       response=_as_text(record["response"]).strip(),
+                       reference_answer=_as_text(record.get("reference_answer") or "").strip(),
+                       rubric=_as_text(record["rubric"]).strip())
+  if record.get("instruction"):
+    return split_prometheus_prompt(_as_text(record["instruction"]))
+  raise ValueError("record has neither the orig_* fields nor a prebuilt 'instruction' prompt")
+
+
+def _as_text(x: Any) -> str:
+  if isinstance(x, bytes):
+    return x.decode("utf-8")
+  return str(x)
+
+
+def render_prompt(fields: JudgeFields, *, output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE,
+                  template: PromptTemplate = PROMETHEUS_ABSOLUTE) -> str:
+  """The judge prompt text (before the chat template) for `fields`."""
+  fmt = as_output_format(output_format)
+  has_ref = bool(fields.reference_answer.strip())
+  parts = [
+      template.task_header,
+      template.description if has_ref else template.description_no_reference,
+      template.rule1,
+      template.rule2,
+      template.rule3[fmt.value],
+      template.rule4[fmt.value],
+      "",
+      template.instruction_header,
+      fields.instruction,
+      "",
+      template.response_header,
+      fields.response,
+      "",
+  ]
+  if has_ref:
+    parts += [template.reference_header, fields.reference_answer, ""]
+  parts += [template.rubric_header, fields.rubric, "", template.feedback_cue]
+  return "\n".join(parts)
+
+
+def build_judge_prompt(record: Mapping[str, Any] | JudgeFields, *,
+                       output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE,
+                       template: PromptTemplate = PROMETHEUS_ABSOLUTE) -> str:
+  """The judge prompt for a record (orig_* fields, or a prebuilt `instruction` prompt)."""
+  return render_prompt(fields_from_record(record), output_format=output_format, template=template)
+
+
+def build_target_text(feedback: str, score: int, output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE) -> str:
+  """The text the judge should generate after the prompt: feedback, delimiter, score.
+
+  No EOS here: append the tokenizer's EOS *id* (see `build_target_ids`), never an EOS string.
+  An empty feedback gives just "So the overall score is N".
+  """
+  fmt = as_output_format(output_format)
+  score = int(score)
+  if not 1 <= score <= 5:
+    raise ValueError(f"score must be in 1..5, got {score}")
+  feedback = feedback.strip()
+  suffix = f"{fmt.delimiter} {score}"
+  return f"{feedback} {suffix}" if feedback else suffix
+
+
+# --- score suffixes in demonstration feedback (orig_feedback, output, gpt4_feedback) -------------
+
+_SUFFIX_RE = re.compile(r"(?:So the overall score is|\[RESULT\])\s*:?\s*(?P<score>\d+(?:\.\d+)?)?", re.I)
+
+
+def strip_score_suffix(text: str) -> tuple[str, int | None]:
+  """Splits demonstration feedback into (CoT text, score it concludes).
+
+  The CoT is the text before the *first* "So the overall score is" or "[RESULT]"; the score is the
+  number right after it (if it is an integer in 1..5; else None). A leading "Feedback:" is removed.
+  Feedback Collection's `output` ("... So the overall score is 4. [RESULT] 4") gives
+  ("...", 4).
+  """
+  text = text.strip()
+  if text.lower().startswith("feedback:"):
+    text = text[len("feedback:"):].strip()
+  m = _SUFFIX_RE.search(text)
+  if m is None:
+    return text, None
+  cot = text[:m.start()].rstrip()
+  score = None
+  if m.group("score") is not None:
+    value = float(m.group("score"))
+    if value.is_integer() and 1 <= value <= 5:
+      score = int(value)
+  return cot, score
+
+
+# --- chat rendering ------------------------------------------------------------------------------
+
+def _chat_messages(prompt_text: str, system_prompt: str | None) -> list[dict[str, str]]:
+  msgs = []
+  if system_prompt:
+    msgs.append({"role": "system", "content": system_prompt})
+  msgs.append({"role": "user", "content": prompt_text})
+  return msgs
+
+
+def _check_chat_template(tokenizer) -> None:
+  if not getattr(tokenizer, "chat_template", None):
+    raise ValueError(
+        f"tokenizer {getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)!r} has no chat "
+        "template; judge prompts are rendered with apply_chat_template (use an instruct/chat "
+        "tokenizer or set tokenizer.chat_template)")
+
+
+def render_chat_text(tokenizer, prompt_text: str, *, enable_thinking: bool = False,
+                     system_prompt: str | None = None) -> str:
+  """The chat-rendered prompt as text (user turn + generation prompt)."""
+  _check_chat_template(tokenizer)
+  return tokenizer.apply_chat_template(_chat_messages(prompt_text, system_prompt), tokenize=False,
+                                       add_generation_prompt=True, enable_thinking=enable_thinking)
+
+
+def render_chat(tokenizer, prompt_text: str, *, enable_thinking: bool = False,
+                system_prompt: str | None = None) -> list[int]:
+  """Token ids of the chat-rendered judge prompt, ending with the assistant generation prompt.
+
+  `enable_thinking` is passed to the template explicitly (Qwen3: False adds an empty
+  <think></think> block so the model answers directly; templates that do not use it ignore it).
+  Handles transformers v5, where `apply_chat_template(tokenize=True)` returns a BatchEncoding.
+  """
+  _check_chat_template(tokenizer)
+  out = tokenizer.apply_chat_template(_chat_messages(prompt_text, system_prompt), tokenize=True,
+                                      add_generation_prompt=True, enable_thinking=enable_thinking)
+  if hasattr(out, "keys"):
+    out = out["input_ids"]
+  out = list(out)
+  if out and isinstance(out[0], (list, tuple)):  # batched form
+    out = list(out[0])
+  return [int(t) for t in out]
+
+
+def load_tokenizer(path: str):
+  """A Hugging Face tokenizer from a local directory (tokenizer.json + tokenizer_config.json).
+
+  Uses `PreTrainedTokenizerFast` directly (AutoTokenizer imports torch, ~5 s); falls back to
+  AutoTokenizer for tokenizers without a tokenizer.json.
+  """
+  import os
+  from transformers import PreTrainedTokenizerFast
+  if os.path.isfile(os.path.join(os.fspath(path), "tokenizer.json")):
+    return PreTrainedTokenizerFast.from_pretrained(os.fspath(path))
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(os.fspath(path))
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+  """Plain token ids of `text` without special tokens (HF tokenizer or a raw `tokenizers.Tokenizer`)."""
+  try:
+    out = tokenizer.encode(text, add_special_tokens=False)
+  except TypeError:
+    out = tokenizer.encode(text)
+  if hasattr(out, "ids"):
+    out = out.ids
+  return [int(t) for t in out]
+
+
+def eos_token_id(tokenizer) -> int:
+  eos = getattr(tokenizer, "eos_token_id", None)
+  if eos is None:
+    raise ValueError("tokenizer has no eos_token_id; pass eos_id explicitly")
+  return int(eos)
+
+
+def build_target_ids(tokenizer, feedback: str, score: int,
+                     output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE, *,
+                     score_tokens=None, add_eos: bool = True, eos_id: int | None = None) -> list[int]:
+  """Token ids of the SFT target (`build_target_text`) followed by the EOS id.
+
+  With `score_tokens` (a `ScoreTokens`), checks that the ids end in delimiter + score token (+ EOS),
+  i.e. that the target is tokenised the way the parser and the score readout expect.
+  """
+  ids = encode_text(tokenizer, build_target_text(feedback, score, output_format))
+  if score_tokens is not None:
+    from real_jax.judge.scores import parse_generation  # local import: avoid a cycle
+    parsed = parse_generation(ids, score_tokens)
+    if parsed.score != int(score) or parsed.score_pos != len(ids) - 1:
+      raise ValueError(f"target for score {score} does not tokenise as <delimiter><score token> "
+                       f"at its end (parse: {parsed}); feedback={feedback[-80:]!r}")
+  if add_eos:
+    ids.append(eos_id if eos_id is not None else eos_token_id(tokenizer))
+  return ids

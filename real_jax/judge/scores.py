@@ -1,0 +1,347 @@
+"""Score tokens from the tokenizer, and parsing of generated judge outputs on token ids.
+
+Score tokens are never hard-coded (official_code.md §7.1): `resolve_score_tokens` encodes
+``"<context> <delimiter> <d>"`` for d = 1..5 after three different contexts, and requires, in each,
+that the five encodings share a prefix and differ in exactly one final token that decodes to the
+digit, with the same ids in every context. That final token is the score token *as it appears
+after the delimiter in generated text*: "4" after a separate "Ġ" token (Qwen-style digit
+splitting), "Ġ4" (GPT-2 style) or "▁4" (SentencePiece). The shared prefix minus the context's own
+tokens is the delimiter's ids in context (`delimiter_ids`; for Qwen-style tokenizers it ends with
+the lone space token). A tokenizer that fails a check gets a ValueError naming the check and
+showing the pieces.
+
+Parsing (`parse_generation`), on the generated token ids only (no prompt):
+
+* Only tokens before the first EOS are searched (EOS itself counts in `n_valid`).
+* The FIRST occurrence of the delimiter wins (a second "So the overall score is" later is ignored).
+* `cot_end` = index just past the delimiter = the position of the score token (if there is one).
+  "The CoT" for the policy-gradient term is ``tokens[:cot_end]``: the feedback *including the
+  delimiter*, excluding the score token. The score distribution is read from the logits computed
+  at response index ``cot_end - 1`` (they predict token ``cot_end``); in a sequence
+  ``[prompt (Lp tokens) | response]`` that is absolute position ``Lp + cot_end - 1``. If the
+  delimiter is not found, `cot_end` = `n_valid` and `score_pos` = -1: there is no score
+  position; don't read one.
+* status:
+  - "ok": delimiter, then one of the 5 score tokens. Anything after it (".", text) is allowed and
+    counted in `n_trailing`; a missing EOS after the score is allowed too.
+  - "delimiter_only": the tokens end right after the delimiter with no EOS (the sampler stopped at
+    the delimiter). Usable: the score distribution at `cot_end - 1` is well defined.
+  - "bad_score": the token after the delimiter is not a score token ("0", "6", "10", ".", EOS...).
+    A score token followed by another digit ("1" "0" for 10 with digit-splitting tokenizers) is
+    bad_score too.
+  - "no_delimiter": EOS without the delimiter before it.
+  - "truncated": no EOS and no delimiter (ran out of tokens).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Sequence
+
+import numpy as np
+
+from real_jax.judge.prompts import OutputFormat, as_output_format, encode_text
+
+STATUSES = ("ok", "delimiter_only", "bad_score", "no_delimiter", "truncated")
+STATUS_CODES = {s: i for i, s in enumerate(STATUSES)}
+USABLE_STATUSES = ("ok", "delimiter_only")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreTokens:
+  """Token ids of the score digits and of the delimiter, for one tokenizer and output format.
+
+  Attributes:
+    token_ids: ids of scores 1..5 as generated right after the delimiter.
+    values: the score values (1., 2., 3., 4., 5.), aligned with `token_ids`.
+    delimiter_ids: the delimiter's ids as tokenised inside generated text, after a space.
+    eos_id: end of turn / sequence id that ends a generation.
+    output_format: "score_phrase" or "result".
+    delimiter_variants: every tokenisation of the delimiter the parser accepts (the first is
+      `delimiter_ids`; others: after a newline, at the start of the text), all followed by the
+      same score tokens.
+    continuation_ids: ids that, right after a score token, make it a longer number (e.g. "0" in
+      "10" when digits are split into single tokens).
+  """
+
+  token_ids: tuple[int, ...]
+  values: tuple[float, ...]
+  delimiter_ids: tuple[int, ...]
+  eos_id: int
+  output_format: str = OutputFormat.SCORE_PHRASE.value
+  delimiter_variants: tuple[tuple[int, ...], ...] = ()
+  continuation_ids: tuple[int, ...] = ()
+
+  def score_of(self, token_id: int) -> int | None:
+    try:
+      return int(self.values[self.token_ids.index(int(token_id))])
+    except ValueError:
+      return None
+
+  @property
+  def variants(self) -> tuple[tuple[int, ...], ...]:
+    return self.delimiter_variants or (self.delimiter_ids,)
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> list[int]:
+  out = []
+  for items in zip(*seqs):
+    if all(x == items[0] for x in items):
+      out.append(items[0])
+    else:
+      break
+  return out
+
+
+def _pieces(tokenizer, ids: Sequence[int]) -> list[str]:
+  if hasattr(tokenizer, "convert_ids_to_tokens"):
+    return list(tokenizer.convert_ids_to_tokens(list(ids)))
+  return [tokenizer.id_to_token(i) for i in ids]
+
+
+def _decode(tokenizer, ids: Sequence[int]) -> str:
+  return tokenizer.decode(list(ids))
+
+
+def _resolve_in_context(tokenizer, ctx: str, joiner: str, delim: str):
+  """(delimiter_ids, score_ids, ctx_ids) from `ctx + joiner + delim + " " + d`, or ValueError."""
+  ctx_ids = encode_text(tokenizer, ctx) if ctx else []
+  seqs = [encode_text(tokenizer, f"{ctx}{joiner}{delim} {d}") for d in "12345"]
+  prefix = _common_prefix(seqs)
+  problems = []
+  score_ids = []
+  for d, ids in zip("12345", seqs):
+    suffix = ids[len(prefix):]
+    if len(suffix) != 1:
+      problems.append(f"score {d} is {len(suffix)} tokens {_pieces(tokenizer, suffix)} after the "
+                      f"delimiter (full: {_pieces(tokenizer, ids)})")
+      continue
+    text = _decode(tokenizer, suffix).strip().lstrip("\u2581").strip()
+    if text != d:
+      problems.append(f"score {d}: the token after the shared prefix is "
+                      f"{_pieces(tokenizer, suffix)}, which decodes to {text!r}, not {d!r}")
+    score_ids.append(suffix[0])
+  if problems:
+    raise ValueError("; ".join(problems))
+  if len(set(score_ids)) != 5:
+    raise ValueError(f"scores 1..5 do not map to 5 distinct tokens: {score_ids}")
+  if prefix[:len(ctx_ids)] != ctx_ids:
+    raise ValueError(f"the context {ctx!r} tokenises differently when followed by the "
+                     f"delimiter ({_pieces(tokenizer, ctx_ids)} vs {_pieces(tokenizer, prefix)})")
+  delim_ids = prefix[len(ctx_ids):]
+  if not delim_ids:
+    raise ValueError("the delimiter has no tokens of its own in context")
+  return tuple(delim_ids), tuple(score_ids), list(ctx_ids)
+
+
+_CONTEXTS = ("The response is correct.", "Good.", "it is fine")
+
+
+def resolve_score_tokens(tokenizer, output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE, *,
+                         eos_id: int | None = None) -> ScoreTokens:
+  """Score and delimiter token ids for `tokenizer` (HF tokenizer or raw `tokenizers.Tokenizer`).
+
+  Raises ValueError (naming the tokenizer and the failed check) if a score digit 1..5 is not
+  exactly one token after the delimiter, if the digits are not distinct tokens, or if the
+  delimiter cannot be isolated from the text before it.
+  """
+  fmt = as_output_format(output_format)
+  delim = fmt.delimiter
+  if eos_id is None:
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    if eos_id is None:
+      raise ValueError("tokenizer has no eos_token_id; pass eos_id=")
+  # The score must be one token after the delimiter whatever text precedes it: check several
+  # contexts and require the same delimiter and score ids in all of them.
+  results = []
+  for ctx in _CONTEXTS:
+    try:
+      results.append(_resolve_in_context(tokenizer, ctx, " ", delim))
+    except ValueError as e:
+      name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+      raise ValueError(
+          f"tokenizer {name!r} cannot be used for judge scores with output_format={fmt.value!r}: "
+          f"each score 1..5 must be exactly one token right after the delimiter {delim!r}. "
+          f"After {ctx!r}: {e}") from None
+  delim_ids, score_ids, ctx_ids = results[0]
+  for ctx, (d_ids, s_ids, _) in zip(_CONTEXTS[1:], results[1:]):
+    if (d_ids, s_ids) != (delim_ids, score_ids):
+      raise ValueError(
+          f"the delimiter/score tokenisation depends on the preceding text: after "
+          f"{_CONTEXTS[0]!r}: {_pieces(tokenizer, delim_ids + score_ids)}, after {ctx!r}: "
+          f"{_pieces(tokenizer, d_ids + s_ids)}")
+  ctx = _CONTEXTS[0]
+  variants = [delim_ids]
+  for v_ctx, joiner in ((ctx, "\n"), ("", "")):  # after a newline; at the start of the text
+    try:
+      v_delim, v_scores, _ = _resolve_in_context(tokenizer, v_ctx, joiner, delim)
+    except ValueError:
+      continue
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if v_scores == score_ids and v_delim not in variants and (unk is None or unk not in v_delim):
+      variants.append(v_delim)
+  if int(eos_id) in score_ids:
+    raise ValueError(f"eos id {eos_id} is one of the score tokens {score_ids}")
+  # Ids that turn a score token into a longer number ("1" then "0" for 10).
+  cont = set()
+  for k, d in enumerate("12345"):
+    head = ctx_ids + list(delim_ids) + [score_ids[k]]
+    for e in "0123456789":
+      ids = encode_text(tokenizer, f"{ctx} {delim} {d}{e}")
+      if ids[:len(head)] == head and len(ids) == len(head) + 1:
+        cont.add(ids[-1])
+  return ScoreTokens(token_ids=tuple(int(t) for t in score_ids), values=(1.0, 2.0, 3.0, 4.0, 5.0),
+                     delimiter_ids=tuple(int(t) for t in delim_ids), eos_id=int(eos_id),
+                     output_format=fmt.value,
+                     delimiter_variants=tuple(tuple(int(t) for t in v) for v in variants),
+                     continuation_ids=tuple(sorted(int(t) for t in cont)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedGeneration:
+  """The parse of one generated token sequence (see the module docstring for the definitions)."""
+
+  status: str
+  found_delimiter: bool
+  cot_end: int           # index just past the delimiter (= score position); n_valid if not found
+  score: int | None      # the sampled score 1..5, if status == "ok"
+  score_pos: int         # = cot_end if found_delimiter else -1
+  eos_pos: int           # index of the first EOS, or -1
+  n_valid: int           # tokens up to and including the first EOS (all tokens if none)
+  n_trailing: int = 0    # tokens between the score token and EOS/end (e.g. a trailing ".")
+
+  @property
+  def usable(self) -> bool:
+    """Delimiter found and nothing wrong at the score position: the CoT can be scored."""
+    return self.status in USABLE_STATUSES
+
+
+def _find_first(seq: Sequence[int], variants: Sequence[Sequence[int]]) -> tuple[int, int]:
+  """(start, length) of the earliest occurrence of any variant in seq (longest on ties);
+  (-1, 0) if none."""
+  best = (-1, 0)
+  seq = tuple(seq)
+  for v in variants:
+    v = tuple(v)
+    L = len(v)
+    for i in range(len(seq) - L + 1):
+      if seq[i:i + L] == v:
+        if best[0] < 0 or i < best[0] or (i == best[0] and L > best[1]):
+          best = (i, L)
+        break
+  return best
+
+
+def parse_generation(token_ids: Sequence[int], score_tokens: ScoreTokens, *,
+                     length: int | None = None) -> ParsedGeneration:
+  """Parses generated token ids (response only; `length` = number of valid tokens, the rest pad)."""
+  ids = [int(t) for t in (token_ids[:length] if length is not None else token_ids)]
+  eos_pos = ids.index(score_tokens.eos_id) if score_tokens.eos_id in ids else -1
+  region = ids[:eos_pos] if eos_pos >= 0 else ids
+  n_valid = eos_pos + 1 if eos_pos >= 0 else len(ids)
+  start, L = _find_first(region, score_tokens.variants)
+  if start < 0:
+    status = "no_delimiter" if eos_pos >= 0 else "truncated"
+    return ParsedGeneration(status, False, n_valid, None, -1, eos_pos, n_valid)
+  cot_end = start + L
+  if cot_end >= len(region):
+    status = "bad_score" if eos_pos >= 0 else "delimiter_only"
+    return ParsedGeneration(status, True, cot_end, None, cot_end, eos_pos, n_valid)
+  score = score_tokens.score_of(region[cot_end])
+  if score is None or (cot_end + 1 < len(region) and region[cot_end + 1] in score_tokens.continuation_ids):
+    return ParsedGeneration("bad_score", True, cot_end, None, cot_end, eos_pos, n_valid)
+  return ParsedGeneration("ok", True, cot_end, score, cot_end, eos_pos, n_valid,
+                          n_trailing=len(region) - cot_end - 1)
+
+
+def parse_batch(tokens: np.ndarray, score_tokens: ScoreTokens,
+                lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """`parse_generation` over a [B, T] array of generated ids (host side, numpy).
+
+  Returns int32 arrays [B]: status (codes in `STATUS_CODES`), found (0/1), cot_end, score (0 if
+  none), score_pos (-1 if none), eos_pos, n_valid, usable (0/1).
+  """
+  tokens = np.asarray(tokens)
+  B = tokens.shape[0]
+  out = {k: np.zeros((B,), np.int32) for k in
+         ("status", "found", "cot_end", "score", "score_pos", "eos_pos", "n_valid", "usable")}
+  for b in range(B):
+    p = parse_generation(tokens[b], score_tokens,
+                         length=None if lengths is None else int(lengths[b]))
+    out["status"][b] = STATUS_CODES[p.status]
+    out["found"][b] = int(p.found_delimiter)
+    out["cot_end"][b] = p.cot_end
+    out["score"][b] = p.score or 0
+    out["score_pos"][b] = p.score_pos
+    out["eos_pos"][b] = p.eos_pos
+    out["n_valid"][b] = p.n_valid
+    out["usable"][b] = int(p.usable)
+  return out
+
+
+def locate_delimiter(tokens, score_tokens: ScoreTokens, lengths=None):
+  """Jittable (jax.numpy) first-occurrence search of the delimiter in generated ids [B, T].
+
+  Only positions before the first EOS (and before `lengths`, if given) are searched. Returns
+  `(found [B] bool, cot_end [B] int32)` with cot_end = index just past the delimiter (the score
+  position), or the valid length where not found. Same first-occurrence rule as
+  `parse_generation`; use this inside jitted code, `parse_generation` on the host.
+  """
+  import jax.numpy as jnp  # local: keep this module importable without jax initialised
+
+  tokens = jnp.asarray(tokens)
+  B, T = tokens.shape
+  pos = jnp.arange(T)[None, :]
+  is_eos = tokens == score_tokens.eos_id
+  first_eos = jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), T)
+  limit = first_eos if lengths is None else jnp.minimum(first_eos, jnp.asarray(lengths))
+  best_start = jnp.full((B,), T, jnp.int32)
+  best_end = jnp.full((B,), T, jnp.int32)
+  for variant in score_tokens.variants:
+    L = len(variant)
+    if L > T:
+      continue
+    match = jnp.ones((B, T - L + 1), bool)
+    for j, t in enumerate(variant):
+      match = match & (tokens[:, j:T - L + 1 + j] == t)
+    starts = pos[:, :T - L + 1]
+    match = match & (starts + L <= limit[:, None])
+    start = jnp.where(match.any(axis=1), jnp.argmax(match, axis=1), T).astype(jnp.int32)
+    better = (start < best_start) | ((start == best_start) & (start + L > best_end) & (start < T))
+    best_start = jnp.where(better, start, best_start)
+    best_end = jnp.where(better, start + L, best_end)
+  found = best_start < T
+  n_valid = jnp.minimum(jnp.where(first_eos < T, first_eos + 1, T),
+                        T if lengths is None else jnp.asarray(lengths))
+  cot_end = jnp.where(found, best_end, n_valid).astype(jnp.int32)
+  return found, cot_end
+
+
+# --- text level --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ParsedText:
+  status: str          # "ok", "bad_score", "no_delimiter", "delimiter_only"
+  feedback: str        # text before the first delimiter (whole text if none)
+  score: int | None
+
+
+def parse_text(text: str, output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE) -> ParsedText:
+  """Text-level parse with the same rules (first delimiter wins; score must be an integer 1..5
+  standing alone: "4", "4." are ok; "0", "6", "10", "4.5" are bad_score). Use for logs and
+  external generations; training uses `parse_generation` on token ids."""
+  fmt = as_output_format(output_format)
+  idx = text.find(fmt.delimiter)
+  if idx < 0:
+    return ParsedText("no_delimiter", text.strip(), None)
+  feedback = text[:idx].strip()
+  rest = text[idx + len(fmt.delimiter):]
+  if not rest.strip():
+    return ParsedText("delimiter_only", feedback, None)
+  m = re.match(r"\s*(\d+(?:\.\d+)?)", rest)
+  if m is None:
+    return ParsedText("bad_score", feedback, None)
+  num = m.group(1)
+  if num in ("1", "2", "3", "4", "5"):
+    return ParsedText("ok", feedback, int(num))
+  return ParsedText("bad_score", feedback, None)

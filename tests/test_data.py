@@ -1,0 +1,300 @@
+"""Judge datasets: TFDS builders on fixture files, validation counts, the synthetic task."""
+import dataclasses
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from real_jax.data import load_split, records, synthetic
+from real_jax.data.records import InvalidRowError
+from real_jax.judge import prompts, scores
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "judge_data")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _by_id(src):
+  return {r["id"]: r for r in src}
+
+
+# --- real datasets from fixture files ---------------------------------------------------------
+# Expected values below are read off the fixture files by hand (see the row comments there).
+
+def test_feedback_collection(data_dir):
+  src = load_split("feedback_collection", "train", data_dir=data_dir, manual_dir=FIXTURES)
+  recs = _by_id(src)
+  assert sorted(recs) == ["feedback_collection-000000", "feedback_collection-000001",
+                          "feedback_collection-000006"]
+  assert [recs[k]["target"] for k in sorted(recs)] == [4.0, 1.0, 5.0]
+  assert [recs[k]["target_int"] for k in sorted(recs)] == [4, 1, 5]
+  v = src.validation
+  assert (v["rows"], v["kept"]) == (8, 3)
+  assert v["skipped"] == {"malformed_row": 1, "missing_score": 1, "unparsable_score": 1,
+                          "score_out_of_range": 1, "empty_response": 1}
+  with open(os.path.join(FIXTURES, "new_feedback_collection.json")) as f:
+    raw = json.load(f)[0]
+  r = recs["feedback_collection-000000"]
+  assert r["prompt"] == prompts.build_judge_prompt(raw, output_format="score_phrase")
+  assert r["response"] == raw["orig_response"] and r["source"] == "feedback_collection"
+  # Demonstration CoT without its final score sentence; the score it concluded is kept apart.
+  assert r["feedback"] == raw["orig_feedback"].split(" So the overall score is")[0]
+  assert r["feedback_score"] == 4
+  np.testing.assert_allclose(r["scores"], [4.0])
+
+
+def test_feedback_collection_result_format_and_stored_report(data_dir):
+  src = load_split("feedback_collection", "train", data_dir=data_dir, manual_dir=FIXTURES,
+                   output_format="result")
+  r = src[0]
+  assert "[RESULT] (an integer number between 1 and 5)" in r["prompt"]
+  assert "So the overall score is" not in r["prompt"]
+  # The validation report is stored with the prepared dataset.
+  metas = [os.path.join(d, "metadata.json") for d, _, files in os.walk(data_dir)
+           if "metadata.json" in files and "feedback_collection" in d and "result" in d]
+  with open(metas[0]) as f:
+    stored = json.load(f)
+  assert stored["validation"]["train"]["skipped"]["missing_score"] == 1
+
+
+def test_feedback_bench_jsonl_mixed_layouts(data_dir):
+  src = load_split("feedback_bench", "test", data_dir=data_dir, manual_dir=FIXTURES)
+  recs = _by_id(src)
+  assert sorted(recs) == ["feedback_bench-000000", "feedback_bench-000001", "feedback_bench-000002"]
+  assert recs["feedback_bench-000000"]["target"] == 3.0
+  tract = recs["feedback_bench-000002"]  # TRACT-style row: prebuilt prompt, gpt4_score list
+  assert tract["target"] == pytest.approx(14 / 3) and tract["target_int"] == -1
+  assert tract["instruction"] == "Name a prime number larger than 10." and tract["response"] == "11"
+  assert "[RESULT]" not in tract["prompt"]
+  assert (tract["feedback"], tract["feedback_score"]) == ("11 is prime and larger than 10.", 5)
+  assert src.validation["skipped"] == {"malformed_row": 1, "score_out_of_range": 1}
+
+
+def test_flask_gpt4_and_human_ground_truth(data_dir):
+  src = load_split("flask", "test", data_dir=data_dir, manual_dir=FIXTURES)
+  recs = _by_id(src)
+  assert {k: round(r["target"], 4) for k, r in recs.items()} == {
+      "flask-000000": round(14 / 3, 4), "flask-000001": round(7 / 3, 4), "flask-000004": 5.0}
+  assert src.validation["skipped"] == {"bad_prompt": 1, "score_out_of_range": 1}
+  r0 = recs["flask-000000"]  # its prompt had a stray quote and comma around it
+  assert r0["instruction"] == "What is 12 times 12?" and r0["prompt"].endswith("###Feedback:")
+  assert json.loads(r0["extra"])["criteria"] == "correctness"
+
+  human = load_split("flask", "test", data_dir=data_dir, manual_dir=FIXTURES, ground_truth="human")
+  recs = _by_id(human)
+  assert {k: round(r["target"], 4) for k, r in recs.items()} == {
+      "flask-000000": round(14 / 3, 4), "flask-000001": round(5 / 3, 4), "flask-000002": 5.0}
+  assert human.validation["skipped"] == {"bad_prompt": 1, "missing_score": 1}
+
+
+def test_vicuna_and_mt_bench(data_dir):
+  vic = _by_id(load_split("vicuna_bench", "test", data_dir=data_dir, manual_dir=FIXTURES))
+  assert {k: r["target"] for k, r in vic.items()} == {"vicuna_bench-000000": 4.0,
+                                                        "vicuna_bench-000001": 4.5}
+  mt_src = load_split("mt_bench", "test", data_dir=data_dir, manual_dir=FIXTURES)
+  mt = _by_id(mt_src)
+  assert {k: round(r["target"], 4) for k, r in mt.items()} == {
+      "mt_bench-000000": round(11 / 3, 4), "mt_bench-000001": round(4 / 3, 4)}
+  assert mt_src.validation["skipped"] == {"unparsable_score": 1}
+
+
+def test_raise_on_invalid_names_file_and_row(data_dir):
+  with pytest.raises(InvalidRowError, match=r"vicuna_eval\.json row 2: empty_response"):
+    load_split("vicuna_bench", "test", data_dir=data_dir, manual_dir=FIXTURES, on_invalid="raise")
+
+
+def test_prompt_too_long_is_counted(data_dir):
+  with open(os.path.join(FIXTURES, "mt_bench_eval.json")) as f:
+    rows = json.load(f)
+  lengths = [len(prompts.build_judge_prompt({"instruction": r["instruction"]})) for r in rows[:2]]
+  assert lengths[0] != lengths[1]
+  limit = sum(lengths) // 2  # between the two valid rows: exactly one is too long
+  src = load_split("mt_bench", "test", data_dir=data_dir, manual_dir=FIXTURES, max_prompt_chars=limit)
+  assert src.validation["skipped"] == {"prompt_too_long": 1, "unparsable_score": 1}
+  assert [len(r["prompt"]) for r in src] == [min(lengths)]
+
+
+def test_missing_manual_file_error(tmp_path):
+  empty = tmp_path / "manual"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match=r"flask_eval\.json.*" + re.escape(str(empty))):
+    load_split("flask", "test", data_dir=str(tmp_path / "d"), manual_dir=str(empty))
+  with pytest.raises(FileNotFoundError, match="new_feedback_collection.json"):
+    load_split("feedback_collection", data_dir=str(tmp_path / "d"), manual_dir=None)
+
+
+def test_parquet_and_subfolder(tmp_path, data_dir):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  with open(os.path.join(FIXTURES, "mt_bench_eval.json")) as f:
+    rows = json.load(f)
+  rows[2]["gpt4_score"] = [5, 5, 2]  # make every row valid; parquet needs one type per column
+  sub = tmp_path / "manual" / "mt_bench"
+  sub.mkdir(parents=True)
+  pq.write_table(pa.Table.from_pylist(rows), str(sub / "mt_bench_eval.parquet"))
+  src = load_split("mt_bench", "test", data_dir=str(tmp_path / "d"), manual_dir=str(tmp_path / "manual"))
+  assert {r["id"]: round(r["target"], 4) for r in src} == {
+      "mt_bench-000000": round(11 / 3, 4), "mt_bench-000001": round(4 / 3, 4), "mt_bench-000002": 4.0}
+
+
+def test_read_rows_json_array_and_parse_scores():
+  assert records.parse_scores("3", "s") == [3.0]
+  assert records.parse_scores([4, "5", 4.5], "s") == [4.0, 5.0, 4.5]
+  for value, reason in ((None, "missing_score"), ([], "missing_score"), ("x", "unparsable_score"),
+                        (True, "unparsable_score"), (float("nan"), "unparsable_score"),
+                        (0, "score_out_of_range"), ([3, 6], "score_out_of_range")):
+    with pytest.raises(InvalidRowError) as e:
+      records.parse_scores(value, "s")
+    assert e.value.reason == reason
+  assert records.target_int(4.0) == 4 and records.target_int(3.5) == -1
+
+
+# --- synthetic task ---------------------------------------------------------------------------
+
+def independent_score(instruction: str, response: str) -> int:
+  """Checks the items by parsing the text and adding, independently of the generator."""
+  items = dict(re.findall(r"\b([a-d])\) (\d+(?:\+\d+)+)", instruction))
+  answers = dict(re.findall(r"\b([a-d])\) (\d+)", response))
+  assert sorted(items) == sorted(answers) == ["a", "b", "c", "d"]
+  right = sum(sum(int(x) for x in items[k].split("+")) == int(answers[k]) for k in items)
+  return 1 + right
+
+
+def check_cot(row) -> tuple[bool, int]:
+  """(every step of the demonstration is right, the score the demonstration concludes)."""
+  items = dict(re.findall(r"\b([a-d])\) (\d+(?:\+\d+)+)", row["orig_instruction"]))
+  answers = dict(re.findall(r"\b([a-d])\) (\d+)", row["orig_response"]))
+  steps = re.findall(r"(\d+(?:\+\d+)+)=(\d+) vs (\d+) (right|wrong)\.", row["orig_feedback"])
+  assert [s[0] for s in steps] == [items[k] for k in "abcd"]
+  assert [s[2] for s in steps] == [answers[k] for k in "abcd"]
+  all_right = all(sum(map(int, e.split("+"))) == int(s) for e, s, _, _ in steps)
+  for e, s, a, v in steps:  # verdicts follow the shown sums, even wrong ones
+    assert (v == "right") == (int(s) == int(a))
+  m = re.search(r"So the overall score is (\d)$", row["orig_feedback"])
+  assert int(m.group(1)) == 1 + sum(v == "right" for *_, v in steps)
+  return all_right, int(m.group(1))
+
+
+def test_synthetic_ground_truth_matches_independent_checker():
+  cfg = synthetic.SyntheticConfig(seed=3, label_noise=0.0, cot_error_rate=0.0, train_size=400,
+                                  test_size=100, ood_size=100)
+  data = synthetic.generate_all(cfg)
+  for split, rows in data.items():
+    for row in rows:
+      score = independent_score(row["orig_instruction"], row["orig_response"])
+      assert score == row["true_score"] == int(row["orig_score"])
+      all_right, demo = check_cot(row)
+      assert all_right and demo == score
+      if split != "train":
+        assert row["gpt4_score"] == [score] * cfg.n_eval_graders
+  # Scores are spread over 1..5 and the OOD splits are what they claim to be.
+  assert set(r["true_score"] for r in data["train"]) == {1, 2, 3, 4, 5}
+  assert all(r["orig_instruction"].count("+") == 4 * 2 for r in data["test_ood_hard"])  # 3 operands
+  assert all(r["orig_instruction"].count("+") == 4 * 1 for r in data["test"])
+  in_domain = {w.criteria for w in synthetic.IN_DOMAIN_WORDINGS}
+  assert all(r["orig_criteria"] not in in_domain for r in data["test_ood_rubric"])
+  assert all(r["orig_criteria"] in in_domain for r in data["train"])
+
+
+def test_synthetic_splits_disjoint_and_seeded():
+  cfg = synthetic.SyntheticConfig(seed=1, difficulty=0, train_size=1500, test_size=300, ood_size=300)
+  data = synthetic.generate_all(cfg)
+  keys = {}
+  for split, rows in data.items():
+    k = [(re.sub(r"^[^)]*?(?=a\))", "", r["orig_instruction"]), r["orig_response"]) for r in rows]
+    assert len(set(k)) == len(k), split
+    keys[split] = set(k)
+  for a in keys:
+    for b in keys:
+      if a < b:
+        assert not keys[a] & keys[b], (a, b)
+  assert synthetic.generate_all(cfg) == data
+  other = synthetic.generate_all(synthetic.SyntheticConfig(seed=2, difficulty=0, train_size=1500,
+                                                           test_size=300, ood_size=300))
+  assert other["train"][:20] != data["train"][:20]
+
+
+def test_synthetic_dedup_in_a_small_item_space(monkeypatch):
+  # One operand in 0..1: few distinct examples exist, so plain sampling would repeat them.
+  monkeypatch.setitem(synthetic.LEVELS, 0, (1, 1))
+  cfg = synthetic.SyntheticConfig(seed=0, difficulty=0, train_size=120, test_size=40, ood_size=40)
+  data = synthetic.generate_all(cfg)
+  seen = set()
+  for split in ("train", "test", "test_ood_rubric"):
+    keys = [(re.sub(r"^[^)]*?(?=a\))", "", r["orig_instruction"]), r["orig_response"]) for r in data[split]]
+    assert len(set(keys)) == len(keys) and not seen & set(keys)
+    seen |= set(keys)
+  with pytest.raises(ValueError, match="cannot draw"):
+    synthetic.generate_all(dataclasses.replace(cfg, train_size=1000))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_synthetic_label_noise_rate(p):
+  cfg = synthetic.SyntheticConfig(seed=5, label_noise=p, n_eval_graders=4, train_size=3000,
+                                  test_size=250, ood_size=50)
+  data = synthetic.generate_all(cfg)
+  changed = [int(r["orig_score"]) != r["true_score"] for r in data["train"]]
+  steps = [abs(int(r["orig_score"]) - r["true_score"]) for r in data["train"]]
+  graders = [g != r["true_score"] for r in data["test"] for g in r["gpt4_score"]]
+  assert max(steps) <= 1 and all(1 <= int(r["orig_score"]) <= 5 for r in data["train"])
+  for flips in (changed, graders):
+    n = len(flips)
+    bound = 4.5 * np.sqrt(max(p * (1 - p), 1e-12) / n)
+    assert abs(np.mean(flips) - p) <= bound, (np.mean(flips), p, bound)
+  # Test targets are the graders' mean.
+  r = data["test"][0]
+  assert len(r["gpt4_score"]) == 4
+
+
+def test_synthetic_cot_error_rate():
+  rate = 0.25
+  cfg = synthetic.SyntheticConfig(seed=9, cot_error_rate=rate, label_noise=0.0, train_size=3000,
+                                  test_size=50, ood_size=50)
+  rows = synthetic.generate_all(cfg)["train"]
+  wrong = [not check_cot(r)[0] for r in rows]
+  assert wrong == [r["demo_has_error"] for r in rows]
+  assert abs(np.mean(wrong) - rate) <= 4.5 * np.sqrt(rate * (1 - rate) / len(rows))
+
+
+@pytest.fixture(scope="module")
+def syn_tok(tmp_path_factory):
+  path = synthetic.build_synthetic_tokenizer(tmp_path_factory.mktemp("syntok"))
+  return prompts.load_tokenizer(path)
+
+
+def test_synthetic_builder_and_token_budget(data_dir, syn_tok):
+  sizes = dict(train_size=96, test_size=24, ood_size=24)
+  st = scores.resolve_score_tokens(syn_tok)
+  assert len(syn_tok) <= 512
+  assert [syn_tok.decode([t]) for t in st.token_ids] == list("12345")
+  for split in synthetic.SPLITS:
+    src = load_split("synthetic", split, data_dir=data_dir, **sizes)
+    assert len(src) == sizes["train_size" if split == "train" else
+                             "test_size" if split == "test" else "ood_size"]
+    assert src.validation["kept"] == len(src) and not src.validation["skipped"]
+    for r in src:
+      assert r["target"] == pytest.approx(np.mean(r["scores"]))
+      if split == "train":
+        assert r["target"] == int(json.loads(r["extra"])["orig_score"])
+      ids = prompts.render_chat(syn_tok, r["prompt"])
+      assert syn_tok.unk_token_id not in ids
+      target = prompts.build_target_ids(syn_tok, r["feedback"], r["feedback_score"], score_tokens=st)
+      assert syn_tok.unk_token_id not in target
+      parsed = scores.parse_generation(target, st)
+      assert (parsed.status, parsed.score) == ("ok", r["feedback_score"])
+      limit_prompt, limit_cot = (128, 48) if split != "test_ood_hard" else (136, 56)
+      assert len(ids) <= limit_prompt and len(target) <= limit_cot, (split, len(ids), len(target))
+      assert r["prompt"] == prompts.build_judge_prompt(r)  # built from the Prometheus fields
+
+
+def test_synthetic_builder_options_get_own_config(data_dir):
+  a = load_split("synthetic", "test", data_dir=data_dir, train_size=16, test_size=8, ood_size=8, seed=1)
+  b = load_split("synthetic", "test", data_dir=data_dir, train_size=16, test_size=8, ood_size=8, seed=2)
+  assert [r["instruction"] for r in a] != [r["instruction"] for r in b]
+  with pytest.raises(TypeError, match="unknown option"):
+    load_split("synthetic", "test", data_dir=data_dir, sead=1)
