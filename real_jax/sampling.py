@@ -1,0 +1,763 @@
+"""Group rollouts and the teacher-forced scoring pass.
+
+Two pure, internally jitted functions of (params, inputs, key):
+
+* `sample`: n samples per left-padded prompt with a KV cache. A jitted prefill over the
+  (bucketed) prompt, then a `lax.while_loop` decode over a preallocated cache that exits as soon
+  as every row is done. Greedy, temperature, top-k and exact top-p; stops per row on an EOS id, on
+  a stop token sequence (the score delimiter) or at `max_new_tokens`; records per-token
+  log-probs under the sampling distribution and under the untempered policy.
+* `score_sequences`: one teacher-forced forward over prompt + CoT that returns the token
+  log-probs (chunked over time: never a [B, T, V] float32 array) and the logits at the score
+  position. Differentiable; the REAL loss differentiates through it.
+
+Rows of a `sample` call are grouped by prompt: row i*n + j is sample j of prompt i.
+
+Stopping semantics (per row):
+  * STOP_SEQUENCE: the generated tokens end with one of `stop_sequences`; the row ends right
+    after the last stop token (the score token is then read by `score_sequences` at that
+    position, not sampled). With `extra_tokens_after_stop=k` the row continues for exactly k more
+    tokens (e.g. k=1: the sampled score digit for the "standard" readout); `stop_lengths` still
+    says where the stop sequence ended. Stop sequences match generated tokens only.
+  * EOS: the row sampled one of `eos_ids` (before any stop sequence). An EOS always ends a row;
+    inside the extra tokens after a stop sequence it ends it early, with status STOP_SEQUENCE.
+  * TRUNCATED: neither happened within `max_new_tokens` (lengths == max_new_tokens).
+  `lengths` counts generated tokens INCLUDING the stop sequence / the EOS token / extra tokens.
+  After a row ends, its tokens are `pad_id` and its log-probs 0.
+
+Top-p without a sort. Sorting 32k logits per row is the CPU bottleneck (DESIGN.md §6), so the
+nucleus threshold is found by a safeguarded interpolation search (Illinois regula falsi on the
+probability threshold, masked-sum passes only): with e = exp(l - max l) and M(t) = sum_{e >= t} e,
+the nucleus is {e >= tau*} with tau* = max{t : M(t) >= top_p * M(0)}. The search keeps lo, hi with
+M(lo) >= target > M(hi) and stops once [lo, hi) holds exactly one element (M(lo) - M(hi) < 1.5 lo:
+two elements would weigh >= 2 lo) or one float value (ties: all tied tokens are kept). This is the
+same set a sort-and-cumsum implementation keeps (up to float32 rounding of the partial sums and
+tie order). Tokens are then drawn by inverse-CDF over vocabulary chunks (one uniform per row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from real_jax import sharding as shd
+from real_jax.models import qwen3
+
+Array = jax.Array
+
+__all__ = [
+    "EOS", "STOP_SEQUENCE", "TRUNCATED", "SampleOutput", "SamplingConfig", "ScoreOutput",
+    "pick_bucket", "sample", "sample_from_logits", "score_sequences", "scoring_inputs",
+]
+
+STOP_SEQUENCE = 0
+EOS = 1
+TRUNCATED = 2
+
+_MASK_VALUE = -1e30
+
+
+# ---------------------------------------------------------------------------------------------
+# Config and outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """Static sampling settings (hashable: a jit static argument; one compile per distinct value).
+
+  Attributes:
+    max_new_tokens: M, the width of the generated-token buffer (extra tokens included).
+    temperature: logits are divided by it before top-k / top-p (ignored when greedy).
+    top_k: keep the k most likely tokens (0 = off), applied before top_p (as transformers does).
+    top_p: nucleus mass (1.0 = off).
+    greedy: argmax decoding (sampling_log_probs are then 0).
+    eos_ids: token ids that end a row.
+    stop_sequences: token-id sequences that end a row (e.g. the tokenised score delimiter).
+    pad_id: written after a row ends (and used to left-pad prompts to their bucket).
+    prompt_buckets: prompt widths compiled for; a batch is cut/left-padded to the smallest bucket
+      that holds its longest prompt (longer prompts round up to a multiple of the largest).
+    extra_tokens_after_stop: tokens still sampled after a stop sequence (see module docstring).
+    group_prefill: "broadcast" prefills each prompt once and copies its KV cache to its n rows;
+      "repeat" prefills all B*n rows (measured slower, kept for comparison).
+    decode_impl: "fast" runs the decode step with a heads-major per-layer cache and the weights
+      cast/sliced once outside the loop; "model" calls the Qwen3 module with its own cache.
+    cache_dtype: KV cache dtype (default: the model's compute dtype).
+    max_search_iters: cap of the top-p threshold search (it converges in ~10-25 passes).
+    vocab_chunk: chunk width of the inverse-CDF draw (0: a divisor of V near sqrt(V)).
+    replicate_vocab: gather each step's logits over the vocabulary axis before sampling, so
+      the samples do not depend on the mesh (costs one all-gather of [B*n, V] per step).
+  """
+
+  max_new_tokens: int = 256
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  greedy: bool = False
+  eos_ids: tuple[int, ...] = ()
+  stop_sequences: tuple[tuple[int, ...], ...] = ()
+  pad_id: int = 0
+  prompt_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+  extra_tokens_after_stop: int = 0
+  group_prefill: str = "broadcast"
+  decode_impl: str = "fast"
+  cache_dtype: str | None = None
+  max_search_iters: int = 64
+  vocab_chunk: int = 0
+  replicate_vocab: bool = True
+
+  def __post_init__(self):
+    # Normalise lists to tuples so the config stays hashable.
+    object.__setattr__(self, "eos_ids", tuple(int(i) for i in self.eos_ids))
+    object.__setattr__(self, "stop_sequences",
+                       tuple(tuple(int(t) for t in s) for s in self.stop_sequences))
+    object.__setattr__(self, "prompt_buckets", tuple(sorted(int(b) for b in self.prompt_buckets)))
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+    if not self.greedy and not self.temperature > 0:
+      raise ValueError(f"temperature={self.temperature} must be > 0 (use greedy=True for argmax)")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+    if self.top_k < 0:
+      raise ValueError(f"top_k={self.top_k} must be >= 0 (0 = off)")
+    if any(len(s) == 0 for s in self.stop_sequences):
+      raise ValueError("stop_sequences contains an empty sequence")
+    if self.extra_tokens_after_stop < 0:
+      raise ValueError(f"extra_tokens_after_stop={self.extra_tokens_after_stop} must be >= 0")
+    if self.group_prefill not in ("broadcast", "repeat"):
+      raise ValueError(f"group_prefill={self.group_prefill!r}; expected 'broadcast' or 'repeat'")
+    if self.decode_impl not in ("fast", "model"):
+      raise ValueError(f"decode_impl={self.decode_impl!r}; expected 'fast' or 'model'")
+    if not self.prompt_buckets or min(self.prompt_buckets) < 1:
+      raise ValueError(f"prompt_buckets={self.prompt_buckets} must be positive lengths")
+
+  def replace(self, **kw) -> "SamplingConfig":
+    return dataclasses.replace(self, **kw)
+
+
+class SampleOutput(NamedTuple):
+  """Result of `sample` for R = B * num_samples rows; row i*n + j is sample j of prompt i.
+
+  tokens [R, M] int32: generated tokens only, pad_id after the row ended.
+  lengths [R] int32: generated tokens kept (stop sequence / EOS / extra tokens included).
+  status [R] int32: STOP_SEQUENCE (0), EOS (1) or TRUNCATED (2).
+  stop_lengths [R] int32: tokens up to and including the stop sequence (0 if none); equals
+    lengths unless extra_tokens_after_stop > 0.
+  sampling_log_probs [R, M] f32: log-prob of each token under the distribution it was drawn
+    from (temperature, top-k, top-p applied and renormalised; 0 when greedy); 0 after the end.
+  policy_log_probs [R, M] f32: log softmax of the untempered logits at each token; 0 after the end.
+  prompt_tokens [R, Pb] int32, prompt_mask [R, Pb] bool: the bucketed (left-padded) prompt of
+    each row; `scoring_inputs` concatenates them with the generated tokens.
+  prompt_index [R] int32: i, the prompt (input row) of each output row.
+  sample_index [R] int32: j, the sample number within the group.
+  """
+  tokens: Array
+  lengths: Array
+  status: Array
+  stop_lengths: Array
+  sampling_log_probs: Array
+  policy_log_probs: Array
+  prompt_tokens: Array
+  prompt_mask: Array
+  prompt_index: Array
+  sample_index: Array
+
+
+class ScoreOutput(NamedTuple):
+  """token_log_probs [B, T] f32; score_logits [B, V] f32 (see `score_sequences`)."""
+  token_log_probs: Array
+  score_logits: Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling from logits (exact top-p without a sort)
+
+
+def _vocab_chunk(v: int, want: int = 0) -> int:
+  """A divisor of V for the two-level inverse CDF (near sqrt(V) unless `want` divides V)."""
+  if want and v % want == 0:
+    return want
+  divisors = [d for i in range(1, math.isqrt(v) + 1) if v % i == 0 for d in (i, v // i)]
+  return min(divisors, key=lambda d: (d < min(32, v), abs(d - math.sqrt(v))))
+
+
+def _prefix_sum(x: Array) -> Array:
+  """Inclusive prefix sum over the last axis via a triangular matmul (XLA:CPU cumsum is slow)."""
+  n = x.shape[-1]
+  tri = jnp.triu(jnp.ones((n, n), x.dtype))  # tri[i, j] = 1 if i <= j
+  return jnp.matmul(x, tri, precision=jax.lax.Precision.HIGHEST)
+
+
+def _inverse_cdf(w: Array, u: Array, chunk: int) -> tuple[Array, Array]:
+  """Index drawn with probability w / sum(w) per row, and log(sum(w)).
+
+  w [R, V] >= 0 (zero = excluded), u [R] uniform in [0, 1). Two levels: chunk totals, then the
+  chosen chunk, so no prefix sum over the full vocabulary is needed.
+  """
+  r, v = w.shape
+  nc = v // chunk
+  wc = w.reshape(r, nc, chunk)
+  chunk_cum = _prefix_sum(wc.sum(-1))  # [R, nc]
+  total = chunk_cum[:, -1]
+  target = u * total
+  j = jnp.minimum(jnp.sum(chunk_cum <= target[:, None], axis=-1), nc - 1)
+  # Never land on an empty trailing chunk because of rounding: take the last nonempty one.
+  nonempty = wc.sum(-1) > 0
+  last_nonempty = nc - 1 - jnp.argmax(nonempty[:, ::-1], axis=-1)
+  j = jnp.minimum(j, last_nonempty)
+  before = jnp.where(j > 0, jnp.take_along_axis(chunk_cum, jnp.maximum(j - 1, 0)[:, None], 1)[:, 0],
+                     0.0)
+  row = jnp.take_along_axis(wc, j[:, None, None], axis=1)[:, 0]  # [R, chunk]
+  cum = _prefix_sum(row)
+  k = jnp.sum(cum <= (target - before)[:, None], axis=-1)
+  last_pos = chunk - 1 - jnp.argmax((row > 0)[:, ::-1], axis=-1)
+  k = jnp.minimum(k, last_pos)
+  return j * chunk + k, jnp.log(total)
+
+
+def _nucleus_threshold(e: Array, z: Array, top_p: float, max_iters: int) -> Array:
+  """tau [R] with {e >= tau} the top-p nucleus. e = exp(l - max l) [R, V] (max exactly 1).
+
+  Safeguarded Illinois search on the probability threshold; each iteration is one masked-sum
+  pass over the vocabulary (about 11 per row on average and 18-20 for the slowest of 64 rows on
+  the benchmark's 32k-vocabulary logits). Invariant: M(lo) >= target > M(hi) with
+  M(t) = sum(e[e >= t]); a row is resolved once [lo, hi) holds one element or one float value.
+  (Searching only the unresolved rows in later passes was measured: no gain on CPU.)
+  """
+  bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.int32)
+  floats = lambda b: jax.lax.bitcast_convert_type(b, jnp.float32)
+  target = top_p * z
+  one_up = jnp.nextafter(jnp.float32(1), jnp.float32(2))
+  small = target <= 1.0  # the top token alone reaches top_p: M(1) >= 1 >= target
+  state = dict(lo=jnp.where(small, jnp.float32(1), jnp.float32(0)), hi=jnp.full_like(z, one_up),
+               m_lo=z, m_hi=jnp.zeros_like(z), w_lo=jnp.ones_like(z), w_hi=jnp.ones_like(z),
+               side=jnp.zeros(z.shape, jnp.int32), target=target)
+
+  def resolved(st):
+    one_element = (st["m_lo"] - st["m_hi"]) < 1.5 * st["lo"]  # two elements weigh >= 2 lo
+    one_value = bits(st["hi"]) - bits(st["lo"]) <= 1
+    return one_element | one_value
+
+  def step(e, it, st):
+    lo, hi, m_lo, m_hi, w_lo, w_hi, side, tgt = (st[k] for k in (
+        "lo", "hi", "m_lo", "m_hi", "w_lo", "w_hi", "side", "target"))
+    active = ~resolved(st)
+    a = (m_lo - tgt) * w_lo
+    b = (tgt - m_hi) * w_hi
+    guess = lo + a / jnp.maximum(a + b, 1e-30) * (hi - lo)
+    # Every 4th iteration after the 12th, bisect in float bits: guarantees termination.
+    mid_bits = bits(lo) + (bits(hi) - bits(lo)) // 2
+    t_bits = jnp.where((it >= 12) & (it % 4 == 3), mid_bits, bits(guess))
+    t = floats(jnp.clip(t_bits, bits(lo) + 1, bits(hi) - 1))
+    m = jnp.sum(jnp.where(e >= t[:, None], e, 0.0), axis=-1)
+    ok = m >= tgt
+    up_lo, up_hi = active & ok, active & ~ok
+    side = jnp.where(up_lo, jnp.maximum(side, 0) + 1,
+                     jnp.where(up_hi, jnp.minimum(side, 0) - 1, side))
+    w_hi = jnp.where(up_lo, jnp.where(side >= 2, w_hi * 0.5, 1.0), jnp.where(up_hi, 1.0, w_hi))
+    w_lo = jnp.where(up_hi, jnp.where(side <= -2, w_lo * 0.5, 1.0), jnp.where(up_lo, 1.0, w_lo))
+    return dict(lo=jnp.where(up_lo, t, lo), hi=jnp.where(up_hi, t, hi),
+                m_lo=jnp.where(up_lo, m, m_lo), m_hi=jnp.where(up_hi, m, m_hi), w_lo=w_lo,
+                w_hi=w_hi, side=side, target=tgt)
+
+  def cond(c):
+    it, st = c
+    return (it < max_iters) & ~jnp.all(resolved(st))
+
+  _, state = jax.lax.while_loop(cond, lambda c: (c[0] + 1, step(e, c[0], c[1])),
+                                (jnp.int32(0), state))
+  return state["lo"]
+
+
+def sample_from_logits(logits: Array, u: Array, cfg: SamplingConfig
+                       ) -> tuple[Array, Array, Array]:
+  """One token per row from float32 logits [R, V] and uniforms u [R] in [0, 1).
+
+  Returns (tokens [R] int32, sampling_log_probs [R], policy_log_probs [R]).
+  """
+  logits = logits.astype(jnp.float32)
+  r, v = logits.shape
+  rows = jnp.arange(r)
+  m0 = jnp.max(logits, axis=-1)
+
+  def policy_lp(tok, lse):
+    return logits[rows, tok] - lse
+
+  if cfg.greedy:
+    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    lse = m0 + jnp.log(jnp.sum(jnp.exp(logits - m0[:, None]), axis=-1))
+    return tok, jnp.zeros((r,), jnp.float32), policy_lp(tok, lse)
+
+  scaled = logits / cfg.temperature if cfg.temperature != 1.0 else logits
+  m = m0 / cfg.temperature if cfg.temperature != 1.0 else m0  # max commutes with t > 0
+  e = jnp.exp(scaled - m[:, None])
+  z = jnp.sum(e, axis=-1)
+  if cfg.temperature == 1.0:
+    lse = m0 + jnp.log(z)
+  else:
+    lse = m0 + jnp.log(jnp.sum(jnp.exp(logits - m0[:, None]), axis=-1))
+
+  if cfg.top_k and cfg.top_k < v:
+    # Exact top-k, then top-p within the k candidates (sorted by lax.top_k).
+    vals, idx = jax.lax.top_k(scaled, cfg.top_k)
+    p = jnp.exp(vals - vals[:, :1])
+    if cfg.top_p < 1.0:
+      cum = _prefix_sum(p)
+      keep = (cum - p) < cfg.top_p * cum[:, -1:]  # mass before the token is short of top_p
+      p = jnp.where(keep, p, 0.0)
+    cum = _prefix_sum(p)
+    k = jnp.sum(cum <= (u * cum[:, -1])[:, None], axis=-1)
+    last_pos = cfg.top_k - 1 - jnp.argmax((p > 0)[:, ::-1], axis=-1)
+    k = jnp.minimum(k, last_pos)
+    tok = jnp.take_along_axis(idx, k[:, None], 1)[:, 0].astype(jnp.int32)
+    slp = jnp.log(p[rows, k]) - jnp.log(cum[:, -1])
+    return tok, slp, policy_lp(tok, lse)
+
+  if cfg.top_p < 1.0:
+    tau = _nucleus_threshold(e, z, cfg.top_p, cfg.max_search_iters)
+    w = jnp.where(e >= tau[:, None], e, 0.0)
+  else:
+    w = e
+  tok, log_total = _inverse_cdf(w, u, _vocab_chunk(v, cfg.vocab_chunk))
+  tok = tok.astype(jnp.int32)
+  slp = (scaled[rows, tok] - m) - log_total
+  return tok, slp, policy_lp(tok, lse)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decode step (fast path): heads-major per-layer KV cache, weights prepared outside the loop
+
+
+def _fast_weights(model: qwen3.Qwen3) -> dict[str, Any]:
+  """Per-layer weights, cast to the compute dtype once (outside the decode loop), with the
+  q/k/v and the gate/up projections concatenated so each runs as one matmul."""
+  cfg = model.cfg
+  dt = cfg.compute_dtype
+  d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  stacked = {name: a.astype(dt) for name, a in model.layers.arrays().items()}
+  qkv = jnp.concatenate([stacked["q_proj"].reshape(-1, d, n * h),
+                         stacked["k_proj"].reshape(-1, d, k * h),
+                         stacked["v_proj"].reshape(-1, d, k * h)], axis=-1)
+  gate_up = jnp.concatenate([stacked["gate_proj"], stacked["up_proj"]], axis=-1)
+  layers = []
+  for i in range(cfg.num_layers):
+    layers.append({"attn_norm": stacked["attn_norm"][i], "qkv": qkv[i],
+                   "q_norm": stacked["q_norm"][i], "k_norm": stacked["k_norm"][i],
+                   "o_proj": stacked["o_proj"][i], "mlp_norm": stacked["mlp_norm"][i],
+                   "gate_up": gate_up[i], "down_proj": stacked["down_proj"][i]})
+  return {"layers": layers, "embedding": model.embedding[...].astype(dt),
+          "final_norm": model.final_norm[...].astype(dt), "output": model.output_embedding()}
+
+
+def _fast_decode_step(cfg: qwen3.Qwen3Config, w: dict[str, Any], tok: Array, pos: Array,
+                      slot: Array, caches: tuple, kv_mask: Array) -> tuple[Array, tuple]:
+  """One token per row. tok/pos [R]; caches: per layer (k, v) [R, K, S, H]; kv_mask [R, S].
+
+  Same math as `qwen3.decoder_layer` (checked by tests against the module), with the cache laid
+  out [R, K, S, H] so both attention matmuls run without per-step transposes.
+  """
+  dt = cfg.compute_dtype
+  r = tok.shape[0]
+  n, kh, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  s = kv_mask.shape[1]
+  valid = kv_mask & (jnp.arange(s)[None, :] <= slot)  # [R, S]
+  x = w["embedding"][tok]  # [R, D]
+  x = shd.constrain(x, ("batch", "act_embed"))
+  new_caches = []
+  for p, (ck, cv) in zip(w["layers"], caches):
+    y = qwen3.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+    qkv = jnp.einsum("RD,DE->RE", y, p["qkv"])
+    q = qkv[:, :n * h].reshape(r, n, h)
+    k = qkv[:, n * h:(n + kh) * h].reshape(r, kh, h)
+    v = qkv[:, (n + kh) * h:].reshape(r, kh, h)
+    q = qwen3.apply_rope(qwen3.rms_norm(q, p["q_norm"], cfg.rms_norm_eps)[:, None], pos[:, None],
+                         cfg.rope_theta)[:, 0]
+    k = qwen3.apply_rope(qwen3.rms_norm(k, p["k_norm"], cfg.rms_norm_eps)[:, None], pos[:, None],
+                         cfg.rope_theta)[:, 0]
+    ck = jax.lax.dynamic_update_slice(ck, k[:, :, None, :].astype(ck.dtype), (0, 0, slot, 0))
+    cv = jax.lax.dynamic_update_slice(cv, v[:, :, None, :].astype(cv.dtype), (0, 0, slot, 0))
+    new_caches.append((ck, cv))
+    qg = q.reshape(r, kh, n // kh, h)
+    logits = jnp.einsum("RKGH,RKSH->RKGS", qg, ck.astype(dt), preferred_element_type=jnp.float32)
+    logits = logits * (h ** -0.5)
+    logits = jnp.where(valid[:, None, None, :], logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+    attn = jnp.einsum("RKGS,RKSH->RKGH", probs, cv.astype(dt)).reshape(r, n, h)
+    x = x + jnp.einsum("RNH,NHD->RD", attn, p["o_proj"])
+    y = qwen3.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+    gate_up = jnp.einsum("RD,DF->RF", y, p["gate_up"])
+    gate, up = gate_up[:, :cfg.intermediate_size], gate_up[:, cfg.intermediate_size:]
+    x = x + jnp.einsum("RF,FD->RD", jax.nn.silu(gate) * up, p["down_proj"])
+    x = shd.constrain(x, ("batch", "act_embed"))
+  x = qwen3.rms_norm(x, w["final_norm"], cfg.rms_norm_eps)
+  logits = jnp.einsum("RD,VD->RV", x, w["output"], preferred_element_type=jnp.float32)
+  return logits, tuple(new_caches)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler
+
+
+def pick_bucket(length: int, buckets: Sequence[int]) -> int:
+  """Smallest bucket >= length; beyond the largest, a multiple of the largest."""
+  for b in sorted(buckets):
+    if b >= length:
+      return b
+  top = max(buckets)
+  return top * -(-length // top)
+
+
+def _constrain(x: Array, mesh: Mesh | None, axes: Sequence[str | None], rules) -> Array:
+  """Sharding constraint by logical axes; dims that do not divide their mesh axes replicate."""
+  if mesh is None:
+    return x
+  spec = shd.logical_to_spec(axes, rules)
+  spec = P(*[e if x.shape[i] % shd._axis_size(mesh, e) == 0 else None
+             for i, e in enumerate(spec)])
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def _stop_match(window: Array, stop_sequences: tuple[tuple[int, ...], ...]) -> Array:
+  """[R] bool: the last generated tokens (window [R, W], newest last) end with a stop sequence."""
+  width = window.shape[1]
+  hit = jnp.zeros(window.shape[:1], bool)
+  for seq in stop_sequences:
+    tail = window[:, width - len(seq):]
+    hit = hit | jnp.all(tail == jnp.asarray(seq, window.dtype)[None, :], axis=-1)
+  return hit
+
+
+class _State(NamedTuple):
+  i: Array            # index of the next token to sample
+  last_tok: Array     # [R] the token sampled last (fed to the model next)
+  caches: Any
+  tokens: Array       # [R, M]
+  slp: Array          # [R, M]
+  plp: Array          # [R, M]
+  done: Array         # [R] bool
+  lengths: Array      # [R]
+  status: Array       # [R]
+  stop_lengths: Array  # [R]
+  extra_left: Array   # [R] -1 = no stop sequence seen yet
+  window: Array       # [R, W] last W generated tokens (-1 = none)
+
+
+def _emit(st: _State, i: Array, tok: Array, slp: Array, plp: Array,
+          cfg: SamplingConfig) -> _State:
+  """Records token i of every row that is still running and updates its stop state."""
+  active = ~st.done
+  tok_w = jnp.where(active, tok, cfg.pad_id).astype(jnp.int32)
+  tokens = jax.lax.dynamic_update_slice(st.tokens, tok_w[:, None], (0, i))
+  slp_all = jax.lax.dynamic_update_slice(st.slp, jnp.where(active, slp, 0.0)[:, None], (0, i))
+  plp_all = jax.lax.dynamic_update_slice(st.plp, jnp.where(active, plp, 0.0)[:, None], (0, i))
+  lengths = jnp.where(active, i + 1, st.lengths)
+  in_extra = st.extra_left >= 0
+  if cfg.stop_sequences:
+    window = jnp.concatenate([st.window[:, 1:], tok[:, None].astype(st.window.dtype)], axis=1)
+    new_stop = active & ~in_extra & _stop_match(window, cfg.stop_sequences)
+  else:
+    window = st.window
+    new_stop = jnp.zeros_like(active)
+  if cfg.eos_ids:
+    is_eos = jnp.any(tok[:, None] == jnp.asarray(cfg.eos_ids, tok.dtype)[None, :], axis=-1)
+  else:
+    is_eos = jnp.zeros_like(active)
+  extra_left = jnp.where(active & in_extra, st.extra_left - 1, st.extra_left)
+  extra_done = active & in_extra & (extra_left <= 0)
+  extra_left = jnp.where(new_stop, cfg.extra_tokens_after_stop, extra_left)
+  stop_done = new_stop & (cfg.extra_tokens_after_stop == 0)
+  eos_done = active & is_eos
+  status = jnp.where(new_stop, STOP_SEQUENCE, st.status)
+  status = jnp.where(eos_done & ~in_extra & ~new_stop, EOS, status)
+  stop_lengths = jnp.where(new_stop, i + 1, st.stop_lengths)
+  done = st.done | stop_done | extra_done | eos_done
+  return st._replace(tokens=tokens, slp=slp_all, plp=plp_all, done=done, lengths=lengths,
+                     status=status, stop_lengths=stop_lengths, extra_left=extra_left,
+                     window=window, last_tok=tok.astype(jnp.int32))
+
+
+def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphdef,
+                 cfg: SamplingConfig, n: int, mesh: Mesh | None, rules) -> SampleOutput:
+  """Traced body of `sample` (prompts already bucketed)."""
+  model = nnx.merge(graphdef, params)
+  mcfg: qwen3.Qwen3Config = model.cfg
+  b, plen = prompt_tokens.shape
+  r, m = b * n, cfg.max_new_tokens
+  s = plen + m
+  cache_dtype = jnp.dtype(cfg.cache_dtype or mcfg.dtype)
+  con = functools.partial(_constrain, mesh=mesh, rules=rules)
+
+  prompt_mask = prompt_mask.astype(bool)
+  positions = qwen3.positions_from_mask(prompt_mask)
+  prompt_len = jnp.sum(prompt_mask, axis=-1).astype(jnp.int32)
+  # Generated slots are always valid keys: causality by slot index hides the future ones.
+  kv_mask = jnp.concatenate([prompt_mask, jnp.ones((b, m), bool)], axis=1)
+
+  rep = lambda x: jnp.repeat(x, n, axis=0)
+  if cfg.group_prefill == "broadcast":
+    pre_tok, pre_pos, pre_kv = prompt_tokens, positions, kv_mask
+  else:
+    pre_tok, pre_pos, pre_kv = rep(prompt_tokens), rep(positions), rep(kv_mask)
+  rows_pre = pre_tok.shape[0]
+
+  # Prefill: one forward over the prompt; logits only at the last position (left padding puts
+  # every row's last real token there).
+  cache = qwen3.init_cache(mcfg, rows_pre, s, cache_dtype)
+  cache = jax.tree.map(lambda c: con(c, axes=qwen3.CACHE_AXES), cache)
+  hidden, cache = model(pre_tok, pre_pos, pre_kv, cache=cache, cache_index=0)
+  logits0 = model.logits(hidden[:, -1])
+  if cfg.group_prefill == "broadcast" and n > 1:
+    logits0 = rep(logits0)
+    cache = jax.tree.map(lambda c: jnp.repeat(c, n, axis=1), cache)
+  kv_mask_r = rep(kv_mask)
+  prompt_len_r = rep(prompt_len)
+
+  if cfg.decode_impl == "fast":
+    # [L, R, S, K, H] -> per layer [R, K, S, H]
+    fast_axes = ("cache_batch", "kv_heads", "cache_length", "head_dim")
+    caches = tuple(
+        (con(jnp.swapaxes(cache["k"][l], 1, 2), axes=fast_axes),
+         con(jnp.swapaxes(cache["v"][l], 1, 2), axes=fast_axes)) for l in range(mcfg.num_layers))
+    weights = _fast_weights(model)
+    cache_axes = fast_axes
+  else:
+    caches = jax.tree.map(lambda c: con(c, axes=qwen3.CACHE_AXES), cache)
+    weights = None
+    cache_axes = qwen3.CACHE_AXES
+
+  # Per-row keys from (key, prompt id, sample number): independent of the row's batch position.
+  pid = rep(prompt_ids.astype(jnp.int32))
+  sid = jnp.tile(jnp.arange(n, dtype=jnp.int32), b)
+  row_keys = jax.vmap(lambda p, j: jax.random.fold_in(jax.random.fold_in(key, p), j))(pid, sid)
+
+  def uniforms(i):
+    return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, i)))(row_keys)
+
+  def draw(logits, i):
+    if cfg.replicate_vocab:
+      logits = con(logits, axes=("batch", None))
+    return sample_from_logits(logits, uniforms(i), cfg)
+
+  width = max((len(q) for q in cfg.stop_sequences), default=1)
+  st = _State(
+      i=jnp.int32(0), last_tok=jnp.zeros((r,), jnp.int32), caches=caches,
+      tokens=jnp.full((r, m), cfg.pad_id, jnp.int32), slp=jnp.zeros((r, m), jnp.float32),
+      plp=jnp.zeros((r, m), jnp.float32), done=jnp.zeros((r,), bool),
+      lengths=jnp.zeros((r,), jnp.int32), status=jnp.full((r,), TRUNCATED, jnp.int32),
+      stop_lengths=jnp.zeros((r,), jnp.int32), extra_left=jnp.full((r,), -1, jnp.int32),
+      window=jnp.full((r, width), -1, jnp.int32))
+  tok, slp, plp = draw(logits0, 0)
+  st = _emit(st, jnp.int32(0), tok, slp, plp, cfg)
+  st = st._replace(i=jnp.int32(1))
+
+  if m == 1:  # nothing left to decode
+    return _finish(st, prompt_tokens, prompt_mask, rep, b, sid)
+
+  def cond(st):
+    return (st.i < m) & ~jnp.all(st.done)
+
+  def body(st):
+    slot = plen + st.i - 1  # cache slot of the token fed now
+    pos = prompt_len_r + st.i - 1
+    if cfg.decode_impl == "fast":
+      logits, caches = _fast_decode_step(mcfg, weights, st.last_tok, pos, slot, st.caches,
+                                         kv_mask_r)
+    else:
+      hidden, caches = model(st.last_tok[:, None], pos[:, None], kv_mask_r, cache=st.caches,
+                             cache_index=slot)
+      logits = model.logits(hidden[:, 0])
+    caches = jax.tree.map(lambda c: con(c, axes=cache_axes), caches)
+    tok, slp, plp = draw(logits, st.i)
+    st = _emit(st._replace(caches=caches), st.i, tok, slp, plp, cfg)
+    return st._replace(i=st.i + 1)
+
+  st = jax.lax.while_loop(cond, body, st)
+  return _finish(st, prompt_tokens, prompt_mask, rep, b, sid)
+
+
+def _finish(st: _State, prompt_tokens, prompt_mask, rep, b, sid) -> SampleOutput:
+  return SampleOutput(
+      tokens=st.tokens, lengths=st.lengths, status=st.status, stop_lengths=st.stop_lengths,
+      sampling_log_probs=st.slp, policy_log_probs=st.plp,
+      prompt_tokens=rep(prompt_tokens), prompt_mask=rep(prompt_mask),
+      prompt_index=rep(jnp.arange(b, dtype=jnp.int32)), sample_index=sid)
+
+
+def _rules_key(rules) -> tuple:
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in rules.items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_sampler(graphdef, cfg: SamplingConfig, n: int, mesh: Mesh | None, rules_key: tuple):
+  """One jitted sampler per (model structure, config, n, mesh); jit caches shapes under it."""
+  rules = dict(rules_key)
+  impl = functools.partial(_sample_impl, graphdef=graphdef, cfg=cfg, n=n, mesh=mesh, rules=rules)
+
+  def run(params, prompt_tokens, prompt_mask, key, prompt_ids):
+    if mesh is None:
+      return impl(params, prompt_tokens, prompt_mask, key, prompt_ids)
+    with shd.activation_sharding(mesh, rules):  # model code constrains activations while tracing
+      return impl(params, prompt_tokens, prompt_mask, key, prompt_ids)
+
+  return jax.jit(run)
+
+
+def _bucket_prompts(tokens: np.ndarray, mask: np.ndarray, cfg: SamplingConfig
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Checks left padding and cuts/left-pads the prompts to their bucket width."""
+  if tokens.ndim != 2 or tokens.shape != mask.shape:
+    raise ValueError(f"prompt_tokens {tokens.shape} and prompt_mask {mask.shape} must be equal "
+                     f"[batch, length] shapes")
+  if tokens.shape[0] == 0:
+    raise ValueError("empty batch of prompts")
+  not_left = np.nonzero(np.any(mask[:, :-1] & ~mask[:, 1:], axis=1))[0]
+  if not_left.size:
+    raise ValueError(f"prompt_mask rows {not_left[:5].tolist()} are not left-padded (padding must "
+                     f"come before the first real token)")
+  longest = max(int(mask.sum(1).max()), 1)
+  width = pick_bucket(longest, cfg.prompt_buckets)
+  cur = tokens.shape[1]
+  if cur >= width:
+    tokens, mask = tokens[:, cur - width:], mask[:, cur - width:]
+  else:
+    tokens = np.pad(tokens, ((0, 0), (width - cur, 0)), constant_values=cfg.pad_id)
+    mask = np.pad(mask, ((0, 0), (width - cur, 0)), constant_values=False)
+  tokens = np.where(mask, tokens, cfg.pad_id).astype(np.int32)
+  return tokens, mask
+
+
+def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens, prompt_mask, key: Array,
+           config: SamplingConfig, *, num_samples: int = 1, mesh: Mesh | None = None,
+           prompt_ids=None, rules=shd.DEFAULT_RULES) -> SampleOutput:
+  """Samples `num_samples` continuations of each left-padded prompt.
+
+  Args:
+    graphdef, params: the Qwen3 model (`nnx.split`); params may be sharded over `mesh`.
+    prompt_tokens: [B, P] int token ids, left-padded. prompt_mask: [B, P] bool (True = token).
+    key: PRNG key. Row keys are fold_in(fold_in(key, prompt_ids[i]), j) and step keys fold in
+      the token index, so a prompt's samples depend only on (key, its id, j), not on its batch
+      position or on the other rows.
+    config: SamplingConfig (static: one compilation per distinct config, bucket and batch size).
+    num_samples: n samples per prompt; output row i*n + j is sample j of prompt i.
+    mesh: optional mesh: batch rows over (data, fsdp), parameters as placed by the caller,
+      the KV cache with an explicit sharding, activations constrained by the logical rules.
+    prompt_ids: optional [B] ints identifying the prompts for the keys (default arange(B)).
+
+  Returns:
+    SampleOutput (see its docstring). Host arrays are not fetched; call np.asarray as needed.
+  """
+  n = int(num_samples)
+  if n < 1:
+    raise ValueError(f"num_samples={num_samples} must be >= 1")
+  tokens, mask = _bucket_prompts(np.asarray(prompt_tokens), np.asarray(prompt_mask).astype(bool),
+                                 config)
+  b = tokens.shape[0]
+  ids = np.arange(b, dtype=np.int32) if prompt_ids is None else np.asarray(prompt_ids, np.int32)
+  if ids.shape != (b,):
+    raise ValueError(f"prompt_ids has shape {ids.shape}; expected ({b},)")
+  fn = _compiled_sampler(graphdef, config, n, mesh, _rules_key(rules))
+  if mesh is not None:
+    batch_axes = shd.logical_to_spec(("batch",), rules)[0]
+    divides = b % shd._axis_size(mesh, batch_axes) == 0
+    place = lambda x: jax.device_put(
+        x, shd.batch_sharding(mesh, x.ndim, rules) if divides else shd.replicated(mesh))
+    tokens, mask, ids = place(tokens), place(mask), place(ids)
+    key = jax.device_put(key, shd.replicated(mesh))
+  return fn(params, tokens, mask, key, ids)
+
+
+def scoring_inputs(out: SampleOutput) -> tuple[Array, Array, Array]:
+  """Teacher-forcing inputs for `score_sequences` from a SampleOutput.
+
+  Returns tokens [R, Pb + M] (bucketed prompt then the kept generated tokens, pad after),
+  mask [R, Pb + M] bool and score_positions [R]: the position of the last stop-sequence token
+  (rows without a stop sequence: the last kept token), whose logits predict the score token.
+  """
+  m = out.tokens.shape[1]
+  pb = out.prompt_tokens.shape[1]
+  gen_mask = jnp.arange(m)[None, :] < out.lengths[:, None]
+  tokens = jnp.concatenate([out.prompt_tokens, out.tokens.astype(out.prompt_tokens.dtype)], 1)
+  mask = jnp.concatenate([out.prompt_mask.astype(bool), gen_mask], axis=1)
+  end = jnp.where(out.stop_lengths > 0, out.stop_lengths, out.lengths)
+  return tokens, mask, (pb + jnp.maximum(end, 1) - 1).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher-forced scoring pass
+
+
+def _chunked_token_log_probs(model: qwen3.Qwen3, hidden: Array, targets: Array,
+                             temperature: float, chunk: int) -> Array:
+  """log softmax(hidden[:, t] @ W^T / temperature)[targets[:, t]] -> [B, T], chunk by chunk.
+
+  Only a [B, chunk, V] float32 block exists at a time, forward and backward (each chunk is
+  rematerialised in the backward pass instead of saving its logits).
+  """
+  b, t, d = hidden.shape
+  c = max(1, min(chunk, t))
+  pad = (-t) % c
+  nc = (t + pad) // c
+  h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, nc, c, d).swapaxes(0, 1)
+  y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, nc, c).swapaxes(0, 1)
+  w = model.output_embedding()  # [V, D], compute dtype
+
+  @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
+  def one(w, hc, yc):
+    logits = jnp.einsum("BCD,VD->BCV", hc, w, preferred_element_type=jnp.float32)
+    if temperature != 1.0:
+      logits = logits / temperature
+    logits = shd.constrain(logits, ("batch", "length", "act_vocab"))
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    chosen = jnp.take_along_axis(logits, yc[..., None], axis=-1)[..., 0]
+    return chosen - lse
+
+  out = jax.lax.map(lambda xs: one(w, *xs), (h, y))  # [nc, B, c]
+  return out.swapaxes(0, 1).reshape(b, nc * c)[:, :t]
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("temperature", "chunk_size"))
+def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: float,
+               chunk_size: int) -> ScoreOutput:
+  model = nnx.merge(graphdef, params)
+  mask = mask.astype(bool)
+  positions = qwen3.positions_from_mask(mask)
+  hidden, _ = model(tokens, positions, mask)  # [B, T, D]
+  b = tokens.shape[0]
+  idx = score_positions.astype(jnp.int32)[:, None, None]
+  score_logits = model.logits(jnp.take_along_axis(hidden, idx, axis=1)[:, 0])
+  lp = _chunked_token_log_probs(model, hidden[:, :-1], tokens[:, 1:].astype(jnp.int32),
+                                temperature, chunk_size)
+  lp = jnp.where(mask[:, 1:] & mask[:, :-1], lp, 0.0)
+  token_log_probs = jnp.concatenate([jnp.zeros((b, 1), lp.dtype), lp], axis=1)
+  return ScoreOutput(token_log_probs=token_log_probs, score_logits=score_logits)
+
+
+def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, mask: Array,
+                    score_positions: Array, *, temperature: float = 1.0,
+                    chunk_size: int = 64) -> ScoreOutput:
+  """Teacher-forced forward over prompt + CoT; differentiable w.r.t. params.
+
+  Args:
+    tokens: [B, T] int, left-padded prompt followed by the CoT (right padding allowed after it).
+    mask: [B, T] bool, real tokens; RoPE positions come from it (0 at the first real token).
+    score_positions: [B] int, the position whose logits predict the score token, i.e. the
+      position of the last delimiter token (the score token would sit at score_positions + 1).
+    temperature: divides the logits of `token_log_probs` (not of `score_logits`).
+    chunk_size: time steps per logits block; memory is O(B * chunk_size * V), not O(B * T * V).
+
+  Returns:
+    ScoreOutput(token_log_probs [B, T]: entry t = log softmax(logits[t - 1] / temperature)
+      [tokens[t]] where mask[t] and mask[t - 1], else 0 (so 0 at t = 0, at padding and at a
+      row's first real token); score_logits [B, V] float32: the raw (untempered) logits at
+      score_positions).
+  Callable inside an outer jit/grad (e.g. the trainer's loss); then the outer trace applies.
+  """
+  return _score_jit(graphdef, params, tokens, mask, score_positions,
+                    temperature=float(temperature), chunk_size=int(chunk_size))

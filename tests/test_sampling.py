@@ -1,0 +1,393 @@
+"""Sampler and scoring pass (real_jax.sampling) on tiny random Qwen3 checkpoints.
+
+Compilations are the cost here, so the tests share a few sampler configs (module fixtures).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from hf_fixtures import make_tiny_qwen3
+from real_jax import models
+from real_jax import sampling as S
+from real_jax import sharding as shd
+from real_jax.models import hf as hf_io
+
+V = 256
+P = 8          # prompt bucket
+M = 12         # new tokens
+LENS = (7, 4, 2, 6)  # real prompt lengths (left-padded)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+  # Untied, 8 q / 4 kv heads (divides the tensor=4 mesh axis); a larger init makes greedy
+  # continuations vary instead of repeating one token.
+  return make_tiny_qwen3(str(tmp_path_factory.mktemp("tiny_qwen3")), vocab_size=V,
+                         num_attention_heads=8, num_key_value_heads=4, head_dim=16,
+                         tie_word_embeddings=False, initializer_range=0.2)
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+  cfg, graphdef, params = hf_io.load_hf(ckpt)
+  return cfg, graphdef, params
+
+
+@pytest.fixture(scope="module")
+def prompts():
+  rng = np.random.default_rng(0)
+  b, width = len(LENS), 7
+  tokens = np.zeros((b, width), np.int32)
+  mask = np.zeros((b, width), bool)
+  for i, n in enumerate(LENS):
+    tokens[i, width - n:] = rng.integers(1, V, n)
+    mask[i, width - n:] = True
+  return tokens, mask
+
+
+GREEDY = S.SamplingConfig(max_new_tokens=M, greedy=True, prompt_buckets=(P,))
+SAMPLED = S.SamplingConfig(max_new_tokens=M, temperature=0.8, top_p=0.9, prompt_buckets=(P,))
+
+
+@pytest.fixture(scope="module")
+def greedy_out(model, prompts):
+  _, graphdef, params = model
+  return S.sample(graphdef, params, *prompts, jax.random.key(0), GREEDY)
+
+
+@pytest.fixture(scope="module")
+def sampled_out(model, prompts):
+  _, graphdef, params = model
+  return S.sample(graphdef, params, *prompts, jax.random.key(7), SAMPLED, num_samples=3)
+
+
+def _np(x):
+  return np.asarray(jax.device_get(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exactness against transformers and the scoring pass
+
+
+def test_greedy_matches_transformers_generate(ckpt, prompts, greedy_out):
+  import torch
+  from transformers import Qwen3ForCausalLM
+  tokens, mask = prompts
+  hf = Qwen3ForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+  with torch.no_grad():
+    ref = hf.generate(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
+                      do_sample=False, max_new_tokens=M, min_new_tokens=M, pad_token_id=0,
+                      eos_token_id=None)[:, tokens.shape[1]:].numpy()
+  got = _np(greedy_out.tokens)
+  assert len(np.unique(ref)) > 8, "degenerate fixture: greedy repeats one token"
+  np.testing.assert_array_equal(got, ref)
+  np.testing.assert_array_equal(_np(greedy_out.lengths), M)
+  np.testing.assert_array_equal(_np(greedy_out.status), S.TRUNCATED)
+  np.testing.assert_array_equal(_np(greedy_out.sampling_log_probs), 0.0)
+
+
+def test_sampler_log_probs_equal_scoring_pass(model, sampled_out):
+  _, graphdef, params = model
+  tokens, mask, score_pos = S.scoring_inputs(sampled_out)
+  scored = S.score_sequences(graphdef, params, tokens, mask, score_pos)
+  np.testing.assert_allclose(_np(scored.token_log_probs)[:, P:],
+                             _np(sampled_out.policy_log_probs), atol=1e-4)
+  assert np.all(_np(sampled_out.sampling_log_probs) <= 1e-6)
+
+
+def _full_scoring(graphdef, p, tokens, mask, pos, temperature):
+  """Unchunked reference: log_softmax over the whole [B, T, V] logits."""
+  logits = models.forward_logits(graphdef, p, tokens, mask)
+  lp = jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1] / temperature), tokens[:, 1:, None],
+                           -1)[..., 0]
+  lp = jnp.where(mask[:, 1:] & mask[:, :-1], lp, 0.0)
+  lp = jnp.concatenate([jnp.zeros((tokens.shape[0], 1)), lp], axis=1)
+  return S.ScoreOutput(lp, logits[jnp.arange(tokens.shape[0]), pos])
+
+
+def _loss(out):
+  return out.token_log_probs.sum() + 0.1 * jax.nn.logsumexp(out.score_logits, -1).sum()
+
+
+def _max_vocab_elems(jaxpr, vocab):
+  """Largest intermediate with a vocabulary-sized axis anywhere in a (nested) jaxpr."""
+  from jax.extend.core import jaxprs_in_params
+  best = 0
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      shape = getattr(v.aval, "shape", ())
+      if vocab in shape:
+        best = max(best, int(np.prod(shape)))
+    for sub in jaxprs_in_params(eqn.params):
+      best = max(best, _max_vocab_elems(sub, vocab))
+  return best
+
+
+def test_scoring_pass_exact_and_memory_bounded():
+  """The chunked pass equals the unchunked one (values and gradients, left-padded rows) and its
+  memory does not scale with vocabulary x time: no [B, T, V] float32 logits, forward or grad."""
+  b, t, chunk, temp = 2, 256, 16, 0.7
+  rng = np.random.default_rng(0)
+  lens = np.array([t, t - 37])
+  mask = jnp.asarray(np.arange(t)[None, :] >= (t - lens)[:, None])  # left padding
+  pos = jnp.asarray(lens // 2 + (t - lens))
+
+  def setup(vocab):
+    cfg = models.Qwen3Config(vocab_size=vocab, hidden_size=16, intermediate_size=32,
+                             num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8)
+    graphdef, abstract = models.abstract_model(cfg)  # random values without compiling an init
+    params = jax.tree.map(lambda x: jnp.asarray(0.3 * rng.normal(size=x.shape), x.dtype),
+                          abstract)
+    tokens = jnp.asarray(rng.integers(0, vocab, (b, t)), jnp.int32)
+    chunked = jax.jit(jax.value_and_grad(lambda p: _loss(S.score_sequences(
+        graphdef, p, tokens, mask, pos, temperature=temp, chunk_size=chunk))))
+    return graphdef, params, tokens, chunked
+
+  # Exactness against the unchunked pass (V = 4096).
+  v1, v2 = 4096, 16384
+  graphdef, params, tokens, chunked = setup(v1)
+  compiled1 = chunked.lower(params).compile()
+  l1, g1 = compiled1(params)
+  ref_fn = lambda p: _full_scoring(graphdef, p, tokens, mask, pos, temp)
+  (l2, ref), g2 = jax.jit(jax.value_and_grad(lambda p: (_loss(ref_fn(p)), ref_fn(p)),
+                                             has_aux=True))(params)
+  out = S.score_sequences(graphdef, params, tokens, mask, pos, temperature=temp, chunk_size=chunk)
+  lp = _np(out.token_log_probs)
+  np.testing.assert_allclose(lp, _np(ref.token_log_probs), atol=2e-5)
+  assert np.all(lp[~_np(mask)] == 0) and np.all(lp[:, 0] == 0)
+  assert lp[1, 37] == 0  # a row's first real token has no context
+  np.testing.assert_allclose(_np(out.score_logits), _np(ref.score_logits), atol=2e-5)
+  np.testing.assert_allclose(float(l1), float(l2), rtol=1e-5)
+  for a, c in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(_np(a), _np(c), atol=1e-4, rtol=1e-3)
+
+  # Memory: the same pass with V x 4.
+  temp1 = compiled1.memory_analysis().temp_size_in_bytes
+  _, params2, _, chunked2 = setup(v2)
+  temp2 = chunked2.lower(params2).compile().memory_analysis().temp_size_in_bytes
+  # 1) No intermediate with a vocabulary axis, anywhere in the (nested) jaxpr of value-and-grad,
+  #    is larger than one [B, chunk, V] block (1/16 of [B, T, V]).
+  assert _max_vocab_elems(jax.make_jaxpr(chunked2)(params2).jaxpr, v2) == b * chunk * v2
+  # 2) Compiled temporary memory of value-and-grad: growing V by 4x adds far less than the
+  #    [B, T, V] float32 logits would (b * t * (v2 - v1) * 4 bytes = 25 MB); chunk blocks and
+  #    [V, D] gradient buffers add a few MB.
+  full_growth = b * t * (v2 - v1) * 4
+  assert temp2 - temp1 < full_growth / 4, (temp1, temp2, full_growth)
+  assert temp2 < b * t * v2 * 4 / 2, (temp2, b * t * v2 * 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributions: temperature, top-k, top-p (statistical checks with a fixed seed)
+
+
+def _filtered_np(logits, temperature=1.0, top_k=0, top_p=1.0):
+  """Exact target distribution in float64 by sorting (the reference implementation)."""
+  l = np.asarray(logits, np.float64) / temperature
+  order = np.argsort(-l, kind="stable")
+  p = np.exp(l[order] - l[order[0]])
+  if top_k:
+    p[top_k:] = 0.0
+  p /= p.sum()
+  if top_p < 1.0:
+    cum = np.cumsum(p)
+    k = int(np.searchsorted(cum, top_p - 1e-12)) + 1
+    assert k == len(p) or cum[k - 1] - top_p > 1e-6, "borderline nucleus; change top_p"
+    p[k:] = 0.0
+    p /= p.sum()
+  out = np.zeros_like(p)
+  out[order] = p
+  return out
+
+
+def _chi2_ok(counts, probs):
+  from scipy import stats
+  support = probs > 0
+  assert counts[~support].sum() == 0, "sampled a token outside the filtered support"
+  n = counts.sum()
+  expected = probs[support] * n
+  big = expected >= 5  # pool the rare cells
+  obs = np.append(counts[support][big], counts[support][~big].sum())
+  exp = np.append(expected[big], expected[~big].sum())
+  if exp[-1] == 0:
+    obs, exp = obs[:-1], exp[:-1]
+  return stats.chisquare(obs, exp).pvalue
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.6, 0, 1.0), (1.0, 0, 0.7), (1.3, 40, 0.8)])
+def test_sampling_frequencies_match_target(model, prompts, temperature, top_k, top_p):
+  cfg, graphdef, params = model
+  tokens, mask = prompts
+  logits = _np(models.forward_logits(graphdef, params, jnp.asarray(tokens[:1]),
+                                     jnp.asarray(mask[:1])))[0, -1] * 3.0  # sharper
+  target = _filtered_np(logits, temperature, top_k, top_p)
+  n = 16_000
+  scfg = S.SamplingConfig(max_new_tokens=1, temperature=temperature, top_k=top_k, top_p=top_p)
+  u = jax.random.uniform(jax.random.key(1), (n,))
+  tok, slp, plp = jax.jit(S.sample_from_logits, static_argnums=2)(
+      jnp.broadcast_to(jnp.asarray(logits), (n, V)), u, scfg)
+  tok = _np(tok)
+  counts = np.bincount(tok, minlength=V)
+  assert _chi2_ok(counts, target) > 1e-3
+  np.testing.assert_allclose(_np(slp), np.log(target[tok]), atol=1e-4)
+  np.testing.assert_allclose(_np(plp), jax.nn.log_softmax(logits)[tok], atol=1e-4)
+
+
+def test_end_to_end_first_token_frequencies(model, prompts):
+  """1-token generation from one prompt, many samples: the whole sampler path."""
+  cfg, graphdef, params = model
+  tokens, mask = prompts
+  scfg = S.SamplingConfig(max_new_tokens=1, temperature=0.5, top_p=0.8, prompt_buckets=(P,))
+  n = 4000
+  out = S.sample(graphdef, params, tokens[:1], mask[:1], jax.random.key(3), scfg, num_samples=n)
+  logits = _np(models.forward_logits(graphdef, params, jnp.asarray(tokens[:1]),
+                                     jnp.asarray(mask[:1])))[0, -1]
+  target = _filtered_np(logits, 0.5, 0, 0.8)
+  tok = _np(out.tokens)[:, 0]
+  assert _chi2_ok(np.bincount(tok, minlength=V), target) > 1e-3
+  np.testing.assert_allclose(_np(out.sampling_log_probs)[:, 0], np.log(target[tok]), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gauss0.5", "gauss3", "zipf", "peaked", "ties"])
+def test_nucleus_threshold_matches_sort(kind):
+  """The sort-free search keeps exactly the sort-and-cumsum nucleus on 32k-token rows."""
+  rng = np.random.default_rng({"gauss0.5": 0, "gauss3": 1, "zipf": 2, "peaked": 3, "ties": 4}[kind])
+  rows, v, top_p = 16, 32000, 0.9
+  if kind.startswith("gauss"):
+    x = rng.normal(size=(rows, v)) * float(kind[5:])
+  elif kind == "zipf":
+    x = -1.1 * np.log(np.arange(1, v + 1))[None] + 0.3 * rng.normal(size=(rows, v))
+    x = rng.permuted(x, axis=1)
+  elif kind == "peaked":
+    x = rng.normal(size=(rows, v))
+    x[:, :3] += np.array([9.0, 8.5, 8.0])
+  else:  # many exact ties
+    x = np.round(rng.normal(size=(rows, v)), 1)
+  x = x.astype(np.float32)
+  e = jnp.exp(x - x.max(-1, keepdims=True))
+  tau = _np(jax.jit(S._nucleus_threshold, static_argnums=(2, 3))(e, e.sum(-1), top_p, 64))
+  e = _np(e).astype(np.float64)
+  for r in range(rows):
+    s = np.sort(e[r])[::-1]
+    cum = np.cumsum(s)
+    k = int(np.searchsorted(cum, top_p * cum[-1])) + 1
+    target = top_p * cum[-1]
+    if min(cum[k - 1] - target, target - (cum[k - 2] if k > 1 else 0.0)) < 3e-5 * cum[-1]:
+      continue  # within float32 rounding of the partial sums: either answer is right
+    want = s[k - 1]
+    if kind == "ties":  # ties at the boundary are all kept
+      assert tau[r] == np.float32(want), r
+    else:
+      assert np.sum(e[r] >= tau[r]) == k, (r, np.sum(e[r] >= tau[r]), k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping
+
+
+def _pick_stops(ref):
+  """A bigram that first ends at column 4 of row 0, and an EOS first seen at column 5 of row 1,
+  neither occurring in rows 2-3 (so those run to max_new_tokens)."""
+  bigrams = lambda row, upto: {(int(row[i]), int(row[i + 1])) for i in range(upto - 1)}
+  for c0 in range(4, M - 1):
+    stop = (int(ref[0, c0 - 1]), int(ref[0, c0]))
+    if stop in bigrams(ref[0], c0) or any(stop in bigrams(ref[r], M) for r in (2, 3)):
+      continue
+    for c1 in range(3, M - 1):
+      eos = int(ref[1, c1])
+      if eos in ref[1, :c1] or eos in ref[0, :c0 + 1] or eos in ref[2] or eos in ref[3]:
+        continue
+      if stop in bigrams(ref[1], c1 + 1):
+        continue
+      return stop, c0, eos, c1
+  pytest.skip("fixture's greedy rows leave no usable stop tokens")
+
+
+def test_stop_sequence_eos_and_truncation(model, prompts, greedy_out):
+  _, graphdef, params = model
+  ref = _np(greedy_out.tokens)
+  # Row 0 stops right after its stop bigram, row 1 at its EOS; rows 2-3 run out.
+  stop, c0, eos, c1 = _pick_stops(ref)
+  cfg = GREEDY.replace(stop_sequences=(stop, (V + 5, V + 6, V + 7)), eos_ids=(eos,), pad_id=0,
+                       decode_impl="model")  # the module's own cached forward
+  out = S.sample(graphdef, params, *prompts, jax.random.key(0), cfg)
+  tok, lengths, status = _np(out.tokens), _np(out.lengths), _np(out.status)
+  np.testing.assert_array_equal(status, [S.STOP_SEQUENCE, S.EOS, S.TRUNCATED, S.TRUNCATED])
+  np.testing.assert_array_equal(lengths, [c0 + 1, c1 + 1, M, M])
+  np.testing.assert_array_equal(_np(out.stop_lengths), [c0 + 1, 0, 0, 0])
+  for r, n in enumerate(lengths):
+    np.testing.assert_array_equal(tok[r, :n], ref[r, :n])  # unchanged before the end
+    np.testing.assert_array_equal(tok[r, n:], 0)  # padded after it
+    assert np.all(_np(out.policy_log_probs)[r, n:] == 0.0)
+    np.testing.assert_allclose(_np(out.policy_log_probs)[r, :n],
+                               _np(greedy_out.policy_log_probs)[r, :n], atol=1e-5)
+  tokens, mask, score_pos = S.scoring_inputs(out)
+  assert int(score_pos[0]) == P + c0  # the last stop token predicts the score token
+
+  # One extra token after the stop sequence (the "standard" readout reads it).
+  out2 = S.sample(graphdef, params, *prompts, jax.random.key(0),
+                  cfg.replace(extra_tokens_after_stop=1, decode_impl="fast"))
+  np.testing.assert_array_equal(_np(out2.lengths), [c0 + 2, c1 + 1, M, M])
+  np.testing.assert_array_equal(_np(out2.status), _np(status))
+  np.testing.assert_array_equal(_np(out2.stop_lengths), [c0 + 1, 0, 0, 0])
+  np.testing.assert_array_equal(_np(out2.tokens)[0, :c0 + 2], ref[0, :c0 + 2])
+  np.testing.assert_array_equal(_np(out2.tokens)[0, c0 + 2:], 0)
+  assert int(S.scoring_inputs(out2)[2][0]) == P + c0
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups, keys, sharding
+
+
+def test_groups_differ_and_are_contiguous(sampled_out, prompts):
+  tok = _np(sampled_out.tokens)
+  n = 3
+  assert tok.shape == (len(LENS) * n, M)
+  np.testing.assert_array_equal(_np(sampled_out.prompt_index), np.repeat(np.arange(4), n))
+  np.testing.assert_array_equal(_np(sampled_out.sample_index), np.tile(np.arange(n), 4))
+  pt = _np(sampled_out.prompt_tokens)
+  for i in range(4):
+    rows = tok[i * n:(i + 1) * n]
+    assert len({r.tobytes() for r in rows}) == n, f"samples of prompt {i} coincide"
+    np.testing.assert_array_equal(pt[i * n:(i + 1) * n, -LENS[i]:],
+                                  np.repeat(prompts[0][i:i + 1, -LENS[i]:], n, 0))
+
+
+def test_deterministic_and_batch_order_independent(model, prompts, sampled_out):
+  _, graphdef, params = model
+  tokens, mask = prompts
+  perm = np.array([2, 0, 3, 1])
+  out = S.sample(graphdef, params, tokens[perm], mask[perm], jax.random.key(7), SAMPLED,
+                 num_samples=3, prompt_ids=perm)
+  n = 3
+  rows = (perm[:, None] * n + np.arange(n)[None]).reshape(-1)
+  np.testing.assert_array_equal(_np(out.tokens), _np(sampled_out.tokens)[rows])
+  np.testing.assert_allclose(_np(out.sampling_log_probs),
+                             _np(sampled_out.sampling_log_probs)[rows], atol=1e-6)
+
+
+def test_sharded_repeat_prefill_equals_single_device(ckpt, prompts, sampled_out):
+  """fsdp=2 x tensor=4 mesh, prompts repeated before the prefill: same samples as 1 device."""
+  mesh = shd.make_mesh({"fsdp": 2, "tensor": 4})
+  _, graphdef, params = hf_io.load_hf(ckpt, mesh=mesh)
+  out = S.sample(graphdef, params, *prompts, jax.random.key(7),
+                 SAMPLED.replace(group_prefill="repeat"), num_samples=3, mesh=mesh)
+  assert len(out.tokens.sharding.device_set) == 8
+  np.testing.assert_array_equal(_np(out.tokens), _np(sampled_out.tokens))
+  np.testing.assert_allclose(_np(out.policy_log_probs), _np(sampled_out.policy_log_probs),
+                             atol=1e-5)
+  np.testing.assert_allclose(_np(out.sampling_log_probs), _np(sampled_out.sampling_log_probs),
+                             atol=1e-5)
+
+
+def test_bad_inputs_raise(model):
+  _, graphdef, params = model
+  with pytest.raises(ValueError, match="left-padded"):
+    S.sample(graphdef, params, np.ones((1, 4), np.int32), np.array([[1, 1, 0, 0]], bool),
+             jax.random.key(0), GREEDY)
+  with pytest.raises(ValueError, match="top_p"):
+    S.SamplingConfig(top_p=0.0)
+  assert S.pick_bucket(5, (4, 8)) == 8 and S.pick_bucket(20, (4, 8)) == 24
