@@ -11,6 +11,7 @@ Typical use (functional NNX: split once, pure functions of params):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -67,13 +68,19 @@ def cache_shardings(mesh: Mesh, cfg: Qwen3Config, batch_size: int, length: int,
 def init_params(cfg: Qwen3Config, *, mesh: Mesh | None = None, rules=shd.DEFAULT_RULES,
                 seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
   """Random parameters, materialised directly into their shardings (never whole on one device)."""
+  rules_key = tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in rules.items()))
+  graphdef, init = _compiled_init(cfg, mesh, rules_key)
+  return graphdef, init(jax.random.key(seed))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_init(cfg: Qwen3Config, mesh: Mesh | None, rules_key: tuple):
+  # Cached per (config, mesh): compiling the random initialisers costs seconds on CPU, so
+  # re-initialising with another seed must not recompile.
   graphdef, abstract = abstract_model(cfg)
-  out_shardings = param_shardings(abstract, mesh, rules) if mesh is not None else None
+  out_shardings = param_shardings(abstract, mesh, dict(rules_key)) if mesh is not None else None
 
-  @jax.jit
-  def init():
-    return nnx.split(Qwen3(cfg, rngs=nnx.Rngs(seed)))[1]
+  def init(key):
+    return nnx.split(Qwen3(cfg, rngs=nnx.Rngs(params=key)))[1]
 
-  if out_shardings is not None:
-    init = jax.jit(init, out_shardings=out_shardings)
-  return graphdef, init()
+  return graphdef, jax.jit(init, out_shardings=out_shardings)
