@@ -1,4 +1,6 @@
-"""Every notebook in notebooks/ executes headless, top to bottom, without errors."""
+"""The walkthrough notebook executes headless, top to bottom, without errors.
+
+(`notebooks/inspect_run.ipynb` needs a training work directory; tests/test_main.py runs it on one.)"""
 
 import glob
 import os
@@ -8,7 +10,7 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+NOTEBOOKS = [os.path.join(ROOT, "notebooks", "real_walkthrough.ipynb")]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
@@ -25,5 +27,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   assert "ŷ (full-vocabulary softmax" in text and "grad norm:" in text
 
 
-def test_notebooks_exist():
-  assert NOTEBOOKS, "notebooks/ has no .ipynb"
+def test_every_notebook_is_tested():
+  tested = {"real_walkthrough.ipynb", "inspect_run.ipynb"}
+  found = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb"))}
+  assert found <= tested, f"notebooks without a test: {sorted(found - tested)}"

@@ -1,0 +1,141 @@
+r"""One REAL update, timed: rollout (sampling), scoring pass, train steps.
+
+  python benchmarks/real_update.py                        # tiny-1m and cpu-29m on this CPU
+  python benchmarks/real_update.py --presets cpu-29m --prompts 8 --group 8 --new_tokens 128
+  python benchmarks/real_update.py --presets qwen3-1.7b --dtype bfloat16 --peak_tflops 989
+
+Each update = `prompts` prompts x `group` CoTs of up to `new_tokens` tokens (random-weight
+models rarely reach the delimiter, so rows run to the token limit: the worst case), one no-grad
+scoring pass over all rows, then `epochs` x (rows / mini_batch) optimiser steps of the REAL loss.
+The first update compiles; the second is timed. Prints prompts/s, generated tokens/s, the time
+split, and (with --peak_tflops) the train step's model FLOPs utilisation
+(6 x params x tokens + attention, over the measured step time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens: int,
+          epochs: int, mini_batch: int, dtype: str, peak_tflops: float, seed: int = 0) -> dict:
+  from transformers import AutoTokenizer
+  from real_jax import sharding as shd
+  from real_jax.data import build_synthetic_tokenizer
+  from real_jax.judge.scores import resolve_score_tokens
+  from real_jax.models import get_preset, init_params
+  from real_jax.train import config_lib, loops, rollout, state as state_lib, steps as steps_lib
+
+  tok_dir = os.path.join(tempfile.mkdtemp(), "tok")
+  build_synthetic_tokenizer(tok_dir)
+  tok = AutoTokenizer.from_pretrained(tok_dir)
+  st = resolve_score_tokens(tok)
+  cfg = get_preset(preset).model
+  cfg = cfg.replace(vocab_size=max(cfg.vocab_size, -(-len(tok) // 64) * 64))
+  if dtype:
+    cfg = cfg.replace(dtype=dtype)
+  mesh = shd.make_mesh({"data": -1})
+  graphdef, params = init_params(cfg, mesh=mesh, seed=seed)
+
+  c = config_lib.base_config()
+  c.rl.group_size = group
+  c.rl.mini_batch_size = mini_batch
+  c.rl.max_response_len = new_tokens
+  c.rl.beta, c.rl.lam = 1.0, 1.0
+  c.data.max_prompt_len = max(prompt_len, 64)
+  c.data.prompt_buckets = str(prompt_len)
+  ctx = loops.Context(config=c, workdir="", mesh=mesh, tokenizer=tok, tokenizer_dir=tok_dir,
+                      score_tokens=st, pad_id=int(tok.pad_token_id), graphdef=graphdef,
+                      model_cfg=cfg, writer=None, train_source=None, eval_sources={},
+                      delim_start=())
+  rng = np.random.default_rng(seed)
+  batch = {"prompt_tokens": rng.integers(10, len(tok), size=(prompts, prompt_len)).astype(np.int32),
+           "prompt_mask": np.ones((prompts, prompt_len), np.int32),
+           "target": rng.integers(1, 6, size=prompts).astype(np.float32)}
+  batch["target_int"] = batch["target"].astype(np.int32)
+  adv = rollout.AdvantageSettings()
+  score_fn = rollout.make_score_fn(graphdef, st, mesh, top_p=0.9)
+  loss = steps_lib.real_objective(st, steps_lib.RLLossConfig(beta=1.0, lam=1.0))
+  rows_n = prompts * group
+  tx = state_lib.make_optimizer(lr=1e-6, steps=100)
+  state, sh = state_lib.init_state(params, tx, mesh, seed)
+  step_fn = None
+  out = {}
+  for it in range(2):
+    t0 = time.time()
+    rows, _, stats, t_roll, t_score = loops.rollout_round(
+        ctx, state["params"], None, batch, jax.random.PRNGKey(it), score_fn, "real", adv)
+    if step_fn is None:
+      step_fn = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh,
+                                          {k: v[:mini_batch] for k, v in rows.items()})
+    t1 = time.time()
+    n_steps = 0
+    for _ in range(epochs):
+      for m in range(rows_n // mini_batch):
+        mb = {k: v[m * mini_batch:(m + 1) * mini_batch] for k, v in rows.items()}
+        state, met = step_fn(state, steps_lib.put_batch(mb, mesh))
+        n_steps += 1
+    jax.block_until_ready(met)
+    t_train = time.time() - t1
+    total = time.time() - t0
+    out = {"preset": preset, "params_M": cfg.num_params() / 1e6, "rows": rows_n,
+           "seq_len": int(rows["tokens"].shape[1]), "gen_tokens": stats["gen_tokens"],
+           "t_rollout": t_roll, "t_scoring": t_score, "t_train": t_train, "t_total": total,
+           "train_steps": n_steps, "prompts_per_s": prompts / total,
+           "gen_tokens_per_s": stats["gen_tokens"] / t_roll}
+    seq = out["seq_len"]
+    tokens = n_steps * mini_batch * seq
+    flops = 6 * cfg.num_params() * tokens + 6 * cfg.num_layers * mini_batch * n_steps * (
+        seq * seq * cfg.num_heads * cfg.head_dim)  # causal attention, fwd + bwd
+    out["train_tflops_per_s"] = flops / t_train / 1e12
+    if peak_tflops:
+      out["mfu"] = out["train_tflops_per_s"] / peak_tflops
+    print(f"[{preset}] update {it} ({'compile + run' if it == 0 else 'timed'}): "
+          f"total {total:.2f}s = rollout {t_roll:.2f}s + scoring {t_score:.2f}s + train "
+          f"{t_train:.2f}s ({n_steps} steps)", flush=True)
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--presets", default="tiny-1m,cpu-29m")
+  p.add_argument("--prompts", type=int, default=8)
+  p.add_argument("--group", type=int, default=8)
+  p.add_argument("--prompt_len", type=int, default=128)
+  p.add_argument("--new_tokens", type=int, default=64)
+  p.add_argument("--epochs", type=int, default=1)
+  p.add_argument("--mini_batch", type=int, default=32)
+  p.add_argument("--dtype", default="")
+  p.add_argument("--peak_tflops", type=float, default=0.0,
+                 help="device peak (e.g. 989 for H100 SXM bf16 dense) for MFU")
+  a = p.parse_args()
+  print(f"devices: {jax.devices()}  backend: {jax.default_backend()}")
+  results = [bench(pr, prompts=a.prompts, group=a.group, prompt_len=a.prompt_len,
+                   new_tokens=a.new_tokens, epochs=a.epochs, mini_batch=a.mini_batch,
+                   dtype=a.dtype, peak_tflops=a.peak_tflops)
+             for pr in a.presets.split(",")]
+  print()
+  print("| preset | params | prompts x n | prompts/s | gen tok/s | rollout s | scoring s | "
+        "train s (steps) | train TFLOP/s" + (" | MFU |" if a.peak_tflops else " |"))
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if a.peak_tflops else ""))
+  for r in results:
+    line = (f"| {r['preset']} | {r['params_M']:.1f}M | {a.prompts} x {a.group} | "
+            f"{r['prompts_per_s']:.2f} | {r['gen_tokens_per_s']:.0f} | {r['t_rollout']:.2f} | "
+            f"{r['t_scoring']:.2f} | {r['t_train']:.2f} ({r['train_steps']}) | "
+            f"{r['train_tflops_per_s']:.3f} |")
+    if a.peak_tflops:
+      line += f" {100 * r['mfu']:.1f}% |"
+    print(line)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,365 @@
+"""Evaluation of a judge: one sampled CoT per item, the RAIL and standard readouts, scipy
+correlations per split and their average, and result tables laid out like the paper's Table 2.
+
+Readouts (DESIGN §2.7):
+  * RAIL: y_hat = sum_k v_k pi(k | x, c) at the position right after the delimiter (full
+    vocabulary softmax by default, `renormalize=True` for the score tokens only).
+  * standard: the score token sampled at that position (argmax when greedy); a token that is not
+    a score digit counts as "no valid score".
+
+Items whose CoT never reached the delimiter (truncated, or EOS first) have no valid score; they
+are counted (`invalid_frac`) and, by default (`invalid="force"`), read after appending the
+delimiter to their CoT so every item still has a prediction (`invalid="midpoint"` predicts the
+middle score instead). With `readout="direct"` (RAFT models) there is no CoT: the delimiter
+follows the prompt directly.
+
+Outputs in the workdir: `eval/<tag>.json` (metrics), `eval/<tag>_predictions.jsonl` (one line
+per item), and `results.json` / `results.md` collecting every evaluated model of the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+READOUTS = ("rail", "standard")
+METRICS = ("pearson", "spearman", "kendall")
+
+# Column titles of the paper's benchmarks (Table 2); other splits keep their own names.
+SPLIT_TITLES = {
+    "feedback_bench": "FB Bench", "flask": "FLASK", "vicuna_bench": "Vicuna Bench",
+    "mt_bench": "MT Bench", "test": "Test (ID)", "test_ood_hard": "OOD hard",
+    "test_ood_rubric": "OOD rubric",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics (host side, scipy)
+
+
+def correlations(pred: Sequence[float], target: Sequence[float]) -> dict[str, float]:
+  """Pearson, Spearman and Kendall (tau-b) of predictions vs targets (scipy.stats), plus
+  MSE / L1 and n. A correlation is NaN when either side is constant or n < 2."""
+  from scipy import stats
+  p = np.asarray(pred, np.float64)
+  t = np.asarray(target, np.float64)
+  out = {"n": int(p.size)}
+  degenerate = p.size < 2 or np.ptp(p) == 0 or np.ptp(t) == 0
+  for name, fn in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr),
+                   ("kendall", stats.kendalltau)):
+    out[name] = float("nan") if degenerate else float(fn(p, t)[0])
+  out["mse"] = float(np.mean((p - t) ** 2)) if p.size else float("nan")
+  out["l1"] = float(np.mean(np.abs(p - t))) if p.size else float("nan")
+  return out
+
+
+def summarize(per_split: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, Any]:
+  """Metrics per split and readout, and their averages over splits.
+
+  Args:
+    per_split: split -> {"target" [N], "rail" [N], "standard" [N], "valid" [N] bool (a valid
+      score was produced), "standard_valid" [N] bool (the sampled token was a score digit)}.
+
+  Returns:
+    {"splits": {split: {"rail": {...}, "standard": {...}, "invalid_frac", "n"}},
+     "avg": {"rail": {pearson, spearman, kendall, mse, l1}, "standard": {...}, "invalid_frac"}}
+  """
+  out: dict[str, Any] = {"splits": {}, "avg": {}}
+  for split, d in per_split.items():
+    s = {r: correlations(d[r], d["target"]) for r in READOUTS}
+    s["n"] = int(len(d["target"]))
+    s["invalid_frac"] = float(1.0 - np.mean(d["valid"])) if len(d["valid"]) else float("nan")
+    s["standard_invalid_frac"] = (float(1.0 - np.mean(d["standard_valid"]))
+                                  if len(d["standard_valid"]) else float("nan"))
+    out["splits"][split] = s
+  for r in READOUTS:
+    out["avg"][r] = {m: _mean([out["splits"][s][r][m] for s in out["splits"]])
+                     for m in METRICS + ("mse", "l1")}
+  out["avg"]["invalid_frac"] = _mean([v["invalid_frac"] for v in out["splits"].values()])
+  out["avg"]["standard_invalid_frac"] = _mean(
+      [v["standard_invalid_frac"] for v in out["splits"].values()])
+  return out
+
+
+def _mean(xs: Sequence[float]) -> float:
+  xs = [x for x in xs if x is not None]
+  return float(np.mean(xs)) if xs else float("nan")
+
+
+def lookup(summary: Mapping[str, Any], name: str) -> float:
+  """A metric by path, e.g. "avg/rail/pearson" or "splits/test/standard/kendall"."""
+  node: Any = summary
+  for part in name.split("/"):
+    if not isinstance(node, Mapping) or part not in node:
+      raise KeyError(f"metric {name!r} not found (no {part!r}); e.g. avg/rail/pearson")
+    node = node[part]
+  return float(node)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _fmt(x: float, scale: float = 100.0, digits: int = 1) -> str:
+  if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    return "–"
+  return f"{x * scale:.{digits}f}"
+
+
+def results_table(rows: Sequence[tuple[str, Mapping[str, Any]]], *, metric: str = "pearson",
+                  readouts: Sequence[str] = READOUTS) -> str:
+  """Markdown table like the paper's Table 2: one row per (model, readout), one column per
+  evaluation split plus their average, `metric` x 100.
+
+  Args:
+    rows: (model name, `summarize` output) pairs, in display order.
+    metric: pearson | spearman | kendall.
+    readouts: which readouts to show as rows.
+  """
+  splits: list[str] = []
+  for _, s in rows:
+    for sp in s["splits"]:
+      if sp not in splits:
+        splits.append(sp)
+  head = ["Model", "Readout"] + [SPLIT_TITLES.get(sp, sp) for sp in splits] + ["Avg"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(splits) + 1)) + "|"]
+  for name, s in rows:
+    for r in readouts:
+      cells = [name, "RAIL (ŷ)" if r == "rail" else "standard (sampled)"]
+      cells += [_fmt(s["splits"][sp][r][metric]) if sp in s["splits"] else "–" for sp in splits]
+      cells.append(_fmt(s["avg"][r][metric]))
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def summary_table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+  """Averages over splits of every metric, both readouts, and the fraction without a score."""
+  head = ["Model", "Readout", "Pearson", "Spearman", "Kendall", "MSE", "no valid score"]
+  lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+  for name, s in rows:
+    for r in READOUTS:
+      a = s["avg"][r]
+      inv = s["avg"]["invalid_frac"] if r == "rail" else s["avg"]["standard_invalid_frac"]
+      lines.append("| " + " | ".join([
+          name, "RAIL (ŷ)" if r == "rail" else "standard (sampled)", _fmt(a["pearson"]),
+          _fmt(a["spearman"]), _fmt(a["kendall"]), _fmt(a["mse"], 1.0, 3),
+          f"{_fmt(inv, 100.0, 1)}%"]) + " |")
+  return "\n".join(lines)
+
+
+def render_results(rows: Sequence[tuple[str, Mapping[str, Any]]], *, note: str = "") -> str:
+  """The markdown written to `results.md`: the Table-2-style Pearson table and the summary."""
+  parts = ["## Pearson r x 100 per evaluation split (Table 2 layout)", "",
+           results_table(rows, metric="pearson"), "",
+           "## Averages over splits (x 100; MSE raw)", "", summary_table(rows)]
+  if note:
+    parts += ["", note]
+  return "\n".join(parts) + "\n"
+
+
+def check_markdown_table(text: str) -> list[list[str]]:
+  """Parses a markdown pipe table; raises ValueError if rows have different column counts or the
+  separator row is missing. Returns the rows' cells (header first, separator dropped)."""
+  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+  if len(lines) < 2:
+    raise ValueError("a table needs a header and a separator row")
+  rows = []
+  for i, line in enumerate(lines):
+    if not (line.startswith("|") and line.endswith("|")):
+      raise ValueError(f"line {i} is not a table row: {line!r}")
+    cells = [c.strip() for c in line[1:-1].split("|")]
+    rows.append(cells)
+  width = len(rows[0])
+  for i, r in enumerate(rows):
+    if len(r) != width:
+      raise ValueError(f"row {i} has {len(r)} cells, header has {width}")
+  if not all(set(c) <= set(":-") and "-" in c for c in rows[1]):
+    raise ValueError(f"second line is not a separator row: {lines[1]!r}")
+  return [rows[0]] + rows[2:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Result files
+
+
+def write_eval(workdir: str, tag: str, summary: Mapping[str, Any], predictions: Mapping[str, Any]
+               | None = None, extra: Mapping[str, Any] | None = None) -> str:
+  """Writes eval/<tag>.json (and eval/<tag>_predictions.jsonl); returns the JSON path."""
+  d = os.path.join(workdir, "eval")
+  os.makedirs(d, exist_ok=True)
+  path = os.path.join(d, f"{tag}.json")
+  with open(path, "w") as f:
+    json.dump({"tag": tag, **(extra or {}), "summary": summary}, f, indent=2, default=_json_default)
+  if predictions:
+    with open(os.path.join(d, f"{tag}_predictions.jsonl"), "w") as f:
+      for split, d_ in predictions.items():
+        n = len(d_["target"])
+        for i in range(n):
+          row = {"split": split}
+          for k, v in d_.items():
+            row[k] = _json_default(v[i]) if isinstance(v, (np.ndarray, list)) else v
+          f.write(json.dumps(row, default=_json_default) + "\n")
+  return path
+
+
+def _json_default(x):
+  if isinstance(x, np.generic):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def update_results(workdir: str, name: str, summary: Mapping[str, Any], *,
+                   info: Mapping[str, Any] | None = None, note: str = "") -> str:
+  """Adds/replaces `name` in <workdir>/results.json and rewrites results.md; returns the markdown."""
+  path = os.path.join(workdir, "results.json")
+  data = {"rows": []}
+  if os.path.exists(path):
+    with open(path) as f:
+      data = json.load(f)
+  data["rows"] = [r for r in data["rows"] if r["name"] != name]
+  data["rows"].append({"name": name, "summary": summary, "info": dict(info or {}),
+                       "time": time.time()})
+  with open(path, "w") as f:
+    json.dump(data, f, indent=2, default=_json_default)
+  md = render_results([(r["name"], r["summary"]) for r in data["rows"]], note=note)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(md)
+  return md
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation + readouts on a model
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """How a judge is evaluated (config's `eval` block)."""
+  batch_size: int = 64
+  max_items: int = 0
+  readout: str = "cot"  # cot | direct
+  greedy: bool = False
+  temperature: float = 1.0
+  top_p: float = 0.9
+  max_response_len: int = 1024
+  renormalize: bool = False
+  invalid: str = "force"  # force | midpoint
+
+
+def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str, Any]]], *,
+                    config, tokenizer, score_tokens, mesh, key, settings: EvalSettings,
+                    delim_start: Sequence[int] | None = None, progress_name: str = "eval",
+                    score_fns: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Samples one CoT per item of every split, reads both scores, and summarizes.
+
+  Args:
+    graphdef, params: the model.
+    sources: split name -> records (a `JudgeSource` or list of records).
+    config: the run config (prompt/bucket options of `data`).
+    tokenizer, score_tokens: the judge's tokenizer and its `ScoreTokens`.
+    mesh: device mesh; key: PRNG key (the same key gives the same evaluation).
+    settings: `EvalSettings`.
+    delim_start: the delimiter's ids at the start of a response (direct readout).
+    score_fns: optional cache of jitted scoring functions (reused across evaluations).
+
+  Returns:
+    (summary as in `summarize`, predictions: split -> arrays per item).
+  """
+  import jax
+  from real_jax.train import data_utils, rollout
+  from real_jax.train.metrics import Progress
+
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else score_tokens.eos_id
+  score_fn = rollout.cached_score_fn(
+      score_fns if score_fns is not None else {}, graphdef, score_tokens, mesh,
+      score_temperature=1.0, renormalize=settings.renormalize,
+      sample_temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+      greedy=settings.greedy)
+  sampler = rollout.SamplerSettings(max_new_tokens=settings.max_response_len,
+                                    temperature=settings.temperature, top_p=settings.top_p,
+                                    greedy=settings.greedy)
+  delim_gen = np.asarray(score_tokens.delimiter_ids, np.int32)
+  values = np.asarray(score_tokens.values, np.float32)
+  midpoint = float(values.mean())
+  per_split, preds = {}, {}
+  for s_i, (split, source) in enumerate(sources.items()):
+    if settings.max_items and len(source) > settings.max_items:
+      source = [source[i] for i in range(settings.max_items)]
+    batcher = data_utils.make_batcher(config, source, tokenizer, score_tokens,
+                                      batch_size=settings.batch_size, with_targets=False,
+                                      shuffle=False, num_epochs=1, drop_remainder=False)
+    n_batches = -(-len(source) // settings.batch_size)
+    prog = Progress(f"{progress_name}:{split}", n_batches, every=max(1, n_batches // 4),
+                    unit="batch")
+    cols = {k: [] for k in ("index", "target", "rail", "standard", "valid", "standard_valid",
+                            "y_hat", "length", "status")}
+    texts = []
+    for b_i, b in enumerate(batcher):
+      k = jax.random.fold_in(jax.random.fold_in(key, s_i), b_i)
+      valid_row = b["valid"].astype(bool)
+      if settings.readout == "direct":
+        d = data_utils.raft_batch(b, delim_start, np.zeros(len(valid_row), np.int32))
+        seqs = {"tokens": d["tokens"], "mask": d["mask"], "score_pos": d["score_pos"]}
+        found = np.ones(len(valid_row), bool)
+        status = np.zeros(len(valid_row), np.int32)
+        length = np.zeros(len(valid_row), np.int32)
+        resp_tokens = None
+      else:
+        g = rollout.sample_cots(graphdef, params, b["prompt_tokens"], b["prompt_mask"],
+                                jax.random.fold_in(k, 0), sampler, score_tokens, num_samples=1,
+                                mesh=mesh, pad_id=pad_id,
+                                prompt_buckets=data_utils.buckets(config,
+                                                                  int(config.data.max_prompt_len)))
+        found, length = g["found"], g["length"].copy()
+        status = np.where(found, 0, np.where(g["eos"], 1, 2)).astype(np.int32)
+        response = g["response"]
+        resp_tokens = response
+        if settings.invalid == "force":
+          # No delimiter: append it to the CoT (replacing a final EOS) and read the score there.
+          extra = len(delim_gen)
+          response = np.concatenate([response, np.full((len(found), extra), pad_id, np.int32)], 1)
+          for r in np.nonzero(~found)[0]:
+            n = int(length[r]) - (1 if g["eos"][r] else 0)
+            response[r, n:] = pad_id
+            response[r, n:n + extra] = delim_gen
+            length[r] = n + extra
+        seqs = rollout.build_sequences(g["prompt_tokens"], g["prompt_mask"], response, length,
+                                       pad_id=pad_id, extra=0)
+      out = rollout.run_scoring(score_fn, params, seqs, np.zeros(len(found), np.int32),
+                                jax.random.fold_in(k, 1), mesh, chunk=len(found))
+      std_valid = out["sampled_is_score"] & found
+      lut = {t: v for t, v in zip(score_tokens.token_ids, values)}
+      std = np.array([lut.get(int(t), midpoint) for t in out["sampled"]], np.float32)
+      std = np.where(std_valid, std, midpoint)
+      rail = out["y_hat"].astype(np.float32)
+      if settings.invalid == "midpoint":
+        rail = np.where(found, rail, midpoint)
+      keep = valid_row
+      cols["index"].append(b["index"][keep])
+      cols["target"].append(b["target"][keep])
+      cols["rail"].append(rail[keep])
+      cols["y_hat"].append(out["y_hat"][keep])
+      cols["standard"].append(std[keep])
+      cols["valid"].append(found[keep])
+      cols["standard_valid"].append(std_valid[keep])
+      cols["length"].append(length[keep])
+      cols["status"].append(status[keep])
+      if resp_tokens is not None:
+        for r in np.nonzero(keep)[0]:
+          texts.append(tokenizer.decode(resp_tokens[r, :int(g["length"][r])].tolist()))
+      prog.update(b_i + 1)
+    d = {k: np.concatenate(v) for k, v in cols.items()}
+    if texts:
+      d["cot"] = np.asarray(texts, dtype=object)
+    per_split[split] = d
+    preds[split] = d
+  return summarize(per_split), preds

@@ -1,0 +1,294 @@
+r"""Train and evaluate LLM judges: REAL and its baselines, from one config.
+
+  python -m real_jax.main --config configs/synthetic.py --workdir workdirs/synthetic
+  python -m real_jax.main --config configs/prometheus.py:size=8b,method=real \
+      --workdir /ckpt/real8b --config.data.manual_dir=/data/prometheus --config.rl.beta=0.01
+
+`config.method` selects the job (config.warmup.steps > 0 puts a warm-up SFT stage first):
+
+  sft    cross-entropy on demonstration CoT + score ("warm-up")
+  raft   squared error of y_hat read right after prompt + delimiter (no CoT)
+  tract  CoT-RAFT stage 1 on demonstrations -> one self-CoT per training prompt -> stage 2
+         retrained from the base model on them
+  grpo   standard RL with the binary reward (sampled score == label)
+  real   REAL: regression reward, generalized policy gradient
+  eval   evaluate config.init.checkpoint (a workdir / checkpoint) or config.model.hf_dir
+
+Everything is checked before compilation (unknown fields, bad values, a mesh or batch size that
+does not divide). Re-running the same command after a kill resumes from the last checkpoint of
+the current stage and continues exactly as an uninterrupted run. Results: <workdir>/results.md
+(Table-2 layout), results.json, eval/*.json, metrics.jsonl, tb/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "synthetic.py")
+
+METHOD_NAMES = {"sft": "SFT", "raft": "RAFT", "tract": "TRACT (CoT-RAFT)",
+                "grpo": "standard RL (GRPO)", "real": "REAL", "eval": "evaluated model"}
+
+
+def _resolve_model(config, mesh, tokenizer):
+  """(model cfg, graphdef, params): HF weights or a preset's random init; then optionally the
+  parameters of config.init.checkpoint. Shape/mesh problems raise ConfigError before compiling."""
+  from real_jax import models
+  from real_jax.train.config_lib import ConfigError
+  mc = config.model
+  overrides = {}
+  if mc.remat:
+    overrides["remat"] = mc.remat
+  overrides["scan_layers"] = bool(mc.scan_layers)
+  if mc.hf_dir:
+    from real_jax.models import hf
+    cfg = hf.config_from_hf(hf.read_config(mc.hf_dir), dtype=mc.dtype or None,
+                            param_dtype=mc.param_dtype or None, **overrides)
+  else:
+    cfg = models.get_preset(mc.preset).model
+    if mc.vocab_size == -1:
+      overrides["vocab_size"] = -(-len(tokenizer) // 64) * 64
+    elif mc.vocab_size > 0:
+      overrides["vocab_size"] = int(mc.vocab_size)
+    if mc.dtype:
+      overrides["dtype"] = mc.dtype
+    if mc.param_dtype:
+      overrides["param_dtype"] = mc.param_dtype
+    cfg = cfg.replace(**overrides)
+  if len(tokenizer) > cfg.vocab_size:
+    raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                      f"{cfg.vocab_size}; set config.model.vocab_size=-1 (from the tokenizer) or "
+                      "a larger value")
+  graphdef, abstract = models.abstract_model(cfg)
+  try:
+    models.param_shardings(abstract, mesh)
+  except ValueError as e:
+    raise ConfigError(f"the model does not divide over mesh {dict(mesh.shape)}: {e}. Change "
+                      "config.mesh.* (e.g. a smaller tensor axis)") from None
+  if mc.hf_dir:
+    from real_jax.models import hf
+    cfg, graphdef, params = hf.load_hf(mc.hf_dir, mesh=mesh, dtype=mc.dtype or None,
+                                       param_dtype=mc.param_dtype or None, **overrides)
+  else:
+    graphdef, params = models.init_params(cfg, mesh=mesh, seed=config.seed)
+  if config.init.checkpoint:
+    from real_jax.train import checkpoint as ckpt_lib
+    d, step = ckpt_lib.find_params_checkpoint(config.init.checkpoint, config.init.stage,
+                                              config.init.best)
+    ck = ckpt_lib.Checkpointer(d, async_save=False, items=("params", "meta") if
+                               d.endswith("_best") else ckpt_lib.ITEMS)
+    params = ck.restore_params(step, params)
+    ck.close()
+    logging.info("initial parameters from %s step %d", d, step)
+  return cfg, graphdef, params
+
+
+def setup(config, workdir: str):
+  """Validates the config, builds mesh, tokenizer, data and model. Returns (Context, params)."""
+  import jax
+  from real_jax import sharding as shd
+  from real_jax.judge import scores as scores_lib
+  from real_jax.train import config_lib, data_utils, loops
+  from real_jax.train.metrics import MetricsWriter
+
+  mesh_shape = config_lib.validate(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  n_mesh = mesh_shape["data"] * mesh_shape["fsdp"] * mesh_shape["tensor"]
+  if n_mesh < jax.device_count():
+    logging.warning("config.mesh %s uses %d of the %d devices", mesh_shape, n_mesh,
+                    jax.device_count())
+  mesh = shd.make_mesh(mesh_shape, devices=jax.devices()[:n_mesh])
+  tokenizer, tok_dir = data_utils.load_tokenizer(config, workdir)
+  st = scores_lib.resolve_score_tokens(tokenizer, config.data.output_format)
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else st.eos_id
+  model_cfg, graphdef, params = _resolve_model(config, mesh, tokenizer)
+  stages = config_lib.stages_for(config)
+  train_src, eval_srcs = data_utils.load_sources(
+      config, workdir, train=bool(stages),
+      evaluation=config.method == "eval" or config.eval.at_end or config.eval.every > 0
+      or config.eval.after_warmup or config.eval.before_training)
+  writer = MetricsWriter(workdir, tensorboard=config.log.tensorboard)
+  ctx = loops.Context(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer,
+                      tokenizer_dir=tok_dir, score_tokens=st, pad_id=int(pad_id),
+                      graphdef=graphdef, model_cfg=model_cfg, writer=writer,
+                      train_source=train_src, eval_sources=eval_srcs,
+                      delim_start=data_utils.delimiter_at_start(tokenizer, st))
+  with open(os.path.join(workdir, "run.json"), "w") as f:
+    json.dump({"config": config.to_dict(), "stages": stages, "mesh": dict(mesh.shape),
+               "model": dataclasses.asdict(model_cfg), "tokenizer": tok_dir,
+               "score_tokens": dataclasses.asdict(st), "devices": jax.device_count(),
+               "backend": jax.default_backend()}, f, indent=2)
+  ctx.evaluate = lambda params, **kw: evaluate(ctx, params, **kw)
+  logging.info("run: method=%s stages=%s mesh=%s model=%s (%.2fM params) workdir=%s",
+               config.method, stages, dict(mesh.shape), config.model.hf_dir or config.model.preset,
+               model_cfg.num_params() / 1e6, workdir)
+  return ctx, params
+
+
+def _eval_settings(config, periodic: bool = False):
+  from real_jax.evaluate import EvalSettings
+  e = config.eval
+  readout = e.readout or ("direct" if config.method == "raft" else "cot")
+  max_items = (e.periodic_max_items or e.max_items) if periodic else e.max_items
+  return EvalSettings(batch_size=e.batch_size, max_items=max_items, readout=readout,
+                      greedy=e.greedy, temperature=e.temperature, top_p=e.top_p,
+                      max_response_len=e.max_response_len, renormalize=e.renormalize,
+                      invalid=e.invalid)
+
+
+def evaluate(ctx, params, *, name: str | None, tag: str, periodic: bool = False,
+             readout: str | None = None) -> dict[str, Any]:
+  """Evaluates `params` on the eval splits; writes eval/<tag>.json and (if `name`) a results row."""
+  import jax
+  from real_jax import evaluate as ev
+  settings = _eval_settings(ctx.config, periodic)
+  if readout:
+    settings = dataclasses.replace(settings, readout=readout)
+  t0 = time.time()
+  key = jax.random.PRNGKey(ctx.config.seed + 1000)  # the same draws for every evaluated model
+  summary, preds = ev.evaluate_params(
+      ctx.graphdef, params, ctx.eval_sources, config=ctx.config, tokenizer=ctx.tokenizer,
+      score_tokens=ctx.score_tokens, mesh=ctx.mesh, key=key, settings=settings,
+      delim_start=ctx.delim_start, progress_name=f"eval:{tag}", score_fns=ctx.score_fns)
+  info = {"readout": settings.readout, "greedy": settings.greedy,
+          "temperature": settings.temperature, "top_p": settings.top_p,
+          "renormalize": settings.renormalize, "invalid": settings.invalid,
+          "seconds": round(time.time() - t0, 1)}
+  ev.write_eval(ctx.workdir, tag, summary, None if periodic else preds, extra=info)
+  a = summary["avg"]
+  logging.info("[eval %s] avg RAIL pearson %.3f spearman %.3f kendall %.3f | standard pearson "
+               "%.3f | no valid score %.1f%% (%.0fs)", tag, a["rail"]["pearson"],
+               a["rail"]["spearman"], a["rail"]["kendall"], a["standard"]["pearson"],
+               100 * a["invalid_frac"], time.time() - t0)
+  if name:
+    ev.update_results(ctx.workdir, name, summary, info=info, note=_table_note(ctx.config, settings))
+  return summary
+
+
+def _table_note(config, settings) -> str:
+  how = "greedy" if settings.greedy else f"T={settings.temperature}, top-p={settings.top_p}"
+  norm = ("renormalised over the score tokens" if settings.renormalize else
+          "full-vocabulary softmax, not renormalised (authors' choice)")
+  return (f"One {'greedy' if settings.greedy else 'sampled'} CoT per item ({how}); RAIL ŷ = "
+          f"Σ k·p(k) at the score position, {norm}; standard = the sampled score token. "
+          f"Data: {config.data.name}.")
+
+
+def _has_row(workdir: str, name: str) -> bool:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return any(r["name"] == name for r in json.load(f).get("rows", []))
+
+
+def run(config, workdir: str) -> dict[str, Any] | None:
+  """Runs the config's stages then the final evaluation; returns the final eval summary."""
+  import jax
+  from real_jax.train import loops
+  ctx, params = setup(config, workdir)
+  c = config
+  t_start = time.time()
+  try:
+    name = c.name or METHOD_NAMES[c.method]
+    if c.method == "eval":
+      summary = evaluate(ctx, params, name=name, tag="eval")
+      _print_results(workdir, time.time() - t_start)
+      return summary
+    if c.eval.before_training and not _has_row(workdir, "initial model"):
+      evaluate(ctx, params, name="initial model", tag="initial")
+    from real_jax.train.config_lib import stages_for
+    stages = stages_for(c)
+    final_stage = stages[-1]
+    base = params
+    selfcot = None
+    for stage in stages:
+      main = stage == final_stage
+      t0 = time.time()
+      if stage == "warmup":
+        params = loops.run_supervised(
+            ctx, "warmup", params, kind="sft", steps=c.warmup.steps,
+            batch_size=c.warmup.batch_size, micro_batch_size=c.warmup.micro_batch_size,
+            lr=c.warmup.lr, schedule=c.warmup.schedule, lr_warmup=c.warmup.lr_warmup,
+            main=main)
+        base = params
+        if c.eval.after_warmup and not main and not _has_row(workdir, "warm-up (SFT)"):
+          evaluate(ctx, params, name="warm-up (SFT)", tag="warmup", readout="cot")
+      elif stage in ("sft", "raft"):
+        params = loops.run_supervised(
+            ctx, stage, params, kind=stage, steps=c.train.steps, batch_size=c.train.batch_size,
+            micro_batch_size=c.train.micro_batch_size, lr=c.train.lr, main=main)
+      elif stage == "tract1":
+        params = loops.run_supervised(
+            ctx, "tract1", base, kind="tract", steps=c.tract.stage1_steps or c.train.steps,
+            batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size,
+            lr=c.train.lr, copy_params=True)
+      elif stage == "tract_gen":
+        selfcot = loops.run_tract_gen(ctx, params)
+      elif stage == "tract2":
+        del params
+        params = loops.run_supervised(
+            ctx, "tract2", base, kind="tract", steps=c.tract.stage2_steps or c.train.steps,
+            batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size,
+            lr=c.train.lr, main=main, selfcot=selfcot)
+      elif stage == "rl":
+        params = loops.run_rl(ctx, params, method=c.method, main=main)
+      logging.info("stage %s finished in %.0fs", stage, time.time() - t0)
+    summary = None
+    if c.eval.at_end:
+      summary = evaluate(ctx, params, name=name, tag="final")
+      loops.offer_best(ctx, final_stage, params, summary)
+    _print_results(workdir, time.time() - t_start)
+    return summary
+  finally:
+    ctx.writer.close()
+
+
+def _print_results(workdir: str, seconds: float) -> None:
+  path = os.path.join(workdir, "results.md")
+  if os.path.exists(path):
+    with open(path) as f:
+      print(f.read())
+  print(f"workdir: {workdir} (this invocation: {seconds:.0f}s)")
+  sys.stdout.flush()
+
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG if os.path.exists(_DEFAULT_CONFIG) else None,
+    "Config file (configs/FILE.py[:ARG]); fields can be overridden with --config.x=...",
+    lock_config=True)
+flags.DEFINE_string("workdir", "workdirs/default", "Run directory: checkpoints, metrics, results.")
+
+
+class _QuietOrbax:
+  """Drops orbax's INFO chatter (dozens of lines per checkpoint) from the absl log."""
+
+  def filter(self, record) -> bool:
+    import logging as pylogging
+    return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+  from real_jax.train.config_lib import ConfigError
+  try:
+    run(_CONFIG.value, os.path.abspath(FLAGS.workdir))
+  except ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

@@ -1,0 +1,68 @@
+r"""Writes a trained model of a run as a Hugging Face directory.
+
+  python -m real_jax.tools.export_hf --workdir workdirs/synthetic --out exported/real-judge
+  python -m real_jax.tools.export_hf --workdir W --stage warmup --out DIR    # an earlier stage
+  python -m real_jax.tools.export_hf --workdir W --best --out DIR            # best-by-eval
+
+The directory holds config.json + model.safetensors (Qwen3ForCausalLM) and the run's tokenizer,
+so `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer` load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = False,
+               dtype: str | None = None) -> str:
+  """Restores a run's parameters (last stage by default) and exports them; returns out_dir."""
+  import jax
+  from jax.sharding import SingleDeviceSharding
+  from real_jax.models import abstract_model
+  from real_jax.models.hf import export_hf
+  from real_jax.models.qwen3 import Qwen3Config
+  from real_jax.train import checkpoint as ckpt_lib
+
+  with open(os.path.join(workdir, "run.json")) as f:
+    run = json.load(f)
+  cfg = Qwen3Config(**run["model"])
+  _, abstract = abstract_model(cfg)
+  dev = SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), abstract)
+  d, step = ckpt_lib.find_params_checkpoint(workdir, stage, best)
+  items = ("params", "meta") if d.endswith("_best") else ckpt_lib.ITEMS
+  ck = ckpt_lib.Checkpointer(d, async_save=False, items=items)
+  params = ck.restore_params(step, target)
+  ck.close()
+  export_hf(out_dir, cfg, params, dtype=dtype)
+  tok_dir = run.get("tokenizer")
+  if tok_dir and os.path.exists(tok_dir):
+    from transformers import AutoTokenizer
+    AutoTokenizer.from_pretrained(tok_dir).save_pretrained(out_dir)
+  with open(os.path.join(out_dir, "real_jax_export.json"), "w") as f:
+    json.dump({"workdir": os.path.abspath(workdir), "checkpoint": d, "step": step}, f, indent=2)
+  return out_dir
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--workdir", required=True, help="a real_jax.main run directory")
+  p.add_argument("--out", required=True, help="output Hugging Face directory")
+  p.add_argument("--stage", default="", help="stage to export (default: the run's last)")
+  p.add_argument("--best", action="store_true", help="the best-by-eval parameters")
+  p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: param dtype)")
+  a = p.parse_args(argv)
+  try:
+    out = export_run(a.workdir, a.out, stage=a.stage, best=a.best, dtype=a.dtype)
+  except FileNotFoundError as e:
+    print(f"export_hf: {e}", file=sys.stderr)
+    return 1
+  print(f"exported to {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

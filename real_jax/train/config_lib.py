@@ -1,0 +1,400 @@
+"""The config schema of `python -m real_jax.main`, big_vision-style argument parsing, and
+validation that runs before anything is compiled.
+
+Every config file (`configs/*.py`) starts from `base_config()`, which lists every field with its
+default; `validate(config)` then rejects unknown fields (a typo in a config file), unknown enum
+values, and mesh / batch combinations that do not divide, each with a message that says what to
+change. `--config.x=...` overrides of unknown fields are rejected by ml_collections itself
+(the config is locked).
+
+Batch sizes are counted in *rows* (sequences) unless the name says prompts. The batch of every
+jitted step is split over the mesh's batch axes (data x fsdp), so each of these must be a multiple
+of that size (and of the micro-batch count): `train.batch_size`, `warmup.batch_size`,
+`rl.mini_batch_size`, `rl.prompts_per_step * rl.group_size`, `eval.batch_size`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+METHODS = ("sft", "raft", "tract", "grpo", "real", "eval")
+FILTERS = ("partial", "all", "not_all_correct", "not_all_wrong")
+SHAPINGS = ("prob", "log_prob", "none")
+ESTIMATORS = ("rloo", "grpo", "none")
+AGGREGATIONS = ("token-mean", "sequence-mean")
+POLICY_LOSSES = ("reinforce", "ppo")
+INVALID_RULES = ("penalize", "drop")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+SCHEDULES = ("constant", "cosine", "linear")
+REMATS = ("", "none", "full", "dots")
+EVAL_READOUTS = ("cot", "direct")
+INVALID_READOUTS = ("force", "midpoint")
+OUTPUT_FORMATS = ("score_phrase", "result")
+REWARDS = ("regression", "binary")
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message says which field and what to change."""
+
+
+def parse_arg(arg: str | None, **defaults) -> ConfigDict:
+  """big_vision's `parse_arg`: "size=8b,method=real,runlocal" -> typed ConfigDict.
+
+  Each key must be in `defaults`; the value is converted to the default's type ("" or a bare
+  key means True for bools).
+  """
+  out = ConfigDict(dict(defaults))
+  if not arg:
+    return out
+  for item in arg.split(","):
+    if not item:
+      continue
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f"unknown config argument {key!r} in {arg!r}; known: {sorted(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      v = value.strip().lower()
+      if v in ("", "1", "true", "yes"):
+        out[key] = True
+      elif v in ("0", "false", "no"):
+        out[key] = False
+      else:
+        raise ConfigError(f"config argument {key}={value!r} is not a boolean")
+    elif isinstance(default, int):
+      out[key] = int(value)
+    elif isinstance(default, float):
+      out[key] = float(value)
+    else:
+      out[key] = value
+  return out
+
+
+def base_config() -> ConfigDict:
+  """Every field of a run config, with its default. Configs override values, never add fields."""
+  c = ConfigDict()
+  c.method = "real"  # sft | raft | tract | grpo | real | eval
+  c.seed = 0
+  c.name = ""  # row label in result tables ("" -> method)
+
+  # Model: a preset (random init) or a Hugging Face directory.
+  c.model = ConfigDict()
+  c.model.preset = "tiny-1m"
+  c.model.hf_dir = ""  # load weights + architecture from here (overrides the preset)
+  c.model.vocab_size = 0  # 0: the preset's; -1: the tokenizer's size rounded up to 64
+  c.model.dtype = ""  # "" keeps the preset's / checkpoint's (float32 | bfloat16)
+  c.model.param_dtype = ""
+  c.model.remat = ""  # "" keeps the preset's; none | full | dots
+  c.model.scan_layers = True
+
+  # Device mesh: sizes of the (data, fsdp, tensor) axes; -1 = all remaining devices.
+  c.mesh = ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  # Where to start from (besides model.hf_dir): a previous run's workdir or checkpoint
+  # directory (its final parameters). Used by method=eval and to chain runs.
+  c.init = ConfigDict()
+  c.init.checkpoint = ""
+  c.init.stage = ""  # which stage of that workdir ("" = its last)
+  c.init.best = False  # take that run's best-by-eval parameters instead of its last
+
+  # Data.
+  c.data = ConfigDict()
+  c.data.name = "synthetic"  # synthetic | prometheus
+  c.data.manual_dir = ""  # local files of the real datasets
+  c.data.data_dir = ""  # TFDS data_dir ("" -> <workdir>/tfds)
+  c.data.tokenizer = ""  # HF tokenizer dir ("" -> synthetic: built in the workdir; else model.hf_dir)
+  c.data.output_format = "score_phrase"
+  c.data.enable_thinking = False
+  c.data.max_prompt_len = 2048  # tokens; longer prompts are skipped (counted)
+  c.data.max_target_len = 1024  # tokens of an SFT/TRACT target (feedback + score + EOS)
+  c.data.train_split = "train"
+  c.data.eval_splits = ""  # comma-separated; "" -> the dataset's default evaluation splits
+  c.data.ground_truth = "auto"  # auto | orig_score | gpt4 | human (FLASK)
+  c.data.prompt_buckets = ""  # comma-separated prompt lengths ("" -> powers of two)
+  c.data.synthetic = ConfigDict()
+  c.data.synthetic.seed = 0
+  c.data.synthetic.difficulty = 1
+  c.data.synthetic.label_noise = 0.2
+  c.data.synthetic.n_eval_graders = 3
+  c.data.synthetic.cot_error_rate = 0.1
+  c.data.synthetic.near_miss_rate = 0.5
+  c.data.synthetic.reference_has_answers = False
+  c.data.synthetic.train_size = 8192
+  c.data.synthetic.test_size = 512
+  c.data.synthetic.ood_size = 512
+
+  # AdamW (authors' REAL defaults: b1 0.9, b2 0.999, wd 0.01, constant LR, clip 1.0).
+  c.optim = ConfigDict()
+  c.optim.lr = 1e-6
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.01
+  c.optim.grad_clip = 1.0  # global-norm clip; 0 disables
+  c.optim.schedule = "constant"  # constant | cosine | linear (decay to 0 over the stage)
+  c.optim.warmup_steps = 0
+
+  # Supervised stages: sft, raft and both TRACT stages.
+  c.train = ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 32  # rows per optimiser step
+  c.train.micro_batch_size = 0  # rows per micro-batch (gradient accumulation); 0 = no split
+  c.train.lr = 0.0  # 0 -> optim.lr
+  c.train.shuffle = True
+
+  # Optional warm-up SFT stage before the method (raft/tract/grpo/real), on the demonstrations.
+  c.warmup = ConfigDict()
+  c.warmup.steps = 0  # 0 = no warm-up
+  c.warmup.batch_size = 32
+  c.warmup.micro_batch_size = 0
+  c.warmup.lr = 0.0  # 0 -> optim.lr
+  c.warmup.schedule = ""  # "" -> optim.schedule
+  c.warmup.lr_warmup = -1  # linear LR warm-up steps of this stage (-1 -> optim.warmup_steps)
+
+  # RAFT / TRACT (CoT-RAFT) specifics.
+  c.raft = ConfigDict()
+  c.raft.renormalize = False  # y_hat over the score tokens only (False: full vocabulary)
+  c.tract = ConfigDict()
+  c.tract.lam = 1.0  # weight of the squared error next to the CoT cross-entropy
+  c.tract.stage1_steps = 0  # 0 -> train.steps
+  c.tract.stage2_steps = 0  # 0 -> train.steps
+  c.tract.num_prompts = 0  # training prompts given a self-generated CoT (0 = all)
+  c.tract.temperature = 1.0
+  c.tract.top_p = 0.9
+
+  # RL (grpo and real).
+  c.rl = ConfigDict()
+  c.rl.steps = 100  # policy updates
+  c.rl.prompts_per_step = 256  # prompts sampled per generation round
+  c.rl.group_size = 16  # n CoTs per prompt
+  c.rl.buffer_size = 256  # prompts per update (groups kept by the filter accumulate up to this)
+  c.rl.sample_prompts = 0  # prompts per sampler call (0 = a whole generation round)
+  c.rl.max_rounds = 8  # generation rounds per update before training on a partial buffer
+  c.rl.filter = "partial"  # partial | all | not_all_correct | not_all_wrong
+  c.rl.epochs = 3
+  c.rl.mini_batch_size = 1024  # rows per optimiser step
+  c.rl.micro_batch_size = 0  # rows per micro-batch; 0 = no split
+  c.rl.score_batch_size = 0  # rows per no-grad scoring call (0 -> micro or mini-batch size)
+  c.rl.shuffle = False  # shuffle rows between epochs (authors: no)
+  c.rl.temperature = 1.0
+  c.rl.top_p = 0.9
+  c.rl.top_k = 0
+  c.rl.max_response_len = 1024
+  c.rl.score_temperature = 1.0  # divides the logits at the score position (authors: rollout T)
+  c.rl.reward = ""  # "" -> real: regression, grpo: binary
+  c.rl.beta = 0.0  # weight of the refinement term (authors' scripts: 0; README: 0.01)
+  c.rl.lam = 1.0  # weight of -log pi(y*|x,c) inside the refinement term
+  c.rl.shaping = "prob"  # reward shaping by pi(y*|x,c): prob | log_prob | none
+  c.rl.shaping_weight = 1.0  # A = A_reg + shaping_weight * A_shaping (authors: 1.0)
+  c.rl.renormalize = False  # y_hat over the score tokens only (False: full vocabulary, authors)
+  c.rl.estimator = "rloo"  # rloo | grpo | none
+  c.rl.normalize = True  # divide advantages by the group's population std
+  c.rl.clip = 1.0  # clip advantages to [-clip, clip]; 0 disables
+  c.rl.aggregation = "token-mean"
+  c.rl.policy_loss = "reinforce"  # reinforce (authors) | ppo (ratio vs the rollout policy)
+  c.rl.clip_eps = 0.2
+  c.rl.invalid = "penalize"  # rows without the delimiter: penalize | drop
+  c.rl.format_penalty = 16.0  # reward of an invalid row under "penalize" (= -(5-1)^2)
+  c.rl.kl_coef = 0.0
+  c.rl.kl_estimator = "k3"
+  c.rl.entropy_coef = 0.0
+  c.rl.lr = 0.0  # 0 -> optim.lr
+
+  # Evaluation.
+  c.eval = ConfigDict()
+  c.eval.every = 0  # evaluate every K steps of the main stage (0: only at the end)
+  c.eval.at_end = True
+  c.eval.after_warmup = True  # also evaluate the warm-up model (a row of the table)
+  c.eval.before_training = False  # also evaluate the initial model
+  c.eval.splits = ""  # "" -> data.eval_splits
+  c.eval.max_items = 0  # per split (0 = all)
+  c.eval.periodic_max_items = 0  # per split for the every-K evaluations (0 = max_items)
+  c.eval.batch_size = 64
+  c.eval.readout = ""  # cot | direct ("" -> direct for raft, else cot)
+  c.eval.greedy = False
+  c.eval.temperature = 1.0
+  c.eval.top_p = 0.9
+  c.eval.max_response_len = 1024
+  c.eval.renormalize = False  # RAIL y_hat over the score tokens only
+  c.eval.invalid = "force"  # no delimiter: force (append it, read there) | midpoint
+  c.eval.best_metric = "avg/rail/pearson"  # keep the best checkpoint by this ("" = off)
+
+  # Checkpoints, logging.
+  c.checkpoint = ConfigDict()
+  c.checkpoint.every = 50  # steps (RL: updates)
+  c.checkpoint.max_to_keep = 2
+  c.checkpoint.async_save = True
+  c.log = ConfigDict()
+  c.log.every = 10
+  c.log.tensorboard = True
+
+  # Testing hooks.
+  c.debug = ConfigDict()
+  c.debug.stop_after = 0  # simulate a kill: exit after this many steps of the main stage
+  return c
+
+
+def _flatten(c: ConfigDict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in c.items():
+    path = f"{prefix}{k}"
+    if isinstance(v, (ConfigDict, ml_collections.FrozenConfigDict)):
+      out.update(_flatten(v, path + "."))
+    else:
+      out[path] = v
+  return out
+
+
+def check_fields(config: ConfigDict, schema: ConfigDict | None = None) -> None:
+  """Raises ConfigError for fields the schema does not know (e.g. a typo in a config file)."""
+  schema = schema or base_config()
+  known = _flatten(schema)
+  known_groups = {k.rsplit(".", 1)[0] for k in known if "." in k}
+  for path in _flatten(config):
+    if path in known:
+      continue
+    group = path.rsplit(".", 1)[0] if "." in path else ""
+    siblings = sorted(k.rsplit(".", 1)[-1] for k in known
+                      if (k.rsplit(".", 1)[0] if "." in k else "") == group)
+    where = f"config.{group}" if group and group in known_groups else "config"
+    raise ConfigError(f"unknown config field config.{path}; the fields of {where} are: "
+                      f"{', '.join(siblings) if group in known_groups or not group else ''}. "
+                      f"Fix the name in the config file or the --config.{path} override.")
+
+
+def _choice(config: ConfigDict, path: str, choices: Iterable[str]) -> None:
+  v = config
+  for part in path.split("."):
+    v = v[part]
+  if v not in choices:
+    raise ConfigError(f"config.{path}={v!r} is not one of {list(choices)}")
+
+
+def batch_axes_size(config: ConfigDict, num_devices: int) -> tuple[dict[str, int], int]:
+  """(resolved mesh shape, data x fsdp size) without building the mesh; ConfigError if it
+  needs more than `num_devices` devices (a smaller mesh uses the first devices)."""
+  shape = {"data": int(config.mesh.data), "fsdp": int(config.mesh.fsdp),
+           "tensor": int(config.mesh.tensor)}
+  if list(shape.values()).count(-1) > 1:
+    raise ConfigError(f"config.mesh {shape}: at most one axis may be -1")
+  for k, v in shape.items():
+    if v == 0 or v < -1:
+      raise ConfigError(f"config.mesh.{k}={v}: use a positive size or -1 (all remaining devices)")
+  fixed = math.prod(v for v in shape.values() if v != -1)
+  if -1 in shape.values():
+    if num_devices % fixed:
+      raise ConfigError(f"config.mesh {shape} cannot be filled from {num_devices} devices "
+                        f"({num_devices} is not a multiple of {fixed}); change config.mesh.*")
+    shape[[k for k, v in shape.items() if v == -1][0]] = num_devices // fixed
+  elif fixed > num_devices:
+    raise ConfigError(f"config.mesh {shape} needs {fixed} devices but {num_devices} are "
+                      f"available; change config.mesh.* (e.g. --config.mesh.data=-1)")
+  # A mesh smaller than the machine runs on the first prod(mesh) devices (e.g. the 1-device CPU
+  # demo under 8 fake test devices); main logs a warning.
+  return shape, shape["data"] * shape["fsdp"]
+
+
+def _divides(name: str, value: int, by: int, why: str) -> None:
+  if value <= 0:
+    raise ConfigError(f"config.{name}={value} must be positive")
+  if value % by:
+    lo = max(by, value - value % by)
+    raise ConfigError(f"config.{name}={value} is not a multiple of {by} ({why}); "
+                      f"use e.g. {lo} or {lo + by}")
+
+
+def stages_for(config: ConfigDict) -> list[str]:
+  """The ordered training stages of a run (a stage is resumable on its own)."""
+  m = config.method
+  pre = ["warmup"] if config.warmup.steps > 0 and m != "eval" else []
+  if m == "sft":
+    return ["sft"] if not pre else ["warmup", "sft"]
+  if m == "raft":
+    return pre + ["raft"]
+  if m == "tract":
+    return pre + ["tract1", "tract_gen", "tract2"]
+  if m in ("grpo", "real"):
+    return pre + ["rl"]
+  return []
+
+
+def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
+  """Checks a config before anything is built or compiled; returns the resolved mesh shape.
+
+  Raises ConfigError with a message that names the field and what to change.
+  """
+  check_fields(config)
+  _choice(config, "method", METHODS)
+  _choice(config, "data.output_format", OUTPUT_FORMATS)
+  _choice(config, "rl.filter", FILTERS)
+  _choice(config, "rl.shaping", SHAPINGS)
+  _choice(config, "rl.estimator", ESTIMATORS)
+  _choice(config, "rl.aggregation", AGGREGATIONS)
+  _choice(config, "rl.policy_loss", POLICY_LOSSES)
+  _choice(config, "rl.invalid", INVALID_RULES)
+  _choice(config, "rl.kl_estimator", KL_ESTIMATORS)
+  _choice(config, "rl.reward", ("",) + REWARDS)
+  _choice(config, "optim.schedule", SCHEDULES)
+  _choice(config, "warmup.schedule", ("",) + SCHEDULES)
+  _choice(config, "model.remat", REMATS)
+  _choice(config, "eval.readout", ("",) + EVAL_READOUTS)
+  _choice(config, "eval.invalid", INVALID_READOUTS)
+  if not config.model.preset and not config.model.hf_dir:
+    raise ConfigError("set config.model.preset (random init) or config.model.hf_dir (weights)")
+  if config.method == "eval" and not (config.init.checkpoint or config.model.hf_dir):
+    raise ConfigError("method=eval needs config.init.checkpoint (a workdir or checkpoint dir) "
+                      "or config.model.hf_dir (a Hugging Face directory)")
+  for name, lo, hi in (("rl.temperature", 1e-6, None), ("rl.top_p", 1e-6, 1.0),
+                       ("eval.top_p", 1e-6, 1.0), ("tract.top_p", 1e-6, 1.0),
+                       ("rl.score_temperature", 1e-6, None)):
+    v = config
+    for part in name.split("."):
+      v = v[part]
+    if v < lo or (hi is not None and v > hi):
+      raise ConfigError(f"config.{name}={v} must be in [{lo}, {hi if hi is not None else 'inf'}]")
+  if config.rl.group_size < 2 and config.method in ("grpo", "real"):
+    raise ConfigError(f"config.rl.group_size={config.rl.group_size}: group advantages need at "
+                      "least 2 samples per prompt")
+
+  mesh_shape, nb = batch_axes_size(config, num_devices)
+  why = f"the batch is split over the mesh's data x fsdp = {nb} devices"
+  stages = stages_for(config)
+
+  def check_batch(prefix: str, batch: int, micro: int):
+    _divides(f"{prefix}.batch_size" if prefix != "rl" else "rl.mini_batch_size", batch, nb, why)
+    if micro:
+      if batch % micro:
+        raise ConfigError(f"config.{prefix}.micro_batch_size={micro} does not divide the batch "
+                          f"of {batch} rows; pick a divisor of {batch}")
+      _divides(f"{prefix}.micro_batch_size", micro, nb, why)
+
+  if "warmup" in stages:
+    check_batch("warmup", config.warmup.batch_size, config.warmup.micro_batch_size)
+  if any(s in stages for s in ("sft", "raft", "tract1", "tract2")):
+    check_batch("train", config.train.batch_size, config.train.micro_batch_size)
+  if "rl" in stages:
+    rows = config.rl.buffer_size * config.rl.group_size
+    check_batch("rl", config.rl.mini_batch_size, config.rl.micro_batch_size)
+    if config.rl.mini_batch_size > rows:
+      raise ConfigError(f"config.rl.mini_batch_size={config.rl.mini_batch_size} exceeds the "
+                        f"{rows} rows of an update (rl.buffer_size x rl.group_size)")
+    if rows % config.rl.mini_batch_size:
+      raise ConfigError(f"config.rl.mini_batch_size={config.rl.mini_batch_size} does not divide "
+                        f"the {rows} rows of an update (rl.buffer_size={config.rl.buffer_size} x "
+                        f"rl.group_size={config.rl.group_size}); pick a divisor of {rows}")
+    if config.rl.score_batch_size:
+      _divides("rl.score_batch_size", config.rl.score_batch_size, nb, why)
+    _divides("rl.prompts_per_step x rl.group_size",
+             config.rl.prompts_per_step * config.rl.group_size, nb, why)
+  if stages or config.method == "eval" or config.eval.at_end:
+    _divides("eval.batch_size", config.eval.batch_size, nb, why)
+  return mesh_shape

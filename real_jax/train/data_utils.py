@@ -1,0 +1,220 @@
+"""Adapters between `real_jax.data` (records, `JudgeBatcher`) and the step batch layouts of
+`real_jax.train.steps`, plus a small resumable iterator over in-memory rows (TRACT self-CoTs)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from real_jax.data import batching
+from real_jax.judge import prompts as prompts_lib
+
+SYNTHETIC_OPTIONS = ("seed", "difficulty", "label_noise", "n_eval_graders", "cot_error_rate",
+                     "near_miss_rate", "reference_has_answers", "train_size", "test_size",
+                     "ood_size")
+SYNTHETIC_EVAL_SPLITS = ("test", "test_ood_hard", "test_ood_rubric")
+PROMETHEUS_EVAL = ("feedback_bench", "flask", "vicuna_bench", "mt_bench")
+
+
+def load_tokenizer(config, workdir: str):
+  """The run's HF tokenizer: data.tokenizer, else (synthetic) one built in the workdir, else the
+  model's HF directory. Returns (tokenizer, its directory)."""
+  from transformers import AutoTokenizer
+  path = config.data.tokenizer
+  if not path:
+    if config.data.name in ("synthetic", "synthetic_judge"):
+      from real_jax.data import build_synthetic_tokenizer
+      path = os.path.join(workdir, "tokenizer")
+      if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        build_synthetic_tokenizer(path)
+    elif config.model.hf_dir:
+      path = config.model.hf_dir
+    else:
+      raise ValueError("set config.data.tokenizer (a Hugging Face tokenizer directory) or "
+                       "config.model.hf_dir")
+  return AutoTokenizer.from_pretrained(path), path
+
+
+def dataset_options(config) -> dict[str, Any]:
+  opts: dict[str, Any] = {}
+  if config.data.name in ("synthetic", "synthetic_judge"):
+    opts.update({k: config.data.synthetic[k] for k in SYNTHETIC_OPTIONS})
+  if config.data.ground_truth != "auto":
+    opts["ground_truth"] = config.data.ground_truth
+  return opts
+
+
+def eval_entries(config) -> list[tuple[str, str | None, str]]:
+  """(dataset, split or None, display name) for every evaluation split of the config."""
+  spec = config.eval.splits or config.data.eval_splits
+  from real_jax.data import DATASETS
+  if not spec:
+    if config.data.name in ("synthetic", "synthetic_judge"):
+      names = list(SYNTHETIC_EVAL_SPLITS)
+    else:
+      names = list(PROMETHEUS_EVAL)
+  else:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+  out = []
+  for n in names:
+    if ":" in n:
+      ds, split = n.split(":", 1)
+      out.append((ds, split, f"{ds}:{split}"))
+    elif n in DATASETS and n not in ("synthetic", "synthetic_judge"):
+      out.append((n, None, n))
+    else:
+      out.append((config.data.name, n, n))
+  return out
+
+
+def load_sources(config, workdir: str, *, train: bool, evaluation: bool):
+  """(train source or None, {name: eval source})."""
+  from real_jax.data import load_split
+  data_dir = config.data.data_dir or os.path.join(workdir, "tfds")
+  manual = config.data.manual_dir or None
+  fmt = config.data.output_format
+  opts = dataset_options(config)
+  train_src = None
+  if train:
+    train_src = load_split(config.data.name, config.data.train_split, data_dir=data_dir,
+                           manual_dir=manual, output_format=fmt, **opts)
+  evals = {}
+  if evaluation:
+    for ds, split, name in eval_entries(config):
+      o = opts if ds == config.data.name else {
+          k: v for k, v in opts.items() if k == "ground_truth"}
+      evals[name] = load_split(ds, split, data_dir=data_dir, manual_dir=manual,
+                               output_format=fmt, **o)
+  return train_src, evals
+
+
+def buckets(config, limit: int) -> tuple[int, ...]:
+  if config.data.prompt_buckets:
+    b = tuple(int(x) for x in config.data.prompt_buckets.split(","))
+  else:
+    b, x = [], 64
+    while x < limit:
+      b.append(x)
+      x *= 2
+    b.append(limit)
+    b = tuple(sorted(set(b)))
+  return b
+
+
+def make_batcher(config, source, tokenizer, score_tokens, *, batch_size: int, with_targets: bool,
+                 shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
+                 drop_remainder: bool = True) -> batching.JudgeBatcher:
+  limit = int(config.data.max_prompt_len)
+  bc = batching.BatchConfig(
+      batch_size=batch_size, buckets=buckets(config, limit), max_prompt_len=limit,
+      seed=seed, shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
+      enable_thinking=config.data.enable_thinking, with_targets=with_targets,
+      output_format=config.data.output_format,
+      completion_buckets=tuple(b for b in (32, 64, 128, 256, 512, 1024, 2048)
+                               if b < config.data.max_target_len) + (config.data.max_target_len,),
+      max_completion_len=config.data.max_target_len)
+  return batching.JudgeBatcher(source, tokenizer, bc, score_tokens=score_tokens)
+
+
+def delimiter_at_start(tokenizer, score_tokens) -> tuple[int, ...]:
+  """Token ids of the delimiter when the response *starts* with it (RAFT's direct readout),
+  checked to be followed by the score tokens exactly as the parser expects."""
+  fmt = score_tokens.output_format
+  ids = prompts_lib.encode_text(tokenizer, prompts_lib.build_target_text("", 4, fmt))
+  if not ids or ids[-1] != score_tokens.token_ids[3]:
+    raise ValueError(f"'{prompts_lib.build_target_text('', 4, fmt)}' does not end with the score "
+                     f"token {score_tokens.token_ids[3]}: {ids}")
+  return tuple(ids[:-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Step batches
+
+
+def lm_batch(b: Mapping[str, np.ndarray], kind: str, target_ids: np.ndarray) -> dict[str, np.ndarray]:
+  """Teacher-forced batch from a JudgeBatcher batch with targets (prompt ⊕ completion).
+
+  kind "sft": cross-entropy on every completion token (feedback, delimiter, score, EOS).
+  kind "tract": cross-entropy on the CoT (feedback + delimiter; not the score token, not EOS)
+  and the squared error of y_hat read at the last delimiter token.
+  """
+  pt, pm = b["prompt_tokens"], b["prompt_mask"]
+  ct, cm = b["completion_tokens"], b["completion_mask"]
+  lp = pt.shape[1]
+  n_c = cm.sum(axis=1)
+  tokens = np.concatenate([pt, ct], axis=1).astype(np.int32)
+  mask = np.concatenate([pm, cm], axis=1).astype(bool)
+  cols = np.arange(ct.shape[1])[None, :]
+  if kind == "sft":
+    resp = cm.astype(np.float32)
+  elif kind == "tract":
+    resp = (cols < (n_c - 2)[:, None]).astype(np.float32)  # drop score token and EOS
+  else:
+    raise ValueError(kind)
+  loss_mask = np.concatenate([np.zeros(pt.shape, np.float32), resp], axis=1)
+  score_pos = np.maximum(lp + n_c - 3, 0).astype(np.int32)  # predicts the score token
+  return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask, "score_pos": score_pos,
+          "target": b["target"].astype(np.float32), "target_id": target_ids.astype(np.int32),
+          "sample_mask": b["valid"].astype(np.float32)}
+
+
+def raft_batch(b: Mapping[str, np.ndarray], delim: Sequence[int], target_ids: np.ndarray
+               ) -> dict[str, np.ndarray]:
+  """prompt ⊕ delimiter (no CoT); y_hat is read at the last delimiter token."""
+  pt, pm = b["prompt_tokens"], b["prompt_mask"]
+  n = pt.shape[0]
+  d = np.tile(np.asarray(delim, np.int32)[None, :], (n, 1))
+  tokens = np.concatenate([pt, d], axis=1)
+  mask = np.concatenate([pm.astype(bool), np.ones(d.shape, bool)], axis=1)
+  return {"tokens": tokens, "mask": mask,
+          "loss_mask": np.zeros(tokens.shape, np.float32),
+          "score_pos": np.full((n,), tokens.shape[1] - 1, np.int32),
+          "target": b["target"].astype(np.float32), "target_id": target_ids.astype(np.int32),
+          "sample_mask": b["valid"].astype(np.float32)}
+
+
+class ArrayIterator:
+  """Deterministic, resumable batches of row indices over `n` in-memory rows (epoch shuffles
+  from (seed, epoch)); `state()` / `restore()` like `JudgeBatcher`."""
+
+  def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True):
+    if n < batch_size:
+      raise ValueError(f"{n} rows cannot fill a batch of {batch_size}; lower the batch size")
+    self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+    self.epoch, self.cursor = 0, 0
+
+  def _order(self, epoch):
+    return (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
+            else np.arange(self.n))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> np.ndarray:
+    if self.cursor + self.batch_size > self.n:
+      self.epoch, self.cursor = self.epoch + 1, 0
+    idx = self._order(self.epoch)[self.cursor:self.cursor + self.batch_size]
+    self.cursor += self.batch_size
+    return idx
+
+  def state(self) -> dict[str, int]:
+    return {"epoch": self.epoch, "cursor": self.cursor, "n": self.n, "seed": self.seed}
+
+  def restore(self, s: Mapping[str, int]) -> None:
+    if int(s["n"]) != self.n or int(s["seed"]) != self.seed:
+      raise ValueError(f"iterator state {dict(s)} belongs to different data (n={self.n}, "
+                       f"seed={self.seed})")
+    self.epoch, self.cursor = int(s["epoch"]), int(s["cursor"])
+
+
+def trim_left(tokens: np.ndarray, mask: np.ndarray, length: int):
+  """Keeps the last `length` columns of left-padded arrays (all dropped columns must be pad)."""
+  drop = tokens.shape[1] - length
+  if drop < 0:
+    pad = -drop
+    return (np.pad(tokens, ((0, 0), (pad, 0))), np.pad(mask, ((0, 0), (pad, 0))))
+  if drop and mask[:, :drop].any():
+    raise ValueError("trim_left would drop real tokens")
+  return tokens[:, drop:], mask[:, drop:]

@@ -1,0 +1,150 @@
+"""Metrics: JSONL in the workdir, TensorBoard when tensorboardX is installed, and progress lines
+with rate and ETA."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping
+
+from absl import logging
+
+
+def _jsonable(v: Any) -> Any:
+  try:
+    import numpy as np
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+      v = v.item()
+    elif hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+      v = v.item()
+  except Exception:  # pragma: no cover
+    pass
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)
+  return v
+
+
+class MetricsWriter:
+  """Appends `{"stage", "step", "time", **metrics}` lines to `<workdir>/metrics.jsonl`."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True, filename: str = "metrics.jsonl"):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, filename)
+    self._tb = None
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      except Exception as e:  # tensorboardX missing or unusable: JSONL only
+        logging.info("TensorBoard summaries off (%s)", e)
+
+  def truncate(self, stage: str, after_step: int) -> None:
+    """Drops rows of `stage` with step > after_step (a resumed run re-logs them)."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      rows = [line for line in f if line.strip()]
+    kept = []
+    for line in rows:
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut by a kill
+      if r.get("stage") == stage and int(r.get("step", -1)) > after_step:
+        continue
+      kept.append(line if line.endswith("\n") else line + "\n")
+    with open(self.path, "w") as f:
+      f.writelines(kept)
+
+  def drop_stage(self, stage: str) -> None:
+    self.truncate(stage, -1)
+
+  def write(self, stage: str, step: int, metrics: Mapping[str, Any]) -> None:
+    row = {"stage": stage, "step": int(step), "time": round(time.time(), 3)}
+    row.update({k: _jsonable(v) for k, v in metrics.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self._tb is not None:
+      for k, v in row.items():
+        if k in ("stage", "step", "time"):
+          continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+          self._tb.add_scalar(f"{stage}/{k}", v, int(step))
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_metrics(workdir: str, stage: str | None = None) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        r = json.loads(line)
+        if stage is None or r.get("stage") == stage:
+          out.append(r)
+  return out
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}:{m:02d}:{s:02d}"
+
+
+class Progress:
+  """Logs `name step/total (pct) rate, elapsed, ETA | extra` every `every` steps.
+
+  The rate excludes the first step after (re)start, which includes compilation.
+  """
+
+  def __init__(self, name: str, total: int, *, start: int = 0, every: int = 10, unit: str = "step"):
+    self.name, self.total, self.every, self.unit = name, int(total), max(int(every), 1), unit
+    self.start = int(start)
+    self.t0 = time.time()
+    self._t_first = None
+    self._n_first = None
+
+  def update(self, step: int, extra: str = "", force: bool = False) -> None:
+    now = time.time()
+    if self._t_first is None:
+      self._t_first, self._n_first = now, step
+    done = step - self._n_first
+    rate = done / (now - self._t_first) if done > 0 and now > self._t_first else float("nan")
+    if not (force or step == self.total or step % self.every == 0 or step == self.start + 1):
+      return
+    remaining = (self.total - step) / rate if rate and rate > 0 else float("nan")
+    pct = 100.0 * step / max(self.total, 1)
+    rate_s = (f"{1.0 / rate:.2f} s/{self.unit}" if rate and rate < 1 else
+              f"{rate:.2f} {self.unit}/s") if math.isfinite(rate) else "-"
+    msg = (f"[{self.name}] {step}/{self.total} ({pct:.0f}%) {rate_s}, elapsed "
+           f"{format_duration(now - self.t0)}, ETA {format_duration(remaining)}")
+    if extra:
+      msg += " | " + extra
+    logging.info(msg)
+
+
+def fmt_metrics(m: Mapping[str, Any], keys: tuple[str, ...]) -> str:
+  parts = []
+  for k in keys:
+    if k in m:
+      v = m[k]
+      try:
+        parts.append(f"{k}={float(v):.4g}")
+      except (TypeError, ValueError):
+        parts.append(f"{k}={v}")
+  return " ".join(parts)

@@ -1,0 +1,107 @@
+"""Train state (a plain pytree), the AdamW optimizer, and their shardings.
+
+The train state is a dict pytree, so steps stay pure functions of arrays:
+
+  {"params": nnx.State, "opt_state": optax state, "step": int32[], "rng": uint32[2],
+   "skipped": int32[]}
+
+`skipped` counts optimiser steps whose loss or gradient was not finite (never applied).
+Parameters are sharded by the model's logical rules; the optimizer moments follow their
+parameter's sharding (`optax.tree_map_params`); scalars are replicated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from real_jax import sharding as shd
+from real_jax.models import param_shardings
+
+TrainState = dict[str, Any]
+
+
+def make_schedule(lr: float, steps: int, schedule: str = "constant",
+                  warmup_steps: int = 0) -> optax.Schedule:
+  """Learning-rate schedule: constant (authors' REAL), cosine or linear decay to 0 over `steps`,
+  after an optional linear warm-up from 0."""
+  steps = max(int(steps), 1)
+  warmup_steps = min(int(warmup_steps), steps - 1) if steps > 1 else 0
+  if schedule == "constant":
+    main = optax.constant_schedule(lr)
+  elif schedule == "cosine":
+    main = optax.cosine_decay_schedule(lr, max(steps - warmup_steps, 1))
+  elif schedule == "linear":
+    main = optax.linear_schedule(lr, 0.0, max(steps - warmup_steps, 1))
+  else:
+    raise ValueError(f"unknown schedule {schedule!r}")
+  if warmup_steps <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), main],
+                              [warmup_steps])
+
+
+def make_optimizer(*, lr: float, steps: int, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8, weight_decay: float = 0.01, grad_clip: float = 1.0,
+                   schedule: str = "constant", warmup_steps: int = 0
+                   ) -> optax.GradientTransformation:
+  """Global-norm clipping then AdamW (PyTorch AdamW semantics: decay on every parameter)."""
+  parts = []
+  if grad_clip and grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(grad_clip))
+  parts.append(optax.adamw(make_schedule(lr, steps, schedule, warmup_steps), b1=b1, b2=b2,
+                           eps=eps, weight_decay=weight_decay))
+  return optax.chain(*parts)
+
+
+def optimizer_from_config(optim, *, lr: float | None = None, steps: int,
+                          schedule: str | None = None, warmup_steps: int = -1
+                          ) -> optax.GradientTransformation:
+  """`make_optimizer` from a config's `optim` block (lr / schedule / LR warm-up per stage)."""
+  return make_optimizer(lr=lr if lr else optim.lr, steps=steps, b1=optim.b1, b2=optim.b2,
+                        eps=optim.eps, weight_decay=optim.weight_decay,
+                        grad_clip=optim.grad_clip, schedule=schedule or optim.schedule,
+                        warmup_steps=optim.warmup_steps if warmup_steps < 0 else warmup_steps)
+
+
+def _is_sds(x) -> bool:
+  return isinstance(x, jax.ShapeDtypeStruct)
+
+
+def state_shardings(params: Any, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+  """NamedShardings for every leaf of the train state."""
+  p_shard = param_shardings(params, mesh)
+  rep = shd.replicated(mesh)
+  abstract_opt = jax.eval_shape(tx.init, params)
+  o_shard = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_shard,
+                                  transform_non_params=lambda _: rep, is_leaf=_is_sds)
+  return {"params": p_shard, "opt_state": o_shard, "step": rep, "rng": rep, "skipped": rep}
+
+
+def init_state(params: Any, tx: optax.GradientTransformation, mesh: Mesh, seed: int
+               ) -> tuple[TrainState, TrainState]:
+  """(train state, its shardings). The optimizer state is created directly in its shardings."""
+  shardings = state_shardings(params, tx, mesh)
+  opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+  rep = shd.replicated(mesh)
+  state = {
+      "params": params,
+      "opt_state": opt_state,
+      "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
+      "rng": jax.device_put(jax.random.PRNGKey(seed), rep),
+      "skipped": jax.device_put(jnp.zeros((), jnp.int32), rep),
+  }
+  return state, shardings
+
+
+def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
+  """ShapeDtypeStructs (with shardings) of a pytree of arrays, e.g. a restore target."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)

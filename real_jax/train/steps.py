@@ -1,0 +1,364 @@
+"""Pure, jitted training steps built from `real_jax.objectives`.
+
+A *loss* here is a pure function `loss(graphdef, params, micro_batch, denominators) ->
+(loss, metrics)` whose loss and metrics are **additive over micro-batches**: every mean is taken
+with the full batch's denominators (computed once by `denominators(batch)`), so summing the
+micro-batch values gives exactly the full-batch token means, and summing their gradients gives
+exactly the full-batch gradient (objectives' (sum, denominator) forms).
+
+`make_train_step` turns a loss into `step(state, batch) -> (state, metrics)`:
+  * the batch `[B, ...]` is split into `M` micro-batches (rows m, m+M, m+2M, ... form micro-batch
+    m, which keeps every micro-batch spread over the data axes without communication) and the
+    gradients are accumulated with `lax.scan`;
+  * AdamW with global-norm clipping (`state.py`);
+  * a step whose loss or gradient norm is not finite is skipped: parameters and optimizer state
+    are kept, `state["skipped"]` is incremented, metrics["applied"] = 0;
+  * `jax.jit` with explicit in/out shardings (state by the logical rules, batch over data x fsdp)
+    and the state donated.
+
+Batch layouts (all batch-major; L = sequence length, positions index the concatenated sequence):
+  lm (sft / warm-up, tract, raft):
+    tokens [B,L] int32, mask [B,L] bool (padding only), loss_mask [B,L] f32 (positions whose
+    token is trained by cross-entropy), score_pos [B] int32 (hidden position that predicts the
+    score token), target [B] f32, target_id [B] int32, sample_mask [B] f32.
+  rl (real, grpo):
+    tokens, mask, score_pos, target, target_id as above; cot_mask [B,L] f32 (the CoT tokens,
+    delimiter included; for grpo also the sampled score token); adv [B] f32; pg_keep [B] and
+    refine_keep [B] f32 (rows in the policy-gradient / refinement terms); old_lp [B,L] and
+    ref_lp [B,L] f32 (rollout-policy and reference log-probs; zeros when unused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from real_jax import objectives as obj
+from real_jax import sharding as shd
+
+Batch = dict[str, jax.Array]
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward passes
+
+
+def forward(graphdef, params, tokens, mask, score_pos):
+  """(token_log_probs [B,L] with entry t = log p(tokens[t] | tokens[<t]), score_logits [B,V]).
+
+  The teacher-forced scoring pass of `real_jax.sampling` (chunked; never a full [B,L,V] float32
+  array for a large vocabulary), at temperature 1 (the policy itself).
+  """
+  from real_jax.sampling import score_sequences
+  out = score_sequences(graphdef, params, tokens, mask, score_pos, temperature=1.0)
+  return out.token_log_probs, out.score_logits
+
+
+def token_entropies(graphdef, params, tokens, mask, chunk: int = 128):
+  """Per-token policy entropy [B,L] (entry t: entropy of the distribution of tokens[t]).
+
+  Computes logits chunk by chunk over time; only used when an entropy bonus is on.
+  """
+  model = nnx.merge(graphdef, params)
+  positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+  hidden, _ = model(tokens, positions, mask)
+  b, l, d = hidden.shape
+  c = min(chunk, l)
+  pad = (-l) % c
+  h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, (l + pad) // c, c, d)
+
+  def one(hc):  # [B, c, D] -> [B, c]
+    return obj.token_entropy(model.logits(hc))
+
+  ent = jax.lax.map(one, jnp.moveaxis(h, 1, 0))  # [n, B, c]
+  ent = jnp.moveaxis(ent, 0, 1).reshape(b, l + pad)[:, :l]
+  # hidden position t-1 predicts token t: shift right so entry t matches tokens[t].
+  return jnp.pad(ent[:, :-1], ((0, 0), (1, 0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses (additive over micro-batches)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """A method's objective: `denominators(batch)` once per step, `fn` per micro-batch."""
+  denominators: Callable[[Batch], Any]
+  fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+  name: str = ""
+
+
+def sft_objective() -> Loss:
+  """Cross-entropy on the target tokens (warm-up SFT on demonstration CoT + score + EOS)."""
+
+  def denominators(batch):
+    _, n = obj.masked_aggregate_sums(jnp.zeros(batch["loss_mask"].shape), batch["loss_mask"],
+                                     sample_mask=batch["sample_mask"])
+    return n
+
+  def fn(graphdef, params, mb, den):
+    lp, _ = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"])
+    loss, _ = obj.sft_loss(lp, mb["loss_mask"], sample_mask=mb["sample_mask"], denominator=den)
+    _, n = obj.masked_aggregate_sums(lp, mb["loss_mask"], sample_mask=mb["sample_mask"])
+    return loss, {"loss": loss, "ce": loss, "tokens": n}
+
+  return Loss(denominators, fn, "sft")
+
+
+def _score_tokens_arrays(score_tokens):
+  return (jnp.asarray(score_tokens.token_ids, jnp.int32),
+          jnp.asarray(score_tokens.values, jnp.float32))
+
+
+def raft_objective(score_tokens, *, renormalize: bool = False) -> Loss:
+  """RAFT: squared error of y_hat read right after prompt + delimiter (no CoT)."""
+  ids, values = _score_tokens_arrays(score_tokens)
+
+  def denominators(batch):
+    return jnp.sum(batch["sample_mask"])
+
+  def fn(graphdef, params, mb, den):
+    _, logits = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"])
+    loss, _ = obj.raft_loss(logits, mb["target"], ids, values, renormalize=renormalize,
+                            sample_mask=mb["sample_mask"], denominator=den)
+    y_hat = obj.expected_score(jax.lax.stop_gradient(logits), ids, values,
+                               renormalize=renormalize)
+    w = mb["sample_mask"]
+    return loss, {"loss": loss, "mse": loss,
+                  "y_hat_mean": jnp.sum(y_hat * w) / jnp.maximum(den, 1.0)}
+
+  return Loss(denominators, fn, "raft")
+
+
+def cot_raft_objective(score_tokens, *, lam: float = 1.0, renormalize: bool = False) -> Loss:
+  """TRACT / CoT-RAFT: CE over the CoT tokens (score token excluded) + lam * (y_hat - y*)^2."""
+  ids, values = _score_tokens_arrays(score_tokens)
+
+  def denominators(batch):
+    return obj.real_loss_denominators(batch["loss_mask"], sample_mask=batch["sample_mask"])
+
+  def fn(graphdef, params, mb, den):
+    lp, logits = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"])
+    loss, _ = obj.cot_raft_loss(lp, mb["loss_mask"], logits, mb["target"], ids, values, lam=lam,
+                                renormalize=renormalize, sample_mask=mb["sample_mask"],
+                                denominators=den)
+    ce, _ = obj.sft_loss(lp, mb["loss_mask"], sample_mask=mb["sample_mask"], denominator=den[0])
+    mse, _ = obj.raft_loss(logits, mb["target"], ids, values, renormalize=renormalize,
+                           sample_mask=mb["sample_mask"], denominator=den[1])
+    y_hat = obj.expected_score(jax.lax.stop_gradient(logits), ids, values,
+                               renormalize=renormalize)
+    return loss, {"loss": loss, "ce": ce, "mse": mse,
+                  "y_hat_mean": jnp.sum(y_hat * mb["sample_mask"]) / jnp.maximum(den[1], 1.0)}
+
+  return Loss(denominators, fn, "tract")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLLossConfig:
+  """Static knobs of the RL losses (see config_lib's `rl` block)."""
+  beta: float = 0.0
+  lam: float = 1.0
+  renormalize: bool = False
+  aggregation: str = "token-mean"
+  policy_loss: str = "reinforce"
+  clip_eps: float = 0.2
+  score_temperature: float = 1.0
+  kl_coef: float = 0.0
+  kl_estimator: str = "k3"
+  entropy_coef: float = 0.0
+
+
+def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
+  """The REAL loss (`objectives.real_loss` in its (sum, denominator) form).
+
+  Rows in `pg_keep` enter the CoT policy-gradient term; rows in `refine_keep` (those that
+  reached the delimiter) enter the refinement term beta * [(y_hat - y*)^2 + lam * -log pi(y*)].
+  Plus the optional KL (to `ref_lp`) and entropy terms on the CoT tokens of `pg_keep` rows.
+  """
+  ids, values = _score_tokens_arrays(score_tokens)
+  agg = cfg.aggregation
+
+  def denominators(batch):
+    pg_den, _ = obj.real_loss_denominators(batch["cot_mask"], sample_mask=batch["pg_keep"],
+                                           aggregation=agg)
+    _, seq_den = obj.real_loss_denominators(batch["cot_mask"], sample_mask=batch["refine_keep"],
+                                            aggregation=agg)
+    return pg_den, seq_den
+
+  def fn(graphdef, params, mb, den):
+    lp, logits = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"])
+    common = dict(renormalize=cfg.renormalize, aggregation=agg,
+                  temperature=cfg.score_temperature, target_token_ids=mb["target_id"],
+                  policy_loss=cfg.policy_loss,
+                  old_cot_log_probs=mb["old_lp"] if cfg.policy_loss == "ppo" else None,
+                  clip_eps=cfg.clip_eps)
+    args = (lp, mb["cot_mask"], mb["adv"], logits, mb["target"], ids, values)
+    pg_sums, _ = obj.real_loss_sums(*args, sample_mask=mb["pg_keep"], **common)
+    ref_sums, aux = obj.real_loss_sums(*args, sample_mask=mb["refine_keep"], **common)
+    sums = obj.RealLossSums(pg_sum=pg_sums.pg_sum, pg_count=pg_sums.pg_count,
+                            sq_err_sum=ref_sums.sq_err_sum, nll_sum=ref_sums.nll_sum,
+                            seq_count=ref_sums.seq_count)
+    loss = obj.real_loss_from_sums(sums, beta=cfg.beta, lam=cfg.lam, denominators=den)
+    pg = pg_sums.pg_sum / jnp.maximum(den[0], 1.0)
+    seq = jnp.maximum(den[1], 1.0)
+    metrics = {
+        "pg_loss": pg,
+        "refine_loss": cfg.beta * (ref_sums.sq_err_sum + cfg.lam * ref_sums.nll_sum) / seq,
+        "mse": ref_sums.sq_err_sum / seq,
+        "nll_target": ref_sums.nll_sum / seq,
+        "y_hat_mean": aux["expected_score"] / seq,
+        "score_mass": aux["score_mass"] / seq,
+    }
+    loss = loss + _regularisers(graphdef, params, mb, lp, den[0], cfg, metrics)
+    metrics["loss"] = loss
+    return loss, metrics
+
+  return Loss(denominators, fn, "real")
+
+
+def _regularisers(graphdef, params, mb, lp, pg_den, cfg: RLLossConfig, metrics):
+  extra = 0.0
+  if cfg.kl_coef:
+    kl = obj.kl_penalty(lp, mb["ref_lp"], mb["cot_mask"], estimator=cfg.kl_estimator,
+                        aggregation=cfg.aggregation, sample_mask=mb["pg_keep"],
+                        denominator=pg_den)
+    metrics["kl"] = kl
+    extra = extra + cfg.kl_coef * kl
+  if cfg.entropy_coef:
+    ent = token_entropies(graphdef, params, mb["tokens"], mb["mask"])
+    h = obj.masked_aggregate(ent, mb["cot_mask"], aggregation=cfg.aggregation,
+                             sample_mask=mb["pg_keep"], denominator=pg_den)
+    metrics["entropy"] = h
+    extra = extra - cfg.entropy_coef * h
+  return extra
+
+
+def grpo_objective(cfg: RLLossConfig) -> Loss:
+  """Standard RL: policy gradient on the CoT and the sampled score token (binary reward)."""
+  agg = cfg.aggregation
+
+  def denominators(batch):
+    pg_den, _ = obj.real_loss_denominators(batch["cot_mask"], sample_mask=batch["pg_keep"],
+                                           aggregation=agg)
+    return pg_den
+
+  def fn(graphdef, params, mb, den):
+    lp, _ = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"])
+    loss, _ = obj.policy_gradient_loss(
+        lp, mb["cot_mask"], mb["adv"],
+        old_log_probs=mb["old_lp"] if cfg.policy_loss == "ppo" else None,
+        policy_loss=cfg.policy_loss, clip_eps=cfg.clip_eps, aggregation=agg,
+        sample_mask=mb["pg_keep"], denominator=den)
+    metrics = {"pg_loss": loss}
+    loss = loss + _regularisers(graphdef, params, mb, lp, den, cfg, metrics)
+    metrics["loss"] = loss
+    return loss, metrics
+
+  return Loss(denominators, fn, "grpo")
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+
+
+def batch_shardings(batch_example: dict[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
+  """Batch over the mesh's (data, fsdp) axes, every other dimension replicated."""
+  return {k: shd.batch_sharding(mesh, np.ndim(v)) for k, v in batch_example.items()}
+
+
+def _split_micro(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
+  """[B, ...] -> [M, B/M, ...] with micro-batch m = rows m, m+M, ... (no data movement)."""
+  b = x.shape[0]
+  y = x.reshape((b // num_micro, num_micro) + x.shape[1:])
+  y = jnp.swapaxes(y, 0, 1)
+  spec = shd.logical_to_spec((None, "batch") + (None,) * (x.ndim - 1))
+  return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+
+
+def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    mesh: Mesh, state_shardings: Any, batch_example: dict[str, Any], *,
+                    num_micro: int = 1, donate: bool = True):
+  """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and donation.
+
+  Args:
+    loss: a `Loss` (additive over micro-batches).
+    graphdef: the model's GraphDef (static).
+    tx: the optax transformation (clipping + AdamW).
+    mesh: the device mesh; state_shardings: from `state.state_shardings`.
+    batch_example: a batch (arrays or ShapeDtypeStructs) giving the keys and ranks.
+    num_micro: micro-batches per step (gradient accumulation); must divide the batch.
+    donate: donate the input state's buffers.
+
+  Returns:
+    The jitted step. metrics (replicated scalars): the loss's metrics, "grad_norm" (before
+    clipping), "applied" (1 if the update was finite and applied), "skipped" (running count).
+  """
+  b_shard = batch_shardings(batch_example, mesh)
+  rep = shd.replicated(mesh)
+
+  def step(state, batch):
+    with shd.activation_sharding(mesh):
+      params = state["params"]
+      den = loss.denominators(batch)
+      grad_fn = jax.value_and_grad(lambda p, mb: loss.fn(graphdef, p, mb, den), has_aux=True)
+      if num_micro == 1:
+        (l, metrics), grads = grad_fn(params, batch)
+      else:
+        micro = jax.tree.map(lambda x: _split_micro(x, num_micro, mesh), batch)
+
+        def body(carry, mb):
+          g_acc, l_acc, m_acc = carry
+          (l, m), g = grad_fn(params, mb)
+          return (jax.tree.map(jnp.add, g_acc, g), l_acc + l,
+                  jax.tree.map(jnp.add, m_acc, m)), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        m_shape = jax.eval_shape(lambda: grad_fn(params, first)[0][1])
+        zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
+                 jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape))
+        (grads, l, metrics), _ = jax.lax.scan(body, zeros, micro)
+      grad_norm = optax.global_norm(grads)
+      ok = jnp.isfinite(l) & jnp.isfinite(grad_norm)
+      # Zero non-finite gradients before the optimizer so no NaN reaches its state; the where
+      # below then keeps the old state anyway.
+      safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
+      updates, new_opt = tx.update(safe_grads, state["opt_state"], params)
+      new_params = optax.apply_updates(params, updates)
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+      new_state = {
+          "params": keep(new_params, params),
+          "opt_state": keep(new_opt, state["opt_state"]),
+          "step": state["step"] + 1,
+          "rng": state["rng"],
+          "skipped": state["skipped"] + jnp.where(ok, 0, 1).astype(jnp.int32),
+      }
+      metrics = dict(metrics)
+      metrics.update(loss=l, grad_norm=grad_norm, applied=ok.astype(jnp.float32),
+                     skipped=new_state["skipped"])
+      return new_state, metrics
+
+  return jax.jit(step, in_shardings=(state_shardings, b_shard),
+                 out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else ())
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Places a host batch on the mesh (batch axis over data x fsdp).
+
+  Single-process: `device_put` with the batch sharding; multi-process hosts pass their local
+  rows through `jax.make_array_from_process_local_data`.
+  """
+  out = {}
+  for k, v in batch.items():
+    s = shd.batch_sharding(mesh, np.ndim(v))
+    if jax.process_count() == 1:
+      out[k] = jax.device_put(np.asarray(v), s)
+    else:
+      out[k] = jax.make_array_from_process_local_data(s, np.asarray(v))
+  return out

@@ -1,0 +1,142 @@
+"""Config files load, overrides work, and bad configs fail before anything is built."""
+
+import os
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from real_jax.train import config_lib
+from real_jax.train.config_lib import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTH = os.path.join(ROOT, "configs", "synthetic.py")
+PROM = os.path.join(ROOT, "configs", "prometheus.py")
+
+
+def _load(path, arg=None):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("cfg_" + os.path.basename(path)[:-3], path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+@pytest.mark.parametrize("arg", [None, "runlocal", "method=sft", "method=raft", "method=tract",
+                                 "method=grpo", "method=real,runlocal"])
+def test_synthetic_configs_validate(arg):
+  c = _load(SYNTH, arg)
+  config_lib.check_fields(c)
+  assert config_lib.validate(c, num_devices=1) == {"data": 1, "fsdp": 1, "tensor": 1}
+
+
+@pytest.mark.parametrize("size", ["0.6b", "1.7b", "4b", "8b", "14b", "32b"])
+@pytest.mark.parametrize("method", ["real", "raft"])
+def test_prometheus_configs_validate(size, method):
+  c = _load(PROM, f"size={size},method={method}")
+  devices = 16 if size in ("14b", "32b") else 8
+  mesh = config_lib.validate(c, num_devices=devices)
+  assert mesh["data"] * mesh["fsdp"] * mesh["tensor"] == devices
+  assert c.model.preset == f"qwen3-{size}"
+  assert c.rl.group_size == (8 if size == "32b" else 16)
+  assert c.optim.lr == 1e-6 and c.optim.b1 == 0.9 and c.optim.weight_decay == 0.01
+
+
+def test_prometheus_bad_size():
+  with pytest.raises(ConfigError, match="size"):
+    _load(PROM, "size=3b")
+
+
+def test_parse_arg_types_and_unknown():
+  a = config_lib.parse_arg("size=4b,runlocal,beta=0.5,steps=3", size="8b", runlocal=False,
+                           beta=0.0, steps=1)
+  assert (a.size, a.runlocal, a.beta, a.steps) == ("4b", True, 0.5, 3)
+  with pytest.raises(ConfigError, match="unknown config argument 'bogus'"):
+    config_lib.parse_arg("bogus=1", size="8b")
+
+
+def test_unknown_field_in_config_file_is_rejected():
+  c = _load(SYNTH)
+  c.unlock()
+  c.rl.betaa = 0.1  # a typo in a config file
+  with pytest.raises(ConfigError, match=r"config\.rl\.betaa.*fields of config\.rl"):
+    config_lib.validate(c, num_devices=1)
+
+
+def test_unknown_override_is_rejected_by_the_flag_parser():
+  argv = ["prog", f"--config={SYNTH}", "--config.rl.betaa=1"]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True, sys_argv=argv)
+  with pytest.raises(Exception, match="betaa"):
+    fv(argv)
+    fv.config  # noqa: B018 (parsing is lazy in some versions)
+  argv = ["prog", f"--config={SYNTH}:method=grpo", "--config.rl.beta=0.5"]
+  fv2 = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv2, lock_config=True, sys_argv=argv)
+  fv2(argv)
+  assert fv2.config.method == "grpo" and fv2.config.rl.beta == 0.5
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("method", "ppo", r"config\.method='ppo' is not one of"),
+    ("rl.filter", "some", r"config\.rl\.filter"),
+    ("rl.shaping", "exp", r"config\.rl\.shaping"),
+    ("rl.top_p", 1.5, r"config\.rl\.top_p=1\.5 must be in"),
+    ("rl.group_size", 1, r"rl\.group_size=1"),
+    ("eval.invalid", "zero", r"config\.eval\.invalid"),
+])
+def test_bad_values(field, value, match):
+  c = _load(SYNTH)
+  node = c
+  *parents, leaf = field.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate(c, num_devices=1)
+
+
+def test_mesh_that_does_not_fit_the_devices():
+  c = _load(SYNTH)
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 4, 2, 2
+  with pytest.raises(ConfigError, match=r"needs 16 devices but 8 are available.*config\.mesh"):
+    config_lib.validate(c, num_devices=8)
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 1  # a smaller mesh uses the first 4 devices
+  assert config_lib.validate(c, num_devices=8) == {"data": 2, "fsdp": 2, "tensor": 1}
+  c.mesh.data, c.mesh.fsdp = -1, 3
+  with pytest.raises(ConfigError, match="not a multiple of 3"):
+    config_lib.validate(c, num_devices=8)
+
+
+def test_batch_that_does_not_divide_the_mesh():
+  c = _load(SYNTH)
+  c.mesh.data = -1  # 8 devices -> the batch is split 8 ways
+  c.warmup.batch_size = 12
+  with pytest.raises(ConfigError, match=r"config\.warmup\.batch_size=12 is not a multiple of 8.*"
+                                        r"use e\.g\. 8 or 16"):
+    config_lib.validate(c, num_devices=8)
+  c.warmup.batch_size = 32
+  c.warmup.micro_batch_size = 12
+  with pytest.raises(ConfigError, match="micro_batch_size=12 does not divide"):
+    config_lib.validate(c, num_devices=8)
+  c.warmup.micro_batch_size = 0
+  c.rl.mini_batch_size = 24
+  with pytest.raises(ConfigError, match=r"rl\.mini_batch_size=24 does not divide the 64 rows"):
+    config_lib.validate(c, num_devices=8)
+
+
+def test_eval_needs_a_model():
+  c = _load(SYNTH)
+  c.method = "eval"
+  with pytest.raises(ConfigError, match="method=eval needs"):
+    config_lib.validate(c, num_devices=1)
+
+
+def test_stages():
+  c = _load(SYNTH)
+  assert config_lib.stages_for(c) == ["warmup", "rl"]
+  c.method = "tract"
+  assert config_lib.stages_for(c) == ["warmup", "tract1", "tract_gen", "tract2"]
+  c.warmup.steps = 0
+  c.method = "raft"
+  assert config_lib.stages_for(c) == ["raft"]

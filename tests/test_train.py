@@ -1,0 +1,364 @@
+"""The jitted train steps: exact micro-batching, sharded == single device, non-finite steps
+skipped, one REAL update == real_jax.objectives by hand, checkpoints, HF export."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from real_jax import objectives as obj
+from real_jax import sharding as shd
+from real_jax.judge.scores import ScoreTokens
+from real_jax.models import get_preset, init_params
+from real_jax.sampling import score_sequences
+from real_jax.train import checkpoint as ckpt_lib
+from real_jax.train import config_lib, loops, rollout
+from real_jax.train import state as state_lib
+from real_jax.train import steps as steps_lib
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles(tmp_path_factory):
+  """Lower XLA optimisation effort (compile time dominates these tiny steps) and a persistent
+  compilation cache, so identical computations across tests compile once. Restored after."""
+  old = (jax.config.jax_exec_time_optimization_effort, jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_exec_time_optimization_effort", -1.0)
+  if not old[1]:
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  yield
+  jax.config.update("jax_exec_time_optimization_effort", old[0])
+  jax.config.update("jax_compilation_cache_dir", old[1])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[2])
+
+
+CFG = get_preset("tiny").model  # vocab 256, divides a (2, 4) fsdp x tensor mesh
+ST = ScoreTokens(token_ids=(11, 12, 13, 14, 15), values=(1.0, 2.0, 3.0, 4.0, 5.0),
+                 delimiter_ids=(20, 21, 22), eos_id=1)
+PAD = 0
+
+
+def _mesh1():
+  return shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
+
+
+def _params(mesh, seed=0):
+  return init_params(CFG, mesh=mesh, seed=seed)
+
+
+def _host(tree):
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def _crafted_rollout(rng, prompts=3, n=4, lp=12, r=10):
+  """Rollouts as `rollout.sample_cots` returns them: valid rows end with the delimiter, some rows
+  are truncated (no delimiter) or stop at EOS."""
+  rows = prompts * n
+  plen = rng.integers(4, lp + 1, size=prompts)
+  pt = np.zeros((prompts, lp), np.int32)
+  pm = np.zeros((prompts, lp), np.int32)
+  for i, k in enumerate(plen):
+    pt[i, lp - k:] = rng.integers(30, 256, size=k)
+    pm[i, lp - k:] = 1
+  response = np.zeros((rows, r), np.int32)
+  length = np.zeros(rows, np.int32)
+  found = np.zeros(rows, bool)
+  eos = np.zeros(rows, bool)
+  for j in range(rows):
+    kind = ("trunc" if j in (1, 6) else "eos" if j == 9 else "ok")
+    if kind == "trunc":
+      response[j] = rng.integers(30, 256, size=r)
+      length[j] = r
+    elif kind == "eos":
+      k = 5
+      response[j, :k - 1] = rng.integers(30, 256, size=k - 1)
+      response[j, k - 1] = ST.eos_id
+      length[j] = k
+      eos[j] = True
+    else:
+      k = int(rng.integers(1, r - 3))
+      response[j, :k] = rng.integers(30, 256, size=k)
+      response[j, k:k + 3] = ST.delimiter_ids
+      length[j] = k + 3
+      found[j] = True
+  gen = {"prompt_tokens": np.repeat(pt, n, 0), "prompt_mask": np.repeat(pm, n, 0),
+         "response": response, "length": length, "found": found, "eos": eos,
+         "truncated": ~found & ~eos}
+  batch = {"prompt_tokens": pt, "prompt_mask": pm,
+           "target": np.array([2.0, 4.0, 5.0], np.float32)[:prompts],
+           "target_int": np.array([2, 4, 5], np.int32)[:prompts]}
+  return gen, batch
+
+
+def _rl_config(**rl):
+  c = config_lib.base_config()
+  c.rl.group_size = 4
+  c.rl.mini_batch_size = 12
+  for k, v in rl.items():
+    c.rl[k] = v
+  return c
+
+
+def _ctx(config, mesh, graphdef):
+  return loops.Context(config=config, workdir="", mesh=mesh, tokenizer=None, tokenizer_dir="",
+                       score_tokens=ST, pad_id=PAD, graphdef=graphdef, model_cfg=CFG,
+                       writer=None, train_source=None, eval_sources={}, delim_start=())
+
+
+def _real_rows(beta=0.7, lam=0.5, invalid="penalize", seed=0):
+  mesh = _mesh1()
+  graphdef, params = _params(mesh)
+  c = _rl_config(beta=beta, lam=lam, invalid=invalid)
+  ctx = _ctx(c, mesh, graphdef)
+  gen, batch = _crafted_rollout(np.random.default_rng(seed))
+  adv_settings = rollout.AdvantageSettings(invalid=invalid, format_penalty=16.0)
+  score_fn = rollout.make_score_fn(graphdef, ST, mesh)
+  rows, keep_g, stats, _, _ = loops.rollout_round(
+      ctx, params, None, batch, jax.random.PRNGKey(0), score_fn, "real", adv_settings, gen=gen)
+  return mesh, graphdef, params, c, rows, gen
+
+
+@pytest.fixture(scope="module")
+def real_rows():
+  return _real_rows(0.7, 0.5, "penalize")
+
+
+def test_real_update_equals_objectives_by_hand(real_rows):
+  """One REAL update from the same rollouts: advantages, loss and gradient equal
+  real_jax.objectives applied by hand. The step accumulates 2 micro-batches, so this also checks
+  that micro-batching gives the exact full-batch token means and gradient."""
+  beta, lam, invalid = 0.7, 0.5, "penalize"
+  mesh, graphdef, params, c, rows, gen = real_rows
+  valid = gen["found"]
+  n = 4
+  ids, values = jnp.asarray(ST.token_ids), jnp.asarray(ST.values)
+
+  # Advantages, by hand from the same rollouts: the authors' recipe via objectives.
+  out = score_sequences(graphdef, params, jnp.asarray(rows["tokens"]), jnp.asarray(rows["mask"]),
+                        jnp.asarray(rows["score_pos"]))
+  y_hat = np.asarray(obj.expected_score(out.score_logits, ids, values))
+  tid = np.asarray(obj.target_token_ids_for(rows["target"], ids, values))
+  tlp = np.asarray(obj.score_log_prob(out.score_logits, tid))
+  reward = np.where(valid, np.asarray(obj.regression_reward(y_hat, rows["target"])), -16.0)
+  tlp = np.where(valid, np.maximum(tlp, np.log(1e-8)), np.log(1e-8))
+  mask = (valid if invalid == "drop" else np.ones_like(valid)).reshape(-1, n)
+  adv = obj.real_advantages(reward.reshape(-1, n), tlp.reshape(-1, n), 1.0, shaping="prob",
+                            estimator="rloo", normalize=True, clip=1.0, mask=mask)
+  np.testing.assert_allclose(rows["adv"], np.asarray(adv).reshape(-1), atol=1e-5)
+  assert np.all(rows["refine_keep"] == valid)
+  assert np.all(rows["pg_keep"] == (valid if invalid == "drop" else 1.0))
+  # The CoT mask covers exactly the kept generated tokens (delimiter included, no score token).
+  lp_w = gen["prompt_tokens"].shape[1]
+  np.testing.assert_array_equal(rows["cot_mask"][:, lp_w:].sum(1), gen["length"])
+  np.testing.assert_array_equal(rows["score_pos"], lp_w + gen["length"] - 1)
+  np.testing.assert_array_equal(
+      rows["tokens"][valid, rows["score_pos"][valid]], ST.delimiter_ids[-1])
+
+  def hand_loss(p):
+    o = score_sequences(graphdef, p, jnp.asarray(rows["tokens"]), jnp.asarray(rows["mask"]),
+                        jnp.asarray(rows["score_pos"]))
+    pg, _ = obj.policy_gradient_loss(o.token_log_probs, rows["cot_mask"], rows["adv"],
+                                     sample_mask=rows["pg_keep"])
+    yh = obj.expected_score(o.score_logits, ids, values)
+    nll = -obj.score_log_prob(o.score_logits, tid)
+    v = jnp.asarray(valid)
+    refine = jnp.sum(jnp.where(v, (yh - rows["target"]) ** 2 + lam * nll, 0.0)) / v.sum()
+    return pg + beta * refine
+
+  want_loss, want_grad = jax.value_and_grad(hand_loss)(params)
+  # On the valid rows alone the same loss is objectives.real_loss itself.
+  vrows = {k: v[valid] for k, v in rows.items()}
+  o = score_sequences(graphdef, params, jnp.asarray(vrows["tokens"]), jnp.asarray(vrows["mask"]),
+                      jnp.asarray(vrows["score_pos"]))
+  rl_loss, _ = obj.real_loss(o.token_log_probs, vrows["cot_mask"], vrows["adv"], o.score_logits,
+                             vrows["target"], ids, values, beta=beta, lam=lam,
+                             target_token_ids=tid[valid])
+  pg_v, _ = obj.policy_gradient_loss(o.token_log_probs, vrows["cot_mask"], vrows["adv"])
+  yh = obj.expected_score(o.score_logits, ids, values)
+  ref_v = jnp.mean((yh - vrows["target"]) ** 2 - lam * obj.score_log_prob(o.score_logits,
+                                                                          tid[valid]))
+  np.testing.assert_allclose(rl_loss, pg_v + beta * ref_v, rtol=1e-5)
+
+  # The trainer's step (2 micro-batches, SGD lr 1: the update is minus the gradient).
+  loss = steps_lib.real_objective(ST, steps_lib.RLLossConfig(beta=beta, lam=lam))
+  tx = optax.sgd(1.0)
+  state, shardings = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mesh, 0)
+  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, shardings, rows, num_micro=2)
+  new_state, m = step(state, steps_lib.put_batch(rows, mesh))
+  np.testing.assert_allclose(m["loss"], want_loss, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m["pg_loss"] + m["refine_loss"], m["loss"], rtol=1e-5, atol=1e-6)
+  got_grad = jax.tree.map(lambda a, b: a - b, _host(params), _host(new_state["params"]))
+  for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(_host(want_grad))):
+    np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-6)
+  assert float(m["applied"]) == 1.0
+
+
+def _adamw_rows(real_rows):
+  rows = {k: v[:8] for k, v in real_rows[4].items()}  # 8 rows: divides the 2-way batch axis
+  # AdamW + clipping, the real optimizer. A large eps keeps the first Adam step (~ lr * sign(g))
+  # from amplifying reduction-order noise in near-zero gradients.
+  tx = state_lib.make_optimizer(lr=1e-2, steps=10, eps=1e-3)
+  loss = steps_lib.real_objective(ST, steps_lib.RLLossConfig(beta=1.0, lam=1.0))
+  return rows, tx, loss
+
+
+def test_sharded_step_equals_single_device(real_rows):
+  """The REAL step over a (fsdp 2, tensor 4) mesh of 8 fake devices equals the single-device
+  step (SGD with lr 1, so the parameter change is exactly the gradient)."""
+  mesh8 = shd.make_mesh({"fsdp": 2, "tensor": 4})
+  rows = real_rows[4]  # 12 rows: 6 per micro-batch, divisible by the 2-way batch axis
+  loss = steps_lib.real_objective(ST, steps_lib.RLLossConfig(beta=0.7, lam=0.5))
+  tx = optax.sgd(1.0)
+  results = []
+  for mesh in (_mesh1(), mesh8):  # the single-device step is the one compiled above
+    graphdef, params = _params(mesh)
+    state, sh = state_lib.init_state(params, tx, mesh, 0)
+    step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, rows, num_micro=2)
+    new, m = step(state, steps_lib.put_batch(rows, mesh))
+    if mesh is mesh8:
+      leaf = new["params"]["layers"]["q_proj"][...]
+      assert leaf.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+      assert len(leaf.sharding.device_set) == 8
+    results.append((_host(new["params"]), {k: float(v) for k, v in m.items()}))
+  (p1, m1), (p8, m8) = results
+  for k in ("loss", "pg_loss", "refine_loss", "grad_norm"):
+    assert m1[k] == pytest.approx(m8[k], rel=1e-5, abs=1e-6), k
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_step_is_skipped_and_counted(real_rows):
+  mesh = _mesh1()
+  graphdef, params = _params(mesh)
+  batch, tx, loss = _adamw_rows(real_rows)
+  state, sh = state_lib.init_state(params, tx, mesh, 0)
+  before = _host(state)
+  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, batch, num_micro=2)
+  bad = dict(batch, target=np.full_like(batch["target"], np.nan))
+  state, m = step(state, steps_lib.put_batch(bad, mesh))
+  assert float(m["applied"]) == 0.0 and int(m["skipped"]) == 1
+  after = _host(state)
+  for a, b in zip(jax.tree.leaves(before["params"]) + jax.tree.leaves(before["opt_state"]),
+                  jax.tree.leaves(after["params"]) + jax.tree.leaves(after["opt_state"])):
+    np.testing.assert_array_equal(a, b)
+  state, m = step(state, steps_lib.put_batch(batch, mesh))  # a good step is applied
+  assert float(m["applied"]) == 1.0 and int(m["skipped"]) == 1 and int(state["step"]) == 2
+
+
+def test_checkpoint_round_trip(tmp_path):
+  mesh = shd.make_mesh({"fsdp": 2, "tensor": 4})
+  _, params = _params(mesh, seed=3)
+  tx = state_lib.make_optimizer(lr=1e-3, steps=10)
+  state, sh = state_lib.init_state(params, tx, mesh, 5)
+  state["step"] = state["step"] + 7
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), max_to_keep=2)
+  meta = {"data": {"epoch": 1, "cursor": 96}, "done": False, "best": None}
+  ck.save(7, state, meta)
+  ck.wait()
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  restored, rmeta = ck.restore(ck.latest_step(), abstract, sh)
+  assert rmeta == meta
+  for a, b in zip(jax.tree.leaves(_host(state)), jax.tree.leaves(_host(restored))):
+    np.testing.assert_array_equal(a, b)
+  assert (restored["params"]["embedding"][...].sharding.spec
+          == state["params"]["embedding"][...].sharding.spec == jax.sharding.PartitionSpec(
+              "tensor", "fsdp"))
+  p = ck.restore_params(7, abstract["params"], sh["params"])
+  for a, b in zip(jax.tree.leaves(_host(state["params"])), jax.tree.leaves(_host(p))):
+    np.testing.assert_array_equal(a, b)
+  ck.close()
+
+
+def test_export_to_hf_and_reload_with_transformers(tmp_path):
+  torch = pytest.importorskip("torch")
+  from transformers import AutoModelForCausalLM
+  from real_jax.models.qwen3 import forward_logits
+  from real_jax.tools import export_hf as export_tool
+  cfg = CFG
+  graphdef, params = init_params(cfg, seed=4)
+  wd = tmp_path / "run"
+  ck = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(str(wd), "sft"), async_save=False)
+  ck.save(3, params=params, meta={"done": True})
+  ck.close()
+  (wd / "run.json").write_text(json.dumps({"model": dataclasses.asdict(cfg), "stages": ["sft"],
+                                           "tokenizer": ""}))
+  out = tmp_path / "hf"
+  assert export_tool.main(["--workdir", str(wd), "--out", str(out)]) == 0
+  model = AutoModelForCausalLM.from_pretrained(str(out), attn_implementation="eager")
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 9))
+  with torch.no_grad():
+    ref = model(input_ids=torch.from_numpy(tokens)).logits.numpy()
+  ours = np.asarray(forward_logits(graphdef, params, jnp.asarray(tokens, jnp.int32),
+                                   jnp.ones(tokens.shape, bool)))
+  np.testing.assert_allclose(ours, ref, atol=1e-4)
+  assert json.loads((out / "real_jax_export.json").read_text())["step"] == 3
+
+
+def test_rollout_helpers():
+  # build_sequences: prompt ⊕ response, score position = last kept token, padding masked only.
+  pt = np.array([[0, 5, 6], [7, 8, 9]], np.int32)
+  pm = np.array([[0, 1, 1], [1, 1, 1]], np.int32)
+  resp = np.array([[3, 20, 21, 22], [4, 4, 0, 0]], np.int32)
+  seqs = rollout.build_sequences(pt, pm, resp, np.array([4, 2]), pad_id=0, extra=1)
+  assert seqs["tokens"].shape == (2, 8)
+  np.testing.assert_array_equal(seqs["score_pos"], [6, 4])
+  np.testing.assert_array_equal(seqs["mask"][0], [0, 1, 1, 1, 1, 1, 1, 0])
+  np.testing.assert_array_equal(seqs["cot_mask"][1], [0, 0, 0, 1, 1, 0, 0, 0])
+  # group filter
+  b = np.array([[1, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]], np.float32)
+  np.testing.assert_array_equal(rollout.group_filter(b, "partial"), [True, False, False])
+  np.testing.assert_array_equal(rollout.group_filter(b, "not_all_correct"), [True, False, True])
+  np.testing.assert_array_equal(rollout.group_filter(b, "not_all_wrong"), [True, True, False])
+  np.testing.assert_array_equal(rollout.group_filter(b, "all"), [True, True, True])
+
+
+def test_sample_cots_marks_delimiter_eos_and_truncation():
+  mesh = _mesh1()
+  graphdef, params = _params(mesh)
+  rng = np.random.default_rng(5)
+  pt = rng.integers(30, 256, size=(2, 8)).astype(np.int32)
+  pm = np.ones((2, 8), np.int32)
+  # A stop "delimiter" made of frequent tokens is hard to arrange with random weights, so check
+  # the bookkeeping on whatever comes out: lengths, padding and flags are consistent.
+  settings = rollout.SamplerSettings(max_new_tokens=6, temperature=1.0, top_p=1.0)
+  g = rollout.sample_cots(graphdef, params, pt, pm, jax.random.PRNGKey(0), settings, ST,
+                          num_samples=3, mesh=mesh, pad_id=PAD)
+  assert g["response"].shape == (6, 6)
+  assert np.all(g["found"] + g["eos"] + g["truncated"] == 1)
+  for r in range(6):
+    L = g["length"][r]
+    assert np.all(g["response"][r, L:] == PAD)
+    if g["truncated"][r]:
+      assert L == 6
+    if g["eos"][r]:
+      assert g["response"][r, L - 1] == ST.eos_id
+  np.testing.assert_array_equal(g["prompt_tokens"][::3, -8:], pt)  # left-padded to a bucket
+
+
+def test_advantages_for_invalid_rows():
+  """Rows without the delimiter: "penalize" keeps them in the PG term with the format penalty
+  (and pi(y*) = 0), "drop" removes them from both terms and from the group baselines."""
+  y_hat = np.array([3.0, 4.0, 0.0, 2.0, 5.0, 5.0, 1.0, 0.0], np.float32)
+  target = np.array([4.0] * 4 + [5.0] * 4, np.float32)
+  tlp = np.log(np.array([0.5, 0.6, 1.0, 0.1, 0.9, 0.8, 0.1, 1.0], np.float32))
+  valid = np.array([1, 1, 0, 1, 1, 1, 1, 0], bool)
+  binary = np.zeros(8, np.float32)
+  s = rollout.AdvantageSettings(invalid="penalize", format_penalty=16.0, normalize=False,
+                                clip=None, shaping="none")
+  out = rollout.compute_advantages(y_hat, tlp, target, binary, valid, 4, s)
+  r = np.where(valid, -(y_hat - target) ** 2, -16.0).reshape(2, 4)
+  want = r - (r.sum(1, keepdims=True) - r) / 3  # RLOO
+  np.testing.assert_allclose(out["adv"], want.reshape(-1), atol=1e-6)
+  np.testing.assert_array_equal(out["pg_keep"], 1.0)
+  np.testing.assert_array_equal(out["refine_keep"], valid)
+  out = rollout.compute_advantages(y_hat, tlp, target, binary, valid, 4,
+                                   dataclasses.replace(s, invalid="drop"))
+  np.testing.assert_array_equal(out["pg_keep"], valid)
+  assert out["adv"][2] == 0.0 and out["adv"][7] == 0.0
+  g0 = r[0, [0, 1, 3]]
+  np.testing.assert_allclose(out["adv"][[0, 1, 3]], g0 - (g0.sum() - g0) / 2, atol=1e-6)
