@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 W=${W:-workdirs/sweep_beta}
 python -m real_jax.main --config configs/synthetic.py:method=sft --workdir "$W/warmup" \
-    --config.train.steps=400 --config.name="warm-up (SFT)"
+    --config.name="warm-up (SFT)"
 for beta in 0 0.01 0.05 1; do
   python -m real_jax.main --config configs/synthetic.py --workdir "$W/beta_$beta" \
       --config.init.checkpoint="$W/warmup" --config.warmup.steps=0 \
