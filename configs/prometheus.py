@@ -1,6 +1,7 @@
 r"""Qwen3 judges on the Prometheus data (Feedback Collection -> FB Bench, FLASK, Vicuna, MT Bench).
 
-Command (one host; every host of a multi-host slice runs the same command):
+Command (one host; on a multi-host slice every host runs the same command with --multihost
+and a workdir on a filesystem all hosts share, e.g. NFS or a gcsfuse mount):
 
   python -m real_jax.main --config configs/prometheus.py:size=8b,method=real \
       --workdir /ckpt/qwen3-8b-real \

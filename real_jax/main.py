@@ -92,6 +92,18 @@ def _resolve_model(config, mesh, tokenizer):
   return cfg, graphdef, params
 
 
+def _first_process_first(fn):
+  """Runs `fn` on process 0 first (it may build the tokenizer or prepare the data in the shared
+  workdir), then on the other processes, which only read what it wrote."""
+  from real_jax import sharding as shd
+  if not shd.is_main_process():
+    shd.sync("real_jax:prepared")
+  out = fn()
+  if shd.is_main_process():
+    shd.sync("real_jax:prepared")
+  return out
+
+
 def setup(config, workdir: str):
   """Validates the config, builds mesh, tokenizer, data and model. Returns (Context, params)."""
   import jax
@@ -107,26 +119,29 @@ def setup(config, workdir: str):
     logging.warning("config.mesh %s uses %d of the %d devices", mesh_shape, n_mesh,
                     jax.device_count())
   mesh = shd.make_mesh(mesh_shape, devices=jax.devices()[:n_mesh])
-  tokenizer, tok_dir = data_utils.load_tokenizer(config, workdir)
+  main_process = shd.is_main_process()
+  tokenizer, tok_dir = _first_process_first(lambda: data_utils.load_tokenizer(config, workdir))
   st = scores_lib.resolve_score_tokens(tokenizer, config.data.output_format)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else st.eos_id
   model_cfg, graphdef, params = _resolve_model(config, mesh, tokenizer)
   stages = config_lib.stages_for(config)
-  train_src, eval_srcs = data_utils.load_sources(
+  train_src, eval_srcs = _first_process_first(lambda: data_utils.load_sources(
       config, workdir, train=bool(stages),
       evaluation=config.method == "eval" or config.eval.at_end or config.eval.every > 0
-      or config.eval.after_warmup or config.eval.before_training)
-  writer = MetricsWriter(workdir, tensorboard=config.log.tensorboard)
+      or config.eval.after_warmup or config.eval.before_training))
+  writer = MetricsWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process)
   ctx = loops.Context(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer,
                       tokenizer_dir=tok_dir, score_tokens=st, pad_id=int(pad_id),
                       graphdef=graphdef, model_cfg=model_cfg, writer=writer,
                       train_source=train_src, eval_sources=eval_srcs,
                       delim_start=data_utils.delimiter_at_start(tokenizer, st))
-  with open(os.path.join(workdir, "run.json"), "w") as f:
-    json.dump({"config": config.to_dict(), "stages": stages, "mesh": dict(mesh.shape),
-               "model": dataclasses.asdict(model_cfg), "tokenizer": tok_dir,
-               "score_tokens": dataclasses.asdict(st), "devices": jax.device_count(),
-               "backend": jax.default_backend()}, f, indent=2)
+  if main_process:
+    with open(os.path.join(workdir, "run.json"), "w") as f:
+      json.dump({"config": config.to_dict(), "stages": stages, "mesh": dict(mesh.shape),
+                 "model": dataclasses.asdict(model_cfg), "tokenizer": tok_dir,
+                 "score_tokens": dataclasses.asdict(st), "devices": jax.device_count(),
+                 "processes": jax.process_count(), "backend": jax.default_backend()},
+                f, indent=2)
   ctx.evaluate = lambda params, **kw: evaluate(ctx, params, **kw)
   logging.info("run: method=%s stages=%s mesh=%s model=%s (%.2fM params) workdir=%s",
                config.method, stages, dict(mesh.shape), config.model.hf_dir or config.model.preset,
@@ -163,13 +178,15 @@ def evaluate(ctx, params, *, name: str | None, tag: str, periodic: bool = False,
           "temperature": settings.temperature, "top_p": settings.top_p,
           "renormalize": settings.renormalize, "invalid": settings.invalid,
           "seconds": round(time.time() - t0, 1)}
-  ev.write_eval(ctx.workdir, tag, summary, None if periodic else preds, extra=info)
+  from real_jax import sharding as shd
+  if shd.is_main_process():
+    ev.write_eval(ctx.workdir, tag, summary, None if periodic else preds, extra=info)
   a = summary["avg"]
   logging.info("[eval %s] avg RAIL pearson %.3f spearman %.3f kendall %.3f | standard pearson "
                "%.3f | no valid score %.1f%% (%.0fs)", tag, a["rail"]["pearson"],
                a["rail"]["spearman"], a["rail"]["kendall"], a["standard"]["pearson"],
                100 * a["invalid_frac"], time.time() - t0)
-  if name:
+  if name and shd.is_main_process():
     ev.update_results(ctx.workdir, name, summary, info=info, note=_table_note(ctx.config, settings))
   return summary
 
@@ -184,11 +201,15 @@ def _table_note(config, settings) -> str:
 
 
 def _has_row(workdir: str, name: str) -> bool:
+  """Whether results.json already has row `name` (a resumed run skips that evaluation); process
+  0 decides for every process."""
+  from real_jax import sharding as shd
   path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return any(r["name"] == name for r in json.load(f).get("rows", []))
+  has = False
+  if shd.is_main_process() and os.path.exists(path):
+    with open(path) as f:
+      has = any(r["name"] == name for r in json.load(f).get("rows", []))
+  return shd.agree(has)
 
 
 def run(config, workdir: str) -> dict[str, Any] | None:
@@ -268,6 +289,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Config file (configs/FILE.py[:ARG]); fields can be overridden with --config.x=...",
     lock_config=True)
 flags.DEFINE_string("workdir", "workdirs/default", "Run directory: checkpoints, metrics, results.")
+flags.DEFINE_bool("multihost", False,
+                  "Call jax.distributed.initialize() first (every host of a multi-host slice runs "
+                  "the same command; the workdir must be on storage all hosts share). On TPU "
+                  "slices and SLURM/Open MPI GPU clusters the addresses are detected; elsewhere "
+                  "pass the three flags below.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --multihost).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --multihost).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --multihost).")
 
 
 class _QuietOrbax:
@@ -281,6 +310,12 @@ class _QuietOrbax:
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  if FLAGS.multihost:
+    import jax
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
   from real_jax.train.config_lib import ConfigError
   try:
     run(_CONFIG.value, os.path.abspath(FLAGS.workdir))

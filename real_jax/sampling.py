@@ -666,10 +666,10 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens, prompt_mask
   if mesh is not None:
     batch_axes = shd.logical_to_spec(("batch",), rules)[0]
     divides = b % shd._axis_size(mesh, batch_axes) == 0
-    place = lambda x: jax.device_put(
+    place = lambda x: shd.put_global(
         x, shd.batch_sharding(mesh, x.ndim, rules) if divides else shd.replicated(mesh))
     tokens, mask, ids = place(tokens), place(mask), place(ids)
-    key = jax.device_put(key, shd.replicated(mesh))
+    key = shd.put_global(key, shd.replicated(mesh))
   return fn(params, tokens, mask, key, ids)
 
 

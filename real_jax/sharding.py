@@ -125,6 +125,62 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+# Host <-> mesh transfers. Multi-process runs keep the *whole* global batch on every host (the
+# data pipeline is deterministic from the seed), so the host-side RL bookkeeping (groups,
+# advantages, the buffer) sees every row, and these two helpers are the only place that differs
+# between one process and many.
+
+
+def put_global(x: Any, sharding: NamedSharding) -> jax.Array:
+  """Places a host array that every process holds in full onto `sharding` (each process
+  supplies the shards of its own devices)."""
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(put_global(jax.random.key_data(x), sharding),
+                                    impl=jax.random.key_impl(x))
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(tree: Any) -> Any:
+  """Fetches a pytree of (possibly sharded) arrays to numpy, whole on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(one, tree)
+
+
+def is_main_process() -> bool:
+  """Process 0 writes the run's files (metrics, results, tokenizer, prepared data)."""
+  return jax.process_index() == 0
+
+
+def agree(value: Any) -> Any:
+  """Process 0's value of a host-side decision (a bool or number read from the shared workdir),
+  so that every process takes the same branch, and so calls the same collectives."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  out = multihost_utils.broadcast_one_to_all(np.asarray(value))
+  return type(value)(out.item()) if isinstance(value, (bool, int, float)) else out
+
+
+def sync(name: str) -> None:
+  """Barrier across processes (no-op with one): e.g. after process 0 prepared files."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 # Activation constraints. A mesh + rules set with `activation_sharding` make
 # `constrain` pin activations; with none set it is the identity (single device).
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(

@@ -14,3 +14,29 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+# Session fixtures for the end-to-end runs (tests/test_main.py, tests/test_multihost.py).
+import pytest  # noqa: E402
+
+from run_helpers import tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+  return {"data_dir": str(tmp_path_factory.mktemp("tfds")),
+          "tok_dir": str(tmp_path_factory.mktemp("tok"))}
+
+
+@pytest.fixture(scope="session")
+def warm(shared, tmp_path_factory):
+  """A short SFT run (the sft smoke test): its checkpoint emits the judge format, so the RL and
+  TRACT runs of the end-to-end tests see CoTs that reach the delimiter."""
+  from real_jax import main as main_lib
+  wd = str(tmp_path_factory.mktemp("sft"))
+  c = tiny_config(shared, "sft", **{"train.steps": 60, "train.batch_size": 16, "train.lr": 5e-3,
+                                    "checkpoint.every": 30, "log.every": 20})
+  summary = main_lib.run(c, wd)
+  from real_jax.data import build_synthetic_tokenizer  # share one tokenizer from now on
+  build_synthetic_tokenizer(shared["tok_dir"])
+  return wd, summary

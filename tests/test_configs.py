@@ -121,7 +121,7 @@ def test_batch_that_does_not_divide_the_mesh():
     config_lib.validate(c, num_devices=8)
   c.warmup.micro_batch_size = 0
   c.rl.mini_batch_size = 24
-  with pytest.raises(ConfigError, match=r"rl\.mini_batch_size=24 does not divide the 64 rows"):
+  with pytest.raises(ConfigError, match=r"rl\.mini_batch_size=24 does not divide the 128 rows"):
     config_lib.validate(c, num_devices=8)
 
 

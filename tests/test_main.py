@@ -14,6 +14,7 @@ from real_jax.evaluate import check_markdown_table
 from real_jax.train import config_lib, loops
 from real_jax.train.config_lib import ConfigError
 from real_jax.train.metrics import read_metrics
+from run_helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,63 +32,6 @@ def _fast_compiles(tmp_path_factory):
   jax.config.update("jax_exec_time_optimization_effort", old[0])
   jax.config.update("jax_compilation_cache_dir", old[1])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", old[2])
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-  return {"data_dir": str(tmp_path_factory.mktemp("tfds")),
-          "tok_dir": str(tmp_path_factory.mktemp("tok"))}
-
-
-def tiny_config(shared, method="real", **over):
-  """configs/synthetic.py:runlocal on the 2-layer "tiny" preset, one device, short sequences."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("synthetic_cfg",
-                                                os.path.join(ROOT, "configs", "synthetic.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config(f"method={method},runlocal")
-  c.model.preset = "tiny"
-  c.model.vocab_size = -1
-  c.data.data_dir = shared["data_dir"]
-  if os.path.exists(os.path.join(shared["tok_dir"], "tokenizer.json")):
-    c.data.tokenizer = shared["tok_dir"]
-  c.data.synthetic.train_size = 64
-  c.data.synthetic.test_size = 8
-  c.data.synthetic.ood_size = 8
-  c.data.eval_splits = "test,test_ood_hard"
-  c.warmup.batch_size = c.train.batch_size = 8
-  c.rl.prompts_per_step = 2
-  c.rl.buffer_size = 2
-  c.rl.group_size = 4
-  c.rl.mini_batch_size = 8
-  c.rl.max_response_len = 48
-  c.eval.batch_size = 8
-  c.eval.max_items = 8
-  c.eval.max_response_len = 48
-  c.log.tensorboard = False
-  c.unlock()
-  for k, v in over.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  c.lock()
-  return c
-
-
-@pytest.fixture(scope="module")
-def warm(shared, tmp_path_factory):
-  """A short SFT run (the sft smoke test): its checkpoint emits the judge format, so the RL and
-  TRACT runs below see CoTs that reach the delimiter."""
-  wd = str(tmp_path_factory.mktemp("sft"))
-  c = tiny_config(shared, "sft", **{"train.steps": 60, "train.batch_size": 16, "train.lr": 5e-3,
-                                    "checkpoint.every": 30, "log.every": 20})
-  summary = main_lib.run(c, wd)
-  from real_jax.data import build_synthetic_tokenizer  # share one tokenizer from now on
-  build_synthetic_tokenizer(shared["tok_dir"])
-  return wd, summary
 
 
 def test_sft_smoke(warm):

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# REAL's refinement weight beta on the synthetic task (DESIGN §2.5 asks for beta in {0, 0.01, 1}).
-# All runs start from one warm-up: the first run trains it, the others reuse its checkpoint.
-# ~4 minutes per REAL run on 2 CPU cores after the warm-up.
+# Controls and REAL's refinement weight beta, all from the embedded default's warm-up checkpoint
+# (run the README's first command first: it trains that warm-up and REAL with beta = 0).
+#   REAL beta in {0.01, 0.05, 1} | standard RL (GRPO, binary reward) | 160 more SFT steps
+# About 3-4 minutes per run on 2 CPU cores. Results: $W/*/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-W=${W:-workdirs/sweep_beta}
-python -m real_jax.main --config configs/synthetic.py:method=sft --workdir "$W/warmup" \
-    --config.name="warm-up (SFT)"
-for beta in 0 0.01 0.05 1; do
-  python -m real_jax.main --config configs/synthetic.py --workdir "$W/beta_$beta" \
-      --config.init.checkpoint="$W/warmup" --config.warmup.steps=0 \
-      --config.rl.beta=$beta --config.name="REAL beta=$beta" --config.eval.before_training=false
+DEMO=${DEMO:-workdirs/synthetic}
+W=${W:-workdirs/synthetic_controls}
+FROM_WARMUP=(--config.init.checkpoint="$DEMO" --config.init.stage=warmup --config.warmup.steps=0
+             --config.eval.after_warmup=false)
+for beta in 0.01 0.05 1; do
+  python -m real_jax.main --config configs/synthetic.py --workdir "$W/real_beta_$beta" \
+      "${FROM_WARMUP[@]}" --config.rl.beta=$beta --config.name="REAL beta=$beta"
 done
-for d in "$W"/beta_*; do tail -n +1 "$d/results.md" | sed -n 3,6p; done
+python -m real_jax.main --config configs/synthetic.py:method=grpo --workdir "$W/grpo" \
+    "${FROM_WARMUP[@]}" --config.name="standard RL (GRPO)"
+python -m real_jax.main --config configs/synthetic.py:method=sft --workdir "$W/sft_more" \
+    --config.init.checkpoint="$DEMO" --config.init.stage=warmup --config.train.steps=160 \
+    --config.optim.warmup_steps=0 --config.name="warm-up + 160 SFT steps"
+for d in "$W"/*/; do sed -n 5,6p "$d/results.md"; done

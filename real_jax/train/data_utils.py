@@ -115,7 +115,10 @@ def make_batcher(config, source, tokenizer, score_tokens, *, batch_size: int, wi
       completion_buckets=tuple(b for b in (32, 64, 128, 256, 512, 1024, 2048)
                                if b < config.data.max_target_len) + (config.data.max_target_len,),
       max_completion_len=config.data.max_target_len)
-  return batching.JudgeBatcher(source, tokenizer, bc, score_tokens=score_tokens)
+  # Every process iterates the whole global batch (same seed, same order): the trainer places
+  # it with `sharding.put_global`, so the RL bookkeeping on the host sees every group.
+  return batching.JudgeBatcher(source, tokenizer, bc, score_tokens=score_tokens,
+                               process_index=0, process_count=1)
 
 
 def delimiter_at_start(tokenizer, score_tokens) -> tuple[int, ...]:

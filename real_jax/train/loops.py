@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from real_jax import objectives as obj
+from real_jax import sharding as shd
 from real_jax.data import batching
 from real_jax.train import checkpoint as ckpt_lib
 from real_jax.train import data_utils, rollout, state as state_lib, steps as steps_lib
@@ -189,7 +190,7 @@ def offer_best(ctx: Context, stage: str, params, summary) -> None:
     return
   best = None
   best_dir = ckpt_lib.stage_dir(ctx.workdir, stage, best=True)
-  if os.path.isdir(best_dir):
+  if shd.agree(os.path.isdir(best_dir)):  # all processes open it, or none
     ck = ckpt_lib.Checkpointer(best_dir, async_save=False, items=("params", "meta"))
     if ck.latest_step() is not None:
       best = ck.restore_meta(ck.latest_step())
@@ -254,7 +255,7 @@ def run_supervised(ctx: Context, stage: str, params_in, *, kind: str, steps: int
     state, m = step_fn(state, steps_lib.put_batch(batch, ctx.mesh))
     done = step + 1
     if done % c.log.every == 0 or done == steps or done == start + 1:
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      m = {k: float(v) for k, v in shd.to_host(m).items()}
       dt = time.time() - t_last
       m.update(lr=float(schedule_fn(step)), tokens_per_s=n_tok / max(dt, 1e-9))
       t_last, n_tok = time.time(), 0.0
@@ -279,7 +280,7 @@ def run_tract_gen(ctx: Context, params) -> dict[str, np.ndarray]:
   delimiter (the rest are counted and dropped). Saved to <workdir>/tract_selfcot.npz."""
   c = ctx.config
   path = os.path.join(ctx.workdir, "tract_selfcot.npz")
-  if os.path.exists(path):
+  if shd.agree(os.path.exists(path)):
     with np.load(path) as f:
       return {k: f[k] for k in f.files}
   src = ctx.train_source
@@ -320,9 +321,10 @@ def run_tract_gen(ctx: Context, params) -> dict[str, np.ndarray]:
   data = {"prompt_flat": np.concatenate(prompts).astype(np.int32), "prompt_off": off(prompts),
           "resp_flat": np.concatenate(resps).astype(np.int32), "resp_off": off(resps),
           "target": np.asarray(targets, np.float32)}
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **data)
-  os.replace(tmp, path)
+  if shd.is_main_process():  # every process generated the same rows
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **data)
+    os.replace(tmp, path)
   ctx.writer.write("tract_gen", 0, counts)
   logging.info("[tract_gen] %s", counts)
   return data
@@ -533,7 +535,7 @@ def run_rl(ctx: Context, params_in, *, method: str, main: bool = True):
             continue  # only padding rows (buffer not full): no step, not even AdamW momentum
           state, met = step_fn(state, steps_lib.put_batch(mb, ctx.mesh))
           step_metrics.append(met)
-      step_metrics = [{k: float(v) for k, v in s.items()} for s in jax.device_get(step_metrics)]
+      step_metrics = [{k: float(v) for k, v in s.items()} for s in shd.to_host(step_metrics)]
     t_update = time.time() - t2
     done = u + 1
     metrics = _rl_metrics(agg, step_metrics, rounds, kept_prompts, t_roll, t_score, t_update,

@@ -29,10 +29,14 @@ def _jsonable(v: Any) -> Any:
 class MetricsWriter:
   """Appends `{"stage", "step", "time", **metrics}` lines to `<workdir>/metrics.jsonl`."""
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True, filename: str = "metrics.jsonl"):
-    os.makedirs(workdir, exist_ok=True)
+  def __init__(self, workdir: str, *, tensorboard: bool = True, filename: str = "metrics.jsonl",
+               enabled: bool = True):
     self.path = os.path.join(workdir, filename)
+    self.enabled = enabled  # False on every process but the first of a multi-process run
     self._tb = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
@@ -42,7 +46,7 @@ class MetricsWriter:
 
   def truncate(self, stage: str, after_step: int) -> None:
     """Drops rows of `stage` with step > after_step (a resumed run re-logs them)."""
-    if not os.path.exists(self.path):
+    if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
       rows = [line for line in f if line.strip()]
@@ -62,6 +66,8 @@ class MetricsWriter:
     self.truncate(stage, -1)
 
   def write(self, stage: str, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
     row = {"stage": stage, "step": int(step), "time": round(time.time(), 3)}
     row.update({k: _jsonable(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:

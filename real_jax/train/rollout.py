@@ -71,7 +71,7 @@ def sample_cots(graphdef, params, prompt_tokens, prompt_mask, key, settings: Sam
   out = sampling.sample(graphdef, params, np.asarray(prompt_tokens),
                         np.asarray(prompt_mask).astype(bool), key, cfg,
                         num_samples=num_samples, mesh=mesh)
-  out = jax.device_get(out)
+  out = shd.to_host(out)
   status = np.asarray(out.status)
   found = status == sampling.STOP_SEQUENCE
   eos = status == sampling.EOS
@@ -199,7 +199,7 @@ def run_scoring(score_fn, params, seqs: dict[str, np.ndarray], target_id: np.nda
     if short:
       b = {k: np.concatenate([v, np.repeat(v[-1:], short, 0)], 0) for k, v in b.items()}
     o = score_fn(params, put_batch(b, mesh), jax.random.fold_in(key, i))
-    o = jax.device_get(o)
+    o = shd.to_host(o)
     outs.append({k: np.asarray(v)[:chunk - short] for k, v in o.items()})
   return {k: np.concatenate([o[k] for o in outs], 0) for k in outs[0]}
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -91,9 +92,9 @@ def init_state(params: Any, tx: optax.GradientTransformation, mesh: Mesh, seed: 
   state = {
       "params": params,
       "opt_state": opt_state,
-      "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
-      "rng": jax.device_put(jax.random.PRNGKey(seed), rep),
-      "skipped": jax.device_put(jnp.zeros((), jnp.int32), rep),
+      "step": shd.put_global(np.zeros((), np.int32), rep),
+      "rng": shd.put_global(jax.random.PRNGKey(seed), rep),
+      "skipped": shd.put_global(np.zeros((), np.int32), rep),
   }
   return state, shardings
 

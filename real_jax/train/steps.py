@@ -349,16 +349,6 @@ def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransf
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Places a host batch on the mesh (batch axis over data x fsdp).
-
-  Single-process: `device_put` with the batch sharding; multi-process hosts pass their local
-  rows through `jax.make_array_from_process_local_data`.
-  """
-  out = {}
-  for k, v in batch.items():
-    s = shd.batch_sharding(mesh, np.ndim(v))
-    if jax.process_count() == 1:
-      out[k] = jax.device_put(np.asarray(v), s)
-    else:
-      out[k] = jax.make_array_from_process_local_data(s, np.asarray(v))
-  return out
+  """Places a host batch on the mesh (batch axis over data x fsdp). Every process holds the
+  whole global batch (see `sharding.put_global`)."""
+  return {k: shd.put_global(v, shd.batch_sharding(mesh, np.ndim(v))) for k, v in batch.items()}

@@ -1,0 +1,43 @@
+"""A tiny run config shared by the end-to-end tests (tests/test_main.py, tests/test_multihost.py)."""
+
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(shared, method="real", **over):
+  """configs/synthetic.py:runlocal on the 2-layer "tiny" preset, one device, short sequences."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("synthetic_cfg",
+                                                os.path.join(ROOT, "configs", "synthetic.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config(f"method={method},runlocal")
+  c.model.preset = "tiny"
+  c.model.vocab_size = -1
+  c.data.data_dir = shared["data_dir"]
+  if os.path.exists(os.path.join(shared["tok_dir"], "tokenizer.json")):
+    c.data.tokenizer = shared["tok_dir"]
+  c.data.synthetic.train_size = 64
+  c.data.synthetic.test_size = 8
+  c.data.synthetic.ood_size = 8
+  c.data.eval_splits = "test,test_ood_hard"
+  c.warmup.batch_size = c.train.batch_size = 8
+  c.rl.prompts_per_step = 2
+  c.rl.buffer_size = 2
+  c.rl.group_size = 4
+  c.rl.mini_batch_size = 8
+  c.rl.max_response_len = 48
+  c.eval.batch_size = 8
+  c.eval.max_items = 8
+  c.eval.max_response_len = 48
+  c.log.tensorboard = False
+  c.unlock()
+  for k, v in over.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  c.lock()
+  return c
