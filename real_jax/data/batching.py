@@ -7,6 +7,10 @@ a resumable position, and placement of host-local batches on a device mesh.
     ...
     ckpt_extra = batcher.state()              # small JSON-able dict; later: batcher.restore(it)
 
+`real_jax.train` uses the other mode: process_index=0, process_count=1 on every host, so each
+host holds the whole global batch (the RL bookkeeping needs every group) and places it with
+`sharding.put_global`.
+
 Batch arrays (b = batch_size // process_count rows for this process; L a bucket length):
 
   prompt_tokens     int32 [b, Lp]  chat-rendered prompt, LEFT-padded with the pad id
