@@ -20,8 +20,8 @@ two OOD columns stay near the noise level of a 192-item evaluation (about +-5 po
 Controls from the same warm-up (GRPO, beta = 0.05, 160 more SFT steps, which does as well in
 this tiny setting) and the measured numbers: experiments/synthetic/README.md. The tiny model
 learns the task's comparison step abruptly (between ~200 and ~500 warm-up steps, depending on
-the data and the machine's float rounding): if the warm-up row reads near 0, rerun with
---config.warmup.steps=700.
+the seed and the machine's float rounding; with --config.seed=1 the 400-step warm-up had not
+yet): if the warm-up row reads near 0, rerun with --config.warmup.steps=700 (~13 minutes).
 """
 
 from real_jax.train import config_lib
