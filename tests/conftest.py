@@ -16,8 +16,38 @@ import jax  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-# Session fixtures for the end-to-end runs (tests/test_main.py, tests/test_multihost.py).
+import contextlib  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+@contextlib.contextmanager
+def fast_compiles(cache_dir: str):
+  """Lower XLA optimisation effort and a persistent compilation cache, restored afterwards:
+  compile time dominates the tiny train steps, and identical computations across tests then
+  compile once."""
+  old = (jax.config.jax_exec_time_optimization_effort, jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_exec_time_optimization_effort", -1.0)
+  if not old[1]:
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_exec_time_optimization_effort", old[0])
+    jax.config.update("jax_compilation_cache_dir", old[1])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[2])
+
+
+@pytest.fixture(scope="module")
+def fast_compiles_module(tmp_path_factory):
+  """Use with `pytestmark = pytest.mark.usefixtures("fast_compiles_module")`."""
+  with fast_compiles(str(tmp_path_factory.mktemp("jax_cache"))):
+    yield
+
+
+# Session fixtures for the end-to-end runs (tests/test_main.py, tests/test_multihost.py).
 
 from run_helpers import tiny_config  # noqa: E402
 
@@ -36,7 +66,8 @@ def warm(shared, tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("sft"))
   c = tiny_config(shared, "sft", **{"train.steps": 60, "train.batch_size": 16, "train.lr": 5e-3,
                                     "checkpoint.every": 30, "log.every": 20})
-  summary = main_lib.run(c, wd)
+  with fast_compiles(str(tmp_path_factory.mktemp("jax_cache"))):
+    summary = main_lib.run(c, wd)
   from real_jax.data import build_synthetic_tokenizer  # share one tokenizer from now on
   build_synthetic_tokenizer(shared["tok_dir"])
   return wd, summary

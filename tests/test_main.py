@@ -19,19 +19,7 @@ from run_helpers import tiny_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles(tmp_path_factory):
-  """Lower XLA optimisation effort and a persistent compilation cache (restored after)."""
-  old = (jax.config.jax_exec_time_optimization_effort, jax.config.jax_compilation_cache_dir,
-         jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_exec_time_optimization_effort", -1.0)
-  if not old[1]:
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-  yield
-  jax.config.update("jax_exec_time_optimization_effort", old[0])
-  jax.config.update("jax_compilation_cache_dir", old[1])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[2])
+pytestmark = pytest.mark.usefixtures("fast_compiles_module")  # see conftest.py
 
 
 def test_sft_smoke(warm):
@@ -148,8 +136,8 @@ def test_bad_configs_fail_before_building_anything(shared, tmp_path, monkeypatch
 
 
 def test_notebook_runs_headless(warm, monkeypatch):
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
+  import nbclient  # the test extra's notebook runner
+  import nbformat
   monkeypatch.setenv("REAL_JAX_WORKDIR", warm[0])
   nb = nbformat.read(os.path.join(ROOT, "notebooks", "inspect_run.ipynb"), as_version=4)
   nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",

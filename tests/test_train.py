@@ -21,20 +21,7 @@ from real_jax.train import config_lib, loops, rollout
 from real_jax.train import state as state_lib
 from real_jax.train import steps as steps_lib
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles(tmp_path_factory):
-  """Lower XLA optimisation effort (compile time dominates these tiny steps) and a persistent
-  compilation cache, so identical computations across tests compile once. Restored after."""
-  old = (jax.config.jax_exec_time_optimization_effort, jax.config.jax_compilation_cache_dir,
-         jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_exec_time_optimization_effort", -1.0)
-  if not old[1]:
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-  yield
-  jax.config.update("jax_exec_time_optimization_effort", old[0])
-  jax.config.update("jax_compilation_cache_dir", old[1])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[2])
+pytestmark = pytest.mark.usefixtures("fast_compiles_module")  # see conftest.py
 
 
 CFG = get_preset("tiny").model  # vocab 256, divides a (2, 4) fsdp x tensor mesh
@@ -337,7 +324,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_export_to_hf_and_reload_with_transformers(tmp_path):
-  torch = pytest.importorskip("torch")
+  import torch  # the test extra's reference implementation
   from transformers import AutoModelForCausalLM
   from real_jax.models.qwen3 import forward_logits
   from real_jax.tools import export_hf as export_tool
