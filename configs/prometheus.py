@@ -70,6 +70,8 @@ def get_config(arg=None):
   c.data.max_prompt_len = 2048
   c.data.max_target_len = 1024
   c.data.output_format = "score_phrase"
+  c.data.enable_thinking = ""  # not passed to the chat template, as the authors' prompts
+  c.data.val_size = 1000  # Feedback Collection records held out to select checkpoints on
 
   micro = MICRO_BATCH[a.size]
   # SFT-style baselines (authors' sft.sh): 3 epochs of ~100K rows at batch 256.
@@ -103,10 +105,11 @@ def get_config(arg=None):
   c.rl.shaping = "prob"
   c.rl.shaping_weight = 1.0
   c.rl.renormalize = False
-  c.rl.estimator = "rloo"
-  c.rl.normalize = True
-  c.rl.clip = 1.0
-  c.rl.policy_loss = "reinforce"
+  # Advantages and policy loss: each method's default (config_lib.rl_settings). REAL: the
+  # authors' recipe (leave-one-out, / population std, clip +-1; plain REINFORCE). GRPO: group
+  # mean, / (sample std + 1e-6), no clip, PPO ratio (clip 0.2) over the 3 epochs.
+  c.rl.advantage = ""
+  c.rl.policy_loss = ""
 
   c.eval.every = 10 if a.method in ("grpo", "real") else 200
   c.eval.batch_size = 64

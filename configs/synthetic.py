@@ -51,6 +51,7 @@ def get_config(arg=None):
   c.data.synthetic.train_size = 4096
   c.data.synthetic.test_size = 256
   c.data.synthetic.ood_size = 256
+  c.data.val_size = 192  # training records held out for checkpoint selection (eval.best_metric)
 
   c.optim.lr = 1e-4
   c.optim.weight_decay = 0.01
@@ -118,6 +119,7 @@ def get_config(arg=None):
     c.data.synthetic.train_size = 256
     c.data.synthetic.test_size = 16
     c.data.synthetic.ood_size = 16
+    c.data.val_size = 16
     c.checkpoint.every = 1
     c.log.every = 1
   return c

@@ -27,6 +27,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from absl import logging
 
 READOUTS = ("rail", "standard")
 METRICS = ("pearson", "spearman", "kendall")
@@ -153,11 +154,27 @@ def summary_table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
   return "\n".join(lines)
 
 
-def render_results(rows: Sequence[tuple[str, Mapping[str, Any]]], *, note: str = "") -> str:
-  """The markdown written to `results.md`: the Table-2-style Pearson table and the summary."""
+def rows_table(rows: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]]) -> str:
+  """Which checkpoint each row is, how it was trained, and the items behind each split."""
+  lines = ["| Model | Checkpoint | Training | Items per split |", "|---|---|---|---|"]
+  for name, s, info in rows:
+    items = "; ".join(f"{SPLIT_TITLES.get(sp, sp)}: {describe_counts(v['counts'])}"
+                      for sp, v in s["splits"].items() if "counts" in v)
+    cell = lambda x: str(x or "–").replace("|", "/").replace("\n", " ")
+    lines.append(f"| {cell(name)} | {cell(info.get('checkpoint'))} | "
+                 f"{cell(info.get('training'))} | {cell(items)} |")
+  return "\n".join(lines)
+
+
+def render_results(rows: Sequence[tuple], *, note: str = "") -> str:
+  """The markdown written to `results.md`: the Table-2-style Pearson table, the summary, and per
+  row its checkpoint, training settings and item counts. `rows`: (name, summary[, info])."""
+  full = [(r[0], r[1], r[2] if len(r) > 2 else {}) for r in rows]
+  pairs = [(n, s) for n, s, _ in full]
   parts = ["## Pearson r x 100 per evaluation split (Table 2 layout)", "",
-           results_table(rows, metric="pearson"), "",
-           "## Averages over splits (x 100; MSE raw)", "", summary_table(rows)]
+           results_table(pairs, metric="pearson"), "",
+           "## Averages over splits (x 100; MSE raw)", "", summary_table(pairs), "",
+           "## Rows", "", rows_table(full)]
   if note:
     parts += ["", note]
   return "\n".join(parts) + "\n"
@@ -231,7 +248,8 @@ def update_results(workdir: str, name: str, summary: Mapping[str, Any], *,
                        "time": time.time()})
   with open(path, "w") as f:
     json.dump(data, f, indent=2, default=_json_default)
-  md = render_results([(r["name"], r["summary"]) for r in data["rows"]], note=note)
+  md = render_results([(r["name"], r["summary"], r.get("info", {})) for r in data["rows"]],
+                      note=note)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(md)
   return md
@@ -290,8 +308,9 @@ def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str
   delim_gen = np.asarray(score_tokens.delimiter_ids, np.int32)
   values = np.asarray(score_tokens.values, np.float32)
   midpoint = float(values.mean())
-  per_split, preds = {}, {}
+  per_split, preds, counts = {}, {}, {}
   for s_i, (split, source) in enumerate(sources.items()):
+    available = len(source)
     if settings.max_items and len(source) > settings.max_items:
       source = [source[i] for i in range(settings.max_items)]
     batcher = data_utils.make_batcher(config, source, tokenizer, score_tokens,
@@ -357,9 +376,40 @@ def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str
         for r in np.nonzero(keep)[0]:
           texts.append(tokenizer.decode(resp_tokens[r, :int(g["length"][r])].tolist()))
       prog.update(b_i + 1)
-    d = {k: np.concatenate(v) for k, v in cols.items()}
+    d = {k: (np.concatenate(v) if v else np.zeros((0,), np.float32)) for k, v in cols.items()}
     if texts:
       d["cot"] = np.asarray(texts, dtype=object)
     per_split[split] = d
     preds[split] = d
-  return summarize(per_split), preds
+    counts[split] = split_counts(available, len(source), len(d["target"]), batcher.stats)
+    if counts[split]["skipped"]:
+      logging.warning("[%s:%s] %s", progress_name, split, describe_counts(counts[split]))
+  summary = summarize(per_split)
+  for split, c in counts.items():
+    summary["splits"][split]["counts"] = c
+  return summary, preds
+
+
+def split_counts(available: int, read: int, scored: int, stats: Mapping[str, int]
+                 ) -> dict[str, Any]:
+  """How many items of a split were read, scored and skipped (by reason), and truncated.
+
+  `available`: items in the split; `read`: items considered (at most eval.max_items)."""
+  skipped = {k: int(v) for k, v in sorted(stats.items()) if v and k != "prompt_truncated"}
+  return {"available": int(available), "read": int(read), "scored": int(scored),
+          "skipped": skipped, "skipped_total": int(sum(skipped.values())),
+          "truncated": int(stats.get("prompt_truncated", 0))}
+
+
+def describe_counts(c: Mapping[str, Any]) -> str:
+  """One line: "scored 950 of 1000 read (skipped 50: prompt_too_long 50)"."""
+  text = f"scored {c['scored']} of {c['read']} read"
+  if c["read"] < c["available"]:
+    text += f" (of {c['available']}; eval.max_items)"
+  if c["skipped"]:
+    why = ", ".join(f"{k} {v}" for k, v in c["skipped"].items())
+    text += (f"; SKIPPED {c['skipped_total']} ({why}): the correlation is on a subset; raise "
+             "data.max_prompt_len or set data.overlong=truncate")
+  if c.get("truncated"):
+    text += f"; {c['truncated']} prompts left-truncated to data.max_prompt_len"
+  return text

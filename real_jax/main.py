@@ -125,7 +125,7 @@ def setup(config, workdir: str):
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else st.eos_id
   model_cfg, graphdef, params = _resolve_model(config, mesh, tokenizer)
   stages = config_lib.stages_for(config)
-  train_src, eval_srcs = _first_process_first(lambda: data_utils.load_sources(
+  train_src, eval_srcs, val_src = _first_process_first(lambda: data_utils.load_sources(
       config, workdir, train=bool(stages),
       evaluation=config.method == "eval" or config.eval.at_end or config.eval.every > 0
       or config.eval.after_warmup or config.eval.before_training))
@@ -133,7 +133,7 @@ def setup(config, workdir: str):
   ctx = loops.Context(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer,
                       tokenizer_dir=tok_dir, score_tokens=st, pad_id=int(pad_id),
                       graphdef=graphdef, model_cfg=model_cfg, writer=writer,
-                      train_source=train_src, eval_sources=eval_srcs,
+                      train_source=train_src, eval_sources=eval_srcs, val_source=val_src,
                       delim_start=data_utils.delimiter_at_start(tokenizer, st))
   if main_process:
     with open(os.path.join(workdir, "run.json"), "w") as f:
@@ -161,23 +161,31 @@ def _eval_settings(config, periodic: bool = False):
 
 
 def evaluate(ctx, params, *, name: str | None, tag: str, periodic: bool = False,
-             readout: str | None = None) -> dict[str, Any]:
-  """Evaluates `params` on the eval splits; writes eval/<tag>.json and (if `name`) a results row."""
+             readout: str | None = None, validation: bool = False, checkpoint: str = "",
+             training: str = "") -> dict[str, Any]:
+  """Evaluates `params` on the eval splits (or, `validation=True`, on the validation split carved
+  from the training data); writes eval/<tag>.json and (if `name`) a results row labelled with
+  its `checkpoint` and `training` description."""
   import jax
   from real_jax import evaluate as ev
+  from real_jax.train.data_utils import VAL_SPLIT
   settings = _eval_settings(ctx.config, periodic)
+  if validation:
+    settings = dataclasses.replace(settings, max_items=0)  # the whole validation split
   if readout:
     settings = dataclasses.replace(settings, readout=readout)
+  sources = {VAL_SPLIT: ctx.val_source} if validation else ctx.eval_sources
   t0 = time.time()
   key = jax.random.PRNGKey(ctx.config.seed + 1000)  # the same draws for every evaluated model
   summary, preds = ev.evaluate_params(
-      ctx.graphdef, params, ctx.eval_sources, config=ctx.config, tokenizer=ctx.tokenizer,
+      ctx.graphdef, params, sources, config=ctx.config, tokenizer=ctx.tokenizer,
       score_tokens=ctx.score_tokens, mesh=ctx.mesh, key=key, settings=settings,
       delim_start=ctx.delim_start, progress_name=f"eval:{tag}", score_fns=ctx.score_fns)
   info = {"readout": settings.readout, "greedy": settings.greedy,
           "temperature": settings.temperature, "top_p": settings.top_p,
           "renormalize": settings.renormalize, "invalid": settings.invalid,
-          "seconds": round(time.time() - t0, 1)}
+          "seconds": round(time.time() - t0, 1), "checkpoint": checkpoint, "training": training,
+          "counts": {sp: v.get("counts") for sp, v in summary["splits"].items()}}
   from real_jax import sharding as shd
   if shd.is_main_process():
     ev.write_eval(ctx.workdir, tag, summary, None if periodic else preds, extra=info)
@@ -186,6 +194,8 @@ def evaluate(ctx, params, *, name: str | None, tag: str, periodic: bool = False,
                "%.3f | no valid score %.1f%% (%.0fs)", tag, a["rail"]["pearson"],
                a["rail"]["spearman"], a["rail"]["kendall"], a["standard"]["pearson"],
                100 * a["invalid_frac"], time.time() - t0)
+  for sp, v in summary["splits"].items():
+    logging.info("[eval %s] %s: %s", tag, sp, ev.describe_counts(v["counts"]))
   if name and shd.is_main_process():
     ev.update_results(ctx.workdir, name, summary, info=info, note=_table_note(ctx.config, settings))
   return summary
@@ -222,15 +232,17 @@ def run(config, workdir: str) -> dict[str, Any] | None:
   try:
     name = c.name or METHOD_NAMES[c.method]
     if c.method == "eval":
-      summary = evaluate(ctx, params, name=name, tag="eval")
+      summary = evaluate(ctx, params, name=name, tag="eval", checkpoint=_initial_label(c))
       _print_results(workdir, time.time() - t_start)
       return summary
     if c.eval.before_training and not _has_row(workdir, "initial model"):
-      evaluate(ctx, params, name="initial model", tag="initial")
+      evaluate(ctx, params, name="initial model", tag="initial", checkpoint=_initial_label(c),
+               training="none")
     from real_jax.train.config_lib import stages_for
     stages = stages_for(c)
     final_stage = stages[-1]
     base = params
+    base_label = _initial_label(c)
     selfcot = None
     for stage in stages:
       main = stage == final_stage
@@ -242,8 +254,12 @@ def run(config, workdir: str) -> dict[str, Any] | None:
             lr=c.warmup.lr, schedule=c.warmup.schedule, lr_warmup=c.warmup.lr_warmup,
             main=main)
         base = params
+        base_label = f"the warm-up model (warmup stage step {c.warmup.steps})"
         if c.eval.after_warmup and not main and not _has_row(workdir, "warm-up (SFT)"):
-          evaluate(ctx, params, name="warm-up (SFT)", tag="warmup", readout="cot")
+          evaluate(ctx, params, name="warm-up (SFT)", tag="warmup", readout="cot",
+                   checkpoint=f"warmup stage, last step ({c.warmup.steps})",
+                   training=f"SFT on demonstrations, {c.warmup.steps} steps from "
+                            f"{_initial_label(c)}")
       elif stage in ("sft", "raft"):
         params = loops.run_supervised(
             ctx, stage, params, kind=stage, steps=c.train.steps, batch_size=c.train.batch_size,
@@ -266,12 +282,49 @@ def run(config, workdir: str) -> dict[str, Any] | None:
       logging.info("stage %s finished in %.0fs", stage, time.time() - t0)
     summary = None
     if c.eval.at_end:
-      summary = evaluate(ctx, params, name=name, tag="final")
-      loops.offer_best(ctx, final_stage, params, summary)
+      summary = evaluate(ctx, params, name=name, tag="final",
+                         checkpoint=f"{final_stage} stage, last step ({_stage_steps(c, final_stage)})",
+                         training=_training_label(ctx, base_label))
+    best = loops.offer_best(ctx, final_stage, params)
+    if best is not None:
+      logging.info("best checkpoint by validation %s: step %d (%.4f) in %s", best["metric"],
+                   best["step"], best["value"], os.path.join(workdir, "ckpt", final_stage + "_best"))
     _print_results(workdir, time.time() - t_start)
     return summary
   finally:
     ctx.writer.close()
+
+
+def _initial_label(config) -> str:
+  """Which parameters a run starts from (or method=eval evaluates)."""
+  if config.init.checkpoint:
+    which = ("its best checkpoint by the validation split" if config.init.best
+             else "its last checkpoint")
+    return f"{config.init.checkpoint} ({config.init.stage or 'last stage'}, {which})"
+  if config.model.hf_dir:
+    return f"Hugging Face weights {config.model.hf_dir}"
+  return f"random init ({config.model.preset}, seed {config.seed})"
+
+
+def _stage_steps(config, stage: str) -> int:
+  return {"warmup": config.warmup.steps, "rl": config.rl.steps,
+          "tract2": config.tract.stage2_steps or config.train.steps}.get(stage, config.train.steps)
+
+
+def _training_label(ctx, base_label: str) -> str:
+  """How the final row's model was trained (method settings; for TRACT the stage-2 start)."""
+  from real_jax.train import config_lib, loops
+  c = ctx.config
+  if c.method in ("grpo", "real"):
+    s = config_lib.rl_settings(c, c.method, ctx.score_tokens.values)
+    return (f"{c.rl.steps} updates from {base_label}; {s['label']}; filter {c.rl.filter}, "
+            f"{c.rl.epochs} epoch(s)")
+  if c.method == "tract":
+    gen = loops.tract_gen_counts(ctx.workdir)
+    return (f"stage 1: {c.tract.stage1_steps or c.train.steps} steps from {base_label}; stage 2 "
+            f"retrained from {base_label} (the model stage 1 started from) on its self-CoTs "
+            f"({gen})")
+  return f"{_stage_steps(c, c.method)} steps from {base_label}"
 
 
 def _print_results(workdir: str, seconds: float) -> None:

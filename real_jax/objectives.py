@@ -13,10 +13,28 @@ gradient has two terms (generalized policy gradient):
          + E[grad r]                      (refine: back-propagate through y_hat)
 
 `real_loss` is the minimised surrogate
-  token_mean_CoT(-log pi(c_t) * stop_grad(A))
+  agg_CoT(-log pi(c_t) * stop_grad(A))
     + beta * mean[(y_hat - y*)^2 + lam * (-log pi(y* | x, c))].
-With RLOO advantages (no normalisation, no clipping), beta = 1 and lam = 0, its expected
-gradient is exactly `-grad J` (tested by Monte Carlo in tests/test_objectives.py).
+
+When it is exact. With `aggregation="sequence-sum"` the first term is
+`(1/B) sum_i sum_t -log pi(c_it) A_i`, the paper's `(1/n) sum_i [A_i grad log pi(c_i|x) + beta
+grad r_i]`, and the expected gradient equals `-grad J` exactly, for CoTs of any (varying) lengths,
+with: leave-one-out advantages (`estimator="rloo"`, `normalize=False`, `clip=None`); beta = 1;
+the shaping reward consistent with the refinement term (`shaping="log_prob"` with
+`shaping_weight = lam`, or `shaping="none"` with lam = 0), so that J = E[-(y_hat - y*)^2 +
+lam * log pi(y*|x,c)]; every group kept (filter "all"); one on-policy pass (one optimiser step
+per batch, or the PPO ratio); rollouts at temperature 1 without top-p / top-k; score logits at
+temperature 1. tests/test_objectives.py checks this by exact enumeration of every group of a
+tabular policy with CoTs of lengths 1-3, and tests/test_train.py through the trainer's step.
+
+The other aggregations are biased estimators of `-grad J` when lengths vary:
+  * "token-mean" (the authors' choice, and the default for reproduction) divides the CoT term by
+    the number of CoT tokens N of the batch instead of the number of sequences B. Its gradient is
+    exactly (1/L) x the "sequence-sum" gradient with beta_exact = beta * L, L = N / B the mean
+    CoT length: beta under token-mean weighs refinement like beta * L does under the exact
+    estimator (and the whole step is 1/L smaller). Within a batch the lengths also reweight
+    sequences (a long CoT gets more weight), which no single beta undoes.
+  * "sequence-mean" divides each sequence by its own length: biased whenever lengths vary.
 
 Conventions
   * Shapes: `B` sequences, `T` CoT positions, `V` vocabulary, `K` score tokens, groups
@@ -44,7 +62,7 @@ import jax.numpy as jnp
 Array = jax.Array
 ArrayLike = Any
 
-AGGREGATIONS = ("token-mean", "sequence-mean")
+AGGREGATIONS = ("token-mean", "sequence-mean", "sequence-sum")
 
 
 # ==============================================================================
@@ -132,7 +150,10 @@ def masked_aggregate_sums(
     mask: `[B, T]` 1 for tokens that count.
     aggregation: "token-mean": (sum over tokens, number of tokens). "sequence-mean":
       (sum over sequences of each sequence's token mean, number of sequences).
-    sample_mask: optional `[B]`, 0 drops a whole sequence (and its count).
+      "sequence-sum": (sum over tokens, number of sequences), i.e. each sequence's token sum,
+      averaged over sequences (verl's "seq-mean-token-sum"; the exact policy-gradient form).
+    sample_mask: optional `[B]`, 0 drops a whole sequence (and its count); fractional values
+      weight the sequence (and its count).
 
   Returns:
     `(sum, denominator)`, scalars. `sum / max(denominator, 1)` is the mean; summing both over
@@ -145,6 +166,8 @@ def masked_aggregate_sums(
   v = jnp.where(m > 0, values, 0.0)  # "double where": garbage under the mask never leaks
   if aggregation == "token-mean":
     return jnp.sum(v * m), jnp.sum(m)
+  if aggregation == "sequence-sum":
+    return jnp.sum(v * m), jnp.sum(seq_w)
   per_seq = _safe_div(jnp.sum(v * m, axis=-1), jnp.sum(m, axis=-1))
   return jnp.sum(per_seq * seq_w), jnp.sum(seq_w)
 
@@ -341,7 +364,7 @@ def _no_baseline(rewards: Array, mask: Array) -> Array:
   return jnp.where(mask > 0, rewards, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("estimator", "normalize", "clip"))
+@functools.partial(jax.jit, static_argnames=("estimator", "normalize", "clip", "ddof"))
 def group_advantages(
     rewards: ArrayLike,
     *,
@@ -350,6 +373,7 @@ def group_advantages(
     clip: float | None = 1.0,
     eps: ArrayLike = 1e-8,
     mask: ArrayLike | None = None,
+    ddof: int = 0,
 ) -> Array:
   """Advantages within each group of samples of one prompt.
 
@@ -357,13 +381,16 @@ def group_advantages(
     rewards: `[num_groups, group_size]` (any leading dims; the group is the last axis).
     estimator: a name in `ADVANTAGE_ESTIMATORS`: "rloo" (leave-one-out baseline), "grpo"
       (group-mean baseline) or "none" (raw rewards).
-    normalize: divide by the population std (ddof=0) of the estimator's output over the group,
-      plus `eps`. This is the authors' recipe `A / (std_pop(A) + eps)`; for "rloo" the LOO
-      factor n/(n-1) cancels, so the result is the group z-score, same as "grpo".
+    normalize: divide by the std of the estimator's output over the group, plus `eps`. With
+      ddof=0 (population std) this is the authors' recipe `A / (std_pop(A) + eps)`; for "rloo"
+      the LOO factor n/(n-1) cancels, so the result is the group z-score, same as "grpo".
+      GRPO as verl computes it is `estimator="grpo", ddof=1, eps=1e-6, clip=None`.
     clip: clip to [-clip, clip] (authors: 1.0); None disables clipping (static argument).
     eps: added to the std.
     mask: optional `[num_groups, group_size]`, 0 for samples that are excluded (they get 0 and
       do not enter any baseline or std).
+    ddof: delta degrees of freedom of the std (0: population, the authors'; 1: sample std,
+      torch.std's default as used by verl's GRPO).
 
   Returns:
     `[num_groups, group_size]` float32 advantages (0 where masked; 0 for a constant group).
@@ -376,7 +403,7 @@ def group_advantages(
   if normalize:
     count = jnp.sum(m, axis=-1, keepdims=True)
     mu = _safe_div(jnp.sum(adv * m, axis=-1, keepdims=True), count)
-    var = _safe_div(jnp.sum(jnp.square(adv - mu) * m, axis=-1, keepdims=True), count)
+    var = _safe_div(jnp.sum(jnp.square(adv - mu) * m, axis=-1, keepdims=True), count - ddof)
     # A group whose rewards are all equal carries no signal: 0, not rounding noise / eps.
     big = jnp.finfo(r.dtype).max
     hi = jnp.max(jnp.where(m > 0, r, -big), axis=-1, keepdims=True)
@@ -387,7 +414,46 @@ def group_advantages(
   return jnp.where(m > 0, adv, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("shaping", "estimator", "normalize", "clip"))
+# Named advantage recipes: the settings of `group_advantages` that a config picks by name.
+ADVANTAGE_RECIPES: dict[str, dict[str, Any]] = {
+    # REAL's authors (and their binary-RLOO ablation): leave-one-out, / population std, clip +-1.
+    "authors": dict(estimator="rloo", normalize=True, clip=1.0, ddof=0, eps=1e-8),
+    # GRPO as DeepSeek and verl define it: group mean, / (sample std + 1e-6), no clipping.
+    "grpo": dict(estimator="grpo", normalize=True, clip=None, ddof=1, eps=1e-6),
+    # The exact generalized policy gradient's: leave-one-out, no normalisation, no clipping.
+    "rloo": dict(estimator="rloo", normalize=False, clip=None, ddof=0, eps=1e-8),
+}
+
+
+def describe_advantages(estimator: str, normalize: bool, clip: float | None, ddof: int = 0,
+                        eps: float = 1e-8) -> str:
+  """A short human-readable label of advantage settings (for result tables)."""
+  base = {"rloo": "leave-one-out baseline", "grpo": "group-mean baseline",
+          "none": "no baseline"}.get(estimator, estimator)
+  parts = [base]
+  if normalize:
+    parts.append(f"/ ({'sample' if ddof else 'population'} std + {eps:g})")
+  parts.append(f"clip ±{clip:g}" if clip else "no clip")
+  return ", ".join(parts)
+
+
+def worst_squared_error(score_values: ArrayLike, *, renormalize: bool = False) -> float:
+  """The largest (y_hat - y*)^2 a valid row can have, for targets within the score values.
+
+  With the full-vocabulary softmax (renormalize=False) y_hat = sum_k v_k p_k with sum_k p_k <= 1
+  lies in [min(0, min v), max(0, max v)] (mass off the score tokens pulls it to 0): for scores
+  1..5 that is (5 - 0)^2 = 25. Renormalised, y_hat lies in [min v, max v]: (5 - 1)^2 = 16. A row
+  without a valid score should get at most the reward -worst, so it is never preferred to a
+  valid one.
+  """
+  import numpy as np  # host-side helper (configs), not traced
+  v = np.asarray(score_values, np.float64)
+  t_lo, t_hi = float(v.min()), float(v.max())
+  y_lo, y_hi = (t_lo, t_hi) if renormalize else (min(0.0, t_lo), max(0.0, t_hi))
+  return float(max((y_hi - t_lo) ** 2, (t_hi - y_lo) ** 2))
+
+
+@functools.partial(jax.jit, static_argnames=("shaping", "estimator", "normalize", "clip", "ddof"))
 def real_advantages(
     reg_rewards: ArrayLike,
     target_log_probs: ArrayLike,
@@ -399,6 +465,7 @@ def real_advantages(
     clip: float | None = 1.0,
     eps: ArrayLike = 1e-8,
     mask: ArrayLike | None = None,
+    ddof: int = 0,
 ) -> Array:
   """The authors' combined REAL advantage: `adv(reg_rewards) + lam * adv(shaping reward)`.
 
@@ -411,12 +478,12 @@ def real_advantages(
     lam: weight of the shaping advantage (authors' `beta_supp`, 1.0).
     shaping: "prob": shaping reward p(y*) = exp(log p) (authors' default);
       "log_prob": log p(y*); "none": regression advantage only.
-    estimator, normalize, clip, eps, mask: as in `group_advantages`, used for both parts.
+    estimator, normalize, clip, eps, mask, ddof: as in `group_advantages`, used for both parts.
 
   Returns:
     `[num_groups, group_size]` float32 advantages, constant over each CoT.
   """
-  kw = dict(estimator=estimator, normalize=normalize, clip=clip, eps=eps, mask=mask)
+  kw = dict(estimator=estimator, normalize=normalize, clip=clip, eps=eps, mask=mask, ddof=ddof)
   adv = group_advantages(reg_rewards, **kw)
   if shaping == "none":
     return adv
@@ -515,7 +582,7 @@ def policy_gradient_loss(
     policy_loss: override the choice above with a name in `POLICY_LOSSES`.
     clip_eps, clip_eps_high: PPO clip range [1 - clip_eps, 1 + clip_eps_high]
       (clip_eps_high defaults to clip_eps).
-    aggregation: "token-mean" or "sequence-mean" (see `masked_aggregate_sums`).
+    aggregation: "token-mean", "sequence-mean" or "sequence-sum" (see `masked_aggregate_sums`).
     sample_mask: optional `[B]`, 0 drops a sequence.
     denominator: divide by this global count instead of the local one (micro-batching).
 
@@ -613,9 +680,9 @@ def entropy_bonus(
 class RealLossSums(NamedTuple):
   """Additive pieces of `real_loss` (a pytree: add them over micro-batches with `jax.tree.map`).
 
-  pg_sum: token-mean: sum over CoT tokens of the per-token policy loss (-log pi * A);
-    sequence-mean: sum over sequences of their per-sequence token mean.
-  pg_count: number of CoT tokens (token-mean) or of sequences (sequence-mean).
+  pg_sum: token-mean and sequence-sum: sum over CoT tokens of the per-token policy loss
+    (-log pi * A); sequence-mean: sum over sequences of their per-sequence token mean.
+  pg_count: number of CoT tokens (token-mean) or of sequences (sequence-mean, sequence-sum).
   sq_err_sum: sum over sequences of (y_hat - y*)^2.
   nll_sum: sum over sequences of -log pi(y* | x, c).
   seq_count: number of sequences.
@@ -774,8 +841,10 @@ def real_loss(
     lam: weight of -log pi(y* | x, c) inside the refinement term.
     renormalize: y_hat from the score-token softmax (True) or the full-vocabulary softmax
       (False, the authors' choice). The -log pi(y*) term always uses the full vocabulary.
-    aggregation: "token-mean" (mean over all CoT tokens of the batch, the authors' choice) or
-      "sequence-mean" (mean over sequences of each CoT's token mean).
+    aggregation: "token-mean" (mean over all CoT tokens of the batch, the authors' choice),
+      "sequence-mean" (mean over sequences of each CoT's token mean) or "sequence-sum" (mean over
+      sequences of each CoT's token sum: the exact generalized policy gradient, see the module
+      docstring for the settings under which it is unbiased).
     temperature: divides the score logits.
     target_token_ids: `[B]` token ids of y*; default: the score token whose value is nearest.
     sample_mask: optional `[B]`; 0 removes a sequence from both terms (e.g. groups dropped by

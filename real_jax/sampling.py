@@ -79,6 +79,11 @@ class SamplingConfig:
     top_k: keep the k most likely tokens (0 = off), applied before top_p (as transformers does).
     top_p: nucleus mass (1.0 = off).
     greedy: argmax decoding (sampling_log_probs are then 0).
+    repetition_penalty: > 1 discourages every token already in the row's prompt or output, as
+      transformers / vLLM do: its logit is divided by the penalty if positive, multiplied if
+      negative, before temperature / top-k / top-p (1.0 = off; TRACT sampled with 1.03).
+      sampling_log_probs are then of the penalised distribution; policy_log_probs stay the
+      model's own.
     eos_ids: token ids that end a row.
     stop_sequences: token-id sequences that end a row (e.g. the tokenised score delimiter).
     pad_id: written after a row ends (and used to left-pad prompts to their bucket).
@@ -101,6 +106,7 @@ class SamplingConfig:
   top_k: int = 0
   top_p: float = 1.0
   greedy: bool = False
+  repetition_penalty: float = 1.0
   eos_ids: tuple[int, ...] = ()
   stop_sequences: tuple[tuple[int, ...], ...] = ()
   pad_id: int = 0
@@ -127,6 +133,8 @@ class SamplingConfig:
       raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
     if self.top_k < 0:
       raise ValueError(f"top_k={self.top_k} must be >= 0 (0 = off)")
+    if not self.repetition_penalty > 0:
+      raise ValueError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1.0 = off)")
     if any(len(s) == 0 for s in self.stop_sequences):
       raise ValueError("stop_sequences contains an empty sequence")
     if self.extra_tokens_after_stop < 0:
@@ -447,6 +455,7 @@ class _State(NamedTuple):
   stop_lengths: Array  # [R]
   extra_left: Array   # [R] -1 = no stop sequence seen yet
   window: Array       # [R, W] last W generated tokens (-1 = none)
+  seen: Array         # [R, V] bool tokens in the prompt or output (repetition penalty), else [R, 1]
 
 
 def _emit(st: _State, i: Array, tok: Array, slp: Array, plp: Array,
@@ -540,10 +549,30 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
   def uniforms(i):
     return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, i)))(row_keys)
 
-  def draw(logits, i):
+  penalty = cfg.repetition_penalty != 1.0
+
+  def draw(logits, i, seen):
     if cfg.replicate_vocab:
       logits = con(logits, axes=("batch", None))
-    return sample_from_logits(logits, uniforms(i), cfg)
+    if not penalty:
+      return sample_from_logits(logits, uniforms(i), cfg)
+    raw = logits.astype(jnp.float32)
+    pen = jnp.where(seen, jnp.where(raw > 0, raw / cfg.repetition_penalty,
+                                    raw * cfg.repetition_penalty), raw)
+    tok, slp, _ = sample_from_logits(pen, uniforms(i), cfg)
+    plp = jnp.take_along_axis(raw, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(raw, axis=-1)
+    return tok, slp, plp
+
+  def mark(seen, tok):
+    if not penalty:
+      return seen
+    return seen.at[jnp.arange(r), tok].set(True)
+
+  if penalty:
+    seen0 = jnp.zeros((r, mcfg.vocab_size), bool).at[
+        jnp.arange(r)[:, None], rep(prompt_tokens)].max(rep(prompt_mask))
+  else:
+    seen0 = jnp.zeros((r, 1), bool)
 
   width = max((len(q) for q in cfg.stop_sequences), default=1)
   st = _State(
@@ -552,10 +581,10 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
       plp=jnp.zeros((r, m), jnp.float32), done=jnp.zeros((r,), bool),
       lengths=jnp.zeros((r,), jnp.int32), status=jnp.full((r,), TRUNCATED, jnp.int32),
       stop_lengths=jnp.zeros((r,), jnp.int32), extra_left=jnp.full((r,), -1, jnp.int32),
-      window=jnp.full((r, width), -1, jnp.int32))
-  tok, slp, plp = draw(logits0, 0)
+      window=jnp.full((r, width), -1, jnp.int32), seen=seen0)
+  tok, slp, plp = draw(logits0, 0, st.seen)
   st = _emit(st, jnp.int32(0), tok, slp, plp, cfg)
-  st = st._replace(i=jnp.int32(1))
+  st = st._replace(i=jnp.int32(1), seen=mark(st.seen, tok))
 
   if m == 1:  # nothing left to decode
     return _finish(st, prompt_tokens, prompt_mask, rep, b, sid)
@@ -574,9 +603,9 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
                              cache_index=slot)
       logits = model.logits(hidden[:, 0])
     caches = jax.tree.map(lambda c: con(c, axes=cache_axes), caches)
-    tok, slp, plp = draw(logits, st.i)
+    tok, slp, plp = draw(logits, st.i, st.seen)
     st = _emit(st._replace(caches=caches), st.i, tok, slp, plp, cfg)
-    return st._replace(i=st.i + 1)
+    return st._replace(i=st.i + 1, seen=mark(st.seen, tok))
 
   st = jax.lax.while_loop(cond, body, st)
   return _finish(st, prompt_tokens, prompt_mask, rep, b, sid)

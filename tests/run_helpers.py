@@ -21,6 +21,7 @@ def tiny_config(shared, method="real", **over):
   c.data.synthetic.train_size = 64
   c.data.synthetic.test_size = 8
   c.data.synthetic.ood_size = 8
+  c.data.val_size = 0  # the tests that select checkpoints set it (test_main)
   c.data.eval_splits = "test,test_ood_hard"
   c.warmup.batch_size = c.train.batch_size = 8
   c.rl.prompts_per_step = 2

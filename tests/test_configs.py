@@ -140,3 +140,28 @@ def test_stages():
   c.warmup.steps = 0
   c.method = "raft"
   assert config_lib.stages_for(c) == ["raft"]
+
+
+def test_exactness_conditions_are_listed():
+  """The override list in config_lib.EXACT_OVERRIDES gives a run with no exactness gap; each
+  condition broken on its own is reported."""
+  c = config_lib.base_config()
+  c.rl.buffer_size, c.rl.group_size = 4, 4
+  assert len(config_lib.exactness_gaps(c)) == 6  # the authors' defaults: six conditions off
+  for item in config_lib.EXACT_OVERRIDES:
+    key, value = item.split("=")
+    value = {"<rl.lam>": str(c.rl.lam), "<rl.buffer_size x rl.group_size>": "16"}.get(value, value)
+    node = c.rl
+    field = key.split(".")[1]
+    node[field] = type(node[field])(value) if not isinstance(node[field], str) else value
+  assert config_lib.exactness_gaps(c) == []
+  for field, bad in (("top_p", 0.9), ("filter", "partial"), ("beta", 0.5), ("epochs", 2),
+                     ("shaping", "prob"), ("invalid", "drop"), ("advantage", "authors")):
+    old = c.rl[field]
+    c.rl[field] = bad
+    gaps = config_lib.exactness_gaps(c)
+    assert len(gaps) == 1, (field, gaps)
+    c.rl[field] = old
+  c.rl.policy_loss = "ppo"
+  c.rl.epochs = 3  # several steps are fine with the ratio
+  assert config_lib.exactness_gaps(c) == []

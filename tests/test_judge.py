@@ -144,11 +144,13 @@ def test_render_chat_and_thinking_switch(tokenizers_by_kind):
   tok = tokenizers_by_kind["qwen_bpe"]
   ids = prompts.render_chat(tok, "Grade this.")
   assert isinstance(ids, list) and all(isinstance(i, int) for i in ids)
-  text_off = prompts.render_chat_text(tok, "Grade this.")
+  text_default = prompts.render_chat_text(tok, "Grade this.")
+  text_off = prompts.render_chat_text(tok, "Grade this.", enable_thinking=False)
   text_on = prompts.render_chat_text(tok, "Grade this.", enable_thinking=True)
   assert text_off.startswith("<|im_start|>user\nGrade this.<|im_end|>\n<|im_start|>assistant\n")
   assert "<think>" in text_off and "<think>" not in text_on  # explicit switch reaches the template
-  assert tok.decode(ids) == text_off
+  assert "<think>" not in text_default  # default: the flag is not passed (the authors' prompts)
+  assert tok.decode(ids) == text_default
   no_template = _wrap(Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
   no_template.chat_template = None
   with pytest.raises(ValueError, match="chat template"):
@@ -325,3 +327,46 @@ def test_parse_text():
   assert scores.parse_text("A. So the overall score is 2. B. So the overall score is 5").score == 2
   assert scores.parse_text("no score").status == "no_delimiter"
   assert scores.parse_text("Fine [RESULT] 3", "result").score == 3
+
+
+# The generation-prompt logic of Qwen3's own chat template (tokenizer_config.json of Qwen3-*).
+QWEN3_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}")
+
+
+def test_chat_rendering_equals_transformers_apply_chat_template(tokenizers_by_kind):
+  """The rendered prompt ids equal transformers' own apply_chat_template on a Qwen3 template,
+  with the flag not passed (the default: how verl / the authors rendered; no think block) and
+  passed as False (an empty think block); the batcher's default config renders the former."""
+  from real_jax.data import batching
+  from real_jax.train import config_lib, data_utils
+  tok = tokenizers_by_kind["qwen_bpe"]
+  tok.chat_template = QWEN3_TEMPLATE
+  text = "###Task Description: grade the response. ###Feedback: "
+  msgs = [{"role": "user", "content": text}]
+
+  def ref(**kw):
+    out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, **kw)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+  think = _ids(tok, "<think>\n\n</think>\n\n")
+  assert prompts.render_chat(tok, text) == ref()
+  assert prompts.render_chat(tok, text, enable_thinking=False) == ref(enable_thinking=False)
+  assert prompts.render_chat(tok, text, enable_thinking=True) == ref(enable_thinking=True)
+  assert ref(enable_thinking=False) == ref() + think  # the two settings really differ
+  flag = data_utils.thinking_flag(config_lib.base_config())
+  assert flag is None
+  b = batching.JudgeBatcher([{"prompt": text, "target": 3.0, "target_int": 3}], tok,
+                            batching.BatchConfig(batch_size=1, buckets=(64,),
+                                                 enable_thinking=flag),
+                            process_index=0, process_count=1)
+  row = next(b)
+  assert row["prompt_tokens"][0][row["prompt_mask"][0].astype(bool)].tolist() == ref()

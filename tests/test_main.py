@@ -65,13 +65,22 @@ def test_real_with_warmup_and_tract_smoke(shared, warm, tmp_path):
   assert {r["stage"] for r in read_metrics(str(tmp_path / "real"))} >= {"warmup", "rl"}
   assert "warm-up (SFT)" in open(str(tmp_path / "real" / "results.md")).read()
   # ... and TRACT: stage 1, one self-CoT per prompt, stage 2 from the base model.
-  c = tiny_config(shared, "tract", **{"init.checkpoint": warm[0], "eval.at_end": False,
-                                      "rl.max_response_len": 48})
+  c = tiny_config(shared, "tract", **{"init.checkpoint": warm[0], "rl.max_response_len": 48,
+                                      "tract.repetition_penalty": 1.03})
   main_lib.run(c, str(tmp_path / "tract"))
   stages = {r["stage"] for r in read_metrics(str(tmp_path / "tract"))}
   assert stages >= {"tract1", "tract_gen", "tract2"}
   gen = [r for r in read_metrics(str(tmp_path / "tract")) if r["stage"] == "tract_gen"][0]
   assert gen["generated"] == 16 and gen["kept"] > 0
+  counts = json.load(open(str(tmp_path / "tract" / loops.TRACT_COUNTS)))
+  assert counts["prompts_read"] == 16 and counts["prompts_skipped"] == {}
+  assert counts["kept"] + counts["truncated"] + counts["eos_before_delimiter"] == 16
+  assert f"{counts['kept']} kept of 16 generated" in loops.tract_gen_counts(str(tmp_path / "tract"))
+  assert counts["repetition_penalty"] == 1.03
+  row = json.load(open(str(tmp_path / "tract" / "results.json")))["rows"][-1]
+  assert f"stage 2 retrained from {warm[0]}" in row["info"]["training"]  # stage 1's start
+  assert f"{counts['kept']} kept of 16 generated" in row["info"]["training"]
+  assert "stage 2 retrained from" in open(str(tmp_path / "tract" / "results.md")).read()
 
 
 def test_kill_and_resume_equals_uninterrupted(shared, warm, tmp_path):
@@ -145,3 +154,72 @@ def test_notebook_runs_headless(warm, monkeypatch):
   text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []))
   assert "restored" in text and "y_hat=" in text
+
+
+def _read_meta(d):
+  from real_jax.train import checkpoint as ckpt_lib
+  ck = ckpt_lib.Checkpointer(d, async_save=False, items=("params", "meta"))
+  try:
+    return ck.restore_meta(ck.latest_step())
+  finally:
+    ck.close()
+
+
+def test_best_checkpoint_is_selected_on_the_validation_split(shared, warm, tmp_path):
+  """Periodic evaluations and the best checkpoint use the validation records carved from the
+  training split, never a test split; results.md says which checkpoint each row is."""
+  wd = str(tmp_path)
+  c = tiny_config(shared, "real", **{"init.checkpoint": warm[0], "warmup.steps": 0,
+                                     "data.val_size": 8, "eval.every": 1, "rl.steps": 2})
+  main_lib.run(c, wd)
+  periodic = json.load(open(os.path.join(wd, "eval", "rl_step000001.json")))
+  final_val = json.load(open(os.path.join(wd, "eval", "rl_final_val.json")))
+  assert list(periodic["summary"]["splits"]) == ["val"] == list(final_val["summary"]["splits"])
+  assert periodic["summary"]["splits"]["val"]["counts"]["scored"] == 8
+  meta = _read_meta(os.path.join(wd, "ckpt", "rl_best"))
+  assert meta["split"] == "val" and meta["metric"] == "rail/pearson"
+  vals = {1: periodic["summary"]["splits"]["val"]["rail"]["pearson"],
+          2: final_val["summary"]["splits"]["val"]["rail"]["pearson"]}
+  finite = {k: v for k, v in vals.items() if v is not None and np.isfinite(v)}
+  assert meta["step"] == max(finite, key=finite.get)
+  row = json.load(open(os.path.join(wd, "results.json")))["rows"][-1]
+  assert row["info"]["checkpoint"] == "rl stage, last step (2)"
+  assert "advantages: authors" in row["info"]["training"]
+  md = open(os.path.join(wd, "results.md")).read()
+  assert "## Rows" in md and "rl stage, last step (2)" in md and "scored 8 of 8 read" in md
+  check_markdown_table(md.split("## Rows")[1].strip().split("\n\n")[0])
+
+
+def test_validation_records_are_disjoint_from_training():
+  from real_jax.train import data_utils
+  src = [{"id": i} for i in range(100)]
+  train, val = data_utils.split_validation(src, 20)
+  ids_t = {train[i]["id"] for i in range(len(train))}
+  ids_v = {val[i]["id"] for i in range(len(val))}
+  assert len(ids_v) == 20 and len(ids_t) == 80 and not ids_t & ids_v
+  assert data_utils.split_validation(src, 0) == (src, None)
+  with pytest.raises(ConfigError, match="val_size=60"):
+    data_utils.split_validation(src, 60)
+
+
+def test_overlong_eval_prompts_are_counted_or_left_truncated(shared, warm, tmp_path):
+  """No item leaves an evaluation silently: with data.max_prompt_len=103 three of the 8 test
+  prompts (and 2 of 8 OOD) are too long; "skip" reports them per split in results.json,
+  results.md and the log, "truncate" (the authors') scores every item on its last 103 tokens."""
+  c = tiny_config(shared, "eval", **{"init.checkpoint": warm[0], "data.max_prompt_len": 103})
+  s = main_lib.run(c, str(tmp_path / "skip"))
+  test = s["splits"]["test"]
+  assert test["counts"] == {"available": 8, "read": 8, "scored": 5, "skipped_total": 3,
+                            "skipped": {"prompt_too_long": 3}, "truncated": 0}
+  assert test["rail"]["n"] == 5
+  assert s["splits"]["test_ood_hard"]["counts"]["skipped_total"] == 2
+  md = open(str(tmp_path / "skip" / "results.md")).read()
+  assert "SKIPPED 3 (prompt_too_long 3)" in md
+  row = json.load(open(str(tmp_path / "skip" / "results.json")))["rows"][0]
+  assert row["info"]["counts"]["test"]["skipped_total"] == 3
+  c = tiny_config(shared, "eval", **{"init.checkpoint": warm[0], "data.max_prompt_len": 103,
+                                     "data.overlong": "truncate"})
+  s = main_lib.run(c, str(tmp_path / "truncate"))
+  assert s["splits"]["test"]["counts"]["scored"] == 8
+  assert s["splits"]["test"]["counts"]["truncated"] == 3
+  assert "left-truncated" in open(str(tmp_path / "truncate" / "results.md")).read()

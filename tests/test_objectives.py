@@ -395,6 +395,183 @@ def test_generalized_policy_gradient_is_unbiased():
 
 
 # ---------------------------------------------------------------------------------------
+# Exact enumeration: multi-token CoTs of varying length
+# ---------------------------------------------------------------------------------------
+
+# A tabular autoregressive policy over the CoT tokens {a, b, d}: a CoT ends at the delimiter d
+# or after 3 tokens, so CoTs have lengths 1, 2 and 3 (15 of them). The token at step t is drawn
+# from softmax(theta[state]), state = the prefix. The score logits of a CoT are its own row of W
+# plus a term from the policy table at its last state, so theta gets gradient from both terms.
+_A, _B, _D = 0, 1, 2
+_PREFIXES = [(), (_A,), (_B,), (_A, _A), (_A, _B), (_B, _A), (_B, _B)]
+_STATE = {p: i for i, p in enumerate(_PREFIXES)}
+
+
+def _all_cots():
+  cots = [(_D,)]
+  for x in (_A, _B):
+    cots.append((x, _D))
+    for y in (_A, _B):
+      for z in (_A, _B, _D):
+        cots.append((x, y, z))
+  return cots
+
+
+_COTS = _all_cots()
+_LENGTHS = np.array([len(c) for c in _COTS])
+_TOK = jnp.array([list(c) + [0] * (3 - len(c)) for c in _COTS])             # [C, 3]
+_ST = jnp.array([[_STATE[c[:t]] if t < len(c) else 0 for t in range(3)] for c in _COTS])
+_LAST = jnp.array([_STATE[c[:len(c) - 1]] for c in _COTS])                  # state of the last step
+_MASK = jnp.asarray((np.arange(3)[None, :] < _LENGTHS[:, None]).astype(np.float32))
+_EIDS, _EVALS = np.array([1, 2, 3, 4, 5]), np.arange(1.0, 6.0)             # V = 7
+_Y = 4.0
+
+
+def _tab_params(seed=11):
+  rng = np.random.default_rng(seed)
+  return {"theta": jnp.asarray(0.9 * rng.normal(size=(len(_PREFIXES), 3))),
+          "W": jnp.asarray(rng.normal(size=(len(_COTS), 7))),
+          "P": jnp.asarray(0.5 * rng.normal(size=(3, 7)))}
+
+
+def _tab_tokens(p):
+  """Per-token log-probs [C, 3] (0 on padding) and score logits [C, 7] of every CoT."""
+  logp = jax.nn.log_softmax(p["theta"], axis=-1)                            # [S, 3]
+  tok_lp = jnp.take_along_axis(logp[_ST], _TOK[..., None], axis=-1)[..., 0] * _MASK
+  score_logits = p["W"] + p["theta"][_LAST] @ p["P"]
+  return tok_lp, score_logits
+
+
+def _tab_reward(score_logits, lam):
+  y_hat = obj.expected_score(score_logits, _EIDS, _EVALS)
+  tid = obj.target_token_ids_for(jnp.full(y_hat.shape, _Y), _EIDS, _EVALS)
+  return obj.regression_reward(y_hat, _Y) + lam * obj.score_log_prob(score_logits, tid)
+
+
+def _tab_minus_grad_J(p, lam):
+  """-grad J, J = sum_c pi(c) r(c): the exact objective's gradient by enumeration."""
+  def J(p):
+    tok_lp, score_logits = _tab_tokens(p)
+    return jnp.sum(jnp.exp(tok_lp.sum(-1)) * _tab_reward(score_logits, lam))
+  return jax.tree.map(jnp.negative, jax.grad(J)(p))
+
+
+def _tab_expected_loss_grad(p, n, lam, beta, aggregation, stop_gradient_rewards=False):
+  """E over every group of n CoTs of grad real_loss, enumerated exactly (C^n groups)."""
+  groups = np.stack(np.meshgrid(*[np.arange(len(_COTS))] * n, indexing="ij"), -1).reshape(-1, n)
+  tid = np.full((n,), 4, np.int32)  # the token of score value 4 = y*
+
+  def group_loss(p, g):
+    tok_lp, score_logits = _tab_tokens(p)
+    lp, sl = tok_lp[g], score_logits[g]
+    # The user's path: rewards from the same (differentiable) forward; real_loss treats the
+    # advantages as constants.
+    src = jax.lax.stop_gradient(sl) if stop_gradient_rewards else sl
+    y_hat = obj.expected_score(src, _EIDS, _EVALS)
+    reg = obj.regression_reward(y_hat, jnp.full((n,), _Y))
+    adv = obj.real_advantages(reg[None], obj.score_log_prob(src, tid)[None], lam,
+                              shaping="log_prob", estimator="rloo", normalize=False, clip=None)[0]
+    loss, _ = obj.real_loss(lp, _MASK[g], adv, sl, jnp.full((n,), _Y), _EIDS, _EVALS, beta=beta,
+                            lam=lam, aggregation=aggregation, target_token_ids=tid)
+    return loss
+
+  def weighted(p):
+    tok_lp, _ = _tab_tokens(jax.lax.stop_gradient(p))
+    prob = jnp.exp(tok_lp.sum(-1))                                          # [C]
+    w = jnp.prod(prob[groups], axis=-1)                                     # P(group), constant
+    return jnp.sum(w * jax.vmap(lambda g: group_loss(p, g))(groups)), jnp.sum(w)
+
+  (_, total), grad = jax.value_and_grad(weighted, has_aux=True)(p)
+  np.testing.assert_allclose(float(total), 1.0, rtol=1e-12)  # every group enumerated
+  return grad
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(np.asarray(tree[k])) for k in sorted(tree)])
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_sequence_sum_is_exact_for_varying_length_cots(lam):
+  """E[grad real_loss] = -grad J to float64 precision with aggregation="sequence-sum" (RLOO, no
+  normalisation/clipping, beta = 1, log-prob shaping = lam), CoTs of lengths 1, 2 and 3, every
+  group of 3 enumerated; token-mean and sequence-mean are measurably different."""
+  with jax.enable_x64(True):
+    p = _tab_params()
+    assert sorted(set(_LENGTHS)) == [1, 2, 3]
+    target = _flat(_tab_minus_grad_J(p, lam))
+    got = _flat(_tab_expected_loss_grad(p, 3, lam, 1.0, "sequence-sum"))
+    np.testing.assert_allclose(got, target, rtol=1e-9, atol=1e-12)
+    assert np.abs(target).max() > 1e-2  # a non-trivial gradient
+    for agg in ("token-mean", "sequence-mean"):
+      other = _flat(_tab_expected_loss_grad(p, 3, lam, 1.0, agg))
+      rel = np.abs(other - target).max() / np.abs(target).max()
+      assert rel > 0.05, (agg, rel)  # biased, not rounding
+
+
+def test_sequence_sum_mutations_are_caught():
+  """The enumeration has power: a loss that lets gradient flow through the advantages, or puts
+  the score token in the policy-gradient term, is not -grad J."""
+  with jax.enable_x64(True):
+    p = _tab_params()
+    target = _flat(_tab_minus_grad_J(p, 0.0))
+    np.testing.assert_allclose(  # the rewards' own stop_gradient changes nothing when it is there
+        _flat(_tab_expected_loss_grad(p, 3, 0.0, 1.0, "sequence-sum", stop_gradient_rewards=True)),
+        target, rtol=1e-9, atol=1e-12)
+    broken = obj._broadcast_adv
+    try:  # mutation 1: advantages not treated as constants
+      obj._broadcast_adv = lambda a, lp: (jnp.asarray(a)[..., None]
+                                          if jnp.ndim(a) == lp.ndim - 1 else jnp.asarray(a))
+      jax.clear_caches()
+      got = _flat(_tab_expected_loss_grad(p, 3, 0.0, 1.0, "sequence-sum"))
+    finally:
+      obj._broadcast_adv = broken
+      jax.clear_caches()
+    assert np.abs(got - target).max() > 0.05 * np.abs(target).max()
+
+    # mutation 2: the target score token's log-prob inside the policy-gradient term
+    def with_score_token(p, n=3):
+      groups = np.stack(np.meshgrid(*[np.arange(len(_COTS))] * n, indexing="ij"),
+                        -1).reshape(-1, n)
+      def group_loss(p, g):
+        tok_lp, sl = _tab_tokens(p)
+        lp = jnp.concatenate([tok_lp[g], jax.nn.log_softmax(sl[g])[:, 4:5]], axis=1)
+        mask = jnp.concatenate([_MASK[g], jnp.ones((n, 1))], axis=1)
+        y_hat = obj.expected_score(sl[g], _EIDS, _EVALS)
+        adv = obj.group_advantages(obj.regression_reward(y_hat, _Y)[None], normalize=False,
+                                   clip=None)[0]
+        return obj.real_loss(lp, mask, adv, sl[g], jnp.full((n,), _Y), _EIDS, _EVALS, beta=1.0,
+                             lam=0.0, aggregation="sequence-sum")[0]
+      def weighted(p):
+        prob = jnp.exp(_tab_tokens(jax.lax.stop_gradient(p))[0].sum(-1))
+        w = jnp.prod(prob[groups], axis=-1)
+        return jnp.sum(w * jax.vmap(lambda g: group_loss(p, g))(groups))
+      return jax.grad(weighted)(p)
+    got = _flat(with_score_token(p))
+    assert np.abs(got - target).max() > 0.05 * np.abs(target).max()
+
+
+def test_token_mean_is_sequence_sum_scaled_by_mean_length():
+  """token-mean with beta is exactly (1/L) x sequence-sum with beta * L, L = N_tokens / B, on any
+  batch (what beta means under the authors' aggregation)."""
+  rng = np.random.default_rng(5)
+  B, T, V = 6, 7, 9
+  lengths = np.array([1, 2, 3, 5, 7, 4])
+  mask = (np.arange(T)[None] < lengths[:, None]).astype(np.float32)
+  lp = jnp.asarray(-rng.uniform(0.1, 2.0, size=(B, T)), jnp.float32)
+  logits = jnp.asarray(rng.normal(size=(B, V)), jnp.float32)
+  adv = jnp.asarray(rng.normal(size=(B,)), jnp.float32)
+  tg = jnp.asarray([1.0, 3.0, 5.0, 2.0, 4.0, 3.0])
+  ids, vals = np.array([2, 3, 4, 5, 6]), np.arange(1.0, 6.0)
+  L = mask.sum() / B
+  f = lambda agg, beta: jax.grad(lambda a, b: obj.real_loss(
+      a, mask, adv, b, tg, ids, vals, beta=beta, lam=0.3, aggregation=agg)[0], (0, 1))(lp, logits)
+  tm = f("token-mean", 0.2)
+  ss = f("sequence-sum", 0.2 * L)
+  for a, b in zip(tm, ss):
+    _close(np.asarray(a) * L, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
 # Micro-batching, jit, vmap, sharding
 # ---------------------------------------------------------------------------------------
 

@@ -90,6 +90,33 @@ def test_greedy_matches_transformers_generate(ckpt, prompts, greedy_out):
   np.testing.assert_array_equal(_np(greedy_out.sampling_log_probs), 0.0)
 
 
+def test_repetition_penalty_matches_transformers_generate(ckpt, model):
+  """Greedy decoding with TRACT-style repetition penalty = transformers' (prompt tokens and
+  generated ones penalised); policy log-probs stay the model's own (= the scoring pass)."""
+  import torch
+  from transformers import Qwen3ForCausalLM
+  rng = np.random.default_rng(3)
+  tokens = rng.integers(1, V, (3, 7)).astype(np.int32)  # unpadded: transformers also penalises
+  mask = np.ones_like(tokens, bool)                       # the pad id of padded rows
+  _, graphdef, params = model
+  hf = Qwen3ForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+  for penalty in (1.5, 0.7):
+    cfg = GREEDY.replace(repetition_penalty=penalty)
+    out = S.sample(graphdef, params, tokens, mask, jax.random.key(0), cfg)
+    with torch.no_grad():
+      ref = hf.generate(torch.tensor(tokens), do_sample=False, max_new_tokens=M,
+                        min_new_tokens=M, pad_token_id=0, eos_token_id=None,
+                        repetition_penalty=penalty)[:, tokens.shape[1]:].numpy()
+      plain = hf.generate(torch.tensor(tokens), do_sample=False, max_new_tokens=M,
+                          min_new_tokens=M, pad_token_id=0, eos_token_id=None)[:, 7:].numpy()
+    assert (ref != plain).any(), "the penalty changed nothing: the test has no power"
+    np.testing.assert_array_equal(_np(out.tokens), ref)
+    t, m, pos = S.scoring_inputs(out)
+    scored = S.score_sequences(graphdef, params, t, m, pos)
+    np.testing.assert_allclose(_np(scored.token_log_probs)[:, P:], _np(out.policy_log_probs),
+                               atol=1e-4)
+
+
 def test_sampler_log_probs_equal_scoring_pass(model, sampled_out):
   _, graphdef, params = model
   tokens, mask, score_pos = S.scoring_inputs(sampled_out)

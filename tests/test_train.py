@@ -411,3 +411,288 @@ def test_advantages_for_invalid_rows():
   assert out["adv"][2] == 0.0 and out["adv"][7] == 0.0
   g0 = r[0, [0, 1, 3]]
   np.testing.assert_allclose(out["adv"][[0, 1, 3]], g0 - (g0.sum() - g0) / 2, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The exact estimator through the trainer: every group of a tiny model's rollouts, enumerated
+
+
+EX_CFG = CFG.replace(vocab_size=7, num_layers=1, hidden_size=32, intermediate_size=64,
+                     num_heads=4, num_kv_heads=2, head_dim=8, initializer_range=0.6)
+# Mistral-style: pad = eos = 0; the delimiter is one token (1); scores 1..5 are tokens 2..6.
+EX_ST = ScoreTokens(token_ids=(2, 3, 4, 5, 6), values=(1.0, 2.0, 3.0, 4.0, 5.0),
+                    delimiter_ids=(1,), eos_id=0)
+EX_R = 3  # rl.max_response_len
+
+
+def _every_cot(vocab, stops, r):
+  """Every response the sampler can return: stopped at the first stop token, or truncated."""
+  out = []
+  def grow(prefix):
+    for t in range(vocab):
+      c = prefix + (t,)
+      if t in stops or len(c) == r:
+        out.append(c)
+      else:
+        grow(c)
+  grow(())
+  return out
+
+
+def _enumerated_rollout(n):
+  """The one prompt (left-padded) with every group of n CoTs, in `sample_cots`' format."""
+  cots = _every_cot(EX_CFG.vocab_size, (EX_ST.eos_id, EX_ST.delimiter_ids[0]), EX_R)
+  groups = np.stack(np.meshgrid(*[np.arange(len(cots))] * n, indexing="ij"), -1).reshape(-1, n)
+  prompt = np.array([[0, 0, 4, 6, 3]], np.int32)  # 2 pad slots, then 3 prompt tokens
+  pmask = (prompt > 0).astype(np.int32)
+  resp = np.zeros((len(cots), EX_R), np.int32)
+  for i, c in enumerate(cots):
+    resp[i, :len(c)] = c
+  length = np.array([len(c) for c in cots], np.int32)
+  last = resp[np.arange(len(cots)), length - 1]
+  found = last == EX_ST.delimiter_ids[0]
+  eos = last == EX_ST.eos_id
+  flat = groups.reshape(-1)
+  gen = {"prompt_tokens": np.repeat(prompt, len(flat), 0),
+         "prompt_mask": np.repeat(pmask, len(flat), 0), "response": resp[flat],
+         "length": length[flat], "found": found[flat], "eos": eos[flat],
+         "truncated": (~found & ~eos)[flat]}
+  g = len(groups)
+  prompts = {"prompt_tokens": np.repeat(prompt, g, 0), "prompt_mask": np.repeat(pmask, g, 0),
+             "target": np.full((g,), 4.0, np.float32), "target_int": np.full((g,), 4, np.int32)}
+  uniq = {k: gen[k][:0] for k in gen}
+  uniq = {"prompt_tokens": np.repeat(prompt, len(cots), 0),
+          "prompt_mask": np.repeat(pmask, len(cots), 0), "response": resp, "length": length,
+          "found": found, "eos": eos}
+  return gen, prompts, uniq, groups
+
+
+def _exact_minus_grad_J(graphdef, params, uniq, lam, penalty):
+  """-grad J, J = sum_c pi(c|x) r(c) over every response c (the objective itself)."""
+  seqs = rollout.build_sequences(uniq["prompt_tokens"], uniq["prompt_mask"], uniq["response"],
+                                 uniq["length"], pad_id=0, extra=1)
+  ids, values = jnp.asarray(EX_ST.token_ids), jnp.asarray(EX_ST.values)
+  tid = jnp.full((len(uniq["length"]),), EX_ST.token_ids[3], jnp.int32)  # y* = 4
+  valid = jnp.asarray(uniq["found"])
+
+  def J(p):
+    o = score_sequences(graphdef, p, jnp.asarray(seqs["tokens"]), jnp.asarray(seqs["mask"]),
+                        jnp.asarray(seqs["score_pos"]))
+    log_pi = jnp.sum(o.token_log_probs * seqs["cot_mask"], axis=1)
+    y_hat = obj.expected_score(o.score_logits, ids, values)
+    logp_y = jnp.maximum(obj.score_log_prob(o.score_logits, tid), rollout.LOG_PROB_FLOOR)
+    r = jnp.where(valid, -(y_hat - 4.0) ** 2 + lam * logp_y,
+                  -penalty + lam * rollout.LOG_PROB_FLOOR)
+    return jnp.sum(jnp.exp(log_pi) * r), jnp.sum(jnp.exp(log_pi))
+
+  (_, total), g = jax.value_and_grad(J, has_aux=True)(params)
+  np.testing.assert_allclose(float(total), 1.0, rtol=1e-5)  # every response enumerated
+  return jax.tree.map(jnp.negative, g)
+
+
+def _trainer_expected_grad(graphdef, params, rows, n, loss, chunk=4096):
+  """sum over groups of P(group) x grad of the trainer's loss on that group (its own
+  denominators, as one mini-batch of n rows); P from the rollout's own log-probs."""
+  log_pi = (rows["old_lp"] * rows["cot_mask"]).sum(1).reshape(-1, n)
+  w_all = np.exp(log_pi.astype(np.float64).sum(1))
+  np.testing.assert_allclose(w_all.sum(), 1.0, rtol=1e-5)  # every group enumerated
+  g_rows = {k: v.reshape((-1, n) + v.shape[1:]) for k, v in rows.items()}
+
+  @jax.jit
+  def chunk_grad(p, mb, w):
+    def total(p):
+      per = jax.vmap(lambda b: loss.fn(graphdef, p, b, loss.denominators(b))[0])(mb)
+      return jnp.sum(w * per)
+    return jax.grad(total)(p)
+
+  acc = None
+  G = len(w_all)
+  for s in range(0, G, chunk):
+    sl = slice(s, min(s + chunk, G))
+    mb = {k: v[sl] for k, v in g_rows.items()}
+    w = w_all[sl].astype(np.float32)
+    if len(w) < chunk:  # static shapes: pad with zero-weight copies
+      pad = chunk - len(w)
+      mb = {k: np.concatenate([v, np.repeat(v[:1], pad, 0)]) for k, v in mb.items()}
+      w = np.concatenate([w, np.zeros(pad, np.float32)])
+    g = _host(chunk_grad(params, mb, w))
+    acc = g if acc is None else jax.tree.map(np.add, acc, g)
+  return acc
+
+
+def _flat_tree(t):
+  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(t)])
+
+
+@pytest.fixture(scope="module")
+def enumerated():
+  mesh = _mesh1()
+  graphdef, params = init_params(EX_CFG, mesh=mesh, seed=3)
+  n, lam, penalty = 2, 0.5, 16.0
+  gen, prompts, uniq, groups = _enumerated_rollout(n)
+  c = _rl_config(group_size=n, filter="all", max_response_len=EX_R, score_batch_size=8192)
+  ctx = loops.Context(config=c, workdir="", mesh=mesh, tokenizer=None, tokenizer_dir="",
+                      score_tokens=EX_ST, pad_id=0, graphdef=graphdef, model_cfg=EX_CFG,
+                      writer=None, train_source=None, eval_sources={}, delim_start=())
+  adv = rollout.AdvantageSettings(reward="regression", shaping="log_prob", shaping_weight=lam,
+                                  estimator="rloo", normalize=False, clip=None,
+                                  invalid="penalize", format_penalty=penalty)
+  score_fn = rollout.make_score_fn(graphdef, EX_ST, mesh)
+  rows, keep_g, _, _, _ = loops.rollout_round(ctx, params, None, prompts, jax.random.PRNGKey(0),
+                                              score_fn, "real", adv, gen=gen)
+  assert keep_g.all() and len(rows["adv"]) == groups.size
+  target = _flat_tree(_exact_minus_grad_J(graphdef, params, uniq, lam, penalty))
+  return dict(graphdef=graphdef, params=params, rows=rows, n=n, lam=lam, target=target,
+              uniq=uniq)
+
+
+def _rel_err(got, target):
+  return float(np.abs(got - target).max() / np.abs(target).max())
+
+
+def test_trainer_real_step_is_exact_for_enumerated_rollouts(enumerated):
+  """Through the trainer: rollouts packed by `loops.rollout_round` (prompt with left padding,
+  responses of lengths 1-3 right-padded, rows stopped at the delimiter, at EOS and truncated),
+  advantages from `rollout.compute_advantages`, loss `steps.real_objective` with its own
+  denominators. Over every group of n = 2 of a 1-layer model's 187 possible responses (34,969
+  groups), E[grad loss] = -grad J with aggregation="sequence-sum"; token-mean is not."""
+  e = enumerated
+  lengths = e["uniq"]["length"]
+  assert set(lengths) == {1, 2, 3} and e["uniq"]["found"].any() and e["uniq"]["eos"].any()
+  assert (~e["uniq"]["found"] & ~e["uniq"]["eos"]).any()  # truncated responses too
+  assert (e["rows"]["mask"][:, 0] == 0).all()  # left padding inside the packed rows
+  cfg = steps_lib.RLLossConfig(beta=1.0, lam=e["lam"], aggregation="sequence-sum")
+  got = _flat_tree(_trainer_expected_grad(e["graphdef"], e["params"], e["rows"], e["n"],
+                                          steps_lib.real_objective(EX_ST, cfg)))
+  assert np.abs(e["target"]).max() > 1e-3
+  assert _rel_err(got, e["target"]) < 2e-4, _rel_err(got, e["target"])
+  tm = steps_lib.RLLossConfig(beta=1.0, lam=e["lam"], aggregation="token-mean")
+  got_tm = _flat_tree(_trainer_expected_grad(e["graphdef"], e["params"], e["rows"], e["n"],
+                                             steps_lib.real_objective(EX_ST, tm)))
+  assert _rel_err(got_tm, e["target"]) > 0.05
+
+
+def test_trainer_exactness_mutations_fail(enumerated, monkeypatch):
+  """Mutations of the trainer's path that the enumeration must catch: the score token inside
+  the policy-gradient mask (the authors' ground-truth splice), and a refinement term averaged
+  over the valid rows only. The advantages reach the trainer as host arrays from the no-grad
+  scoring pass, so removing the loss's stop_gradient on them cannot change the trainer's
+  gradient (checked below); that mutation is caught where a gradient path exists, in
+  tests/test_objectives.py (advantages computed in the same forward)."""
+  e = enumerated
+  kept = obj._broadcast_adv
+  try:
+    monkeypatch.setattr(obj, "_broadcast_adv", lambda a, lp: (
+        jnp.asarray(a)[..., None] if jnp.ndim(a) == lp.ndim - 1 else jnp.asarray(a)))
+    jax.clear_caches()
+    cfg0 = steps_lib.RLLossConfig(beta=1.0, lam=e["lam"], aggregation="sequence-sum")
+    got = _flat_tree(_trainer_expected_grad(e["graphdef"], e["params"], e["rows"], e["n"],
+                                            steps_lib.real_objective(EX_ST, cfg0)))
+    assert _rel_err(got, e["target"]) < 2e-4  # structurally immune: A is data here
+  finally:
+    monkeypatch.setattr(obj, "_broadcast_adv", kept)
+    jax.clear_caches()
+  cfg = steps_lib.RLLossConfig(beta=1.0, lam=e["lam"], aggregation="sequence-sum")
+  loss = steps_lib.real_objective(EX_ST, cfg)
+  rows = dict(e["rows"])
+  pos = rows["score_pos"] + 1
+  r_idx = np.arange(len(pos))
+  for k in ("tokens", "mask", "cot_mask"):
+    rows[k] = rows[k].copy()
+  rows["tokens"][r_idx, pos] = rows["target_id"]
+  rows["mask"][r_idx, pos] = True
+  rows["cot_mask"][r_idx, pos] = 1.0
+  got = _flat_tree(_trainer_expected_grad(e["graphdef"], e["params"], rows, e["n"], loss))
+  assert _rel_err(got, e["target"]) > 0.05
+
+  base = loss.denominators
+  valid_only = steps_lib.Loss(lambda b: (base(b)[0], jnp.sum(b["refine_keep"]), base(b)[2]),
+                              loss.fn, "real")
+  got = _flat_tree(_trainer_expected_grad(e["graphdef"], e["params"], e["rows"], e["n"],
+                                          valid_only))
+  assert _rel_err(got, e["target"]) > 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Standard RL = GRPO as published; REAL keeps the score token out of the policy
+
+
+def test_grpo_recipe_is_the_standard_one():
+  """One correct sample in 16: GRPO (group mean, / sample std + 1e-6, no clip) gives it 3.75 and
+  the others -0.25 (the group sums to 0); the authors' recipe clips it to 1 (sum -2.87)."""
+  r = np.zeros((1, 16), np.float32)
+  r[0, 3] = 1.0
+  g = rollout.AdvantageSettings.from_recipe("grpo", reward="binary")
+  a = rollout.compute_advantages(np.zeros(16), np.zeros(16), np.zeros(16), r[0],
+                                 np.ones(16, bool), 16, g)["adv"]
+  np.testing.assert_allclose(a[3], 3.75, rtol=1e-5)
+  np.testing.assert_allclose(np.delete(a, 3), -0.25, rtol=1e-5)
+  np.testing.assert_allclose(a.sum(), 0.0, atol=1e-5)
+  import torch  # the reference: verl computes GRPO advantages with torch.std (unbiased)
+  t = torch.tensor(r[0])
+  np.testing.assert_allclose(a, ((t - t.mean()) / (t.std() + 1e-6)).numpy(), rtol=1e-5)  # verl
+  au = rollout.AdvantageSettings.from_recipe("authors", reward="binary")
+  b = rollout.compute_advantages(np.zeros(16), np.zeros(16), np.zeros(16), r[0],
+                                 np.ones(16, bool), 16, au)["adv"]
+  np.testing.assert_allclose(b[3], 1.0)
+  np.testing.assert_allclose(b.sum(), 1.0 - 15 * 0.2582, atol=1e-3)
+
+
+def test_rl_settings_resolve_per_method():
+  c = config_lib.base_config()
+  vals = (1.0, 2.0, 3.0, 4.0, 5.0)
+  real = config_lib.rl_settings(c, "real", vals)
+  assert (real["advantage"], real["policy_loss"], real["clip"], real["ddof"]) == (
+      "authors", "reinforce", 1.0, 0)
+  assert real["format_penalty"] == 25.0  # worst squared error with the full-vocabulary y_hat
+  grpo = config_lib.rl_settings(c, "grpo", vals)
+  assert (grpo["advantage"], grpo["estimator"], grpo["policy_loss"], grpo["clip"],
+          grpo["ddof"], grpo["eps"], grpo["reward"]) == ("grpo", "grpo", "ppo", None, 1, 1e-6,
+                                                          "binary")
+  assert "group-mean baseline" in grpo["label"] and "ppo" in grpo["label"]
+  c.rl.advantage = "authors"  # the authors' binary-RLOO ablation, by name
+  assert "leave-one-out" in config_lib.rl_settings(c, "grpo", vals)["label"]
+  c.rl.renormalize = True
+  assert config_lib.rl_settings(c, "real", vals)["format_penalty"] == 16.0
+  c.rl.format_penalty = 3.0
+  assert config_lib.rl_settings(c, "real", vals)["format_penalty"] == 3.0
+  assert obj.worst_squared_error(vals) == 25.0
+  c = config_lib.base_config()
+  c.rl.clip = 0.0
+  with pytest.raises(config_lib.ConfigError, match="rl.advantage=custom"):
+    config_lib.validate(c, 8)
+  c.rl.advantage = "custom"
+  config_lib.validate(c, 8)
+  assert config_lib.rl_settings(c, "real", vals)["clip"] is None
+
+
+def test_grpo_rows_train_the_sampled_score_token_real_rows_do_not():
+  """GRPO's action includes the sampled score token (it is in the reward); REAL's CoT term
+  stops at the delimiter and the score token gets the refinement term only."""
+  mesh = _mesh1()
+  graphdef, params = _params(mesh)
+  c = _rl_config()
+  ctx = _ctx(c, mesh, graphdef)
+  gen, batch = _crafted_rollout(np.random.default_rng(1))
+  score_fn = rollout.make_score_fn(graphdef, ST, mesh)
+  out = {}
+  for method in ("grpo", "real"):
+    adv = rollout.AdvantageSettings.from_recipe(
+        "grpo" if method == "grpo" else "authors",
+        reward="binary" if method == "grpo" else "regression")
+    out[method] = loops.rollout_round(ctx, params, None, batch, jax.random.PRNGKey(0), score_fn,
+                                      method, adv, gen=gen)[0]
+  valid = gen["found"]
+  after = out["real"]["score_pos"] + 1
+  rows = np.arange(len(after))
+  np.testing.assert_array_equal(out["real"]["cot_mask"][rows, after], 0.0)
+  np.testing.assert_array_equal(out["grpo"]["cot_mask"][rows, after], valid.astype(np.float32))
+  g_tok = out["grpo"]["tokens"][rows, after]
+  assert set(g_tok[valid]) <= set(range(CFG.vocab_size)) and (g_tok[~valid] == PAD).all()
+  # the old log-prob at that slot is the policy's own log-prob of the sampled token
+  o = score_sequences(graphdef, params, jnp.asarray(out["grpo"]["tokens"]),
+                      jnp.asarray(out["grpo"]["mask"]), jnp.asarray(out["grpo"]["score_pos"]))
+  lp = np.asarray(o.token_log_probs)[rows, after]
+  np.testing.assert_allclose(out["grpo"]["old_lp"][rows, after][valid], lp[valid], atol=1e-5)
+  np.testing.assert_array_equal(out["grpo"]["cot_mask"].sum(1) - out["real"]["cot_mask"].sum(1),
+                                valid.astype(np.float32))

@@ -31,7 +31,9 @@ mask on the completion tokens.
 Lp is the smallest bucket that holds the longest prompt of the *global* batch, so every process
 gets the same shapes and jit sees at most len(buckets) prompt shapes. A prompt longer than
 `max_prompt_len` (default: the largest bucket) is skipped and counted under "prompt_too_long"
-(`overlong="skip"`), or raises (`overlong="error"`). For SFT, records without a usable target
+(`overlong="skip"`), left-truncated to its last `max_prompt_len` tokens and counted under
+"prompt_truncated" (`overlong="truncate"`, the authors' `truncation='left'`), or raises
+(`overlong="error"`). For SFT, records without a usable target
 are skipped under "no_sft_target" and over-long targets under "completion_too_long".
 
 Order: epoch e visits the records in `np.random.default_rng([seed, e]).permutation(n)` (or in
@@ -66,7 +68,7 @@ class BatchConfig:
   shuffle: bool = True
   num_epochs: int | None = None
   drop_remainder: bool = True
-  enable_thinking: bool = False
+  enable_thinking: bool | None = None  # None: not passed to the chat template
   with_targets: bool = False
   output_format: str = prompts_lib.OutputFormat.SCORE_PHRASE.value
   completion_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024)
@@ -77,8 +79,8 @@ class BatchConfig:
       raise ValueError("batch_size must be >= 1")
     if not self.buckets or list(self.buckets) != sorted(set(self.buckets)):
       raise ValueError(f"buckets must be increasing and non-empty, got {self.buckets}")
-    if self.overlong not in ("skip", "error"):
-      raise ValueError(f"overlong must be 'skip' or 'error', got {self.overlong!r}")
+    if self.overlong not in ("skip", "truncate", "error"):
+      raise ValueError(f"overlong must be 'skip', 'truncate' or 'error', got {self.overlong!r}")
     if self.max_prompt_len is not None and self.max_prompt_len > self.buckets[-1]:
       raise ValueError(f"max_prompt_len {self.max_prompt_len} exceeds the largest bucket "
                        f"{self.buckets[-1]}")
@@ -210,8 +212,12 @@ class JudgeBatcher:
       if cfg.overlong == "error":
         raise PromptTooLongError(f"record {index} ({rec.get('id', '?')}): prompt has {len(ids)} "
                                  f"tokens > max_prompt_len {cfg.prompt_limit}")
-      self.stats["prompt_too_long"] += 1
-      return None
+      if cfg.overlong == "truncate":  # the authors' truncation='left': the start is lost
+        self.stats["prompt_truncated"] += 1
+        ids = ids[len(ids) - cfg.prompt_limit:]
+      else:
+        self.stats["prompt_too_long"] += 1
+        return None
     completion = None
     if cfg.with_targets:
       score = sft_score(rec)

@@ -47,7 +47,7 @@ API: `OutputFormat`, `build_judge_prompt(record, *, output_format, template)`,
 `render_prompt(JudgeFields, ...)`, `split_prometheus_prompt(text)`, `build_target_text(feedback,
 score, output_format)`, `build_target_ids(tokenizer, feedback, score, output_format, *,
 score_tokens=None, add_eos=True)`, `strip_score_suffix(text)`, `render_chat(tokenizer, prompt, *,
-enable_thinking=False)` / `render_chat_text`, `load_tokenizer(dir)`, `encode_text`.
+enable_thinking=None)` / `render_chat_text`, `load_tokenizer(dir)`, `encode_text`.
 
 Records can give the fields (`orig_instruction`, `orig_response`, `orig_reference_answer`,
 `orig_criteria`, `orig_score{1..5}_description`, as in Feedback Collection), or only the prebuilt
@@ -323,25 +323,34 @@ def _check_chat_template(tokenizer) -> None:
         "tokenizer or set tokenizer.chat_template)")
 
 
-def render_chat_text(tokenizer, prompt_text: str, *, enable_thinking: bool = False,
+def _thinking_kwargs(enable_thinking: bool | None) -> dict:
+  return {} if enable_thinking is None else {"enable_thinking": bool(enable_thinking)}
+
+
+def render_chat_text(tokenizer, prompt_text: str, *, enable_thinking: bool | None = None,
                      system_prompt: str | None = None) -> str:
-  """The chat-rendered prompt as text (user turn + generation prompt)."""
+  """The chat-rendered prompt as text (user turn + generation prompt); see `render_chat`."""
   _check_chat_template(tokenizer)
   return tokenizer.apply_chat_template(_chat_messages(prompt_text, system_prompt), tokenize=False,
-                                       add_generation_prompt=True, enable_thinking=enable_thinking)
+                                       add_generation_prompt=True,
+                                       **_thinking_kwargs(enable_thinking))
 
 
-def render_chat(tokenizer, prompt_text: str, *, enable_thinking: bool = False,
+def render_chat(tokenizer, prompt_text: str, *, enable_thinking: bool | None = None,
                 system_prompt: str | None = None) -> list[int]:
   """Token ids of the chat-rendered judge prompt, ending with the assistant generation prompt.
 
-  `enable_thinking` is passed to the template explicitly (Qwen3: False adds an empty
-  <think></think> block so the model answers directly; templates that do not use it ignore it).
-  Handles transformers v5, where `apply_chat_template(tokenize=True)` returns a BatchEncoding.
+  `enable_thinking=None` (default) does not pass the flag, so the template renders its default:
+  this is how the authors' prompts were built (verl calls `apply_chat_template(messages,
+  add_generation_prompt=True)` with no extra arguments), and for Qwen3 it means no <think> block
+  after the generation prompt. True / False pass the flag (Qwen3: False appends an empty
+  <think></think> block). Handles transformers v5, where `apply_chat_template(tokenize=True)`
+  returns a BatchEncoding.
   """
   _check_chat_template(tokenizer)
   out = tokenizer.apply_chat_template(_chat_messages(prompt_text, system_prompt), tokenize=True,
-                                      add_generation_prompt=True, enable_thinking=enable_thinking)
+                                      add_generation_prompt=True,
+                                      **_thinking_kwargs(enable_thinking))
   if hasattr(out, "keys"):
     out = out["input_ids"]
   out = list(out)

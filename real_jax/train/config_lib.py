@@ -20,14 +20,19 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from real_jax import objectives as obj
+
 ConfigDict = ml_collections.ConfigDict
 
 METHODS = ("sft", "raft", "tract", "grpo", "real", "eval")
 FILTERS = ("partial", "all", "not_all_correct", "not_all_wrong")
 SHAPINGS = ("prob", "log_prob", "none")
-ESTIMATORS = ("rloo", "grpo", "none")
-AGGREGATIONS = ("token-mean", "sequence-mean")
-POLICY_LOSSES = ("reinforce", "ppo")
+ESTIMATORS = tuple(obj.ADVANTAGE_ESTIMATORS)
+AGGREGATIONS = obj.AGGREGATIONS
+POLICY_LOSSES = tuple(obj.POLICY_LOSSES)
+ADVANTAGES = ("",) + tuple(obj.ADVANTAGE_RECIPES) + ("custom",)
+OVERLONG = ("skip", "truncate", "error")
+THINKING = ("", "true", "false")
 INVALID_RULES = ("penalize", "drop")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -113,8 +118,16 @@ def base_config() -> ConfigDict:
   c.data.data_dir = ""  # TFDS data_dir ("" -> <workdir>/tfds)
   c.data.tokenizer = ""  # HF tokenizer dir ("" -> synthetic: built in the workdir; else model.hf_dir)
   c.data.output_format = "score_phrase"
-  c.data.enable_thinking = False
-  c.data.max_prompt_len = 2048  # tokens; longer prompts are skipped (counted)
+  # Qwen3 chat template switch: "" = not passed (the template's default; the authors never set
+  # it, so their prompts have no <think></think> block) | "false" (empty think block) | "true".
+  c.data.enable_thinking = ""
+  c.data.max_prompt_len = 2048  # tokens
+  # Prompts longer than max_prompt_len: skip (counted, and reported per split) | truncate (keep
+  # the last max_prompt_len tokens: the authors' truncation='left', counted) | error.
+  c.data.overlong = "skip"
+  # Records carved from the training split (seeded, disjoint from training) to select the best
+  # checkpoint on; 0 = no validation split (then no best checkpoint is kept).
+  c.data.val_size = 256
   c.data.max_target_len = 1024  # tokens of an SFT/TRACT target (feedback + score + EOS)
   c.data.train_split = "train"
   c.data.eval_splits = ""  # comma-separated; "" -> the dataset's default evaluation splits
@@ -170,6 +183,7 @@ def base_config() -> ConfigDict:
   c.tract.num_prompts = 0  # training prompts given a self-generated CoT (0 = all)
   c.tract.temperature = 1.0
   c.tract.top_p = 0.9
+  c.tract.repetition_penalty = 1.0  # self-CoT sampling (TRACT's own generation used 1.03)
 
   # RL (grpo and real).
   c.rl = ConfigDict()
@@ -196,14 +210,26 @@ def base_config() -> ConfigDict:
   c.rl.shaping = "prob"  # reward shaping by pi(y*|x,c): prob | log_prob | none
   c.rl.shaping_weight = 1.0  # A = A_reg + shaping_weight * A_shaping (authors: 1.0)
   c.rl.renormalize = False  # y_hat over the score tokens only (False: full vocabulary, authors)
-  c.rl.estimator = "rloo"  # rloo | grpo | none
-  c.rl.normalize = True  # divide advantages by the group's population std
-  c.rl.clip = 1.0  # clip advantages to [-clip, clip]; 0 disables
+  # Group advantages, by recipe (objectives.ADVANTAGE_RECIPES): "" = the method's default
+  # (real: authors, grpo: grpo) | authors (leave-one-out, / population std, clip +-1; with
+  # method=grpo the authors' binary-RLOO ablation) | grpo (group mean, / (sample std + 1e-6), no
+  # clip: DeepSeek / verl) | rloo (leave-one-out only: the exact estimator's) | custom (the three
+  # fields below).
+  c.rl.advantage = ""
+  c.rl.estimator = "rloo"  # custom only: rloo | grpo | none
+  c.rl.normalize = True  # custom only: divide advantages by the group's population std
+  c.rl.clip = 1.0  # custom only: clip advantages to [-clip, clip]; 0 disables
+  # token-mean (authors) | sequence-mean | sequence-sum (exact; see objectives' docstring)
   c.rl.aggregation = "token-mean"
-  c.rl.policy_loss = "reinforce"  # reinforce (authors) | ppo (ratio vs the rollout policy)
+  # "" = the method's default (real: reinforce, the authors; grpo: ppo) | reinforce | ppo (clipped
+  # ratio vs the rollout policy: on-policy equal to reinforce, safe for several epochs)
+  c.rl.policy_loss = ""
   c.rl.clip_eps = 0.2
   c.rl.invalid = "penalize"  # rows without the delimiter: penalize | drop
-  c.rl.format_penalty = 16.0  # reward of an invalid row under "penalize" (= -(5-1)^2)
+  # Reward of an invalid row under "penalize" is -format_penalty; -1 = the worst squared error of
+  # a valid row for the score range in use (objectives.worst_squared_error: 25 for scores 1..5
+  # with the full-vocabulary y_hat, 16 renormalised), so an invalid row is never preferred.
+  c.rl.format_penalty = -1.0
   c.rl.kl_coef = 0.0
   c.rl.kl_estimator = "k3"
   c.rl.entropy_coef = 0.0
@@ -226,7 +252,10 @@ def base_config() -> ConfigDict:
   c.eval.max_response_len = 1024
   c.eval.renormalize = False  # RAIL y_hat over the score tokens only
   c.eval.invalid = "force"  # no delimiter: force (append it, read there) | midpoint
-  c.eval.best_metric = "avg/rail/pearson"  # keep the best checkpoint by this ("" = off)
+  # Keep the best checkpoint by this metric of the VALIDATION split (data.val_size records of
+  # the training data; never a test split): rail|standard / pearson|spearman|kendall ("" = off).
+  # Periodic evaluations (eval.every) score the validation split only.
+  c.eval.best_metric = "rail/pearson"
 
   # Checkpoints, logging.
   c.checkpoint = ConfigDict()
@@ -339,10 +368,31 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
   _choice(config, "rl.shaping", SHAPINGS)
   _choice(config, "rl.estimator", ESTIMATORS)
   _choice(config, "rl.aggregation", AGGREGATIONS)
-  _choice(config, "rl.policy_loss", POLICY_LOSSES)
   _choice(config, "rl.invalid", INVALID_RULES)
   _choice(config, "rl.kl_estimator", KL_ESTIMATORS)
   _choice(config, "rl.reward", ("",) + REWARDS)
+  _choice(config, "rl.advantage", ADVANTAGES)
+  _choice(config, "rl.policy_loss", ("",) + POLICY_LOSSES)
+  _choice(config, "data.overlong", OVERLONG)
+  _choice(config, "data.enable_thinking", THINKING)
+  if config.rl.advantage != "custom":
+    base = base_config().rl
+    changed = [k for k in ("estimator", "normalize", "clip") if config.rl[k] != base[k]]
+    if changed:
+      raise ConfigError(f"config.rl.{changed[0]} is only read with config.rl.advantage=custom "
+                        f"(now {config.rl.advantage!r}); set --config.rl.advantage=custom or "
+                        f"pick a recipe: {list(obj.ADVANTAGE_RECIPES)}")
+  if config.data.val_size < 0:
+    raise ConfigError(f"config.data.val_size={config.data.val_size} must be >= 0")
+  if config.eval.best_metric:
+    parts = config.eval.best_metric.split("/")
+    if (len(parts) != 2 or parts[0] not in ("rail", "standard")
+        or parts[1] not in ("pearson", "spearman", "kendall", "mse")):
+      raise ConfigError(f"config.eval.best_metric={config.eval.best_metric!r}: use READOUT/METRIC "
+                        "of the validation split, e.g. rail/pearson (or \"\" to keep no best)")
+  if config.rl.format_penalty != -1.0 and config.rl.format_penalty < 0:
+    raise ConfigError(f"config.rl.format_penalty={config.rl.format_penalty}: use a value >= 0 "
+                      "(the invalid row's reward is its negative) or -1 (derived)")
   _choice(config, "optim.schedule", SCHEDULES)
   _choice(config, "warmup.schedule", ("",) + SCHEDULES)
   _choice(config, "model.remat", REMATS)
@@ -398,3 +448,78 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
   if stages or config.method == "eval" or config.eval.at_end:
     _divides("eval.batch_size", config.eval.batch_size, nb, why)
   return mesh_shape
+
+
+def rl_settings(config: ConfigDict, method: str, score_values) -> dict[str, Any]:
+  """The RL settings a run actually uses, with the method's defaults resolved.
+
+  Returns {"reward", "advantage" (recipe name), "estimator", "normalize", "clip", "ddof", "eps",
+  "policy_loss", "format_penalty", "label"}: `label` describes them for result tables.
+  """
+  rl = config.rl
+  reward = rl.reward or ("binary" if method == "grpo" else "regression")
+  recipe = rl.advantage or ("grpo" if method == "grpo" else "authors")
+  if recipe == "custom":
+    adv = dict(estimator=rl.estimator, normalize=bool(rl.normalize), clip=rl.clip or None,
+               ddof=0, eps=1e-8)
+  else:
+    adv = dict(obj.ADVANTAGE_RECIPES[recipe])
+  policy_loss = rl.policy_loss or ("ppo" if method == "grpo" else "reinforce")
+  penalty = (obj.worst_squared_error(score_values, renormalize=bool(rl.renormalize))
+             if rl.format_penalty == -1.0 else float(rl.format_penalty))
+  pl = f"ppo (clip ε={rl.clip_eps:g})" if policy_loss == "ppo" else "reinforce"
+  label = (f"{reward} reward; advantages: {recipe} ({obj.describe_advantages(**adv)}); "
+           f"policy loss: {pl}, {rl.aggregation}")
+  if method == "real":
+    label += f"; β={rl.beta:g}, λ={rl.lam:g}, shaping {rl.shaping}"
+  if rl.kl_coef:
+    label += f"; KL {rl.kl_estimator} × {rl.kl_coef:g}"
+  return dict(reward=reward, advantage=recipe, policy_loss=policy_loss, format_penalty=penalty,
+              label=label, **adv)
+
+
+EXACT_OVERRIDES = ("rl.aggregation=sequence-sum", "rl.advantage=rloo", "rl.beta=1",
+                   "rl.shaping=log_prob", "rl.shaping_weight=<rl.lam>", "rl.filter=all",
+                   "rl.epochs=1", "rl.mini_batch_size=<rl.buffer_size x rl.group_size>",
+                   "rl.top_p=1", "rl.top_k=0", "rl.temperature=1", "rl.score_temperature=1",
+                   "rl.invalid=penalize", "rl.kl_coef=0", "rl.entropy_coef=0")
+
+
+def exactness_gaps(config: ConfigDict) -> list[str]:
+  """The conditions under which REAL's expected gradient is exactly -grad J (objectives' module
+  docstring) that `config` does not meet; [] = the run uses the exact estimator.
+
+  J = E_c[-(y_hat - y*)^2 + lam * log pi(y* | x, c)], invalid rows scoring the constant
+  -format_penalty (+ lam * log 1e-8).
+  """
+  rl = config.rl
+  gaps = []
+  if rl.aggregation != "sequence-sum":
+    gaps.append(f"rl.aggregation={rl.aggregation} (needs sequence-sum)")
+  s = rl_settings(config, "real", (1.0, 2.0, 3.0, 4.0, 5.0))
+  if s["estimator"] != "rloo" or s["normalize"] or s["clip"]:
+    gaps.append(f"advantages {s['advantage']} (needs leave-one-out without normalisation or "
+                "clipping: rl.advantage=rloo)")
+  if rl.beta != 1.0:
+    gaps.append(f"rl.beta={rl.beta:g} (needs 1)")
+  consistent = ((rl.shaping == "log_prob" and rl.shaping_weight == rl.lam)
+                or (rl.lam == 0 and (rl.shaping == "none" or rl.shaping_weight == 0)))
+  if not consistent:
+    gaps.append(f"shaping {rl.shaping} x {rl.shaping_weight:g} with lam={rl.lam:g} (needs "
+                "rl.shaping=log_prob and rl.shaping_weight=rl.lam, or lam=0 and no shaping)")
+  if rl.filter != "all":
+    gaps.append(f"rl.filter={rl.filter} (needs all: a filter on the sampled scores selects groups)")
+  steps_per_batch = rl.epochs * (rl.buffer_size * rl.group_size // max(rl.mini_batch_size, 1))
+  if steps_per_batch > 1 and s["policy_loss"] != "ppo":
+    gaps.append(f"{steps_per_batch} optimiser steps per rollout batch with plain REINFORCE "
+                "(needs rl.epochs=1 and one mini-batch, or rl.policy_loss=ppo)")
+  if rl.top_p < 1.0 or rl.top_k or rl.temperature != 1.0:
+    gaps.append(f"rollouts at T={rl.temperature:g}, top-p {rl.top_p:g}, top-k {rl.top_k} "
+                "(needs T=1, top-p 1, top-k 0: samples from the policy itself)")
+  if rl.score_temperature != 1.0:
+    gaps.append(f"rl.score_temperature={rl.score_temperature:g} (needs 1)")
+  if rl.invalid != "penalize":
+    gaps.append("rl.invalid=drop (needs penalize: a constant reward for rows without a score)")
+  if rl.kl_coef or rl.entropy_coef:
+    gaps.append("a KL or entropy term (not part of J)")
+  return gaps

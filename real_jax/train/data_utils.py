@@ -69,17 +69,53 @@ def eval_entries(config) -> list[tuple[str, str | None, str]]:
   return out
 
 
+VAL_SEED = 20260  # fixed: every run and seed of a study selects on the same validation records
+VAL_SPLIT = "val"
+
+
+class Subset:
+  """A read-only view of some records of a source (`len`, indexing), e.g. the validation part."""
+
+  def __init__(self, source, indices: np.ndarray, name: str = ""):
+    self.source, self.indices, self.name = source, np.asarray(indices, np.int64), name
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int):
+    return self.source[int(self.indices[i])]
+
+
+def split_validation(source, val_size: int, seed: int = VAL_SEED):
+  """(training part, validation part) of a training source: `val_size` records drawn by a seeded
+  permutation, disjoint from the rest. val_size 0: (source, None)."""
+  if not val_size:
+    return source, None
+  n = len(source)
+  if val_size >= n // 2:
+    from real_jax.train.config_lib import ConfigError
+    raise ConfigError(f"config.data.val_size={val_size} leaves too little of the {n} training "
+                      f"records; use at most {max(n // 2 - 1, 0)} (or 0 for no validation split)")
+  order = np.random.default_rng(seed).permutation(n)
+  return (Subset(source, np.sort(order[val_size:]), "train"),
+          Subset(source, np.sort(order[:val_size]), VAL_SPLIT))
+
+
 def load_sources(config, workdir: str, *, train: bool, evaluation: bool):
-  """(train source or None, {name: eval source})."""
+  """(train source or None, {name: eval source}, validation source or None).
+
+  The validation source is `data.val_size` records carved from the training split
+  (`split_validation`); the training source is the rest."""
   from real_jax.data import load_split
   data_dir = config.data.data_dir or os.path.join(workdir, "tfds")
   manual = config.data.manual_dir or None
   fmt = config.data.output_format
   opts = dataset_options(config)
-  train_src = None
+  train_src = val_src = None
   if train:
     train_src = load_split(config.data.name, config.data.train_split, data_dir=data_dir,
                            manual_dir=manual, output_format=fmt, **opts)
+    train_src, val_src = split_validation(train_src, int(config.data.val_size))
   evals = {}
   if evaluation:
     for ds, split, name in eval_entries(config):
@@ -87,7 +123,7 @@ def load_sources(config, workdir: str, *, train: bool, evaluation: bool):
           k: v for k, v in opts.items() if k == "ground_truth"}
       evals[name] = load_split(ds, split, data_dir=data_dir, manual_dir=manual,
                                output_format=fmt, **o)
-  return train_src, evals
+  return train_src, evals, val_src
 
 
 def buckets(config, limit: int) -> tuple[int, ...]:
@@ -103,6 +139,12 @@ def buckets(config, limit: int) -> tuple[int, ...]:
   return b
 
 
+def thinking_flag(config) -> bool | None:
+  """`data.enable_thinking` as the chat template's argument ("" -> not passed)."""
+  v = config.data.enable_thinking
+  return None if v == "" else v == "true"
+
+
 def make_batcher(config, source, tokenizer, score_tokens, *, batch_size: int, with_targets: bool,
                  shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
                  drop_remainder: bool = True) -> batching.JudgeBatcher:
@@ -110,7 +152,8 @@ def make_batcher(config, source, tokenizer, score_tokens, *, batch_size: int, wi
   bc = batching.BatchConfig(
       batch_size=batch_size, buckets=buckets(config, limit), max_prompt_len=limit,
       seed=seed, shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
-      enable_thinking=config.data.enable_thinking, with_targets=with_targets,
+      enable_thinking=thinking_flag(config), with_targets=with_targets,
+      overlong=config.data.overlong,
       output_format=config.data.output_format,
       completion_buckets=tuple(b for b in (32, 64, 128, 256, 512, 1024, 2048)
                                if b < config.data.max_target_len) + (config.data.max_target_len,),

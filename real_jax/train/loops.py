@@ -6,6 +6,7 @@ resumes exactly from its last checkpoint (params, optimizer state, step, RNG, da
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable
@@ -19,7 +20,7 @@ from real_jax import objectives as obj
 from real_jax import sharding as shd
 from real_jax.data import batching
 from real_jax.train import checkpoint as ckpt_lib
-from real_jax.train import data_utils, rollout, state as state_lib, steps as steps_lib
+from real_jax.train import config_lib, data_utils, rollout, state as state_lib, steps as steps_lib
 from real_jax.train.metrics import Progress, fmt_metrics
 
 
@@ -43,7 +44,9 @@ class Context:
   train_source: Any
   eval_sources: dict
   delim_start: tuple
-  evaluate: Callable[..., dict] | None = None  # evaluate(params, *, name, tag, periodic) -> summary
+  val_source: Any = None  # data.val_size training records held out for checkpoint selection
+  # evaluate(params, *, name, tag, periodic, validation, ...) -> summary
+  evaluate: Callable[..., dict] | None = None
   score_fns: dict = dataclasses.field(default_factory=dict)
 
 
@@ -146,48 +149,67 @@ def _start_stage(ctx: Context, stage: str, params_in, tx, *, copy_params: bool):
 
 
 def _maybe_eval(ctx: Context, stage: str, step: int, total: int, params, best, main: bool):
-  """Periodic evaluation (every eval.every steps of the main stage) and best-checkpoint keeping.
+  """Periodic evaluation (every eval.every steps of the main stage) of the VALIDATION split
+  (the test splits when the run has none) and best-checkpoint keeping on it.
 
   Returns the new best value."""
   c = ctx.config
   if not (main and c.eval.every and step % c.eval.every == 0 and step < total
           and ctx.evaluate is not None):
     return best
-  summary = ctx.evaluate(params, name=None, tag=f"{stage}_step{step:06d}", periodic=True)
-  flat = {"avg_rail_pearson": summary["avg"]["rail"]["pearson"],
-          "avg_rail_spearman": summary["avg"]["rail"]["spearman"],
-          "avg_rail_kendall": summary["avg"]["rail"]["kendall"],
-          "avg_standard_pearson": summary["avg"]["standard"]["pearson"],
+  validation = ctx.val_source is not None
+  summary = ctx.evaluate(params, name=None, tag=f"{stage}_step{step:06d}", periodic=True,
+                         validation=validation)
+  prefix = "val" if validation else "avg"
+  flat = {f"{prefix}_rail_pearson": summary["avg"]["rail"]["pearson"],
+          f"{prefix}_rail_spearman": summary["avg"]["rail"]["spearman"],
+          f"{prefix}_rail_kendall": summary["avg"]["rail"]["kendall"],
+          f"{prefix}_rail_mse": summary["avg"]["rail"]["mse"],
+          f"{prefix}_standard_pearson": summary["avg"]["standard"]["pearson"],
           "invalid_frac": summary["avg"]["invalid_frac"]}
   ctx.writer.write(f"eval_{stage}", step, flat)
-  return _keep_best(ctx, stage, step, params, summary, best)
+  return _keep_best(ctx, stage, step, params, summary, best) if validation else best
 
 
-def _keep_best(ctx: Context, stage: str, step: int, params, summary, best):
+def _better(metric: str, value: float, best) -> bool:
+  if not np.isfinite(value):
+    return False
+  if best is None:
+    return True
+  return value < best["value"] if metric.endswith("mse") else value > best["value"]
+
+
+def _keep_best(ctx: Context, stage: str, step: int, params, val_summary, best):
+  """Keeps `params` as the stage's best checkpoint if its validation metric is the best yet."""
   from real_jax.evaluate import lookup
+  from real_jax.train.data_utils import VAL_SPLIT
   metric = ctx.config.eval.best_metric
-  if not metric:
+  if not metric or VAL_SPLIT not in val_summary["splits"]:
     return best
-  value = lookup(summary, metric)
-  if not np.isfinite(value) or (best is not None and value <= best["value"]):
+  value = lookup(val_summary, f"splits/{VAL_SPLIT}/{metric}")
+  if not _better(metric, value, best):
     return best
   best_ck = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(ctx.workdir, stage, best=True),
                                   max_to_keep=1, async_save=False, items=("params", "meta"))
-  best_ck.save(step, params=params, meta={"metric": metric, "value": value, "step": step})
+  best_ck.save(step, params=params, meta={"metric": metric, "split": VAL_SPLIT, "value": value,
+                                          "step": step})
   best_ck.close()
-  logging.info("[%s] new best %s = %.4f at step %d", stage, metric, value, step)
-  return {"metric": metric, "value": value, "step": step}
+  logging.info("[%s] new best validation %s = %.4f at step %d", stage, metric, value, step)
+  return {"metric": metric, "split": VAL_SPLIT, "value": value, "step": step}
 
 
-def offer_best(ctx: Context, stage: str, params, summary) -> None:
-  """The end-of-run evaluation competes for the best checkpoint too (step = the stage's last)."""
-  if not ctx.config.eval.best_metric:
-    return
+def offer_best(ctx: Context, stage: str, params) -> dict | None:
+  """The final parameters compete for the best checkpoint too (step = the stage's last), on the
+  validation split. Returns the best's metadata (None without a validation split)."""
+  if not ctx.config.eval.best_metric or ctx.val_source is None or ctx.evaluate is None:
+    return None
   main = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(ctx.workdir, stage), async_save=False)
   step = main.latest_step()
   main.close()
   if step is None:
-    return
+    return None
+  val_summary = ctx.evaluate(params, name=None, tag=f"{stage}_final_val", periodic=True,
+                             validation=True)
   best = None
   best_dir = ckpt_lib.stage_dir(ctx.workdir, stage, best=True)
   if shd.agree(os.path.isdir(best_dir)):  # all processes open it, or none
@@ -195,7 +217,7 @@ def offer_best(ctx: Context, stage: str, params, summary) -> None:
     if ck.latest_step() is not None:
       best = ck.restore_meta(ck.latest_step())
     ck.close()
-  _keep_best(ctx, stage, int(step), params, summary, best)
+  return _keep_best(ctx, stage, int(step), params, val_summary, best)
 
 
 def _check_kill(ctx: Context, ck, done_steps: int, main: bool):
@@ -275,9 +297,28 @@ def run_supervised(ctx: Context, stage: str, params_in, *, kind: str, steps: int
 # TRACT: one self-generated CoT per training prompt
 
 
+TRACT_COUNTS = "tract_selfcot_counts.json"
+
+
+def tract_gen_counts(workdir: str) -> str:
+  """One line describing TRACT's self-CoT generation (from <workdir>/tract_selfcot_counts.json)."""
+  path = os.path.join(workdir, TRACT_COUNTS)
+  if not os.path.exists(path):
+    return "no self-CoT counts recorded"
+  with open(path) as f:
+    c = json.load(f)
+  skipped = ", ".join(f"{k} {v}" for k, v in c.get("prompts_skipped", {}).items()) or "none"
+  return (f"{c['kept']} kept of {c['generated']} generated from {c['prompts_read']} training "
+          f"prompts; not reaching the delimiter: truncated {c['truncated']}, EOS first "
+          f"{c['eos_before_delimiter']}; prompts skipped before sampling: {skipped}; "
+          f"T={c['temperature']}, top-p {c['top_p']}, repetition penalty "
+          f"{c['repetition_penalty']}")
+
+
 def run_tract_gen(ctx: Context, params) -> dict[str, np.ndarray]:
   """Samples one CoT per training prompt with the stage-1 model; keeps those that reached the
-  delimiter (the rest are counted and dropped). Saved to <workdir>/tract_selfcot.npz."""
+  delimiter (the rest are counted and dropped; prompts the batcher skips, e.g. too long, are
+  counted too). Saved to <workdir>/tract_selfcot.npz, counts to tract_selfcot_counts.json."""
   c = ctx.config
   path = os.path.join(ctx.workdir, "tract_selfcot.npz")
   if shd.agree(os.path.exists(path)):
@@ -291,7 +332,8 @@ def run_tract_gen(ctx: Context, params) -> dict[str, np.ndarray]:
                                     batch_size=batch_size, with_targets=False, shuffle=False,
                                     num_epochs=1, drop_remainder=False)
   settings = rollout.SamplerSettings(max_new_tokens=c.rl.max_response_len,
-                                     temperature=c.tract.temperature, top_p=c.tract.top_p)
+                                     temperature=c.tract.temperature, top_p=c.tract.top_p,
+                                     repetition_penalty=c.tract.repetition_penalty)
   key = jax.random.PRNGKey(c.seed + 7)
   prompts, resps, targets = [], [], []
   counts = {"generated": 0, "kept": 0, "truncated": 0, "eos_before_delimiter": 0}
@@ -314,6 +356,10 @@ def run_tract_gen(ctx: Context, params) -> dict[str, np.ndarray]:
       resps.append(g["response"][r, :g["length"][r]])
       targets.append(b["target"][r])
     prog.update(i + 1)
+  counts.update(prompts_read=n, prompts_skipped={k: int(v) for k, v in
+                                                 sorted(batcher.stats.items()) if v},
+                temperature=c.tract.temperature, top_p=c.tract.top_p,
+                repetition_penalty=c.tract.repetition_penalty)
   if not prompts:
     raise RuntimeError(f"TRACT: no self-generated CoT reached the delimiter ({counts}); train "
                        "stage 1 longer or raise rl.max_response_len")
@@ -322,11 +368,17 @@ def run_tract_gen(ctx: Context, params) -> dict[str, np.ndarray]:
           "resp_flat": np.concatenate(resps).astype(np.int32), "resp_off": off(resps),
           "target": np.asarray(targets, np.float32)}
   if shd.is_main_process():  # every process generated the same rows
+    with open(os.path.join(ctx.workdir, TRACT_COUNTS), "w") as f:
+      json.dump(counts, f, indent=2)
     tmp = path + ".tmp.npz"
     np.savez(tmp, **data)
     os.replace(tmp, path)
-  ctx.writer.write("tract_gen", 0, counts)
-  logging.info("[tract_gen] %s", counts)
+  ctx.writer.write("tract_gen", 0, {k: v for k, v in counts.items()
+                                    if isinstance(v, (int, float))})
+  logging.info("[tract_gen] %s", tract_gen_counts(ctx.workdir) if shd.is_main_process()
+               else counts)
+  if counts["prompts_skipped"]:
+    logging.warning("[tract_gen] prompts skipped before sampling: %s", counts["prompts_skipped"])
   return data
 
 
@@ -477,15 +529,25 @@ def run_rl(ctx: Context, params_in, *, method: str, main: bool = True):
   if meta.get("data"):
     batcher.restore(meta["data"])
   best = meta.get("best")
-  reward = rl.reward or ("binary" if method == "grpo" else "regression")
+  s = config_lib.rl_settings(c, method, ctx.score_tokens.values)
   adv_settings = rollout.AdvantageSettings(
-      reward=reward, shaping=rl.shaping, shaping_weight=rl.shaping_weight,
-      estimator=rl.estimator, normalize=rl.normalize, clip=rl.clip or None,
-      invalid=rl.invalid, format_penalty=rl.format_penalty)
+      reward=s["reward"], shaping=rl.shaping, shaping_weight=rl.shaping_weight,
+      estimator=s["estimator"], normalize=s["normalize"], clip=s["clip"], ddof=s["ddof"],
+      eps=s["eps"], invalid=rl.invalid, format_penalty=s["format_penalty"])
+  logging.info("[rl] %s; invalid rows: %s (reward -%g)", s["label"], rl.invalid,
+               s["format_penalty"])
+  if method == "real" and rl.aggregation == "sequence-sum":
+    gaps = config_lib.exactness_gaps(c)
+    if gaps:
+      logging.warning("[rl] sequence-sum, but the expected gradient is NOT exactly -grad J: %s",
+                      "; ".join(gaps))
+    else:
+      logging.info("[rl] exact generalized policy gradient: E[grad loss] = -grad J")
   loss_cfg = steps_lib.RLLossConfig(
       beta=rl.beta, lam=rl.lam, renormalize=rl.renormalize, aggregation=rl.aggregation,
-      policy_loss=rl.policy_loss, clip_eps=rl.clip_eps, score_temperature=rl.score_temperature,
-      kl_coef=rl.kl_coef, kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef)
+      policy_loss=s["policy_loss"], clip_eps=rl.clip_eps,
+      score_temperature=rl.score_temperature, kl_coef=rl.kl_coef,
+      kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef)
   loss = (steps_lib.grpo_objective(loss_cfg) if method == "grpo"
           else steps_lib.real_objective(ctx.score_tokens, loss_cfg))
   score_fn = rollout.cached_score_fn(

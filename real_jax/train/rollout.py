@@ -14,7 +14,7 @@ One generation round (DESIGN §4 data flow):
 
 Rows whose CoT never reached the delimiter ("invalid": truncated at max tokens, or EOS first)
 have no score position. Rule `invalid="penalize"` (default): they stay in the policy-gradient
-term with reward `-format_penalty` (and pi(y*) = 0 for the shaping reward) and are excluded from
+term with reward `-format_penalty` (and pi(y*) = 1e-8 for the shaping reward) and are excluded from
 the refinement term; `invalid="drop"`: they are excluded from both terms and from the group
 baselines. Either way they are counted (`truncated_frac`, `eos_frac`).
 """
@@ -45,6 +45,7 @@ class SamplerSettings:
   top_p: float = 1.0
   top_k: int = 0
   greedy: bool = False
+  repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the CoT
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +91,7 @@ def _sampling_config(sampling, settings: SamplerSettings, score_tokens, pad_id: 
                      prompt_buckets=None):
   kw = dict(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
             top_p=settings.top_p, top_k=settings.top_k, greedy=settings.greedy,
+            repetition_penalty=settings.repetition_penalty,
             eos_ids=(score_tokens.eos_id,),
             stop_sequences=tuple(tuple(v) for v in score_tokens.variants), pad_id=pad_id)
   if prompt_buckets:
@@ -241,6 +243,7 @@ def group_filter(binary: np.ndarray, kind: str) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class AdvantageSettings:
+  """Rewards and group advantages of a rollout (defaults: the authors' REAL recipe)."""
   reward: str = "regression"  # regression (REAL) | binary (standard RL)
   shaping: str = "prob"
   shaping_weight: float = 1.0
@@ -248,7 +251,20 @@ class AdvantageSettings:
   normalize: bool = True
   clip: float | None = 1.0
   invalid: str = "penalize"
-  format_penalty: float = 16.0
+  format_penalty: float = 25.0  # objectives.worst_squared_error of scores 1..5, full vocabulary
+  ddof: int = 0  # std of the normalisation: 0 population (authors), 1 sample (verl's GRPO)
+  eps: float = 1e-8
+
+  @classmethod
+  def from_recipe(cls, recipe: str, **kw) -> "AdvantageSettings":
+    """Settings of a named recipe in `objectives.ADVANTAGE_RECIPES` ("authors", "grpo", "rloo")."""
+    r = obj.ADVANTAGE_RECIPES[recipe]
+    return cls(estimator=r["estimator"], normalize=r["normalize"], clip=r["clip"],
+               ddof=r["ddof"], eps=r["eps"], **kw)
+
+  def describe(self) -> str:
+    return obj.describe_advantages(self.estimator, self.normalize, self.clip, self.ddof,
+                                   self.eps)
 
 
 def compute_advantages(y_hat: np.ndarray, target_logp: np.ndarray, target: np.ndarray,
@@ -267,7 +283,8 @@ def compute_advantages(y_hat: np.ndarray, target_logp: np.ndarray, target: np.nd
   if s.reward == "binary":
     reward = np.where(valid, binary, 0.0).astype(np.float32)
     adv = obj.group_advantages(jnp.asarray(reward.reshape(g, n)), estimator=s.estimator,
-                               normalize=s.normalize, clip=clip, mask=jnp.asarray(mask))
+                               normalize=s.normalize, clip=clip, mask=jnp.asarray(mask),
+                               ddof=s.ddof, eps=s.eps)
   else:
     reward = np.where(valid, np.asarray(obj.regression_reward(y_hat, target)),
                       -s.format_penalty).astype(np.float32)
@@ -275,7 +292,7 @@ def compute_advantages(y_hat: np.ndarray, target_logp: np.ndarray, target: np.nd
     adv = obj.real_advantages(jnp.asarray(reward.reshape(g, n)),
                               jnp.asarray(tlp.reshape(g, n), jnp.float32), s.shaping_weight,
                               shaping=s.shaping, estimator=s.estimator, normalize=s.normalize,
-                              clip=clip, mask=jnp.asarray(mask))
+                              clip=clip, mask=jnp.asarray(mask), ddof=s.ddof, eps=s.eps)
   return {"reward": reward, "adv": np.asarray(adv).reshape(-1).astype(np.float32),
           "pg_keep": in_pg.astype(np.float32),
           "refine_keep": valid.astype(np.float32)}

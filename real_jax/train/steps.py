@@ -181,16 +181,24 @@ def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
   Rows in `pg_keep` enter the CoT policy-gradient term; rows in `refine_keep` (those that
   reached the delimiter) enter the refinement term beta * [(y_hat - y*)^2 + lam * -log pi(y*)].
   Plus the optional KL (to `ref_lp`) and entropy terms on the CoT tokens of `pg_keep` rows.
+
+  Denominators. "token-mean" / "sequence-mean" (the authors' layout): the refinement term is a
+  mean over the `refine_keep` rows. "sequence-sum" (the exact estimator, objectives' module
+  docstring): both terms are divided by the number of sampled rows (`pg_keep`), the estimator
+  `(1/B) sum_i [A_i grad log pi(c_i) + beta grad r_i]`: a row without a valid score has a
+  constant reward (the format penalty), so its grad r_i is 0 but it still counts in B. Dividing
+  by the valid rows only would reweight E[grad r | valid] and bias the gradient whenever rows
+  truncate (tests/test_train.py enumerates such rollouts exactly).
   """
   ids, values = _score_tokens_arrays(score_tokens)
   agg = cfg.aggregation
 
   def denominators(batch):
-    pg_den, _ = obj.real_loss_denominators(batch["cot_mask"], sample_mask=batch["pg_keep"],
-                                           aggregation=agg)
-    _, seq_den = obj.real_loss_denominators(batch["cot_mask"], sample_mask=batch["refine_keep"],
-                                            aggregation=agg)
-    return pg_den, seq_den
+    """(policy-gradient denominator, refinement denominator, valid rows for the metrics)."""
+    pg_den, pg_rows = obj.real_loss_denominators(batch["cot_mask"], sample_mask=batch["pg_keep"],
+                                                 aggregation=agg)
+    valid = jnp.sum(batch["refine_keep"])
+    return pg_den, (pg_rows if agg == "sequence-sum" else valid), valid
 
   def fn(graphdef, params, mb, den):
     lp, logits = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"])
@@ -205,12 +213,13 @@ def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
     sums = obj.RealLossSums(pg_sum=pg_sums.pg_sum, pg_count=pg_sums.pg_count,
                             sq_err_sum=ref_sums.sq_err_sum, nll_sum=ref_sums.nll_sum,
                             seq_count=ref_sums.seq_count)
-    loss = obj.real_loss_from_sums(sums, beta=cfg.beta, lam=cfg.lam, denominators=den)
+    loss = obj.real_loss_from_sums(sums, beta=cfg.beta, lam=cfg.lam, denominators=den[:2])
     pg = pg_sums.pg_sum / jnp.maximum(den[0], 1.0)
-    seq = jnp.maximum(den[1], 1.0)
+    seq = jnp.maximum(den[2], 1.0)  # statistics are means over the valid rows
     metrics = {
         "pg_loss": pg,
-        "refine_loss": cfg.beta * (ref_sums.sq_err_sum + cfg.lam * ref_sums.nll_sum) / seq,
+        "refine_loss": (cfg.beta * (ref_sums.sq_err_sum + cfg.lam * ref_sums.nll_sum)
+                        / jnp.maximum(den[1], 1.0)),
         "mse": ref_sums.sq_err_sum / seq,
         "nll_target": ref_sums.nll_sum / seq,
         "y_hat_mean": aux["expected_score"] / seq,
