@@ -27,8 +27,16 @@ Hyperparameters are the authors' (official_code.md §6, DESIGN §2.5): REAL/GRPO
 update, n=16 (8 at 32b), T=1.0, top-p 0.9, prompt <= 2048, response <= 1024, AdamW (0.9, 0.999),
 wd 0.01, constant LR 1e-6, clip 1.0, 3 epochs per update, lam=1 with the probability as the
 shaping reward, "partial" filter with a 256-prompt buffer, evaluation and checkpoints every 10
-updates. SFT baselines (sft/raft/tract): LR 1e-5, betas (0.9, 0.95), 10% warm-up then cosine,
-3 epochs of batch 256.
+updates. REAL's advantages are the authors' recipe (leave-one-out, / population std, clip +-1;
+REINFORCE, token-mean); standard RL (method=grpo) is GRPO as DeepSeek / verl define it (group
+mean, / sample std + 1e-6, no clipping, PPO ratio with eps 0.2; the authors' binary-RLOO ablation
+is --config.rl.advantage=authors). Each results row names the recipe it used. SFT baselines
+(sft/raft/tract): LR 1e-5, betas (0.9, 0.95), 10% warm-up then cosine, 3 epochs of batch 256.
+Prompts are rendered as the authors' (the chat template without an enable_thinking argument:
+no <think> block for Qwen3); prompts over 2048 tokens are skipped and reported per split
+(--config.data.overlong=truncate for the authors' left truncation). 1,000 Feedback Collection
+records are held out as the validation split; the best checkpoint is chosen on it, never on a
+benchmark.
 
 Expected (paper Table 2, Pearson x 100, average of the 4 benchmarks, RAIL readout): Qwen3-32B
 base 52.7 -> RAFT 62.6 -> REAL 71.0 (the 8B rows are not published). Wall-clock: not measured

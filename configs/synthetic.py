@@ -10,18 +10,18 @@ only, for smoke tests), e.g. `--config configs/synthetic.py:method=grpo`.
 Hardware: 2 CPU cores, 1 device (no accelerator); ~0.9M-parameter Qwen3-style model
 ("tiny-1m", vocabulary of the synthetic word-level tokenizer).
 
-Expected: about 9 minutes on 2 CPU cores, then a Table-2-style results table with a row for the
-warm-up model and a row for REAL. The warm-up (400 SFT steps on demonstrations of which 30%
-contain a wrong sum) reaches an in-domain RAIL Pearson of about 0.68; REAL's 20 updates (16
-prompts x 8 CoTs each, beta = 0 as in the authors' scripts) raise it to about 0.80, lower the
-MSE of y_hat (1.05 -> 0.61 in domain) and the share of outputs without a score (18% -> 11%). The
-two OOD columns stay near the noise level of a 192-item evaluation (about +-5 points): a
-0.85M-parameter model does not transfer to unseen operand ranges or wordings in this budget.
-Controls from the same warm-up (GRPO, beta = 0.05, 160 more SFT steps, which does as well in
-this tiny setting) and the measured numbers: experiments/synthetic/README.md. The tiny model
-learns the task's comparison step abruptly (between ~200 and ~500 warm-up steps, depending on
-the seed and the machine's float rounding; with --config.seed=1 the 400-step warm-up had not
-yet): if the warm-up row reads near 0, rerun with --config.warmup.steps=700 (~13 minutes).
+Expected (measured 2026-12-01, 2 idle CPU cores): 5 min 46 s, then a Table-2-style results
+table with a row for the warm-up model and a row for REAL. The warm-up (400 SFT steps on
+demonstrations of which 30% contain a wrong sum) reaches an in-domain RAIL Pearson of 0.53;
+REAL's 20 updates (16 prompts x 8 CoTs each, beta = 0 as in the authors' scripts) raise it to
+0.62 and lower the MSE of y_hat (1.67 -> 1.25 in domain) and the share of outputs without a
+score (7.3% -> 4.3%). The OOD columns are within the noise of a 192-item evaluation (about +-5
+points). 192 training records are held out as the validation split (data.val_size) on which the
+best checkpoint is chosen. Controls from the same warm-up (faithful GRPO, the authors' binary
+RLOO, REAL with the exact estimator) and their numbers: experiments/synthetic/README.md. The
+tiny model learns the task's comparison step abruptly (between ~200 and ~500 warm-up steps,
+depending on the seed, the data order and the machine's float rounding): if the warm-up row
+reads near 0, rerun with --config.warmup.steps=700.
 """
 
 from real_jax.train import config_lib

@@ -168,8 +168,9 @@ def test_real_loss_hand_values():
   nll = -(np.log(0.3) + np.log(0.4)) / 2  # targets 2, 3 -> tokens 2, 3
   pg_tok = (2.0 + 4.0 - 0.5) / 3          # -lp * A over the 3 CoT tokens
   pg_seq = ((2.0 + 4.0) / 2 - 0.5) / 2    # mean of per-sequence means
+  pg_sum = (2.0 + 4.0 - 0.5) / 2          # mean over sequences of per-sequence sums (exact form)
   ones = np.ones(2)
-  for agg, pg in (("token-mean", pg_tok), ("sequence-mean", pg_seq)):
+  for agg, pg in (("token-mean", pg_tok), ("sequence-mean", pg_seq), ("sequence-sum", pg_sum)):
     loss, m = obj.real_loss(LP, MASK, ADV, SCORE_LOGITS, TARGETS, IDS, VALS, beta=0.5, lam=2.0,
                             aggregation=agg, sample_mask=ones)
     _close(loss, pg + 0.5 * (0.5 + 2.0 * nll))

@@ -182,7 +182,7 @@ def _better(metric: str, value: float, best) -> bool:
 def _keep_best(ctx: Context, stage: str, step: int, params, val_summary, best):
   """Keeps `params` as the stage's best checkpoint if its validation metric is the best yet."""
   from real_jax.evaluate import lookup
-  from real_jax.train.data_utils import VAL_SPLIT
+  VAL_SPLIT = data_utils.VAL_SPLIT
   metric = ctx.config.eval.best_metric
   if not metric or VAL_SPLIT not in val_summary["splits"]:
     return best
