@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "jinja2==3.1.6",  # chat templates; transformers only pulls it in through torch
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
+    "matplotlib==3.11.2",  # plots of experiments and notebooks (PNG, headless Agg backend)
 ]
 
 EXTRAS = {

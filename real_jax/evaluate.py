@@ -273,6 +273,81 @@ class EvalSettings:
   invalid: str = "force"  # force | midpoint
 
 
+STATUS_NAMES = ("delimiter", "eos_before_delimiter", "truncated")
+
+
+def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: EvalSettings,
+               score_tokens, score_fn, mesh, pad_id: int, delim_start=None,
+               prompt_buckets=None) -> dict[str, Any]:
+  """One CoT per prompt and both readouts: the judging step shared by evaluation and `Judge`.
+
+  Args:
+    prompt_tokens, prompt_mask: `[N, Lp]` chat-rendered, left-padded prompts.
+    key: PRNG key (sampling, then the score token drawn at the score position).
+    settings: `EvalSettings` (readout cot | direct, sampling, invalid = force | midpoint).
+    score_fn: `rollout.make_score_fn(...)` with the same sampling settings.
+    delim_start: the delimiter's ids at the start of a response (direct readout).
+
+  Returns host arrays: rail [N] (the RAIL prediction after the `invalid` rule), y_hat [N] (as
+  read), score_probs [N, K], score_mass [N], standard [N] (the sampled score value; the midpoint
+  when not a score token), standard_valid [N], valid [N] (the CoT reached the delimiter),
+  status [N] (index into STATUS_NAMES), length [N] (tokens read: the CoT, plus the delimiter
+  appended under "force"), cot_length [N] and response [N, R] (the sampled CoT; None for the
+  direct readout).
+  """
+  import jax
+  from real_jax.train import data_utils, rollout
+  values = np.asarray(score_tokens.values, np.float32)
+  midpoint = float(values.mean())
+  n = len(prompt_tokens)
+  if settings.readout == "direct":
+    d = data_utils.raft_batch({"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
+                               "target": np.zeros(n, np.float32), "valid": np.ones(n, np.int32)},
+                              delim_start, np.zeros(n, np.int32))
+    seqs = {"tokens": d["tokens"], "mask": d["mask"], "score_pos": d["score_pos"]}
+    found = np.ones(n, bool)
+    status = np.zeros(n, np.int32)
+    length = np.zeros(n, np.int32)
+    resp_tokens = None
+  else:
+    sampler = rollout.SamplerSettings(max_new_tokens=settings.max_response_len,
+                                      temperature=settings.temperature, top_p=settings.top_p,
+                                      greedy=settings.greedy)
+    g = rollout.sample_cots(graphdef, params, prompt_tokens, prompt_mask, jax.random.fold_in(key, 0),
+                            sampler, score_tokens, num_samples=1, mesh=mesh, pad_id=pad_id,
+                            prompt_buckets=prompt_buckets)
+    found, length = g["found"], g["length"].copy()
+    status = np.where(found, 0, np.where(g["eos"], 1, 2)).astype(np.int32)
+    response = g["response"]
+    resp_tokens = response
+    if settings.invalid == "force":
+      # No delimiter: append it to the CoT (replacing a final EOS) and read the score there.
+      delim = np.asarray(score_tokens.delimiter_ids, np.int32)
+      extra = len(delim)
+      response = np.concatenate([response, np.full((n, extra), pad_id, np.int32)], 1)
+      for r in np.nonzero(~found)[0]:
+        m = int(length[r]) - (1 if g["eos"][r] else 0)
+        response[r, m:] = pad_id
+        response[r, m:m + extra] = delim
+        length[r] = m + extra
+    seqs = rollout.build_sequences(g["prompt_tokens"], g["prompt_mask"], response, length,
+                                   pad_id=pad_id, extra=0)
+  cot_length = length if resp_tokens is None else np.asarray(g["length"])
+  out = rollout.run_scoring(score_fn, params, seqs, np.zeros(n, np.int32),
+                            jax.random.fold_in(key, 1), mesh, chunk=n)
+  std_valid = out["sampled_is_score"] & found
+  lut = {t: v for t, v in zip(score_tokens.token_ids, values)}
+  std = np.array([lut.get(int(t), midpoint) for t in out["sampled"]], np.float32)
+  std = np.where(std_valid, std, midpoint)
+  rail = out["y_hat"].astype(np.float32)
+  if settings.invalid == "midpoint":
+    rail = np.where(found, rail, midpoint)
+  return {"rail": rail, "y_hat": out["y_hat"], "score_probs": out["score_probs"],
+          "score_mass": out["score_mass"], "standard": std, "standard_valid": std_valid,
+          "valid": found, "status": status, "length": np.asarray(length),
+          "cot_length": cot_length, "response": resp_tokens}
+
+
 def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str, Any]]], *,
                     config, tokenizer, score_tokens, mesh, key, settings: EvalSettings,
                     delim_start: Sequence[int] | None = None, progress_name: str = "eval",
@@ -302,12 +377,6 @@ def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str
       score_temperature=1.0, renormalize=settings.renormalize,
       sample_temperature=settings.temperature, top_p=settings.top_p, top_k=0,
       greedy=settings.greedy)
-  sampler = rollout.SamplerSettings(max_new_tokens=settings.max_response_len,
-                                    temperature=settings.temperature, top_p=settings.top_p,
-                                    greedy=settings.greedy)
-  delim_gen = np.asarray(score_tokens.delimiter_ids, np.int32)
-  values = np.asarray(score_tokens.values, np.float32)
-  midpoint = float(values.mean())
   per_split, preds, counts = {}, {}, {}
   for s_i, (split, source) in enumerate(sources.items()):
     available = len(source)
@@ -324,57 +393,18 @@ def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str
     texts = []
     for b_i, b in enumerate(batcher):
       k = jax.random.fold_in(jax.random.fold_in(key, s_i), b_i)
-      valid_row = b["valid"].astype(bool)
-      if settings.readout == "direct":
-        d = data_utils.raft_batch(b, delim_start, np.zeros(len(valid_row), np.int32))
-        seqs = {"tokens": d["tokens"], "mask": d["mask"], "score_pos": d["score_pos"]}
-        found = np.ones(len(valid_row), bool)
-        status = np.zeros(len(valid_row), np.int32)
-        length = np.zeros(len(valid_row), np.int32)
-        resp_tokens = None
-      else:
-        g = rollout.sample_cots(graphdef, params, b["prompt_tokens"], b["prompt_mask"],
-                                jax.random.fold_in(k, 0), sampler, score_tokens, num_samples=1,
-                                mesh=mesh, pad_id=pad_id,
-                                prompt_buckets=data_utils.buckets(config,
-                                                                  int(config.data.max_prompt_len)))
-        found, length = g["found"], g["length"].copy()
-        status = np.where(found, 0, np.where(g["eos"], 1, 2)).astype(np.int32)
-        response = g["response"]
-        resp_tokens = response
-        if settings.invalid == "force":
-          # No delimiter: append it to the CoT (replacing a final EOS) and read the score there.
-          extra = len(delim_gen)
-          response = np.concatenate([response, np.full((len(found), extra), pad_id, np.int32)], 1)
-          for r in np.nonzero(~found)[0]:
-            n = int(length[r]) - (1 if g["eos"][r] else 0)
-            response[r, n:] = pad_id
-            response[r, n:n + extra] = delim_gen
-            length[r] = n + extra
-        seqs = rollout.build_sequences(g["prompt_tokens"], g["prompt_mask"], response, length,
-                                       pad_id=pad_id, extra=0)
-      out = rollout.run_scoring(score_fn, params, seqs, np.zeros(len(found), np.int32),
-                                jax.random.fold_in(k, 1), mesh, chunk=len(found))
-      std_valid = out["sampled_is_score"] & found
-      lut = {t: v for t, v in zip(score_tokens.token_ids, values)}
-      std = np.array([lut.get(int(t), midpoint) for t in out["sampled"]], np.float32)
-      std = np.where(std_valid, std, midpoint)
-      rail = out["y_hat"].astype(np.float32)
-      if settings.invalid == "midpoint":
-        rail = np.where(found, rail, midpoint)
-      keep = valid_row
+      r = read_batch(graphdef, params, b["prompt_tokens"], b["prompt_mask"], k,
+                     settings=settings, score_tokens=score_tokens, score_fn=score_fn, mesh=mesh,
+                     pad_id=pad_id, delim_start=delim_start,
+                     prompt_buckets=data_utils.buckets(config, int(config.data.max_prompt_len)))
+      keep = b["valid"].astype(bool)
       cols["index"].append(b["index"][keep])
       cols["target"].append(b["target"][keep])
-      cols["rail"].append(rail[keep])
-      cols["y_hat"].append(out["y_hat"][keep])
-      cols["standard"].append(std[keep])
-      cols["valid"].append(found[keep])
-      cols["standard_valid"].append(std_valid[keep])
-      cols["length"].append(length[keep])
-      cols["status"].append(status[keep])
-      if resp_tokens is not None:
-        for r in np.nonzero(keep)[0]:
-          texts.append(tokenizer.decode(resp_tokens[r, :int(g["length"][r])].tolist()))
+      for name in ("rail", "y_hat", "standard", "valid", "standard_valid", "length", "status"):
+        cols[name].append(r[name][keep])
+      if r["response"] is not None:
+        for i in np.nonzero(keep)[0]:
+          texts.append(tokenizer.decode(r["response"][i, :int(r["cot_length"][i])].tolist()))
       prog.update(b_i + 1)
     d = {k: (np.concatenate(v) if v else np.zeros((0,), np.float32)) for k, v in cols.items()}
     if texts:

@@ -99,6 +99,15 @@ class PromptTooLongError(ValueError):
   pass
 
 
+def power_of_two_buckets(limit: int, smallest: int = 64) -> tuple[int, ...]:
+  """The default prompt buckets: 64, 128, ... below `limit`, and `limit` itself."""
+  b, x = [], smallest
+  while x < limit:
+    b.append(x)
+    x *= 2
+  return tuple(sorted(set(b + [int(limit)])))
+
+
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
   """Smallest bucket >= n (ValueError if none)."""
   for b in buckets:

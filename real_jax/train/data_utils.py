@@ -128,15 +128,8 @@ def load_sources(config, workdir: str, *, train: bool, evaluation: bool):
 
 def buckets(config, limit: int) -> tuple[int, ...]:
   if config.data.prompt_buckets:
-    b = tuple(int(x) for x in config.data.prompt_buckets.split(","))
-  else:
-    b, x = [], 64
-    while x < limit:
-      b.append(x)
-      x *= 2
-    b.append(limit)
-    b = tuple(sorted(set(b)))
-  return b
+    return tuple(int(x) for x in config.data.prompt_buckets.split(","))
+  return batching.power_of_two_buckets(limit)
 
 
 def thinking_flag(config) -> bool | None:

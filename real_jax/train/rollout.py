@@ -140,7 +140,8 @@ def make_score_fn(graphdef, score_tokens: scores_lib.ScoreTokens, mesh: Mesh, *,
 
   `fn(params, batch, key)` with batch {tokens, mask, score_pos, target_id, probe} returns
   {lp [N, L] (token log-probs at T=1), y_hat [N], target_logp [N] (log pi(y*|x,c)),
-  score_mass [N], sampled [N] (a token sampled at the score position), sampled_is_score [N],
+  score_mass [N], score_probs [N, K] (pi(k|x,c) of each score token, renormalised or not as
+  y_hat), sampled [N] (a token sampled at the score position), sampled_is_score [N],
   sampled_logp [N] and probe_logp [N] (log pi at T=1 of the sampled / the `probe` token)}.
   """
   from real_jax.sampling import SamplingConfig, sample_from_logits, score_sequences
@@ -159,6 +160,8 @@ def make_score_fn(graphdef, score_tokens: scores_lib.ScoreTokens, mesh: Mesh, *,
                                  temperature=score_temperature)
       tlp = obj.score_log_prob(logits, batch["target_id"], temperature=score_temperature)
       mass = obj.score_token_mass(logits, ids, temperature=score_temperature)
+      probs = jnp.exp(obj.score_token_log_probs(logits, ids, renormalize=renormalize,
+                                                temperature=score_temperature))
       # The score token drawn as the sampler would have drawn it (temperature, top-k, top-p).
       u = jax.random.uniform(key, logits.shape[:1])
       tok, _, _ = sample_from_logits(logits, u, draw_cfg)
@@ -166,12 +169,14 @@ def make_score_fn(graphdef, score_tokens: scores_lib.ScoreTokens, mesh: Mesh, *,
       logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # policy, T = 1
       at = lambda t: jnp.take_along_axis(logp, t[:, None].astype(jnp.int32), axis=-1)[:, 0]
       return {"lp": out.token_log_probs, "y_hat": y_hat, "target_logp": tlp,
-              "score_mass": mass, "sampled": tok, "sampled_is_score": is_score,
+              "score_mass": mass, "score_probs": probs, "sampled": tok,
+              "sampled_is_score": is_score,
               "sampled_logp": at(tok), "probe_logp": at(batch["probe"])}
 
   in_b = {k: shd.batch_sharding(mesh, nd) for k, nd in
           (("tokens", 2), ("mask", 2), ("score_pos", 1), ("target_id", 1), ("probe", 1))}
-  out_b = {"lp": shd.batch_sharding(mesh, 2), **{k: shd.batch_sharding(mesh, 1) for k in (
+  out_b = {"lp": shd.batch_sharding(mesh, 2), "score_probs": shd.batch_sharding(mesh, 2),
+           **{k: shd.batch_sharding(mesh, 1) for k in (
       "y_hat", "target_logp", "score_mass", "sampled", "sampled_is_score", "sampled_logp",
       "probe_logp")}}
   return jax.jit(fn, in_shardings=(None, in_b, rep), out_shardings=out_b)

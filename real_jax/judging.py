@@ -1,0 +1,178 @@
+"""A trained judge as one object: load it, grade records, read every output of the judgement.
+
+  import real_jax
+  judge = real_jax.Judge.from_workdir("workdirs/synthetic")        # a run's last checkpoint
+  judge = real_jax.Judge.from_workdir("workdirs/synthetic", best=True)   # ... its best by validation
+  judge = real_jax.Judge.from_hf("exported/judge")                 # a Hugging Face directory
+  grades = judge.grade([{"instruction": ..., "response": ..., "rubric": ...,
+                         "reference_answer": ...}])
+  g = grades[0]
+  g.cot, g.score_probs, g.y_hat, g.sampled_score, g.status
+
+A record is a dict with a ready judge prompt under "prompt" (as the datasets' records have), or
+the fields of one: `instruction`, `response`, `rubric` (and optionally `reference_answer`), or
+Feedback Collection's `orig_*` fields, or a prebuilt Prometheus prompt under `instruction`; the
+prompt is then built with the same template as training (`judge.prompts.build_judge_prompt`).
+
+Grading samples one CoT per record and reads the score exactly as evaluation does (the shared
+`evaluate.read_batch`: RAIL y_hat = sum_k v_k pi(k | x, c) at the score position, and the score
+token sampled there); the score tokens come from the tokenizer (`judge.scores.ScoreTokens`), so
+nobody builds them by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from real_jax import evaluate as ev
+from real_jax import models
+from real_jax import sharding as shd
+from real_jax.data import batching
+from real_jax.judge import prompts as prompts_lib
+from real_jax.judge import scores as scores_lib
+from real_jax.models import hf as hf_io
+from real_jax.train import checkpoint as ckpt_lib
+from real_jax.train import rollout
+
+
+@dataclasses.dataclass(frozen=True)
+class Grade:
+  """One judgement.
+
+  cot: the sampled feedback (chain of thought), up to and including the delimiter if reached.
+  score_probs: {score value: pi(score token | prompt, cot)} at the score position (full-vocabulary
+    softmax, or renormalised over the score tokens when the judge was built so).
+  score_mass: total probability on the score tokens (< 1 under the full-vocabulary softmax).
+  y_hat: the RAIL expected score sum_k v_k pi(k).
+  sampled_score: the score token sampled at that position (None if it was not a score token).
+  status: "delimiter" (the CoT reached it), "eos_before_delimiter" or "truncated" (the delimiter
+    was appended to read a score anyway).
+  """
+  cot: str
+  score_probs: dict[float, float]
+  score_mass: float
+  y_hat: float
+  sampled_score: float | None
+  status: str
+
+
+class Judge:
+  """A judge model with its tokenizer and score tokens (see the module docstring)."""
+
+  def __init__(self, graphdef, params, tokenizer, *, output_format: str = "score_phrase",
+               mesh=None, enable_thinking: bool | None = None, renormalize: bool = False,
+               max_prompt_len: int = 2048, source: str = ""):
+    self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
+    self.mesh = mesh if mesh is not None else shd.make_mesh({"data": 1},
+                                                            devices=jax.devices()[:1])
+    self.output_format = str(output_format)
+    self.score_tokens = scores_lib.resolve_score_tokens(tokenizer, self.output_format)
+    self.enable_thinking = enable_thinking
+    self.renormalize = bool(renormalize)
+    self.max_prompt_len = int(max_prompt_len)
+    self.source = source
+    pad = tokenizer.pad_token_id
+    self.pad_id = int(pad if pad is not None else self.score_tokens.eos_id)
+    self._score_fns: dict = {}
+
+  def __repr__(self) -> str:
+    return (f"Judge({self.source or 'in-memory'}, format={self.output_format}, "
+            f"score tokens={list(self.score_tokens.token_ids)})")
+
+  # --- loading -------------------------------------------------------------------------------
+
+  @classmethod
+  def from_workdir(cls, workdir: str, *, stage: str = "", best: bool = False, mesh=None
+                   ) -> "Judge":
+    """The parameters of a `real_jax.main` run: its last stage's last checkpoint (or `stage`;
+    `best=True`: the best checkpoint by the validation split), with the run's tokenizer, output
+    format and prompt rendering (from <workdir>/run.json)."""
+    path = os.path.join(workdir, "run.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: pass the workdir of a real_jax.main run")
+    with open(path) as f:
+      run = json.load(f)
+    cfg = models.Qwen3Config(**run["model"])
+    mesh = mesh if mesh is not None else shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    graphdef, abstract = models.abstract_model(cfg)
+    d, step = ckpt_lib.find_params_checkpoint(workdir, stage, best)
+    ck = ckpt_lib.Checkpointer(d, async_save=False, items=("params", "meta") if best
+                               else ckpt_lib.ITEMS)
+    try:
+      params = ck.restore_params(step, abstract, models.param_shardings(abstract, mesh))
+    finally:
+      ck.close()
+    data = run["config"]["data"]
+    thinking = data.get("enable_thinking", "")
+    return cls(graphdef, params, prompts_lib.load_tokenizer(run["tokenizer"]),
+               output_format=data.get("output_format", "score_phrase"), mesh=mesh,
+               enable_thinking=None if thinking in ("", None) else thinking in (True, "true"),
+               renormalize=bool(run["config"].get("eval", {}).get("renormalize", False)),
+               max_prompt_len=int(data.get("max_prompt_len", 2048)),
+               source=f"{d} step {step}")
+
+  @classmethod
+  def from_hf(cls, hf_dir: str, *, tokenizer_dir: str = "", output_format: str = "score_phrase",
+              dtype: str | None = None, mesh=None, **kw) -> "Judge":
+    """A Hugging Face Qwen3 directory (weights + config), its tokenizer from the same directory
+    or `tokenizer_dir`."""
+    mesh = mesh if mesh is not None else shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    _, graphdef, params = hf_io.load_hf(hf_dir, mesh=mesh, dtype=dtype)
+    tok = prompts_lib.load_tokenizer(tokenizer_dir or hf_dir)
+    return cls(graphdef, params, tok, output_format=output_format, mesh=mesh, source=hf_dir, **kw)
+
+  # --- grading -------------------------------------------------------------------------------
+
+  def prompt_text(self, record: Mapping[str, Any]) -> str:
+    """The judge prompt of a record (its "prompt", else built from its fields)."""
+    if record.get("prompt"):
+      return str(record["prompt"])
+    return prompts_lib.build_judge_prompt(record, output_format=self.output_format)
+
+  def grade(self, records: Sequence[Mapping[str, Any]], *, batch_size: int = 16,
+            greedy: bool = False, temperature: float = 1.0, top_p: float = 0.9,
+            max_new_tokens: int = 1024, seed: int = 0, invalid: str = "force") -> list[Grade]:
+    """Grades `records` in batches: one CoT each (T / top-p as the paper's evaluation, or
+    greedy), both readouts. The same seed gives the same grades. A prompt longer than the
+    judge's max_prompt_len raises (grade it with a larger one; nothing is dropped)."""
+    settings = ev.EvalSettings(batch_size=batch_size, greedy=greedy, temperature=temperature,
+                               top_p=top_p, max_response_len=max_new_tokens,
+                               renormalize=self.renormalize, invalid=invalid)
+    key = (self.renormalize, temperature, top_p, greedy)
+    if key not in self._score_fns:
+      self._score_fns[key] = rollout.make_score_fn(
+          self.graphdef, self.score_tokens, self.mesh, renormalize=self.renormalize,
+          sample_temperature=temperature, top_p=top_p, greedy=greedy)
+    score_fn = self._score_fns[key]
+    ids = [prompts_lib.render_chat(self.tokenizer, self.prompt_text(r),
+                                   enable_thinking=self.enable_thinking) for r in records]
+    too_long = [i for i, x in enumerate(ids) if len(x) > self.max_prompt_len]
+    if too_long:
+      raise ValueError(f"records {too_long[:5]} have prompts longer than max_prompt_len="
+                       f"{self.max_prompt_len} tokens; pass a Judge with a larger max_prompt_len")
+    values = self.score_tokens.values
+    out: list[Grade] = []
+    for b, start in enumerate(range(0, len(ids), batch_size)):
+      chunk = ids[start:start + batch_size]
+      width = batching.bucket_length(max(len(x) for x in chunk),
+                                     batching.power_of_two_buckets(self.max_prompt_len))
+      pt, pm = batching.left_pad(chunk, width, self.pad_id)
+      r = ev.read_batch(self.graphdef, self.params, pt, pm,
+                        jax.random.fold_in(jax.random.PRNGKey(seed), b), settings=settings,
+                        score_tokens=self.score_tokens, score_fn=score_fn, mesh=self.mesh,
+                        pad_id=self.pad_id, prompt_buckets=(width,))
+      for i in range(len(chunk)):
+        cot = self.tokenizer.decode(r["response"][i, :int(r["cot_length"][i])].tolist())
+        out.append(Grade(
+            cot=cot, score_probs={float(v): float(p) for v, p in zip(values, r["score_probs"][i])},
+            score_mass=float(r["score_mass"][i]), y_hat=float(r["y_hat"][i]),
+            sampled_score=float(r["standard"][i]) if r["standard_valid"][i] else None,
+            status=ev.STATUS_NAMES[int(r["status"][i])]))
+    return out
+
