@@ -389,7 +389,7 @@ def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str
     prog = Progress(f"{progress_name}:{split}", n_batches, every=max(1, n_batches // 4),
                     unit="batch")
     cols = {k: [] for k in ("index", "target", "rail", "standard", "valid", "standard_valid",
-                            "y_hat", "length", "status")}
+                            "y_hat", "length", "status", "score_probs")}
     texts = []
     for b_i, b in enumerate(batcher):
       k = jax.random.fold_in(jax.random.fold_in(key, s_i), b_i)
@@ -400,13 +400,16 @@ def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str
       keep = b["valid"].astype(bool)
       cols["index"].append(b["index"][keep])
       cols["target"].append(b["target"][keep])
-      for name in ("rail", "y_hat", "standard", "valid", "standard_valid", "length", "status"):
+      for name in ("rail", "y_hat", "standard", "valid", "standard_valid", "length", "status",
+                   "score_probs"):
         cols[name].append(r[name][keep])
       if r["response"] is not None:
         for i in np.nonzero(keep)[0]:
           texts.append(tokenizer.decode(r["response"][i, :int(r["cot_length"][i])].tolist()))
       prog.update(b_i + 1)
     d = {k: (np.concatenate(v) if v else np.zeros((0,), np.float32)) for k, v in cols.items()}
+    if not cols["score_probs"]:
+      d["score_probs"] = np.zeros((0, len(score_tokens.values)), np.float32)
     if texts:
       d["cot"] = np.asarray(texts, dtype=object)
     per_split[split] = d

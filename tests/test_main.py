@@ -148,12 +148,16 @@ def test_notebook_runs_headless(warm, monkeypatch):
   import nbclient  # the test extra's notebook runner
   import nbformat
   monkeypatch.setenv("REAL_JAX_WORKDIR", warm[0])
-  nb = nbformat.read(os.path.join(ROOT, "notebooks", "inspect_run.ipynb"), as_version=4)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "02_inspect_run.ipynb"), as_version=4)
   nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                           resources={"metadata": {"path": ROOT}}).execute()
-  text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                 for o in c.get("outputs", []))
-  assert "restored" in text and "y_hat=" in text
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  assert not [o for o in outputs if o.get("output_type") == "error"]
+  text = "".join(o.get("text", "") for o in outputs)
+  assert "sft: loss" in text and "expected calibration error" in text and "y_hat=" in text
+  assert "| Model | Checkpoint | Training |" in text  # the comparison's rows table
+  assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
 
 
 def _read_meta(d):
