@@ -42,3 +42,22 @@ def tiny_config(shared, method="real", **over):
     node[leaf] = v
   c.lock()
   return c
+
+
+def run_notebook(name: str) -> tuple[list, str]:
+  """Executes notebooks/<name> headless in a fresh kernel (environment as the caller set it);
+  asserts no cell raised. Returns (all outputs, their text)."""
+  import nbclient  # the test extra's notebook runner
+  import nbformat
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
+  nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                          resources={"metadata": {"path": ROOT}}).execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  errors = [o for o in outputs if o.get("output_type") == "error"]
+  assert not errors, errors[0].get("evalue")
+  return outputs, "".join(o.get("text", "") for o in outputs)
+
+
+def png_count(outputs) -> int:
+  """Number of PNG figures among notebook outputs."""
+  return sum("image/png" in o.get("data", {}) for o in outputs)

@@ -10,7 +10,7 @@ import pytest
 import real_jax
 from real_jax import main as main_lib
 from real_jax.train import data_utils
-from run_helpers import ROOT, tiny_config
+from run_helpers import ROOT, png_count, run_notebook, tiny_config
 
 pytestmark = pytest.mark.usefixtures("fast_compiles_module")
 
@@ -83,16 +83,9 @@ def test_readme_judge_example_runs(warm, monkeypatch, capsys):
 
 
 def test_score_a_dataset_notebook_runs_headless(warm, monkeypatch):
-  import nbclient
-  import nbformat
   monkeypatch.setenv("REAL_JAX_WORKDIR", warm[0])
   monkeypatch.setenv("REAL_JAX_NOTEBOOK_ITEMS", "8")
   monkeypatch.setenv("XLA_FLAGS", "")
-  nb = nbformat.read(os.path.join(ROOT, "notebooks", "03_score_a_dataset.ipynb"), as_version=4)
-  nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                          resources={"metadata": {"path": ROOT}}).execute()
-  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-  assert not [o for o in outputs if o.get("output_type") == "error"]
-  text = "".join(o.get("text", "") for o in outputs)
+  outputs, text = run_notebook("03_score_a_dataset.ipynb")
   assert "8 items | RAIL Pearson" in text and "score distribution 1:" in text
-  assert any("image/png" in o.get("data", {}) for o in outputs)
+  assert png_count(outputs)

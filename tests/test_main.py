@@ -14,7 +14,7 @@ from real_jax.evaluate import check_markdown_table
 from real_jax.train import config_lib, loops
 from real_jax.train.config_lib import ConfigError
 from real_jax.train.metrics import read_metrics
-from run_helpers import tiny_config
+from run_helpers import png_count, run_notebook, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,19 +145,12 @@ def test_bad_configs_fail_before_building_anything(shared, tmp_path, monkeypatch
 
 
 def test_notebook_runs_headless(warm, monkeypatch):
-  import nbclient  # the test extra's notebook runner
-  import nbformat
   monkeypatch.setenv("REAL_JAX_WORKDIR", warm[0])
   monkeypatch.setenv("XLA_FLAGS", "")
-  nb = nbformat.read(os.path.join(ROOT, "notebooks", "02_inspect_run.ipynb"), as_version=4)
-  nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                          resources={"metadata": {"path": ROOT}}).execute()
-  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-  assert not [o for o in outputs if o.get("output_type") == "error"]
-  text = "".join(o.get("text", "") for o in outputs)
+  outputs, text = run_notebook("02_inspect_run.ipynb")
   assert "sft: loss" in text and "expected calibration error" in text and "y_hat=" in text
   assert "| Model | Checkpoint | Training |" in text  # the comparison's rows table
-  assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
+  assert png_count(outputs) >= 3
 
 
 def _read_meta(d):

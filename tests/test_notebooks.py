@@ -6,9 +6,9 @@ tests/test_main.py and tests/test_judging.py run them on one.)"""
 import glob
 import os
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+
+from run_helpers import png_count, run_notebook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # notebook -> text its outputs must contain
@@ -22,19 +22,13 @@ NOTEBOOKS = {
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_notebook_runs(name, tmp_path, monkeypatch):
-  path = os.path.join(ROOT, "notebooks", name)
   # A fresh kernel: one CPU device, no work directory from earlier runs.
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.setenv("REAL_JAX_WORKDIR", str(tmp_path / "no_workdir"))
-  nb = nbformat.read(path, as_version=4)
-  NotebookClient(nb, timeout=300, kernel_name="python3",
-                 resources={"metadata": {"path": ROOT}}).execute()
-  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-  assert not [o for o in outputs if o.get("output_type") == "error"]
-  text = "".join(o.get("text", "") for o in outputs)
+  outputs, text = run_notebook(name)
   for marker in NOTEBOOKS[name]:
     assert marker in text, marker
-  assert any("image/png" in o.get("data", {}) for o in outputs) or name == "real_walkthrough.ipynb"
+  assert png_count(outputs) or name == "real_walkthrough.ipynb"
 
 
 def test_every_notebook_is_tested():
