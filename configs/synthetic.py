@@ -10,7 +10,7 @@ only, for smoke tests), e.g. `--config configs/synthetic.py:method=grpo`.
 Hardware: 2 CPU cores, 1 device (no accelerator); ~0.9M-parameter Qwen3-style model
 ("tiny-1m", vocabulary of the synthetic word-level tokenizer).
 
-Expected (measured 2026-12-01, 2 idle CPU cores): 5 min 46 s, then a Table-2-style results
+Expected (measured 2026-12-01, 2 CPU cores, nothing else running): 5 min 46 s, then a Table-2-style results
 table with a row for the warm-up model and a row for REAL. The warm-up (400 SFT steps on
 demonstrations of which 30% contain a wrong sum) reaches an in-domain RAIL Pearson of 0.53;
 REAL's 20 updates (16 prompts x 8 CoTs each, beta = 0 as in the authors' scripts) raise it to

@@ -460,7 +460,6 @@ def _enumerated_rollout(n):
   g = len(groups)
   prompts = {"prompt_tokens": np.repeat(prompt, g, 0), "prompt_mask": np.repeat(pmask, g, 0),
              "target": np.full((g,), 4.0, np.float32), "target_int": np.full((g,), 4, np.int32)}
-  uniq = {k: gen[k][:0] for k in gen}
   uniq = {"prompt_tokens": np.repeat(prompt, len(cots), 0),
           "prompt_mask": np.repeat(pmask, len(cots), 0), "response": resp, "length": length,
           "found": found, "eos": eos}
@@ -580,17 +579,16 @@ def test_trainer_exactness_mutations_fail(enumerated, monkeypatch):
   gradient (checked below); that mutation is caught where a gradient path exists, in
   tests/test_objectives.py (advantages computed in the same forward)."""
   e = enumerated
-  kept = obj._broadcast_adv
+  monkeypatch.setattr(obj, "_broadcast_adv", lambda a, lp: (
+      jnp.asarray(a)[..., None] if jnp.ndim(a) == lp.ndim - 1 else jnp.asarray(a)))
+  jax.clear_caches()  # re-trace the jitted losses with the mutation
   try:
-    monkeypatch.setattr(obj, "_broadcast_adv", lambda a, lp: (
-        jnp.asarray(a)[..., None] if jnp.ndim(a) == lp.ndim - 1 else jnp.asarray(a)))
-    jax.clear_caches()
     cfg0 = steps_lib.RLLossConfig(beta=1.0, lam=e["lam"], aggregation="sequence-sum")
     got = _flat_tree(_trainer_expected_grad(e["graphdef"], e["params"], e["rows"], e["n"],
                                             steps_lib.real_objective(EX_ST, cfg0)))
     assert _rel_err(got, e["target"]) < 2e-4  # structurally immune: A is data here
   finally:
-    monkeypatch.setattr(obj, "_broadcast_adv", kept)
+    monkeypatch.undo()
     jax.clear_caches()
   cfg = steps_lib.RLLossConfig(beta=1.0, lam=e["lam"], aggregation="sequence-sum")
   loss = steps_lib.real_objective(EX_ST, cfg)

@@ -3,7 +3,7 @@
   python experiments/mechanism/run.py            # writes mechanism.png and results.md here
 
 Two tabular judges (40 items with ambiguous labels, 3 latent CoTs, scores 1..5) trained by the
-EXACT expected gradients of REAL and of binary-reward RL. Runs in about 15 s on a CPU.
+EXACT expected gradients of REAL and of binary-reward RL. Runs in about 11 s on 2 CPU cores.
 """
 
 import os

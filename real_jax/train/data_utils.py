@@ -10,6 +10,7 @@ import numpy as np
 
 from real_jax.data import batching
 from real_jax.judge import prompts as prompts_lib
+from real_jax.train.config_lib import ConfigError
 
 SYNTHETIC_OPTIONS = ("seed", "difficulty", "label_noise", "n_eval_graders", "cot_error_rate",
                      "near_miss_rate", "reference_has_answers", "train_size", "test_size",
@@ -93,7 +94,6 @@ def split_validation(source, val_size: int, seed: int = VAL_SEED):
     return source, None
   n = len(source)
   if val_size >= n // 2:
-    from real_jax.train.config_lib import ConfigError
     raise ConfigError(f"config.data.val_size={val_size} leaves too little of the {n} training "
                       f"records; use at most {max(n // 2 - 1, 0)} (or 0 for no validation split)")
   order = np.random.default_rng(seed).permutation(n)

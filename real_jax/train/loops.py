@@ -182,20 +182,20 @@ def _better(metric: str, value: float, best) -> bool:
 def _keep_best(ctx: Context, stage: str, step: int, params, val_summary, best):
   """Keeps `params` as the stage's best checkpoint if its validation metric is the best yet."""
   from real_jax.evaluate import lookup
-  VAL_SPLIT = data_utils.VAL_SPLIT
+  split = data_utils.VAL_SPLIT
   metric = ctx.config.eval.best_metric
-  if not metric or VAL_SPLIT not in val_summary["splits"]:
+  if not metric or split not in val_summary["splits"]:
     return best
-  value = lookup(val_summary, f"splits/{VAL_SPLIT}/{metric}")
+  value = lookup(val_summary, f"splits/{split}/{metric}")
   if not _better(metric, value, best):
     return best
   best_ck = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(ctx.workdir, stage, best=True),
                                   max_to_keep=1, async_save=False, items=("params", "meta"))
-  best_ck.save(step, params=params, meta={"metric": metric, "split": VAL_SPLIT, "value": value,
+  best_ck.save(step, params=params, meta={"metric": metric, "split": split, "value": value,
                                           "step": step})
   best_ck.close()
   logging.info("[%s] new best validation %s = %.4f at step %d", stage, metric, value, step)
-  return {"metric": metric, "split": VAL_SPLIT, "value": value, "step": step}
+  return {"metric": metric, "split": split, "value": value, "step": step}
 
 
 def offer_best(ctx: Context, stage: str, params) -> dict | None:
