@@ -24,7 +24,13 @@ depending on the seed, the data order and the machine's float rounding): if the 
 reads near 0, rerun with --config.warmup.steps=700.
 """
 
+import os
+
 from real_jax.train import config_lib
+
+# The shared synthetic base model (configs/synthetic_base.py, exported; committed).
+BASE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                        "synthetic_base")
 
 
 def get_config(arg=None):
@@ -34,6 +40,8 @@ def get_config(arg=None):
   c.seed = 0
 
   c.model.preset = "tiny-1m"
+  c.model.hf_dir = BASE_DIR  # start from the pretrained synthetic base (tiny-1m's shape)
+  c.data.tokenizer = BASE_DIR  # its tokenizer: the synthetic word-level one
   c.model.scan_layers = False  # 4 unrolled layers run ~15% faster on CPU than the scan
   c.mesh.data = 1  # the demo runs on one CPU device
   c.mesh.fsdp = 1
@@ -44,6 +52,9 @@ def get_config(arg=None):
   c.data.max_target_len = 64  # demonstrations are 43 tokens (CoT + delimiter + score + EOS)
   c.data.prompt_buckets = "128"
   c.data.synthetic.difficulty = 0  # sums of two operands in 0..4: learnable in the CPU budget
+  # Graded ambiguity: graders credit an off-by-one answer ("close") with probability 1/2, so
+  # E[y*|x] is fractional for most items and differs from the mode.
+  c.data.synthetic.near_miss_credit = 0.5
   # An imperfect teacher: 30% of the demonstrations contain one wrong sum (and the score that
   # follows from it). The warm-up imitates those slips; REAL's reward, computed against the
   # graders' labels, is what can train them away.
@@ -56,21 +67,22 @@ def get_config(arg=None):
   c.optim.lr = 1e-4
   c.optim.weight_decay = 0.01
 
-  # Warm-up SFT on the demonstration CoTs.
-  c.warmup.steps = 400
+  # Warm-up SFT on the demonstration CoTs. From the base, 300 steps at LR 3e-3 gave validation
+  # RAIL Pearson 0.749 vs 0.627 at LR 1e-3 (seed 0; experiments/synthetic_table/README.md).
+  c.warmup.steps = 300
   c.warmup.batch_size = 16
-  c.warmup.lr = 5e-3
+  c.warmup.lr = 3e-3
   c.warmup.schedule = "constant"
   c.warmup.lr_warmup = 20
 
   # Supervised baselines (method=sft/raft/tract) use the train block.
-  c.train.steps = 480
+  c.train.steps = 300  # the warm-up's budget: SFT, RAFT and each TRACT stage
   c.train.batch_size = 16
-  c.train.lr = 5e-3
+  c.train.lr = 3e-3
   c.optim.warmup_steps = 20 if c.method in ("sft", "raft", "tract") else 0
-  c.tract.stage1_steps = 480
-  c.tract.stage2_steps = 480
-  c.tract.num_prompts = 1024
+  c.tract.stage1_steps = 300
+  c.tract.stage2_steps = 300
+  c.tract.num_prompts = 512
   if c.method in ("sft", "raft", "tract"):
     c.warmup.steps = 0
 
@@ -96,6 +108,7 @@ def get_config(arg=None):
   c.eval.max_response_len = 48
   c.eval.every = 0
   c.eval.after_warmup = True
+  c.eval.before_training = True  # a row for the base itself (the study runs it once per seed)
 
   c.checkpoint.every = 10
   c.log.every = 50

@@ -13,6 +13,8 @@ r"""Train and evaluate LLM judges: REAL and its baselines, from one config.
   grpo   standard RL with the binary reward (sampled score == label)
   real   REAL: regression reward, generalized policy gradient
   eval   evaluate config.init.checkpoint (a workdir / checkpoint) or config.model.hf_dir
+  pretrain  the synthetic task's base model: next-token training on its corpus
+         (configs/synthetic_base.py), then knowledge probes; no judge evaluation
 
 Everything is checked before compilation (unknown fields, bad values, a mesh or batch size that
 does not divide). Re-running the same command after a kill resumes from the last checkpoint of
@@ -36,7 +38,8 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
                                "configs", "synthetic.py")
 
 METHOD_NAMES = {"sft": "SFT", "raft": "RAFT", "tract": "TRACT (CoT-RAFT)",
-                "grpo": "standard RL (GRPO)", "real": "REAL", "eval": "evaluated model"}
+                "grpo": "standard RL (GRPO)", "real": "REAL", "eval": "evaluated model",
+                "pretrain": "synthetic base"}
 
 
 def _resolve_model(config, mesh, tokenizer):
@@ -126,9 +129,10 @@ def setup(config, workdir: str):
   model_cfg, graphdef, params = _resolve_model(config, mesh, tokenizer)
   stages = config_lib.stages_for(config)
   train_src, eval_srcs, val_src = _first_process_first(lambda: data_utils.load_sources(
-      config, workdir, train=bool(stages),
-      evaluation=config.method == "eval" or config.eval.at_end or config.eval.every > 0
-      or config.eval.after_warmup or config.eval.before_training))
+      config, workdir, train=bool(stages) and config.method != "pretrain",
+      evaluation=config.method != "pretrain" and (
+          config.method == "eval" or config.eval.at_end or config.eval.every > 0
+          or config.eval.after_warmup or config.eval.before_training)))
   writer = MetricsWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process)
   ctx = loops.Context(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer,
                       tokenizer_dir=tok_dir, score_tokens=st, pad_id=int(pad_id),
@@ -235,6 +239,11 @@ def run(config, workdir: str) -> dict[str, Any] | None:
       summary = evaluate(ctx, params, name=name, tag="eval", checkpoint=_initial_label(c))
       _print_results(workdir, time.time() - t_start)
       return summary
+    if c.method == "pretrain":
+      loops.run_pretrain(ctx, params)
+      print(f"workdir: {workdir} (this invocation: {time.time() - t_start:.0f}s); export it with "
+            f"python -m real_jax.tools.export_hf --workdir {workdir} --out DIR")
+      return None
     if c.eval.before_training and not _has_row(workdir, "initial model"):
       evaluate(ctx, params, name="initial model", tag="initial", checkpoint=_initial_label(c),
                training="none")

@@ -14,8 +14,10 @@ def tiny_config(shared, method="real", **over):
   spec.loader.exec_module(mod)
   c = mod.get_config(f"method={method},runlocal")
   c.model.preset = "tiny"
+  c.model.hf_dir = ""  # random init, not the committed base (tests/test_pretrain.py covers it)
   c.model.vocab_size = -1
   c.data.data_dir = shared["data_dir"]
+  c.data.tokenizer = ""  # built in the workdir, unless the shared one exists
   if os.path.exists(os.path.join(shared["tok_dir"], "tokenizer.json")):
     c.data.tokenizer = shared["tok_dir"]
   c.data.synthetic.train_size = 64

@@ -128,7 +128,22 @@ def test_batch_that_does_not_divide_the_mesh():
 def test_eval_needs_a_model():
   c = _load(SYNTH)
   c.method = "eval"
+  c.model.hf_dir = ""
   with pytest.raises(ConfigError, match="method=eval needs"):
+    config_lib.validate(c, num_devices=1)
+
+
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_synthetic_base_config_validates(arg):
+  c = _load(os.path.join(ROOT, "configs", "synthetic_base.py"), arg)
+  assert config_lib.validate(c, num_devices=1) == {"data": 1, "fsdp": 1, "tensor": 1}
+  assert config_lib.stages_for(c) == ["pretrain"]
+  c.data.name = "prometheus"
+  with pytest.raises(ConfigError, match="method=pretrain .* needs data.name=synthetic"):
+    config_lib.validate(c, num_devices=1)
+  c.data.name = "synthetic"
+  c.pretrain.steps = 0
+  with pytest.raises(ConfigError, match="pretrain.steps > 0"):
     config_lib.validate(c, num_devices=1)
 
 

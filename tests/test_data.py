@@ -201,6 +201,70 @@ def test_synthetic_ground_truth_matches_independent_checker():
   assert all(r["orig_criteria"] in in_domain for r in data["train"])
 
 
+def _exact_expected_label(n_right: int, n_close: int, q: float, p: float) -> float:
+  """E[one grader's label] by enumerating every credit pattern and noise outcome (independent of
+  the generator's closed form)."""
+  import itertools
+  total = 0.0
+  for credits in itertools.product((0, 1), repeat=n_close):
+    w = np.prod([q if c else 1 - q for c in credits])
+    s = 1 + n_right + sum(credits)
+    outcomes = [(s, 1 - p)]
+    for step in (1, -1):
+      t = s + step if 1 <= s + step <= 5 else s - step  # inward at the ends
+      outcomes.append((t, p / 2))
+    total += w * sum(v * pv for v, pv in outcomes)
+  return total
+
+
+@pytest.mark.parametrize("q,p", [(0.5, 0.2), (0.3, 0.0), (0.0, 0.2)])
+def test_synthetic_expected_score_is_exact(q, p):
+  cfg = synthetic.SyntheticConfig(near_miss_credit=q, label_noise=p)
+  for n_right in range(5):
+    for n_close in range(5 - n_right):
+      assert synthetic.expected_score(n_right, n_close, cfg) == pytest.approx(
+          _exact_expected_label(n_right, n_close, q, p), abs=1e-12)
+
+
+def test_synthetic_graded_near_misses():
+  """Graders credit an off-by-one answer with probability near_miss_credit: the demonstrations
+  call it "close", labels follow the credit, and expected_score is E[y*|x] (checked against the
+  labels' empirical means, and as the Bayes predictor of the test targets)."""
+  q = 0.5
+  cfg = synthetic.SyntheticConfig(seed=4, difficulty=0, near_miss_credit=q, label_noise=0.2,
+                                  cot_error_rate=0.0, train_size=6000, test_size=400,
+                                  ood_size=60)
+  data = synthetic.generate_all(cfg)
+  by_cell: dict = {}
+  for r in data["train"]:
+    items = dict(re.findall(r"\b([a-d])\) (\d+(?:\+\d+)+)", r["orig_instruction"]))
+    answers = dict(re.findall(r"\b([a-d])\) (\d+)", r["orig_response"]))
+    diffs = [abs(sum(map(int, items[k].split("+"))) - int(answers[k])) for k in "abcd"]
+    assert r["n_close"] == diffs.count(1) and r["true_score"] == 1 + diffs.count(0)
+    verdicts = re.findall(r" vs \d+ (right|close|wrong)\.", r["orig_feedback"])
+    assert verdicts == [("right", "close")[d] if d < 2 else "wrong" for d in diffs]
+    demo = int(re.search(r"score is (\d)$", r["orig_feedback"]).group(1))
+    assert r["true_score"] <= demo <= r["true_score"] + r["n_close"]
+    by_cell.setdefault((r["true_score"], r["n_close"]), []).append(int(r["orig_score"]))
+  assert sum(r["n_close"] > 0 for r in data["train"]) > 0.4 * len(data["train"])
+  for (t, c), labels in by_cell.items():
+    if len(labels) < 100:
+      continue
+    want = synthetic.expected_score(t - 1, c, cfg)
+    se = np.std(labels) / np.sqrt(len(labels)) + 1e-9
+    assert abs(np.mean(labels) - want) < 4.5 * se, ((t, c), np.mean(labels), want)
+  # The Bayes predictor beats the clean score and the mode as a predictor of the test targets.
+  test = data["test"]
+  target = np.array([np.mean(r["gpt4_score"]) for r in test])
+  bayes = np.array([r["expected_score"] for r in test])
+  clean = np.array([r["true_score"] for r in test], float)
+  assert np.mean((bayes - target) ** 2) < np.mean((clean - target) ** 2)
+  assert np.corrcoef(bayes, target)[0, 1] > np.corrcoef(clean, target)[0, 1]
+  # Without credit no answer is graded as close.
+  plain = synthetic.generate_all(dataclasses.replace(cfg, near_miss_credit=0.0, train_size=300))
+  assert all("close" not in r["orig_feedback"] and r["n_close"] == 0 for r in plain["train"])
+
+
 def test_synthetic_splits_disjoint_and_seeded():
   cfg = synthetic.SyntheticConfig(seed=1, difficulty=0, train_size=1500, test_size=300, ood_size=300)
   data = synthetic.generate_all(cfg)

@@ -31,14 +31,29 @@ Knobs (`SyntheticConfig`):
                    (off by one); its verdict and final score follow the wrong step (the analogue
                    of imperfect GPT-4 feedback for warm-up SFT).
   near_miss_rate   fraction of wrong answers that are off by one (vs uniform over 0..max sum).
+  near_miss_credit q > 0 makes near misses AMBIGUOUS (graded ambiguity): each grader counts an
+                   off-by-one answer as right with probability q, independently, so graders
+                   genuinely disagree and E[y*|x] is fractional and differs from the mode. The
+                   demonstrations then call such a step "close" ("2+2=4 vs 5 close.") and end
+                   with the score of one such grader. Each row keeps `expected_score`, the exact
+                   E[label | item] (`expected_score()`: Binomial credit, then the label noise's
+                   mean shift), so the Bayes-optimal predictor's correlation is computable.
+                   0 (the default): off by one is plainly wrong, as before.
   reference_has_answers  if True the reference answer lists the correct sums (easier: compare
                    instead of add); default False: a generic reference sentence.
 
-Splits: train, test (in-domain), test_ood_hard (difficulty + 1: more operands), test_ood_rubric
-(held-out wordings of the instruction, reference, criteria and score descriptions). All splits
-are disjoint in (items, answers); the same seed gives the same data.
+Splits, and what each holds out from judge training (the pretrained base of
+`configs/synthetic_base.py` knows all of it; `real_jax.data.synthetic_corpus`):
+  train            the judge's training data: items at `difficulty`, the in-domain wordings.
+  test             in domain: same item distribution and wordings as train (disjoint items).
+  test_ood_hard    larger content: items at difficulty + 1 (at the default difficulty 0 → 1:
+                   operands 0..9 instead of 0..4, sums up to 18), whose additions, sums and
+                   comparisons the judge never saw in training (the base knows them).
+  test_ood_rubric  held-out rubric wordings (`OOD_WORDINGS`: instruction, reference, criteria,
+                   score descriptions) made of words the base knows, never seen by the judge.
+All splits are disjoint in (items, answers); the same seed gives the same data.
 
-Tokenizer (`build_synthetic_tokenizer`): word-level, 234 tokens: the numbers 0..99, the words
+Tokenizer (`build_synthetic_tokenizer`): word-level, 235 tokens: the numbers 0..99, the words
 of all wordings, punctuation, `<|pad|>`, `<unk>`, `<|im_start|>`, `<|im_end|>` (EOS), and the
 fixed lines of the Prometheus template (headers and rules) as single added tokens, so the *full*
 Prometheus prompt (the same template as the real data, no compact variant) renders, chat
@@ -102,7 +117,7 @@ OOD_WORDINGS = (
              "Three correct totals out of four.", "Four correct totals.")),
 )
 
-COT_WORDS = ("vs", "right", "wrong")
+COT_WORDS = ("vs", "right", "wrong", "close")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +130,7 @@ class SyntheticConfig:
   n_eval_graders: int = 3
   cot_error_rate: float = 0.1
   near_miss_rate: float = 0.5
+  near_miss_credit: float = 0.0
   reference_has_answers: bool = False
   train_size: int = 8192
   test_size: int = 512
@@ -123,7 +139,7 @@ class SyntheticConfig:
   def __post_init__(self):
     if self.difficulty not in LEVELS:
       raise ValueError(f"difficulty must be in {sorted(LEVELS)}, got {self.difficulty}")
-    for name in ("label_noise", "cot_error_rate", "near_miss_rate"):
+    for name in ("label_noise", "cot_error_rate", "near_miss_rate", "near_miss_credit"):
       v = getattr(self, name)
       if not 0.0 <= v <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {v}")
@@ -173,6 +189,27 @@ def noisy_label(true_score: int, p: float, rng) -> int:
   return true_score + step
 
 
+def grader_score(n_right: int, n_close: int, config: SyntheticConfig, rng) -> int:
+  """One grader's label: 1 + the exact answers + the near misses this grader credits (each with
+  probability near_miss_credit), then moved by ±1 with probability label_noise."""
+  credited = sum(rng.random() < config.near_miss_credit for _ in range(n_close))
+  return noisy_label(1 + n_right + credited, config.label_noise, rng)
+
+
+def expected_score(n_right: int, n_close: int, config: SyntheticConfig) -> float:
+  """E[one grader's label | item], exactly: the Bayes-optimal prediction of a test target (the
+  mean of graders drawn independently given the item). Binomial(n_close, credit) over the
+  credited near misses, then the label noise's mean shift (+p at 1, −p at 5, 0 inside)."""
+  from math import comb
+  q, p = config.near_miss_credit, config.label_noise
+  total = 0.0
+  for k in range(n_close + 1):
+    s = 1 + n_right + k
+    shift = p if s == 1 else (-p if s == 5 else 0.0)
+    total += comb(n_close, k) * q ** k * (1 - q) ** (n_close - k) * (s + shift)
+  return total
+
+
 def _split_params(config: SyntheticConfig, split: str) -> tuple[int, tuple[Wording, ...]]:
   if split not in SPLITS:
     raise ValueError(f"unknown synthetic split {split!r}; expected one of {SPLITS}")
@@ -209,6 +246,8 @@ def _make_example(rng: _Uniforms, config: SyntheticConfig, split: str):
       v = rng.integers(max_sum)
       answers.append(v + 1 if v >= s else v)
   true_score = 1 + k_correct
+  graded = config.near_miss_credit > 0  # near misses are ambiguous: graders may credit them
+  n_close = sum(abs(a - s) == 1 for a, s in zip(answers, sums)) if graded else 0
 
   # Demonstration CoT, possibly with one wrong sum whose consequences it follows.
   shown = list(sums)
@@ -216,10 +255,12 @@ def _make_example(rng: _Uniforms, config: SyntheticConfig, split: str):
   if demo_has_error:
     j = rng.integers(N_ITEMS)
     shown[j] = shown[j] + (1 if (shown[j] == 0 or rng.random() < 0.5) else -1)
-  verdicts = [a == s for a, s in zip(answers, shown)]
-  demo_score = 1 + sum(verdicts)
-  steps = [f"{_expr(ops[i])}={shown[i]} vs {answers[i]} {'right' if verdicts[i] else 'wrong'}."
-           for i in range(N_ITEMS)]
+  words = [("right" if a == s else "close" if graded and abs(a - s) == 1 else "wrong")
+           for a, s in zip(answers, shown)]
+  # The teacher credits each near miss it sees as a grader would (with near_miss_credit).
+  demo_score = 1 + words.count("right") + sum(
+      rng.random() < config.near_miss_credit for _ in range(words.count("close")))
+  steps = [f"{_expr(ops[i])}={shown[i]} vs {answers[i]} {words[i]}." for i in range(N_ITEMS)]
   feedback = " ".join(steps) + f" So the overall score is {demo_score}"
 
   items = " ".join(f"{ITEM_LABELS[i]}) {_expr(ops[i])}" for i in range(N_ITEMS))
@@ -235,14 +276,16 @@ def _make_example(rng: _Uniforms, config: SyntheticConfig, split: str):
       **{f"orig_score{k + 1}_description": d for k, d in enumerate(wording.descriptions)},
       "orig_feedback": feedback,
       "true_score": true_score,
+      "expected_score": expected_score(k_correct, n_close, config),
+      "n_close": n_close,
       "demo_score": demo_score,
       "demo_has_error": demo_has_error,
       "level": level,
   }
   if split == "train":
-    row["orig_score"] = str(noisy_label(true_score, config.label_noise, rng))
+    row["orig_score"] = str(grader_score(k_correct, n_close, config, rng))
   else:
-    graders = [noisy_label(true_score, config.label_noise, rng) for _ in range(config.n_eval_graders)]
+    graders = [grader_score(k_correct, n_close, config, rng) for _ in range(config.n_eval_graders)]
     row["orig_score"] = str(graders[0])
     row["gpt4_score"] = graders
   return row, key
@@ -353,6 +396,7 @@ class SyntheticBuilderConfig(JudgeBuilderConfig):
   n_eval_graders: int = 3
   cot_error_rate: float = 0.1
   near_miss_rate: float = 0.5
+  near_miss_credit: float = 0.0
   reference_has_answers: bool = False
   train_size: int = 8192
   test_size: int = 512
@@ -370,8 +414,9 @@ class SyntheticJudge(JudgeBuilderBase):
   test_ood_rubric (held-out wordings); test targets are the mean of n_eval_graders noisy labels.
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial synthetic judge task."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial synthetic judge task.",
+                   "1.1.0": "Graded near misses (near_miss_credit), expected_score, n_close."}
   BUILDER_CONFIGS = [SyntheticBuilderConfig(name="score_phrase", output_format="score_phrase"),
                      SyntheticBuilderConfig(name="result", output_format="result")]
   SOURCE = "synthetic"
@@ -382,8 +427,8 @@ class SyntheticJudge(JudgeBuilderBase):
   # the Prometheus fields, already assembled) plus the task's own ground-truth columns. The raw
   # Prometheus-field rows are `generate_all(config)`.
   def _extra_features(self):
-    return {"true_score": np.int32, "demo_score": np.int32, "demo_has_error": np.bool_,
-            "level": np.int32}
+    return {"true_score": np.int32, "expected_score": np.float32, "n_close": np.int32,
+            "demo_score": np.int32, "demo_has_error": np.bool_, "level": np.int32}
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -397,5 +442,7 @@ class SyntheticJudge(JudgeBuilderBase):
     return row["id"]
 
   def _extra_values(self, row):
-    return {"true_score": int(row["true_score"]), "demo_score": int(row["demo_score"]),
+    return {"true_score": int(row["true_score"]),
+            "expected_score": float(row["expected_score"]), "n_close": int(row["n_close"]),
+            "demo_score": int(row["demo_score"]),
             "demo_has_error": bool(row["demo_has_error"]), "level": int(row["level"])}

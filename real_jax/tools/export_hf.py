@@ -43,8 +43,26 @@ def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = Fals
     from transformers import AutoTokenizer
     AutoTokenizer.from_pretrained(tok_dir).save_pretrained(out_dir)
   with open(os.path.join(out_dir, "real_jax_export.json"), "w") as f:
-    json.dump({"workdir": os.path.abspath(workdir), "checkpoint": d, "step": step}, f, indent=2)
+    json.dump({"workdir": os.path.basename(os.path.abspath(workdir)),
+               "checkpoint": os.path.relpath(d, workdir), "step": step,
+               "method": run["config"]["method"], "seed": run["config"]["seed"]}, f, indent=2)
+  if run["config"]["method"] == "pretrain":  # a base model keeps its training record
+    _copy_pretrain_record(workdir, out_dir)
   return out_dir
+
+
+def _copy_pretrain_record(workdir: str, out_dir: str) -> None:
+  """pretrain_probes.json and the pretraining metrics (pretrain_metrics.jsonl) next to the
+  weights: what `tests/test_pretrain.py` checks a committed base against."""
+  import shutil
+  from real_jax.data.synthetic_corpus import PROBES_FILE
+  if os.path.exists(os.path.join(workdir, PROBES_FILE)):
+    shutil.copy(os.path.join(workdir, PROBES_FILE), os.path.join(out_dir, PROBES_FILE))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f, \
+       open(os.path.join(out_dir, "pretrain_metrics.jsonl"), "w") as g:
+    for line in f:
+      if json.loads(line).get("stage") == "pretrain":
+        g.write(line)
 
 
 def main(argv=None) -> int:

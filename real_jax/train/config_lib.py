@@ -24,7 +24,7 @@ from real_jax import objectives as obj
 
 ConfigDict = ml_collections.ConfigDict
 
-METHODS = ("sft", "raft", "tract", "grpo", "real", "eval")
+METHODS = ("sft", "raft", "tract", "grpo", "real", "eval", "pretrain")
 FILTERS = ("partial", "all", "not_all_correct", "not_all_wrong")
 SHAPINGS = ("prob", "log_prob", "none")
 ESTIMATORS = tuple(obj.ADVANTAGE_ESTIMATORS)
@@ -84,7 +84,7 @@ def parse_arg(arg: str | None, **defaults) -> ConfigDict:
 def base_config() -> ConfigDict:
   """Every field of a run config, with its default. Configs override values, never add fields."""
   c = ConfigDict()
-  c.method = "real"  # sft | raft | tract | grpo | real | eval
+  c.method = "real"  # sft | raft | tract | grpo | real | eval | pretrain (synthetic base)
   c.seed = 0
   c.name = ""  # row label in result tables ("" -> method)
 
@@ -140,6 +140,7 @@ def base_config() -> ConfigDict:
   c.data.synthetic.n_eval_graders = 3
   c.data.synthetic.cot_error_rate = 0.1
   c.data.synthetic.near_miss_rate = 0.5
+  c.data.synthetic.near_miss_credit = 0.0  # > 0: graders credit an off-by-one answer w.p. this
   c.data.synthetic.reference_has_answers = False
   c.data.synthetic.train_size = 8192
   c.data.synthetic.test_size = 512
@@ -165,6 +166,17 @@ def base_config() -> ConfigDict:
   c.train.shuffle = True
 
   # Optional warm-up SFT stage before the method (raft/tract/grpo/real), on the demonstrations.
+  # Pretraining a base model on the synthetic task's corpus (method=pretrain;
+  # real_jax.data.synthetic_corpus): next-token cross-entropy on packed documents.
+  c.pretrain = ConfigDict()
+  c.pretrain.steps = 0
+  c.pretrain.batch_size = 32  # packed rows per step
+  c.pretrain.seq_len = 128  # tokens per row
+  c.pretrain.lr = 0.0  # 0 -> optim.lr
+  c.pretrain.lr_warmup = 50
+  c.pretrain.schedule = ""  # "" -> optim.schedule
+  c.pretrain.probes = 256  # held-out knowledge probes per kind, checked at the end
+
   c.warmup = ConfigDict()
   c.warmup.steps = 0  # 0 = no warm-up
   c.warmup.batch_size = 32
@@ -344,6 +356,8 @@ def _divides(name: str, value: int, by: int, why: str) -> None:
 def stages_for(config: ConfigDict) -> list[str]:
   """The ordered training stages of a run (a stage is resumable on its own)."""
   m = config.method
+  if m == "pretrain":
+    return ["pretrain"]
   pre = ["warmup"] if config.warmup.steps > 0 and m != "eval" else []
   if m == "sft":
     return ["sft"] if not pre else ["warmup", "sft"]
@@ -427,6 +441,14 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
                           f"of {batch} rows; pick a divisor of {batch}")
       _divides(f"{prefix}.micro_batch_size", micro, nb, why)
 
+  if config.method == "pretrain":
+    if config.data.name not in ("synthetic", "synthetic_judge"):
+      raise ConfigError(f"method=pretrain builds the synthetic task's base model; it needs "
+                        f"data.name=synthetic (got {config.data.name!r})")
+    if config.pretrain.steps <= 0 or config.pretrain.seq_len < 2:
+      raise ConfigError("method=pretrain needs config.pretrain.steps > 0 and "
+                        "config.pretrain.seq_len >= 2")
+    check_batch("pretrain", config.pretrain.batch_size, 0)
   if "warmup" in stages:
     check_batch("warmup", config.warmup.batch_size, config.warmup.micro_batch_size)
   if any(s in stages for s in ("sft", "raft", "tract1", "tract2")):
@@ -445,7 +467,7 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
       _divides("rl.score_batch_size", config.rl.score_batch_size, nb, why)
     _divides("rl.prompts_per_step x rl.group_size",
              config.rl.prompts_per_step * config.rl.group_size, nb, why)
-  if stages or config.method == "eval" or config.eval.at_end:
+  if (stages and config.method != "pretrain") or config.method == "eval" or config.eval.at_end:
     _divides("eval.batch_size", config.eval.batch_size, nb, why)
   return mesh_shape
 

@@ -18,7 +18,7 @@ from absl import logging
 
 from real_jax import objectives as obj
 from real_jax import sharding as shd
-from real_jax.data import batching
+from real_jax.data import batching, synthetic as synthetic_lib, synthetic_corpus
 from real_jax.train import checkpoint as ckpt_lib
 from real_jax.train import config_lib, data_utils, rollout, state as state_lib, steps as steps_lib
 from real_jax.train.metrics import Progress, fmt_metrics
@@ -112,6 +112,79 @@ class SelfCotBatches:
 
   def restore(self, s):
     self.it.restore(s)
+
+
+class CorpusBatches:
+  """Pretraining batches: packed documents of the synthetic corpus, next-token CE on every real
+  token (`synthetic_corpus.packed_rows`; deterministic in (seed, step), so the state is a step)."""
+
+  def __init__(self, ctx: Context, batch_size: int, seq_len: int, seed: int):
+    self.ctx, self.batch_size, self.seq_len, self.seed = ctx, batch_size, seq_len, seed
+    self.task = synthetic_lib.SyntheticConfig(**{k: ctx.config.data.synthetic[k]
+                                           for k in data_utils.SYNTHETIC_OPTIONS})
+    self.step = 0
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    tokens = synthetic_corpus.packed_rows(
+        self.ctx.tokenizer, self.task, seed=self.seed, step=self.step, rows=self.batch_size,
+        length=self.seq_len, eos_id=self.ctx.score_tokens.eos_id)
+    self.step += 1
+    b = len(tokens)
+    loss_mask = np.ones(tokens.shape, np.float32)
+    loss_mask[:, 0] = 0.0  # the first token has no context
+    return {"tokens": tokens, "mask": np.ones(tokens.shape, bool), "loss_mask": loss_mask,
+            "score_pos": np.zeros(b, np.int32), "target": np.zeros(b, np.float32),
+            "target_id": np.zeros(b, np.int32), "sample_mask": np.ones(b, np.float32)}
+
+  def state(self):
+    return {"step": self.step}
+
+  def restore(self, s):
+    self.step = int(s["step"])
+
+
+def probe_accuracy(graphdef, params, probes: dict[str, list[tuple[str, str]]], *, tokenizer,
+                   pad_id: int, mesh, batch_size: int = 64) -> dict[str, float]:
+  """Greedy next-word accuracy per probe kind (`synthetic_corpus.probes`): the argmax of the
+  logits after each left-padded prefix against the expected word's token."""
+  fwd = jax.jit(lambda p, b: jnp.argmax(
+      steps_lib.forward(graphdef, p, b["tokens"], b["mask"], b["score_pos"])[1], -1))
+  out = {}
+  for kind, rows in probes.items():
+    hits = 0
+    for i in range(0, len(rows), batch_size):
+      chunk = rows[i:i + batch_size]
+      enc = tokenizer([p for p, _ in chunk], add_special_tokens=False)["input_ids"]
+      want = np.asarray([tokenizer.convert_tokens_to_ids(w) for _, w in chunk])
+      enc += [enc[0]] * (batch_size - len(chunk))  # one compiled shape
+      width = max(map(len, enc))
+      tok, mask = batching.left_pad(enc, width, pad_id)
+      batch = {"tokens": tok.astype(np.int32), "mask": mask.astype(bool),
+               "score_pos": np.full(batch_size, width - 1, np.int32)}
+      pred = np.asarray(shd.to_host(fwd(params, steps_lib.put_batch(batch, mesh))))
+      hits += int((pred[:len(chunk)] == want).sum())
+    out[kind] = hits / len(rows)
+  return out
+
+
+def run_pretrain(ctx: Context, params):
+  """method=pretrain: next-token training on the synthetic corpus, then the knowledge probes
+  (written to <workdir>/pretrain_probes.json and the metrics). Returns the parameters."""
+  c = ctx.config
+  pc = c.pretrain
+  source = CorpusBatches(ctx, pc.batch_size, pc.seq_len, seed=c.seed)
+  params = run_supervised(ctx, "pretrain", params, kind="lm", steps=pc.steps,
+                          batch_size=pc.batch_size, micro_batch_size=0, lr=pc.lr,
+                          schedule=pc.schedule, lr_warmup=pc.lr_warmup, main=True, source=source)
+  acc = probe_accuracy(ctx.graphdef, params, synthetic_corpus.probes(source.task, n=pc.probes),
+                       tokenizer=ctx.tokenizer, pad_id=ctx.pad_id, mesh=ctx.mesh)
+  logging.info("[pretrain] knowledge probes (greedy next-word accuracy): %s",
+               {k: round(v, 4) for k, v in acc.items()})
+  ctx.writer.write("pretrain_probes", pc.steps, acc)
+  if shd.is_main_process():
+    with open(os.path.join(ctx.workdir, synthetic_corpus.PROBES_FILE), "w") as f:
+      json.dump({"step": pc.steps, "accuracy": acc, "n_per_kind": pc.probes}, f, indent=2)
+  return params
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,8 +307,9 @@ def _check_kill(ctx: Context, ck, done_steps: int, main: bool):
 def run_supervised(ctx: Context, stage: str, params_in, *, kind: str, steps: int,
                    batch_size: int, micro_batch_size: int, lr: float, schedule: str = "",
                    main: bool = False, copy_params: bool = False, lr_warmup: int = -1,
-                   selfcot: dict[str, np.ndarray] | None = None):
-  """Warm-up SFT ("sft"), CoT-RAFT ("tract") or RAFT ("raft") for `steps` optimiser steps.
+                   selfcot: dict[str, np.ndarray] | None = None, source=None):
+  """Warm-up SFT ("sft"), CoT-RAFT ("tract"), RAFT ("raft") or pretraining ("lm", on the batches
+  of `source`) for `steps` optimiser steps.
 
   Returns the final parameters.
   """
@@ -248,7 +322,9 @@ def run_supervised(ctx: Context, stage: str, params_in, *, kind: str, steps: int
     ck.close()
     return state["params"]
   seed = c.seed * 1000 + sum(map(ord, stage))
-  if selfcot is not None:
+  if source is not None:
+    pass
+  elif selfcot is not None:
     source = SelfCotBatches(ctx, selfcot, batch_size, seed)
   else:
     source = RecordBatches(ctx, kind, batch_size, seed, shuffle=c.train.shuffle)
@@ -256,7 +332,7 @@ def run_supervised(ctx: Context, stage: str, params_in, *, kind: str, steps: int
     source.restore(meta["data"])
   best = meta.get("best")
   st = ctx.score_tokens
-  if kind == "sft":
+  if kind in ("sft", "lm"):
     loss = steps_lib.sft_objective()
   elif kind == "raft":
     loss = steps_lib.raft_objective(st, renormalize=c.raft.renormalize)
@@ -480,8 +556,17 @@ def rollout_round(ctx: Context, params, ref_params, prompts: dict[str, np.ndarra
       "gen_tokens": float(np.minimum(gen["length"], rl.max_response_len).sum()),
       "adv_abs_sum": float(np.abs(adv["adv"]).sum()),
       "adv_sum": float(adv["adv"].sum()),
+      # Groups whose rewards differ (a non-zero advantage somewhere), under either reward.
+      "signal_binary_groups": float(_groups_with_signal(binary, n).sum()),
+      "signal_regression_groups": float(_groups_with_signal(
+          np.where(valid, -(sc["y_hat"] - target) ** 2, -1e3), n).sum()),
   }
   return rows, keep_g, stats, t_roll, t_score
+
+
+def _groups_with_signal(rewards: np.ndarray, n: int, tol: float = 1e-6) -> np.ndarray:
+  """[G] bool: the group's n rewards are not all equal."""
+  return np.ptp(rewards.reshape(-1, n), axis=1) > tol
 
 
 def _assemble(buffer: list[dict[str, np.ndarray]], rows_needed: int) -> dict[str, np.ndarray]:
@@ -627,6 +712,9 @@ def _rl_metrics(agg, step_metrics, rounds, kept_prompts, t_roll, t_score, t_upda
       "reward_mean": mean_r,
       "reward_std": float(np.sqrt(max(agg.get("reward_sq", 0.0) / rows - mean_r ** 2, 0.0))),
       "binary_acc": agg.get("binary_sum", 0.0) / rows,
+      "signal_binary": agg.get("signal_binary_groups", 0.0) / max(agg.get("groups", 0.0), 1.0),
+      "signal_regression": (agg.get("signal_regression_groups", 0.0)
+                            / max(agg.get("groups", 0.0), 1.0)),
       "y_hat_mean": y_mean,
       "y_hat_std": float(np.sqrt(max(agg.get("y_hat_sq", 0.0) / valid - y_mean ** 2, 0.0))),
       "abs_err_rollout": agg.get("abs_err_sum", 0.0) / valid,

@@ -1,0 +1,122 @@
+"""The synthetic base model: its corpus, its pretraining run, and the committed checkpoint."""
+import importlib.util
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from real_jax import main as main_lib
+from real_jax import sharding as shd
+from real_jax.data import synthetic, synthetic_corpus
+from real_jax.judge import prompts
+from real_jax.models import hf
+from real_jax.train import data_utils, loops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = os.path.join(ROOT, "assets", "synthetic_base")
+
+
+def _config(name: str, arg: str = ""):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg or None)
+
+
+def _task(config) -> synthetic.SyntheticConfig:
+  return synthetic.SyntheticConfig(**{k: config.data.synthetic[k]
+                                      for k in data_utils.SYNTHETIC_OPTIONS})
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+  return prompts.load_tokenizer(synthetic.build_synthetic_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def test_corpus_covers_every_split_and_holds_no_demonstration(tok):
+  task = _task(_config("synthetic_base"))
+  assert synthetic_corpus.corpus_levels(task) == (0, 1)  # in-domain and OOD-hard levels
+  rng = np.random.default_rng(0)
+  docs = [synthetic_corpus.document(rng, task) for _ in range(1500)]
+  text = " ".join(docs)
+  facts = set(re.findall(r"(?<![\d+])(\d+)\+(\d+)=(\d+)\.", text))
+  assert all(int(a) + int(b) == int(s) for a, b, s in facts)
+  # Every addition fact of the OOD-hard range (operands 0..9) is in it, so those of the
+  # in-domain range (0..4) are too.
+  assert {(int(a), int(b)) for a, b, _ in facts} == {(a, b) for a in range(10) for b in range(10)}
+  comps = re.findall(r"(\d+) vs (\d+) (right|close|wrong)\.", text)
+  for a, b, v in comps:
+    d = abs(int(a) - int(b))
+    assert v == ("right" if d == 0 else "close" if d == 1 else "wrong")
+  assert {int(a) for a, _, _ in comps} == set(range(19))  # every sum of every split
+  # Every word of every wording, the held-out ones included.
+  words = set(tok.convert_ids_to_tokens(tok(docs, add_special_tokens=False)["input_ids"][0]))
+  for d in docs:
+    words.update(tok.convert_ids_to_tokens(tok(d, add_special_tokens=False)["input_ids"]))
+  for w in synthetic.IN_DOMAIN_WORDINGS + synthetic.OOD_WORDINGS:
+    for sentence in (w.instruction, w.reference, w.criteria, *w.descriptions):
+      assert set(tok.convert_ids_to_tokens(tok(sentence, add_special_tokens=False)["input_ids"])) <= words
+  # No judge demonstration: no feedback, no conclusion, nothing after a prompt's last section.
+  assert not re.search(r"score is \d", text) and "###Feedback:" not in text
+  assert "overall score is (an integer" in text  # the template's instructions are in it
+  assert tok.unk_token_id not in sum(tok(docs, add_special_tokens=False)["input_ids"], [])
+
+
+def test_packed_rows_are_a_deterministic_stream(tok):
+  task = _task(_config("synthetic_base"))
+  kw = dict(seed=3, rows=4, length=64, eos_id=tok.eos_token_id)
+  a = synthetic_corpus.packed_rows(tok, task, step=5, **kw)
+  assert a.shape == (4, 64) and a.dtype == np.int32
+  np.testing.assert_array_equal(a, synthetic_corpus.packed_rows(tok, task, step=5, **kw))
+  assert not np.array_equal(a, synthetic_corpus.packed_rows(tok, task, step=6, **kw))
+  assert (a == tok.eos_token_id).any()  # documents are separated by EOS
+
+
+def test_pretraining_run_reproduces_the_committed_metrics(tmp_path):
+  """The command in configs/synthetic_base.py, stopped after 50 steps, logs the committed run's
+  losses (same schedule, data stream and initialisation)."""
+  c = _config("synthetic_base")
+  c.unlock()
+  c.debug.stop_after = 50
+  c.log.tensorboard = False
+  c.data.data_dir = str(tmp_path / "tfds")
+  c.lock()
+  with pytest.raises(loops.SimulatedKill):
+    main_lib.run(c, str(tmp_path / "pre"))
+  with open(tmp_path / "pre" / "metrics.jsonl") as f:
+    got = {r["step"]: r for r in map(json.loads, f) if r["stage"] == "pretrain"}
+  with open(os.path.join(BASE, "pretrain_metrics.jsonl")) as f:
+    want = {r["step"]: r for r in map(json.loads, f)}
+  assert sorted(got) == [1, 25, 50]
+  for step in got:
+    assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=2e-3), step
+  assert want[max(want)]["loss"] < 0.5 * want[50]["loss"]  # the full run kept learning
+
+
+def test_committed_base_matches_its_record():
+  """The committed base loads, its tokenizer is the synthetic one, and its knowledge probes
+  give exactly the accuracies its pretraining run recorded."""
+  with open(os.path.join(BASE, synthetic_corpus.PROBES_FILE)) as f:
+    record = json.load(f)
+  tok = prompts.load_tokenizer(BASE)
+  mesh = shd.make_mesh({"data": 1})
+  cfg, graphdef, params = hf.load_hf(BASE, mesh=mesh)
+  assert 5e5 < cfg.num_params() < 5e6
+  task = _task(_config("synthetic_base"))
+  acc = loops.probe_accuracy(graphdef, params, synthetic_corpus.probes(task, n=record["n_per_kind"]),
+                             tokenizer=tok, pad_id=tok.pad_token_id, mesh=mesh)
+  assert acc == pytest.approx(record["accuracy"], abs=1e-9)
+  assert min(acc.values()) > 0.9  # it knows the facts and comparisons of every split
+  with open(os.path.join(BASE, "tokenizer.json")) as f:
+    committed_vocab = json.load(f)["model"]["vocab"]
+  assert committed_vocab == {w: i for i, w in enumerate(synthetic.synthetic_vocab())}
+
+
+def test_demo_config_starts_from_the_base_of_its_task():
+  demo, base = _config("synthetic"), _config("synthetic_base")
+  assert demo.model.hf_dir == demo.data.tokenizer == BASE
+  assert os.path.exists(os.path.join(BASE, "model.safetensors"))
+  assert _task(demo).difficulty == _task(base).difficulty
+  assert demo.data.synthetic.near_miss_credit == base.data.synthetic.near_miss_credit > 0
