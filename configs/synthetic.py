@@ -7,21 +7,22 @@ Command (the README's first command):
 Variants (`:arg`): `method=sft|raft|tract|grpo|real` (default real), `runlocal` (a few steps
 only, for smoke tests), e.g. `--config configs/synthetic.py:method=grpo`.
 
-Hardware: 2 CPU cores, 1 device (no accelerator); ~0.9M-parameter Qwen3-style model
-("tiny-1m", vocabulary of the synthetic word-level tokenizer).
+Hardware: 2 CPU cores, 1 device (no accelerator). Model: the committed synthetic base
+(assets/synthetic_base: ~0.85M-parameter Qwen3-style "tiny-1m", pretrained by
+configs/synthetic_base.py on addition facts, comparisons, every wording and prompts — no judge
+demonstrations), so the OOD splits test content the base knows and the judge never trained on.
+Task: difficulty 0 (operands 0..4; OOD hard: 0..9), graded near misses (graders credit an
+off-by-one answer with probability 0.5), 30% of the demonstrations with one wrong sum.
 
-Expected (measured 2026-12-01, 2 CPU cores, nothing else running): 5 min 46 s, then a Table-2-style results
-table with a row for the warm-up model and a row for REAL. The warm-up (400 SFT steps on
-demonstrations of which 30% contain a wrong sum) reaches an in-domain RAIL Pearson of 0.53;
-REAL's 20 updates (16 prompts x 8 CoTs each, beta = 0 as in the authors' scripts) raise it to
-0.62 and lower the MSE of y_hat (1.67 -> 1.25 in domain) and the share of outputs without a
-score (7.3% -> 4.3%). The OOD columns are within the noise of a 192-item evaluation (about +-5
-points). 192 training records are held out as the validation split (data.val_size) on which the
-best checkpoint is chosen. Controls from the same warm-up (faithful GRPO, the authors' binary
-RLOO, REAL with the exact estimator) and their numbers: experiments/synthetic/README.md. The
-tiny model learns the task's comparison step abruptly (between ~200 and ~500 warm-up steps,
-depending on the seed, the data order and the machine's float rounding): if the warm-up row
-reads near 0, rerun with --config.warmup.steps=700.
+Expected (measured 2026-12-01, 2 CPU cores, nothing else running): 5 min 57 s, then a
+Table-2-style results table with rows for the base (no training: no valid score, Pearson ~0),
+the warm-up (300 SFT steps, LR 3e-3, chosen on the validation split) and REAL (20 updates of
+16 prompts x 8 CoTs, beta = 0 as in the authors' scripts). RAIL Pearson x 100 (ID / OOD hard /
+OOD rubric): warm-up 75.1 / 12.1 / 26.4, REAL 72.7 / 11.4 / 13.3 — one seed; across 3 seeds
+of the same recipe the warm-up reads 86.8 +- 2.8 / 23.1 +- 7.1 / 43.3 +- 4.3 and REAL's rows
+do not differ from it beyond that spread (experiments/synthetic_table/README.md, where every
+method and the reasons are measured). 192 training records are held out as the validation
+split (data.val_size) on which the best checkpoint is chosen.
 """
 
 import os

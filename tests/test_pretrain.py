@@ -4,6 +4,7 @@ import json
 import os
 import re
 
+import jax
 import numpy as np
 import pytest
 
@@ -75,11 +76,11 @@ def test_packed_rows_are_a_deterministic_stream(tok):
 
 
 def test_pretraining_run_reproduces_the_committed_metrics(tmp_path):
-  """The command in configs/synthetic_base.py, stopped after 50 steps, logs the committed run's
+  """The command in configs/synthetic_base.py, stopped after 25 steps, logs the committed run's
   losses (same schedule, data stream and initialisation)."""
   c = _config("synthetic_base")
   c.unlock()
-  c.debug.stop_after = 50
+  c.debug.stop_after = 25
   c.log.tensorboard = False
   c.data.data_dir = str(tmp_path / "tfds")
   c.lock()
@@ -89,10 +90,10 @@ def test_pretraining_run_reproduces_the_committed_metrics(tmp_path):
     got = {r["step"]: r for r in map(json.loads, f) if r["stage"] == "pretrain"}
   with open(os.path.join(BASE, "pretrain_metrics.jsonl")) as f:
     want = {r["step"]: r for r in map(json.loads, f)}
-  assert sorted(got) == [1, 25, 50]
+  assert sorted(got) == [1, 25]
   for step in got:
     assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=2e-3), step
-  assert want[max(want)]["loss"] < 0.5 * want[50]["loss"]  # the full run kept learning
+  assert want[max(want)]["loss"] < 0.25 * want[25]["loss"]  # the full run kept learning
 
 
 def test_committed_base_matches_its_record():
@@ -101,7 +102,7 @@ def test_committed_base_matches_its_record():
   with open(os.path.join(BASE, synthetic_corpus.PROBES_FILE)) as f:
     record = json.load(f)
   tok = prompts.load_tokenizer(BASE)
-  mesh = shd.make_mesh({"data": 1})
+  mesh = shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
   cfg, graphdef, params = hf.load_hf(BASE, mesh=mesh)
   assert 5e5 < cfg.num_params() < 5e6
   task = _task(_config("synthetic_base"))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -179,15 +180,44 @@ def load_predictions(wd: str) -> dict[str, dict[str, np.ndarray]]:
   return {sp: {k: np.asarray(v, np.float64) for k, v in c.items()} for sp, c in cols.items()}
 
 
-def expected_scores(wd: str) -> dict[str, np.ndarray]:
-  """split -> E[y*|x] of every record of the split (the builder's expected_score column)."""
-  from real_jax.train import data_utils
+def eval_records(wd: str) -> dict[str, list[dict]]:
+  """split -> the evaluation records of a run (as its evaluation read them)."""
   from ml_collections import ConfigDict
+  from real_jax.train import data_utils
   with open(os.path.join(wd, "run.json")) as f:
     config = ConfigDict(json.load(f)["config"])
   _, evals, _ = data_utils.load_sources(config, wd, train=False, evaluation=True)
-  return {sp: np.asarray([float(src[i]["expected_score"]) for i in range(len(src))])
-          for sp, src in evals.items()}
+  return {sp: [src[i] for i in range(len(src))] for sp, src in evals.items()}
+
+
+def cot_is_right(record: dict, cot: str) -> bool:
+  """Whether a sampled CoT walks through the record's 4 items correctly: the right items in
+  order, their true sums, the response's answers, and the right verdict for each."""
+  text = cot.replace(" ", "")
+  items = re.findall(r"\b[a-d]\) (\d+(?:\+\d+)+)", record["instruction"])
+  answers = re.findall(r"\b[a-d]\) (\d+)", record["response"])
+  steps = re.findall(r"(\d+(?:\+\d+)+)=(\d+)vs(\d+)(right|close|wrong)\.", text)
+  if len(steps) != len(items) or len(items) != 4:
+    return False
+  for (expr, shown, ans, verdict), item, a in zip(steps, items, answers):
+    total = sum(map(int, item.split("+")))
+    d = abs(total - int(a))
+    if expr != item or int(shown) != total or ans != a or verdict != (
+        "right" if d == 0 else "close" if d == 1 else "wrong"):
+      return False
+  return True
+
+
+def cot_accuracy(wd: str, records: dict[str, list[dict]]) -> dict[str, float]:
+  """split -> share of the final evaluation's CoTs that are entirely right (cot_is_right)."""
+  out: dict[str, list[bool]] = {}
+  with open(os.path.join(wd, "eval", f"{_final_tag(wd)}_predictions.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if "cot" in r:
+        out.setdefault(r["split"], []).append(cot_is_right(records[r["split"]][r["index"]],
+                                                           r["cot"]))
+  return {sp: float(np.mean(v)) for sp, v in out.items()}
 
 
 def _pearson_rows(p: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -221,7 +251,7 @@ def bootstrap_ci(preds: list[np.ndarray], target: np.ndarray, *, n_boot: int = 1
 def aggregate(root: str, names: list[str], seeds: list[int]) -> dict:
   spec = runs()
   out: dict = {"seeds": seeds, "methods": {}, "ceiling": {}}
-  ref_items = None
+  ref_items = records = None
   for name in names:
     per_seed = []
     for s in seeds:
@@ -247,15 +277,19 @@ def aggregate(root: str, names: list[str], seeds: list[int]) -> dict:
       m["splits"][sp] = entry
     if spec[name]["method"] in ("grpo", "real"):
       m["diagnostics"] = rl_diagnostics([workdir(root, name, s) for s in m["seeds"]])
-    out["methods"][name] = m
-    if ref_items is None:
+    if records is None:
       ref_items = (workdir(root, name, per_seed[0][0]), per_seed[0][1])
+      records = eval_records(ref_items[0])
+    accs = [cot_accuracy(workdir(root, name, s), records) for s in m["seeds"]]
+    if all(accs):
+      m["cot_right"] = {sp: float(np.mean([a[sp] for a in accs])) for sp in SPLITS}
+    out["methods"][name] = m
   if ref_items is not None:
-    wd, preds = ref_items
-    es = expected_scores(wd)
+    _, preds = ref_items
     for sp in SPLITS:
       idx = preds[sp]["index"].astype(int)
-      bayes, target = es[sp][idx], preds[sp]["target"]
+      bayes = np.asarray([float(records[sp][i]["expected_score"]) for i in idx])
+      target = preds[sp]["target"]
       out["ceiling"][sp] = {**metrics(bayes, target), "ci": bootstrap_ci([bayes], target),
                             "n": int(len(idx))}
   return out
@@ -323,7 +357,7 @@ def render(agg: dict, *, wall_s: float | None, machine: str) -> str:
             v += f" [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
           cells.append(v)
         avg = np.mean([agg["ceiling"][sp][metric] for sp in SPLITS]) * scale
-        lines.append("| *Bayes ceiling: E[y\\*\\|x]* | " + " | ".join(cells) +
+        lines.append("| *Bayes ceiling: E[y\\* given x]* | " + " | ".join(cells) +
                      f" | {avg:.{digits}f} |")
       lines.append("")
   lines += ["### Outputs without a valid score (mean over seeds)", "",
@@ -334,6 +368,15 @@ def render(agg: dict, *, wall_s: float | None, machine: str) -> str:
     lines.append(f"| {m['label']} | " + " | ".join(
         f"{100 * m['splits'][sp]['invalid_frac']:.1f}%" for sp in SPLITS) + " |")
   lines.append("")
+  cot = [n for n in names if "cot_right" in agg["methods"][n]]
+  if cot:
+    lines += ["### CoTs that are entirely right (every item, sum, answer and verdict; mean "
+              "over seeds)", "", "| Method | " + " | ".join(SPLIT_TITLES[s] for s in SPLITS) +
+              " |", "|---|" + "---:|" * len(SPLITS)]
+    for n in cot:
+      lines.append(f"| {agg['methods'][n]['label']} | " + " | ".join(
+          f"{100 * agg['methods'][n]['cot_right'][sp]:.1f}%" for sp in SPLITS) + " |")
+    lines.append("")
   rl = [n for n in names if "diagnostics" in agg["methods"][n]]
   if rl:
     keys = [k for k in DIAGNOSTICS if k in agg["methods"][rl[0]]["diagnostics"]]
@@ -348,7 +391,7 @@ def render(agg: dict, *, wall_s: float | None, machine: str) -> str:
                     if s in agg["ceiling"])
   lines += [f"Items per split: {items}. Machine: {machine}."]
   if wall_s is not None:
-    lines += [f"Wall time of the runs in this invocation: {wall_s / 60:.1f} min."]
+    lines += [f"Wall time of the invocation that ran the runs: {wall_s / 60:.1f} min."]
   return "\n".join(lines) + "\n"
 
 
@@ -382,7 +425,8 @@ def plot(root: str, agg: dict, out_dir: str) -> list[str]:
     steps = [p[0] for p in curves[0]]
     ys = np.array([[p[1] for p in c[:len(steps)]] for c in curves if len(c) >= len(steps)])
     ax = axes[1] if stage == "rl" else axes[0]
-    ax.plot(steps, ys.mean(0), label=agg["methods"][n]["label"])
+    label = agg["methods"][n]["label"] + (" (stage 2)" if stage == "tract2" else "")
+    ax.plot(steps, ys.mean(0), label=label)
   axes[0].set(title="supervised runs: training loss (mean over seeds)", xlabel="step",
               ylabel="loss", yscale="log")
   axes[1].set(title="RL runs: mean rollout reward (mean over seeds)", xlabel="update",
@@ -439,6 +483,10 @@ def main(argv=None) -> int:
     return 2
   wall = None if a.aggregate else run_all(a.root, names, seeds, a.jobs, a.config_arg,
                                           tuple(a.extra))
+  previous = os.path.join(a.out, "results.json")
+  if wall is None and os.path.exists(previous):  # --aggregate keeps the runs' wall time
+    with open(previous) as f:
+      wall = json.load(f).get("wall_s")
   agg = aggregate(a.root, names, seeds)
   os.makedirs(a.out, exist_ok=True)
   machine = f"{os.cpu_count()} CPU cores, {a.jobs} runs at a time (one core each)"
