@@ -34,6 +34,7 @@ def tiny_config(shared, method="real", **over):
   c.eval.batch_size = 8
   c.eval.max_items = 8
   c.eval.max_response_len = 48
+  c.eval.before_training = False  # the demo's base row; the tests that want it set it
   c.log.tensorboard = False
   c.unlock()
   for k, v in over.items():

@@ -14,11 +14,12 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 OVERRIDES = {
-    "model.preset": "tiny", "model.vocab_size": -1,
+    "model.preset": "tiny", "model.hf_dir": "", "model.vocab_size": -1,
     "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1,
     "data.synthetic.train_size": 64, "data.synthetic.test_size": 8,
     "data.synthetic.ood_size": 8, "data.eval_splits": "test",
     "warmup.steps": 2, "warmup.batch_size": 8, "eval.after_warmup": False,
+    "eval.before_training": False,
     "rl.steps": 2, "rl.prompts_per_step": 2, "rl.buffer_size": 2, "rl.group_size": 4,
     "rl.mini_batch_size": 4, "rl.score_batch_size": 8, "rl.max_response_len": 48,
     "eval.batch_size": 8, "eval.max_items": 8, "eval.max_response_len": 48,
@@ -78,9 +79,13 @@ def test_two_processes_equal_one(shared, warm, tmp_path):
   keys = ("loss", "grad_norm", "reward_mean", "adv_abs_mean", "y_hat_mean", "keep_rate",
           "truncated_frac", "response_len_mean")
   for ra, rb in zip(a, b):
+    # Step 1 of a stage starts from equal parameters; later steps follow one Adam update whose
+    # g/sqrt(v) turns summation-order differences in near-zero gradient entries into parameter
+    # differences of up to the LR, so their losses (sums that cancel) match to 1e-4 absolute.
+    atol = 1e-5 if ra["step"] == 1 else 1e-4
     for k in keys:
       if k in ra:
-        np.testing.assert_allclose(rb[k], ra[k], rtol=1e-4, atol=1e-5, err_msg=f"{ra['stage']} "
+        np.testing.assert_allclose(rb[k], ra[k], rtol=1e-4, atol=atol, err_msg=f"{ra['stage']} "
                                    f"step {ra['step']} {k}")
   # The same sampled CoTs and the same evaluation numbers.
   ea = json.load(open(os.path.join(single, "results.json")))["rows"]

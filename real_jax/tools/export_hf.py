@@ -45,8 +45,9 @@ def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = Fals
   with open(os.path.join(out_dir, "real_jax_export.json"), "w") as f:
     json.dump({"workdir": os.path.basename(os.path.abspath(workdir)),
                "checkpoint": os.path.relpath(d, workdir), "step": step,
-               "method": run["config"]["method"], "seed": run["config"]["seed"]}, f, indent=2)
-  if run["config"]["method"] == "pretrain":  # a base model keeps its training record
+               "method": run.get("config", {}).get("method"),
+               "seed": run.get("config", {}).get("seed")}, f, indent=2)
+  if run.get("config", {}).get("method") == "pretrain":  # a base keeps its training record
     _copy_pretrain_record(workdir, out_dir)
   return out_dir
 
