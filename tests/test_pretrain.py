@@ -53,16 +53,15 @@ def test_corpus_covers_every_split_and_holds_no_demonstration(tok):
     assert v == ("right" if d == 0 else "close" if d == 1 else "wrong")
   assert {int(a) for a, _, _ in comps} == set(range(19))  # every sum of every split
   # Every word of every wording, the held-out ones included.
-  words = set(tok.convert_ids_to_tokens(tok(docs, add_special_tokens=False)["input_ids"][0]))
-  for d in docs:
-    words.update(tok.convert_ids_to_tokens(tok(d, add_special_tokens=False)["input_ids"]))
+  ids = tok(docs, add_special_tokens=False)["input_ids"]
+  words = {w for row in ids for w in tok.convert_ids_to_tokens(row)}
   for w in synthetic.IN_DOMAIN_WORDINGS + synthetic.OOD_WORDINGS:
     for sentence in (w.instruction, w.reference, w.criteria, *w.descriptions):
       assert set(tok.convert_ids_to_tokens(tok(sentence, add_special_tokens=False)["input_ids"])) <= words
   # No judge demonstration: no feedback, no conclusion, nothing after a prompt's last section.
   assert not re.search(r"score is \d", text) and "###Feedback:" not in text
   assert "overall score is (an integer" in text  # the template's instructions are in it
-  assert tok.unk_token_id not in sum(tok(docs, add_special_tokens=False)["input_ids"], [])
+  assert not any(tok.unk_token_id in row for row in ids)
 
 
 def test_packed_rows_are_a_deterministic_stream(tok):

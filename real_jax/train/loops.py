@@ -322,11 +322,9 @@ def run_supervised(ctx: Context, stage: str, params_in, *, kind: str, steps: int
     ck.close()
     return state["params"]
   seed = c.seed * 1000 + sum(map(ord, stage))
-  if source is not None:
-    pass
-  elif selfcot is not None:
+  if source is None and selfcot is not None:
     source = SelfCotBatches(ctx, selfcot, batch_size, seed)
-  else:
+  elif source is None:
     source = RecordBatches(ctx, kind, batch_size, seed, shuffle=c.train.shuffle)
   if meta.get("data"):
     source.restore(meta["data"])
