@@ -1,21 +1,37 @@
-"""Rollout throughput: real_jax `sampling.sample` vs transformers `generate`, side by side.
+"""Rollout throughput and memory: real_jax `sampling.sample` vs transformers `generate`.
 
-CPU (default): a random Qwen3 with the `cpu-29m` shape (4 layers, hidden 512, vocab 32000,
-tied) is built by transformers (torch.manual_seed(0)), saved with `save_pretrained` and loaded
-by real_jax, so both libraries run the same weights on the same prompts (8 prompts x 64 random
-token ids, numpy seed 1234), the same batch (8 x n=8 = 64 rows), T=1.0, top_p=0.9, no top-k,
-128 new tokens with early stopping disabled (no EOS, no stop sequence: every row makes 128
-tokens). The two libraries alternate call by call. tokens/s = rows x new tokens / wall time of
-one full call (prefill + decode + fetching the tokens to the host). Compile time is reported
-separately (sum of JAX's /jax/core/compile/* events during the first call).
+A random Qwen3 (default: the `cpu-29m` shape, 4 layers, hidden 512, vocab 32000, tied) is
+built by transformers (torch.manual_seed(0)), saved with `save_pretrained` and loaded by
+real_jax, so both libraries run the same weights on the same prompts (random token ids, numpy
+seed 1234), the same batch (prompts x n rows), the same sampling settings (no top-k), with early
+stopping disabled (no EOS, no stop sequence: every row makes --new-tokens tokens). Three
+samplers alternate call by call in one process:
 
-  python benchmarks/sampler.py                       # CPU, real_jax vs transformers
-  python benchmarks/sampler.py --compare-prefill     # also: broadcast vs repeat prefill
+  * real_jax, shared: the prompt's KV cache stored once per group (G x P + B x R slots);
+  * real_jax, per-row: the same decode with the prompt cache copied to each row
+    (`share_prompt_cache=False`, B x (P + R) slots: the layout before group sharing);
+  * transformers `generate(num_return_sequences=n)` (eager, torch threads = cores).
+
+tokens/s = rows x new tokens / wall time of one full call (prefill + decode + fetching the
+tokens), median over --repeats calls. Compile time is reported separately. Memory: the
+compiled sampler's peak (XLA memory analysis: arguments + outputs + temporaries) and, for all
+three, the growth of the process's resident memory during a call (sampled every 5 ms).
+
+The decode step's fraction of the FLOP bound: model FLOPs of one decode step (2 x matmul
+weights x rows + the attention over the prompt and the generated tokens) over a measured
+float32 matmul peak of this machine (a 2048^3 jitted matmul, best of 5), against the measured
+step time ((call - prefill) / (new tokens - 1)).
+
+  python benchmarks/sampler.py                        # the default case (8 prompts x n=8)
+  python benchmarks/sampler.py --batch 4 --samples 16 --prompt-len 1024 --new-tokens 256
   python benchmarks/sampler.py --preset qwen3-1.7b --dtype bfloat16 --batch 64 --no-hf  # GPU
+  python benchmarks/sampler.py --kv-plan configs/prometheus.py:size=8b --devices 8 --hbm-gib 95.7
 
-On an accelerator it also prints the fraction of the memory-bandwidth bound: bytes read per
-decode step (weights in the compute dtype + the whole KV cache, which the decode attends over)
-divided by the measured step time, over the card's bandwidth (--bandwidth-gbs).
+--kv-plan prints, without running anything, the KV-cache bytes per device of a config's rollout
+(rl.sample_prompts x rl.group_size rows, data.max_prompt_len + rl.max_response_len slots, the
+model's compute dtype, the batch split over --devices) in both layouts, and the largest
+rl.sample_prompts whose KV cache plus the bf16 weights fit 90% of --hbm-gib. It is the KV part
+only (the compiled peak of the whole program needs the plan tool of the scale issue).
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ import collections
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -44,6 +61,32 @@ def _compile_seconds() -> float:
   return sum(_COMPILE.values())
 
 
+def _rss_bytes() -> int:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * 4096
+
+
+class PeakRSS:
+  """Peak resident-memory growth of this process while the block runs (5 ms sampling)."""
+
+  def __enter__(self):
+    self.base = self.peak = _rss_bytes()
+    self._stop = threading.Event()
+    def poll():
+      while not self._stop.is_set():
+        self.peak = max(self.peak, _rss_bytes())
+        time.sleep(0.005)
+    self._thread = threading.Thread(target=poll, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self.peak = max(self.peak, _rss_bytes())
+    self.growth = self.peak - self.base
+
+
 def build_hf_checkpoint(out_dir: str, cfg) -> str:
   import torch
   from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -53,14 +96,16 @@ def build_hf_checkpoint(out_dir: str, cfg) -> str:
                        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
                        head_dim=cfg.head_dim, tie_word_embeddings=cfg.tie_word_embeddings,
                        rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps, pad_token_id=0,
-                       eos_token_id=None)
-  model = Qwen3ForCausalLM(hf_cfg)
-  model.save_pretrained(out_dir, safe_serialization=True)
+                       eos_token_id=None, max_position_embeddings=max(40960, 4096))
+  Qwen3ForCausalLM(hf_cfg).save_pretrained(out_dir, safe_serialization=True)
   return out_dir
 
 
+_HF_CACHE: dict = {}
+
+
 def run_hf(ckpt: str, prompts: np.ndarray, n: int, new_tokens: int, top_p: float,
-           temperature: float, seed: int) -> tuple[float, np.ndarray]:
+           temperature: float, seed: int):
   import torch
   from transformers import Qwen3ForCausalLM
   model = _HF_CACHE.get(ckpt)
@@ -69,28 +114,94 @@ def run_hf(ckpt: str, prompts: np.ndarray, n: int, new_tokens: int, top_p: float
     _HF_CACHE[ckpt] = model
   ids = torch.tensor(prompts, dtype=torch.long)
   torch.manual_seed(seed)
-  t0 = time.perf_counter()
-  with torch.inference_mode():
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                         temperature=temperature, top_p=top_p, top_k=0,
-                         num_return_sequences=n, max_new_tokens=new_tokens,
-                         min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None)
-  tokens = out[:, prompts.shape[1]:].numpy()
-  return time.perf_counter() - t0, tokens
+  with PeakRSS() as mem:
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+      out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                           temperature=temperature, top_p=top_p, top_k=0,
+                           num_return_sequences=n, max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None)
+    dt = time.perf_counter() - t0
+  return dt, out[:, prompts.shape[1]:].numpy(), mem.growth
 
 
-_HF_CACHE: dict = {}
-
-
-def run_jax(graphdef, params, prompts, mask, cfg, n, seed, mesh=None) -> tuple[float, np.ndarray]:
+def run_jax(graphdef, params, prompts, mask, cfg, n, seed):
   import jax
   from real_jax import sampling
+  with PeakRSS() as mem:
+    t0 = time.perf_counter()
+    out = sampling.sample(graphdef, params, prompts, mask, jax.random.key(seed), cfg,
+                          num_samples=n)
+    tokens = np.asarray(out.tokens)
+    np.asarray(out.lengths)
+    dt = time.perf_counter() - t0
+  return dt, tokens, mem.growth
+
+
+def compiled_peak_bytes(graphdef, params, prompts, mask, cfg, n) -> int:
+  """The sampler program's peak per the compiler: arguments + outputs + temporaries."""
+  import jax
+  from real_jax import sampling
+  fn = sampling._compiled_sampler(graphdef, cfg, n, None, sampling._rules_key({}))
+  tokens, pmask = sampling._bucket_prompts(prompts, mask, cfg)
+  ids = np.arange(tokens.shape[0], dtype=np.int32)
+  ma = fn.lower(params, tokens, pmask, jax.random.key(0), ids).compile().memory_analysis()
+  return ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
+
+
+def matmul_peak_gflops() -> float:
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((2048, 2048), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(5))
+  return 2 * 2048 ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
   t0 = time.perf_counter()
-  out = sampling.sample(graphdef, params, prompts, mask, jax.random.key(seed), cfg,
-                        num_samples=n, mesh=mesh)
-  tokens = np.asarray(out.tokens)
-  np.asarray(out.lengths)
-  return time.perf_counter() - t0, tokens
+  fn()
+  return time.perf_counter() - t0
+
+
+def decode_step_gflop(mcfg, rows: int, prompt_len: int, new_tokens: int) -> float:
+  """Model FLOPs of an average decode step (matmuls + attention over the mean context)."""
+  d, f, v = mcfg.hidden_size, mcfg.intermediate_size, mcfg.vocab_size
+  n, k, h = mcfg.num_heads, mcfg.num_kv_heads, mcfg.head_dim
+  per_layer = d * n * h + 2 * d * k * h + n * h * d + 3 * d * f
+  context = prompt_len + new_tokens / 2
+  attn = 2 * 2 * n * h * context  # q.k and p.v
+  return rows * (2 * (mcfg.num_layers * per_layer + v * d) + mcfg.num_layers * attn) / 1e9
+
+
+def kv_plan(config_arg: str, devices: int, hbm_gib: float) -> None:
+  """Analytic KV-cache bytes per device of a config's rollout, shared vs per-row layout."""
+  import jax.numpy as jnp
+  from real_jax.train import config_lib
+  from real_jax import models
+  c = config_lib.load_config(config_arg)
+  preset = models.get_preset(c.model.preset)
+  m = preset.model
+  g, n = c.rl.sample_prompts, c.rl.group_size
+  p, r = c.data.max_prompt_len, c.rl.max_response_len
+  slot = 2 * m.num_layers * m.num_kv_heads * m.head_dim * jnp.dtype(c.model.dtype or m.dtype).itemsize
+  weights = m.num_params() * 2 / devices
+  per_row = lambda g: g * n * (p + r) * slot / devices
+  shared = lambda g: (g * p + g * n * r) * slot / devices
+  budget = 0.9 * hbm_gib * 2**30 - weights
+  gib = lambda b: b / 2**30
+  print(f"{config_arg}: {c.model.preset}, {m.num_layers} layers x {m.num_kv_heads} kv heads x "
+        f"{m.head_dim} ({c.model.dtype or m.dtype}): {slot / 1024:.0f} KiB per token slot; "
+        f"rollout {g} prompts x n={n}, prompt {p} + response {r} slots, over {devices} devices")
+  print(f"  per-row layout B x (P + R): {gib(per_row(g)):.1f} GiB per device")
+  print(f"  shared layout  G x P + B x R: {gib(shared(g)):.1f} GiB per device "
+        f"({per_row(g) / shared(g):.2f}x less)")
+  step = devices
+  fits = lambda f: max((k for k in range(step, 4096 + step, step) if f(k) <= budget), default=0)
+  print(f"  weights (bf16) {gib(weights):.1f} GiB per device; largest rl.sample_prompts (a "
+        f"multiple of {step}) whose KV cache + weights fit 90% of {hbm_gib} GiB: per-row "
+        f"{fits(per_row)}, shared {fits(shared)}")
 
 
 def main(argv=None):
@@ -103,14 +214,17 @@ def main(argv=None):
   ap.add_argument("--new-tokens", type=int, default=128)
   ap.add_argument("--top-p", type=float, default=0.9)
   ap.add_argument("--temperature", type=float, default=1.0)
-  ap.add_argument("--repeats", type=int, default=3, help="timed calls per library")
+  ap.add_argument("--repeats", type=int, default=3, help="timed calls per sampler")
   ap.add_argument("--no-hf", action="store_true", help="skip transformers (GPU / big presets)")
-  ap.add_argument("--compare-prefill", action="store_true",
-                  help="also time group_prefill='repeat' against 'broadcast'")
+  ap.add_argument("--no-per-row", action="store_true", help="skip the per-row cache layout")
   ap.add_argument("--ckpt-dir", default=None, help="where to write the HF checkpoint")
-  ap.add_argument("--bandwidth-gbs", type=float, default=None,
-                  help="memory bandwidth for the roofline fraction (default: by device kind)")
+  ap.add_argument("--kv-plan", default=None, metavar="CONFIG[:ARG]",
+                  help="print the analytic KV-cache plan of a config's rollout and exit")
+  ap.add_argument("--devices", type=int, default=8, help="devices for --kv-plan")
+  ap.add_argument("--hbm-gib", type=float, default=95.7, help="HBM per device for --kv-plan")
   args = ap.parse_args(argv)
+  if args.kv_plan:
+    return kv_plan(args.kv_plan, args.devices, args.hbm_gib)
 
   import jax
   _listen()
@@ -123,9 +237,12 @@ def main(argv=None):
   rng = np.random.default_rng(1234)
   prompts = rng.integers(1, mcfg.vocab_size, (args.batch, args.prompt_len)).astype(np.int32)
   mask = np.ones_like(prompts, bool)
-  scfg = sampling.SamplingConfig(max_new_tokens=args.new_tokens, temperature=args.temperature,
+  base = sampling.SamplingConfig(max_new_tokens=args.new_tokens, temperature=args.temperature,
                                  top_p=args.top_p, top_k=0, eos_ids=(), stop_sequences=(),
                                  prompt_buckets=(args.prompt_len,))
+  layouts = {"shared": base}
+  if not args.no_per_row:
+    layouts["per-row"] = base.replace(share_prompt_cache=False)
 
   ckpt = None
   if not args.no_hf:
@@ -143,72 +260,71 @@ def main(argv=None):
     import torch
     print(f"transformers: torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
 
-  modes = ["broadcast", "repeat"] if args.compare_prefill else ["broadcast"]
   results = {}
-  for mode in modes:
-    cfg = scfg.replace(group_prefill=mode)
+  for name, cfg in layouts.items():
     before = _compile_seconds()
-    t_first, tok = run_jax(graphdef, params, prompts, mask, cfg, args.samples, seed=0)
+    t_first, tok, _ = run_jax(graphdef, params, prompts, mask, cfg, args.samples, seed=0)
     compile_s = _compile_seconds() - before
     assert tok.shape == (rows, args.new_tokens)
-    results[mode] = {"first": t_first, "compile": compile_s, "times": []}
-    # Prefill alone: a 1-token call (prefill + the first draw).
-    one = cfg.replace(max_new_tokens=1)
+    one = cfg.replace(max_new_tokens=1)  # prefill + the first draw
     run_jax(graphdef, params, prompts, mask, one, args.samples, seed=0)
-    pre = [run_jax(graphdef, params, prompts, mask, one, args.samples, seed=s)[0]
-           for s in range(3)]
-    results[mode]["prefill"] = statistics.median(pre)
-    print(f"[real_jax {mode}] compile {compile_s:.2f}s, first call {t_first:.2f}s, prefill+1 "
-          f"token {1e3 * results[mode]['prefill']:.0f} ms", flush=True)
+    pre = statistics.median(run_jax(graphdef, params, prompts, mask, one, args.samples,
+                                    seed=s)[0] for s in range(3))
+    peak = compiled_peak_bytes(graphdef, params, prompts, mask, cfg, args.samples)
+    results[name] = {"compile": compile_s, "prefill": pre, "times": [], "rss": [], "peak": peak}
+    print(f"[real_jax {name}] compile {compile_s:.2f}s, first call {t_first:.2f}s, prefill+1 "
+          f"token {1e3 * pre:.0f} ms, compiled peak {peak / 2**20:.0f} MiB", flush=True)
 
-  hf_times = []
+  hf_times, hf_rss = [], []
   for r in range(args.repeats):
     if not args.no_hf:
-      dt, tok = run_hf(ckpt, prompts, args.samples, args.new_tokens, args.top_p,
-                       args.temperature, seed=r)
+      dt, tok, grow = run_hf(ckpt, prompts, args.samples, args.new_tokens, args.top_p,
+                             args.temperature, seed=r)
       assert tok.shape == (rows, args.new_tokens), tok.shape
       hf_times.append(dt)
-      print(f"  hf call {r}: {dt:.2f}s", flush=True)
-    for mode in modes:
-      cfg = scfg.replace(group_prefill=mode)
-      dt, tok = run_jax(graphdef, params, prompts, mask, cfg, args.samples, seed=100 + r)
-      results[mode]["times"].append(dt)
-      distinct = len(np.unique(tok)) / tok.size
-      print(f"  real_jax {mode} call {r}: {dt:.2f}s (distinct token fraction {distinct:.2f})",
-            flush=True)
+      hf_rss.append(grow)
+      print(f"  transformers call {r}: {dt:.2f}s, RSS +{grow / 2**20:.0f} MiB", flush=True)
+    for name, cfg in layouts.items():
+      dt, tok, grow = run_jax(graphdef, params, prompts, mask, cfg, args.samples, seed=100 + r)
+      results[name]["times"].append(dt)
+      results[name]["rss"].append(grow)
+      print(f"  real_jax {name} call {r}: {dt:.2f}s, RSS +{grow / 2**20:.0f} MiB (distinct "
+            f"token fraction {len(np.unique(tok)) / tok.size:.2f})", flush=True)
 
+  peak_gflops = matmul_peak_gflops() if jax.default_backend() == "cpu" else None
+  flop_step = decode_step_gflop(mcfg, rows, args.prompt_len, args.new_tokens)
+  kv_row_slot = 2 * mcfg.num_layers * mcfg.num_kv_heads * mcfg.head_dim * np.dtype(
+      args.dtype if args.dtype != "bfloat16" else np.float16).itemsize
+  kv = {"shared": (args.batch * args.prompt_len + rows * args.new_tokens) * kv_row_slot,
+        "per-row": rows * (args.prompt_len + args.new_tokens) * kv_row_slot}
   print("\n=== results (median over timed calls) ===")
-  jax_tps = None
-  for mode in modes:
-    t = statistics.median(results[mode]["times"])
-    tps = rows * args.new_tokens / t
-    step_ms = 1e3 * (t - results[mode]["prefill"]) / max(args.new_tokens - 1, 1)
-    print(f"real_jax ({mode:9s}): {tps:8.0f} new tokens/s  ({t:.2f} s/call, ~{step_ms:.1f} "
-          f"ms/decode step, prefill+1 {1e3 * results[mode]['prefill']:.0f} ms, compile "
-          f"{results[mode]['compile']:.2f} s)")
-    if mode == "broadcast":
-      jax_tps, jax_step = tps, step_ms
+  tps = {}
+  for name in layouts:
+    res = results[name]
+    t = statistics.median(res["times"])
+    tps[name] = rows * args.new_tokens / t
+    step_ms = 1e3 * (t - res["prefill"]) / max(args.new_tokens - 1, 1)
+    line = (f"real_jax {name:8s}: {tps[name]:8.0f} new tokens/s ({t:.2f} s/call, {step_ms:.1f} "
+            f"ms/decode step, prefill+1 {1e3 * res['prefill']:.0f} ms, compile "
+            f"{res['compile']:.1f} s); KV cache {kv[name] / 2**20:.0f} MiB, compiled peak "
+            f"{res['peak'] / 2**20:.0f} MiB, RSS growth {statistics.median(res['rss']) / 2**20:.0f}"
+            f" MiB")
+    if peak_gflops:
+      bound_ms = 1e3 * flop_step / peak_gflops
+      line += (f"; decode step {flop_step:.2f} GFLOP: bound {bound_ms:.1f} ms at the measured "
+               f"{peak_gflops:.0f} GFLOP/s matmul peak = {bound_ms / step_ms:.0%} of it")
+    print(line)
   if hf_times:
     t = statistics.median(hf_times)
     hf_tps = rows * args.new_tokens / t
-    print(f"transformers generate : {hf_tps:8.0f} new tokens/s  ({t:.2f} s/call, eager, no "
-          f"compile)")
-    print(f"ratio real_jax / transformers: {jax_tps / hf_tps:.2f}x")
-
-  if jax.default_backend() != "cpu" or args.bandwidth_gbs:
-    import jax.numpy as jnp
-    bw = args.bandwidth_gbs
-    if bw is None:
-      kind = dev.device_kind.lower()
-      bw = 4800.0 if "h200" in kind else 3350.0 if "h100" in kind else 2039.0
-    dt_bytes = jnp.dtype(mcfg.dtype).itemsize
-    weight_bytes = mcfg.num_params() * dt_bytes
-    s = args.prompt_len + args.new_tokens
-    cache_bytes = 2 * mcfg.num_layers * rows * s * mcfg.num_kv_heads * mcfg.head_dim * dt_bytes
-    bound_ms = 1e3 * (weight_bytes + cache_bytes) / (bw * 1e9)
-    print(f"bytes/step: weights {weight_bytes / 1e9:.2f} GB + KV cache {cache_bytes / 1e9:.2f} GB"
-          f" -> bound {bound_ms:.2f} ms/step at {bw:.0f} GB/s; measured {jax_step:.2f} ms/step: "
-          f"{bound_ms / jax_step:.1%} of the memory-bandwidth bound")
+    print(f"transformers generate: {hf_tps:8.0f} new tokens/s ({t:.2f} s/call, eager), RSS growth"
+          f" {statistics.median(hf_rss) / 2**20:.0f} MiB")
+    for name in layouts:
+      print(f"ratio real_jax {name} / transformers: {tps[name] / hf_tps:.2f}x")
+  if "per-row" in tps:
+    print(f"ratio shared / per-row: {tps['shared'] / tps['per-row']:.2f}x tokens/s, "
+          f"{results['per-row']['peak'] / results['shared']['peak']:.2f}x less compiled peak, "
+          f"{kv['per-row'] / kv['shared']:.2f}x less KV cache")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
-"""Group rollouts and the teacher-forced scoring pass.
+"""Group rollouts: n samples per prompt, decoded with the prompt's KV cache shared by its group.
 
-Two pure, internally jitted functions of (params, inputs, key):
-
-* `sample`: n samples per left-padded prompt with a KV cache. A jitted prefill over the
-  (bucketed) prompt, then a `lax.while_loop` decode over a preallocated cache that exits as soon
-  as every row is done. Greedy, temperature, top-k and exact top-p; stops per row on an EOS id, on
-  a stop token sequence (the score delimiter) or at `max_new_tokens`; records per-token
-  log-probs under the sampling distribution and under the untempered policy.
-* `score_sequences`: one teacher-forced forward over prompt + CoT that returns the token
-  log-probs (chunked over time: never a [B, T, V] float32 array) and the logits at the score
-  position. Differentiable; the REAL loss differentiates through it.
+`sample` is a pure, internally jitted function of (params, prompts, key): one prefill over the
+(bucketed) left-padded prompts (`Qwen3.__call__` with `return_kv`), then a `lax.while_loop` whose
+step is the model's own `qwen3.decode_step` against a `qwen3.DecodeCache` that holds each
+prompt's keys once per group ([G, P]) and each row's own tokens ([B, R]); the loop exits as
+soon as every row is done. This module keeps only the sampling policy: logits -> token (greedy,
+temperature, top-k, sort-free exact top-p, repetition penalty), the stop rules and the loop.
+It records per-token log-probs under the sampling distribution and under the untempered
+policy. The teacher-forced scoring pass is `real_jax.models.score_sequences`; `scoring_inputs`
+builds its inputs from a `SampleOutput`.
 
 Rows of a `sample` call are grouped by prompt: row i*n + j is sample j of prompt i.
 
@@ -40,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -54,15 +53,14 @@ from real_jax.models import qwen3
 Array = jax.Array
 
 __all__ = [
-    "EOS", "STOP_SEQUENCE", "TRUNCATED", "SampleOutput", "SamplingConfig", "ScoreOutput",
-    "pick_bucket", "sample", "sample_from_logits", "score_sequences", "scoring_inputs",
+    "EOS", "STOP_SEQUENCE", "TRUNCATED", "SampleOutput", "SamplingConfig", "pick_bucket",
+    "sample", "sample_from_logits", "scoring_inputs",
 ]
 
 STOP_SEQUENCE = 0
 EOS = 1
 TRUNCATED = 2
 
-_MASK_VALUE = -1e30
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,10 +88,9 @@ class SamplingConfig:
     prompt_buckets: prompt widths compiled for; a batch is cut/left-padded to the smallest bucket
       that holds its longest prompt (longer prompts round up to a multiple of the largest).
     extra_tokens_after_stop: tokens still sampled after a stop sequence (see module docstring).
-    group_prefill: "broadcast" prefills each prompt once and copies its KV cache to its n rows;
-      "repeat" prefills all B*n rows (measured slower, kept for comparison).
-    decode_impl: "fast" runs the decode step with a heads-major per-layer cache and the weights
-      cast/sliced once outside the loop; "model" calls the Qwen3 module with its own cache.
+    share_prompt_cache: store each prompt's KV cache once for its n rows (G x P + B x R slots,
+      the default); False copies it to every row (B x (P + R) slots): same samples, kept to
+      measure what sharing saves.
     cache_dtype: KV cache dtype (default: the model's compute dtype).
     max_search_iters: cap of the top-p threshold search (it converges in ~10-25 passes).
     vocab_chunk: chunk width of the inverse-CDF draw (0: a divisor of V near sqrt(V)).
@@ -112,8 +109,7 @@ class SamplingConfig:
   pad_id: int = 0
   prompt_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
   extra_tokens_after_stop: int = 0
-  group_prefill: str = "broadcast"
-  decode_impl: str = "fast"
+  share_prompt_cache: bool = True
   cache_dtype: str | None = None
   max_search_iters: int = 64
   vocab_chunk: int = 0
@@ -139,10 +135,6 @@ class SamplingConfig:
       raise ValueError("stop_sequences contains an empty sequence")
     if self.extra_tokens_after_stop < 0:
       raise ValueError(f"extra_tokens_after_stop={self.extra_tokens_after_stop} must be >= 0")
-    if self.group_prefill not in ("broadcast", "repeat"):
-      raise ValueError(f"group_prefill={self.group_prefill!r}; expected 'broadcast' or 'repeat'")
-    if self.decode_impl not in ("fast", "model"):
-      raise ValueError(f"decode_impl={self.decode_impl!r}; expected 'fast' or 'model'")
     if not self.prompt_buckets or min(self.prompt_buckets) < 1:
       raise ValueError(f"prompt_buckets={self.prompt_buckets} must be positive lengths")
 
@@ -176,12 +168,6 @@ class SampleOutput(NamedTuple):
   prompt_mask: Array
   prompt_index: Array
   sample_index: Array
-
-
-class ScoreOutput(NamedTuple):
-  """token_log_probs [B, T] f32; score_logits [B, V] f32 (see `score_sequences`)."""
-  token_log_probs: Array
-  score_logits: Array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,14 +216,19 @@ def _inverse_cdf(w: Array, u: Array, chunk: int) -> tuple[Array, Array]:
   return j * chunk + k, jnp.log(total)
 
 
-def _nucleus_threshold(e: Array, z: Array, top_p: float, max_iters: int) -> Array:
+def _nucleus_threshold(e: Array, z: Array, top_p: float, max_iters: int,
+                       finish_k: int = 32) -> Array:
   """tau [R] with {e >= tau} the top-p nucleus. e = exp(l - max l) [R, V] (max exactly 1).
 
   Safeguarded Illinois search on the probability threshold; each iteration is one masked-sum
-  pass over the vocabulary (about 11 per row on average and 18-20 for the slowest of 64 rows on
-  the benchmark's 32k-vocabulary logits). Invariant: M(lo) >= target > M(hi) with
-  M(t) = sum(e[e >= t]); a row is resolved once [lo, hi) holds one element or one float value.
-  (Searching only the unresolved rows in later passes was measured: no gain on CPU.)
+  pass over the vocabulary. Invariant: M(lo) >= target > M(hi) with M(t) = sum(e[e >= t]); a
+  row is resolved once [lo, hi) holds one element or one float value. The search stops early
+  once every unresolved row's bracket holds at most `finish_k` elements (they weigh >= lo each,
+  so (M(lo) - M(hi)) / lo bounds their count): one `top_k` then lists them in order and the
+  threshold is the largest of them whose mass M(hi) + (their sum down to it) reaches the
+  target. On the benchmark's 32k-vocabulary rows this replaces ~12 of ~20 passes
+  (the slowest rows' tail) by one top_k. (Searching only the unresolved rows in later passes
+  was measured: no gain on CPU.)
   """
   bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.int32)
   floats = lambda b: jax.lax.bitcast_convert_type(b, jnp.float32)
@@ -247,11 +238,15 @@ def _nucleus_threshold(e: Array, z: Array, top_p: float, max_iters: int) -> Arra
   state = dict(lo=jnp.where(small, jnp.float32(1), jnp.float32(0)), hi=jnp.full_like(z, one_up),
                m_lo=z, m_hi=jnp.zeros_like(z), w_lo=jnp.ones_like(z), w_hi=jnp.ones_like(z),
                side=jnp.zeros(z.shape, jnp.int32), target=target)
+  finish_k = min(finish_k, e.shape[-1])
 
   def resolved(st):
     one_element = (st["m_lo"] - st["m_hi"]) < 1.5 * st["lo"]  # two elements weigh >= 2 lo
     one_value = bits(st["hi"]) - bits(st["lo"]) <= 1
     return one_element | one_value
+
+  def few(st):  # at most finish_k elements in [lo, hi)
+    return (st["m_lo"] - st["m_hi"]) < finish_k * st["lo"]
 
   def step(e, it, st):
     lo, hi, m_lo, m_hi, w_lo, w_hi, side, tgt = (st[k] for k in (
@@ -277,11 +272,23 @@ def _nucleus_threshold(e: Array, z: Array, top_p: float, max_iters: int) -> Arra
 
   def cond(c):
     it, st = c
-    return (it < max_iters) & ~jnp.all(resolved(st))
+    return (it < max_iters) & ~jnp.all(resolved(st) | few(st))
 
-  _, state = jax.lax.while_loop(cond, lambda c: (c[0] + 1, step(e, c[0], c[1])),
-                                (jnp.int32(0), state))
-  return state["lo"]
+  _, st = jax.lax.while_loop(cond, lambda c: (c[0] + 1, step(e, c[0], c[1])),
+                             (jnp.int32(0), state))
+
+  def finish(st):
+    lo, hi = st["lo"], st["hi"]
+    inside = (e >= lo[:, None]) & (e < hi[:, None])
+    cand = jax.lax.top_k(jnp.where(inside, e, -1.0), finish_k)[0]  # descending, -1 = none
+    # M(c_j) >= M(hi) + c_1 + ... + c_j, with equality unless c_j ties with c_{j+1}; the first
+    # j that reaches the target gives the same threshold value either way.
+    m_at = st["m_hi"][:, None] + _prefix_sum(jnp.maximum(cand, 0.0))
+    ok = (m_at >= st["target"][:, None]) & (cand >= 0)
+    tau = jnp.take_along_axis(cand, jnp.argmax(ok, axis=-1)[:, None], 1)[:, 0]
+    return jnp.where(few(st) & ~resolved(st) & jnp.any(ok, axis=-1), tau, lo)
+
+  return jax.lax.cond(jnp.all(resolved(st)), lambda st: st["lo"], finish, st)
 
 
 def sample_from_logits(logits: Array, u: Array, cfg: SamplingConfig
@@ -340,76 +347,6 @@ def sample_from_logits(logits: Array, u: Array, cfg: SamplingConfig
 
 
 # ---------------------------------------------------------------------------------------------
-# Decode step (fast path): heads-major per-layer KV cache, weights prepared outside the loop
-
-
-def _fast_weights(model: qwen3.Qwen3) -> dict[str, Any]:
-  """Per-layer weights, cast to the compute dtype once (outside the decode loop), with the
-  q/k/v and the gate/up projections concatenated so each runs as one matmul."""
-  cfg = model.cfg
-  dt = cfg.compute_dtype
-  d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  stacked = {name: a.astype(dt) for name, a in model.layers.arrays().items()}
-  qkv = jnp.concatenate([stacked["q_proj"].reshape(-1, d, n * h),
-                         stacked["k_proj"].reshape(-1, d, k * h),
-                         stacked["v_proj"].reshape(-1, d, k * h)], axis=-1)
-  gate_up = jnp.concatenate([stacked["gate_proj"], stacked["up_proj"]], axis=-1)
-  layers = []
-  for i in range(cfg.num_layers):
-    layers.append({"attn_norm": stacked["attn_norm"][i], "qkv": qkv[i],
-                   "q_norm": stacked["q_norm"][i], "k_norm": stacked["k_norm"][i],
-                   "o_proj": stacked["o_proj"][i], "mlp_norm": stacked["mlp_norm"][i],
-                   "gate_up": gate_up[i], "down_proj": stacked["down_proj"][i]})
-  return {"layers": layers, "embedding": model.embedding[...].astype(dt),
-          "final_norm": model.final_norm[...].astype(dt), "output": model.output_embedding()}
-
-
-def _fast_decode_step(cfg: qwen3.Qwen3Config, w: dict[str, Any], tok: Array, pos: Array,
-                      slot: Array, caches: tuple, kv_mask: Array) -> tuple[Array, tuple]:
-  """One token per row. tok/pos [R]; caches: per layer (k, v) [R, K, S, H]; kv_mask [R, S].
-
-  Same math as `qwen3.decoder_layer` (checked by tests against the module), with the cache laid
-  out [R, K, S, H] so both attention matmuls run without per-step transposes.
-  """
-  dt = cfg.compute_dtype
-  r = tok.shape[0]
-  n, kh, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  s = kv_mask.shape[1]
-  valid = kv_mask & (jnp.arange(s)[None, :] <= slot)  # [R, S]
-  x = w["embedding"][tok]  # [R, D]
-  x = shd.constrain(x, ("batch", "act_embed"))
-  new_caches = []
-  for p, (ck, cv) in zip(w["layers"], caches):
-    y = qwen3.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-    qkv = jnp.einsum("RD,DE->RE", y, p["qkv"])
-    q = qkv[:, :n * h].reshape(r, n, h)
-    k = qkv[:, n * h:(n + kh) * h].reshape(r, kh, h)
-    v = qkv[:, (n + kh) * h:].reshape(r, kh, h)
-    q = qwen3.apply_rope(qwen3.rms_norm(q, p["q_norm"], cfg.rms_norm_eps)[:, None], pos[:, None],
-                         cfg.rope_theta)[:, 0]
-    k = qwen3.apply_rope(qwen3.rms_norm(k, p["k_norm"], cfg.rms_norm_eps)[:, None], pos[:, None],
-                         cfg.rope_theta)[:, 0]
-    ck = jax.lax.dynamic_update_slice(ck, k[:, :, None, :].astype(ck.dtype), (0, 0, slot, 0))
-    cv = jax.lax.dynamic_update_slice(cv, v[:, :, None, :].astype(cv.dtype), (0, 0, slot, 0))
-    new_caches.append((ck, cv))
-    qg = q.reshape(r, kh, n // kh, h)
-    logits = jnp.einsum("RKGH,RKSH->RKGS", qg, ck.astype(dt), preferred_element_type=jnp.float32)
-    logits = logits * (h ** -0.5)
-    logits = jnp.where(valid[:, None, None, :], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    attn = jnp.einsum("RKGS,RKSH->RKGH", probs, cv.astype(dt)).reshape(r, n, h)
-    x = x + jnp.einsum("RNH,NHD->RD", attn, p["o_proj"])
-    y = qwen3.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-    gate_up = jnp.einsum("RD,DF->RF", y, p["gate_up"])
-    gate, up = gate_up[:, :cfg.intermediate_size], gate_up[:, cfg.intermediate_size:]
-    x = x + jnp.einsum("RF,FD->RD", jax.nn.silu(gate) * up, p["down_proj"])
-    x = shd.constrain(x, ("batch", "act_embed"))
-  x = qwen3.rms_norm(x, w["final_norm"], cfg.rms_norm_eps)
-  logits = jnp.einsum("RD,VD->RV", x, w["output"], preferred_element_type=jnp.float32)
-  return logits, tuple(new_caches)
-
-
-# ---------------------------------------------------------------------------------------------
 # The sampler
 
 
@@ -445,7 +382,7 @@ def _stop_match(window: Array, stop_sequences: tuple[tuple[int, ...], ...]) -> A
 class _State(NamedTuple):
   i: Array            # index of the next token to sample
   last_tok: Array     # [R] the token sampled last (fed to the model next)
-  caches: Any
+  cache: qwen3.DecodeCache
   tokens: Array       # [R, M]
   slp: Array          # [R, M]
   plp: Array          # [R, M]
@@ -497,49 +434,23 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
   """Traced body of `sample` (prompts already bucketed)."""
   model = nnx.merge(graphdef, params)
   mcfg: qwen3.Qwen3Config = model.cfg
-  b, plen = prompt_tokens.shape
+  b = prompt_tokens.shape[0]
   r, m = b * n, cfg.max_new_tokens
-  s = plen + m
-  cache_dtype = jnp.dtype(cfg.cache_dtype or mcfg.dtype)
   con = functools.partial(_constrain, mesh=mesh, rules=rules)
-
-  prompt_mask = prompt_mask.astype(bool)
-  positions = qwen3.positions_from_mask(prompt_mask)
-  prompt_len = jnp.sum(prompt_mask, axis=-1).astype(jnp.int32)
-  # Generated slots are always valid keys: causality by slot index hides the future ones.
-  kv_mask = jnp.concatenate([prompt_mask, jnp.ones((b, m), bool)], axis=1)
-
   rep = lambda x: jnp.repeat(x, n, axis=0)
-  if cfg.group_prefill == "broadcast":
-    pre_tok, pre_pos, pre_kv = prompt_tokens, positions, kv_mask
-  else:
-    pre_tok, pre_pos, pre_kv = rep(prompt_tokens), rep(positions), rep(kv_mask)
-  rows_pre = pre_tok.shape[0]
 
-  # Prefill: one forward over the prompt; logits only at the last position (left padding puts
-  # every row's last real token there).
-  cache = qwen3.init_cache(mcfg, rows_pre, s, cache_dtype)
-  cache = jax.tree.map(lambda c: con(c, axes=qwen3.CACHE_AXES), cache)
-  hidden, cache = model(pre_tok, pre_pos, pre_kv, cache=cache, cache_index=0)
-  logits0 = model.logits(hidden[:, -1])
-  if cfg.group_prefill == "broadcast" and n > 1:
-    logits0 = rep(logits0)
-    cache = jax.tree.map(lambda c: jnp.repeat(c, n, axis=1), cache)
-  kv_mask_r = rep(kv_mask)
-  prompt_len_r = rep(prompt_len)
-
-  if cfg.decode_impl == "fast":
-    # [L, R, S, K, H] -> per layer [R, K, S, H]
-    fast_axes = ("cache_batch", "kv_heads", "cache_length", "head_dim")
-    caches = tuple(
-        (con(jnp.swapaxes(cache["k"][l], 1, 2), axes=fast_axes),
-         con(jnp.swapaxes(cache["v"][l], 1, 2), axes=fast_axes)) for l in range(mcfg.num_layers))
-    weights = _fast_weights(model)
-    cache_axes = fast_axes
-  else:
-    caches = jax.tree.map(lambda c: con(c, axes=qwen3.CACHE_AXES), cache)
-    weights = None
-    cache_axes = qwen3.CACHE_AXES
+  # Prefill each prompt once; logits only at the last position (left padding puts every
+  # prompt's last real token there).
+  prompt_mask = prompt_mask.astype(bool)
+  hidden, kv = model(prompt_tokens, qwen3.positions_from_mask(prompt_mask), prompt_mask,
+                     return_kv=True)
+  logits0 = rep(model.logits(hidden[:, -1]))
+  cache = qwen3.decode_cache(kv, prompt_mask, r, max(m - 1, 1), cfg.cache_dtype or mcfg.dtype,
+                             share_prompt=cfg.share_prompt_cache,
+                             constrain=lambda c: con(c, axes=qwen3.CACHE_AXES))
+  del kv
+  weights = qwen3.decode_weights(model)
+  prompt_len_r = rep(jnp.sum(prompt_mask, axis=-1).astype(jnp.int32))
 
   # Per-row keys from (key, prompt id, sample number): independent of the row's batch position.
   pid = rep(prompt_ids.astype(jnp.int32))
@@ -576,7 +487,7 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
 
   width = max((len(q) for q in cfg.stop_sequences), default=1)
   st = _State(
-      i=jnp.int32(0), last_tok=jnp.zeros((r,), jnp.int32), caches=caches,
+      i=jnp.int32(0), last_tok=jnp.zeros((r,), jnp.int32), cache=cache,
       tokens=jnp.full((r, m), cfg.pad_id, jnp.int32), slp=jnp.zeros((r, m), jnp.float32),
       plp=jnp.zeros((r, m), jnp.float32), done=jnp.zeros((r,), bool),
       lengths=jnp.zeros((r,), jnp.int32), status=jnp.full((r,), TRUNCATED, jnp.int32),
@@ -593,18 +504,12 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
     return (st.i < m) & ~jnp.all(st.done)
 
   def body(st):
-    slot = plen + st.i - 1  # cache slot of the token fed now
-    pos = prompt_len_r + st.i - 1
-    if cfg.decode_impl == "fast":
-      logits, caches = _fast_decode_step(mcfg, weights, st.last_tok, pos, slot, st.caches,
-                                         kv_mask_r)
-    else:
-      hidden, caches = model(st.last_tok[:, None], pos[:, None], kv_mask_r, cache=st.caches,
-                             cache_index=slot)
-      logits = model.logits(hidden[:, 0])
-    caches = jax.tree.map(lambda c: con(c, axes=cache_axes), caches)
+    # Token i - 1 is fed at the row's next position into own slot i - 1; token i is drawn.
+    logits, cache = qwen3.decode_step(mcfg, weights, st.last_tok, prompt_len_r + st.i - 1,
+                                      st.cache, st.i - 1)
+    cache = jax.tree.map(lambda c: con(c, axes=qwen3.CACHE_AXES) if c.ndim == 4 else c, cache)
     tok, slp, plp = draw(logits, st.i, st.seen)
-    st = _emit(st._replace(caches=caches), st.i, tok, slp, plp, cfg)
+    st = _emit(st._replace(cache=cache), st.i, tok, slp, plp, cfg)
     return st._replace(i=st.i + 1, seen=mark(st.seen, tok))
 
   st = jax.lax.while_loop(cond, body, st)
@@ -703,7 +608,7 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens, prompt_mask
 
 
 def scoring_inputs(out: SampleOutput) -> tuple[Array, Array, Array]:
-  """Teacher-forcing inputs for `score_sequences` from a SampleOutput.
+  """Teacher-forcing inputs for `models.score_sequences` from a SampleOutput.
 
   Returns tokens [R, Pb + M] (bucketed prompt then the kept generated tokens, pad after),
   mask [R, Pb + M] bool and score_positions [R]: the position of the last stop-sequence token
@@ -716,77 +621,3 @@ def scoring_inputs(out: SampleOutput) -> tuple[Array, Array, Array]:
   mask = jnp.concatenate([out.prompt_mask.astype(bool), gen_mask], axis=1)
   end = jnp.where(out.stop_lengths > 0, out.stop_lengths, out.lengths)
   return tokens, mask, (pb + jnp.maximum(end, 1) - 1).astype(jnp.int32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Teacher-forced scoring pass
-
-
-def _chunked_token_log_probs(model: qwen3.Qwen3, hidden: Array, targets: Array,
-                             temperature: float, chunk: int) -> Array:
-  """log softmax(hidden[:, t] @ W^T / temperature)[targets[:, t]] -> [B, T], chunk by chunk.
-
-  Only a [B, chunk, V] float32 block exists at a time, forward and backward (each chunk is
-  rematerialised in the backward pass instead of saving its logits).
-  """
-  b, t, d = hidden.shape
-  c = max(1, min(chunk, t))
-  pad = (-t) % c
-  nc = (t + pad) // c
-  h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, nc, c, d).swapaxes(0, 1)
-  y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, nc, c).swapaxes(0, 1)
-  w = model.output_embedding()  # [V, D], compute dtype
-
-  @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
-  def one(w, hc, yc):
-    logits = jnp.einsum("BCD,VD->BCV", hc, w, preferred_element_type=jnp.float32)
-    if temperature != 1.0:
-      logits = logits / temperature
-    logits = shd.constrain(logits, ("batch", "length", "act_vocab"))
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    chosen = jnp.take_along_axis(logits, yc[..., None], axis=-1)[..., 0]
-    return chosen - lse
-
-  out = jax.lax.map(lambda xs: one(w, *xs), (h, y))  # [nc, B, c]
-  return out.swapaxes(0, 1).reshape(b, nc * c)[:, :t]
-
-
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("temperature", "chunk_size"))
-def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: float,
-               chunk_size: int) -> ScoreOutput:
-  model = nnx.merge(graphdef, params)
-  mask = mask.astype(bool)
-  positions = qwen3.positions_from_mask(mask)
-  hidden, _ = model(tokens, positions, mask)  # [B, T, D]
-  b = tokens.shape[0]
-  idx = score_positions.astype(jnp.int32)[:, None, None]
-  score_logits = model.logits(jnp.take_along_axis(hidden, idx, axis=1)[:, 0])
-  lp = _chunked_token_log_probs(model, hidden[:, :-1], tokens[:, 1:].astype(jnp.int32),
-                                temperature, chunk_size)
-  lp = jnp.where(mask[:, 1:] & mask[:, :-1], lp, 0.0)
-  token_log_probs = jnp.concatenate([jnp.zeros((b, 1), lp.dtype), lp], axis=1)
-  return ScoreOutput(token_log_probs=token_log_probs, score_logits=score_logits)
-
-
-def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, mask: Array,
-                    score_positions: Array, *, temperature: float = 1.0,
-                    chunk_size: int = 64) -> ScoreOutput:
-  """Teacher-forced forward over prompt + CoT; differentiable w.r.t. params.
-
-  Args:
-    tokens: [B, T] int, left-padded prompt followed by the CoT (right padding allowed after it).
-    mask: [B, T] bool, real tokens; RoPE positions come from it (0 at the first real token).
-    score_positions: [B] int, the position whose logits predict the score token, i.e. the
-      position of the last delimiter token (the score token would sit at score_positions + 1).
-    temperature: divides the logits of `token_log_probs` (not of `score_logits`).
-    chunk_size: time steps per logits block; memory is O(B * chunk_size * V), not O(B * T * V).
-
-  Returns:
-    ScoreOutput(token_log_probs [B, T]: entry t = log softmax(logits[t - 1] / temperature)
-      [tokens[t]] where mask[t] and mask[t - 1], else 0 (so 0 at t = 0, at padding and at a
-      row's first real token); score_logits [B, V] float32: the raw (untempered) logits at
-      score_positions).
-  Callable inside an outer jit/grad (e.g. the trainer's loss); then the outer trace applies.
-  """
-  return _score_jit(graphdef, params, tokens, mask, score_positions,
-                    temperature=float(temperature), chunk_size=int(chunk_size))

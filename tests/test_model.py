@@ -73,30 +73,70 @@ def _random_batch(vocab, b, t, seed=0):
   return jnp.asarray(np.where(mask, tokens, 0)), jnp.asarray(mask)
 
 
-@pytest.mark.parametrize("scan_layers,remat", [(True, "none"), (False, "full")])
-def test_kv_cache_decode_matches_full_forward(scan_layers, remat):
-  cfg = models.get_preset("tiny").model.replace(scan_layers=scan_layers, remat=remat)
+@pytest.mark.parametrize("scan_layers,share", [(True, True), (False, True), (True, False)])
+def test_group_decode_matches_full_forward(scan_layers, share):
+  """Prefill G left-padded prompts of different lengths once, then decode n = 2 rows per group
+  that feed different tokens: every step's logits equal a full forward over the row's prompt
+  and its own tokens (the group-shared prompt cache and the row cache, merged exactly)."""
+  cfg = models.get_preset("tiny").model.replace(scan_layers=scan_layers)
   graphdef, params = models.init_params(cfg, seed=0)
-  b, prompt_len, steps = 3, 7, 5
-  tokens, mask = _random_batch(cfg.vocab_size, b, prompt_len + steps)
-  mask = mask.at[:, prompt_len:].set(True)  # generated tokens are always real
-  full = models.forward_logits(graphdef, params, tokens, mask)
+  g, n, p, r = 3, 2, 7, 5
+  rng = np.random.RandomState(0)
+  ptok, pmask = np.zeros((g, p), np.int32), np.zeros((g, p), bool)
+  for i, length in enumerate((7, 4, 2)):
+    ptok[i, p - length:] = rng.randint(1, cfg.vocab_size, length)
+    pmask[i, p - length:] = True
+  own = rng.randint(1, cfg.vocab_size, (g * n, r)).astype(np.int32)
+  full = models.forward_logits(
+      graphdef, params, jnp.asarray(np.concatenate([np.repeat(ptok, n, 0), own], 1)),
+      jnp.asarray(np.concatenate([np.repeat(pmask, n, 0), np.ones((g * n, r), bool)], 1)))
 
   model = nnx.merge(graphdef, params)
-  total = prompt_len + steps + 2  # spare cache slots stay masked
-  cache = models.init_cache(cfg, b, total)
-  kv_mask = jnp.zeros((b, total), bool).at[:, :prompt_len].set(mask[:, :prompt_len])
-  positions = models.positions_from_mask(mask)
-  hidden, cache = model(tokens[:, :prompt_len], positions[:, :prompt_len], kv_mask,
-                        cache=cache, cache_index=0)
-  np.testing.assert_allclose(model.logits(hidden)[mask[:, :prompt_len]],
-                             full[:, :prompt_len][mask[:, :prompt_len]], atol=1e-5)
-  step = jax.jit(lambda tok, pos, kvm, c, i: model(tok, pos, kvm, cache=c, cache_index=i))
-  for t in range(prompt_len, prompt_len + steps):
-    kv_mask = kv_mask.at[:, t].set(True)
-    hidden, cache = step(tokens[:, t:t + 1], positions[:, t:t + 1], kv_mask, cache, t)
-    np.testing.assert_allclose(model.logits(hidden)[:, 0], full[:, t], atol=1e-5,
-                               err_msg=f"decode step {t}")
+  hidden, kv = model(jnp.asarray(ptok), models.positions_from_mask(jnp.asarray(pmask)),
+                     jnp.asarray(pmask), return_kv=True)
+  assert kv[0].shape == (cfg.num_layers, g, p, cfg.num_kv_heads, cfg.head_dim)
+  np.testing.assert_allclose(np.repeat(model.logits(hidden[:, -1]), n, 0), full[:, p - 1],
+                             atol=1e-5)
+  cache = models.decode_cache(kv, jnp.asarray(pmask), g * n, r + 2, share_prompt=share)
+  assert cache.prompt_k[0].shape[0] == (g if share else g * n)
+  weights = models.decode_weights(model)
+  step = jax.jit(lambda t, pos, c, i: models.decode_step(cfg, weights, t, pos, c, i))
+  prompt_len = np.repeat(pmask.sum(1), n)
+  for i in range(r):
+    logits, cache = step(jnp.asarray(own[:, i]), jnp.asarray(prompt_len + i), cache, i)
+    np.testing.assert_allclose(logits, full[:, p + i], atol=1e-5, err_msg=f"decode step {i}")
+  assert np.all(np.asarray(cache.k[0])[:, :, r:] == 0)  # spare slots untouched
+
+
+def test_chunked_attention_exact_and_memory_bounded():
+  """Query-chunked attention equals one block (values and gradients, left padding) and no
+  [B, N, T, T] float32 logits exist in the forward or the gradient's jaxpr."""
+  cfg = models.get_preset("tiny").model
+  graphdef, params = models.init_params(cfg, seed=2)
+  b, t, chunk = 2, 40, 16
+  tokens, mask = _random_batch(cfg.vocab_size, b, t, seed=3)
+  chunked, _ = models.abstract_model(cfg.replace(attention_chunk=chunk))
+
+  def loss(p, g):
+    return jnp.sum(jnp.where(mask[..., None], models.forward_logits(g, p, tokens, mask), 0) ** 2)
+  l_ref, g_ref = jax.value_and_grad(loss)(params, graphdef)
+  l_chk, g_chk = jax.value_and_grad(loss)(params, chunked)
+  np.testing.assert_allclose(l_chk, l_ref, rtol=1e-5)
+  for a, c in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_chk)):
+    np.testing.assert_allclose(a, c, atol=1e-5, rtol=1e-4)
+
+  def sizes(jaxpr, out):
+    from jax.extend.core import jaxprs_in_params
+    for eqn in jaxpr.eqns:
+      out.extend(tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape"))
+      for sub in jaxprs_in_params(eqn.params):
+        sizes(sub, out)
+    return out
+  full_logits = b * cfg.num_heads * t * t
+  for g, bound_ok in ((chunked, True), (graphdef, False)):
+    shapes = sizes(jax.make_jaxpr(jax.grad(loss))(params, g).jaxpr, [])
+    largest = max(int(np.prod(s)) for s in shapes if len(s) >= 4 and s[-1] == t)  # any dtype
+    assert (largest <= b * cfg.num_heads * chunk * t) == bound_ok, (largest, full_logits)
 
 
 def test_scan_unrolled_and_remat_agree():

@@ -15,7 +15,7 @@ from real_jax import objectives as obj
 from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
 from real_jax.models import get_preset, init_params, qwen3
-from real_jax.sampling import score_sequences
+from real_jax.models import score_sequences
 from real_jax.train import checkpoint as ckpt_lib
 from real_jax.train import config_lib, loops, rollout
 from real_jax.train import state as state_lib

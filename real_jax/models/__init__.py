@@ -7,6 +7,7 @@ Typical use (functional NNX: split once, pure functions of params):
   model = nnx.merge(graphdef, params)                  # inside jitted functions
   hidden, _ = model(tokens, positions, mask)
   logits = model.logits(hidden)
+  out = score_sequences(graphdef, params, tokens, mask, score_positions)  # log-prob forward
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from jax.sharding import Mesh
 
 from real_jax import sharding as shd
 from real_jax.models.presets import PRESETS, Preset, get_preset
-from real_jax.models.qwen3 import (CACHE_AXES, PARAM_AXES, Qwen3, Qwen3Config, forward_logits,
-                                   init_cache, positions_from_mask)
+from real_jax.models.qwen3 import (CACHE_AXES, PARAM_AXES, DecodeCache, Qwen3, Qwen3Config,
+                                   decode_cache, decode_step, decode_weights, forward_logits,
+                                   positions_from_mask)
+from real_jax.models.scoring import ScoreOutput, score_sequences
 
 __all__ = [
-    "CACHE_AXES", "PARAM_AXES", "PRESETS", "Preset", "Qwen3", "Qwen3Config", "abstract_model",
-    "cache_shardings", "forward_logits", "get_preset", "init_cache", "init_params",
-    "param_path", "param_shardings", "positions_from_mask",
+    "CACHE_AXES", "PARAM_AXES", "PRESETS", "DecodeCache", "Preset", "Qwen3", "Qwen3Config",
+    "ScoreOutput", "abstract_model", "decode_cache", "decode_step", "decode_weights",
+    "forward_logits", "get_preset", "init_params", "param_path", "param_shardings",
+    "positions_from_mask", "score_sequences",
 ]
 
 
@@ -56,13 +60,6 @@ def param_shardings(state: nnx.State, mesh: Mesh, rules=shd.DEFAULT_RULES) -> An
       raise KeyError(f"parameter {name!r} has no entry in PARAM_AXES")
     return shd.named_sharding(leaf.shape, PARAM_AXES[name], mesh, rules, name=name)
   return jax.tree_util.tree_map_with_path(one, state)
-
-
-def cache_shardings(mesh: Mesh, cfg: Qwen3Config, batch_size: int, length: int,
-                    rules=shd.DEFAULT_RULES) -> dict[str, Any]:
-  shape = (cfg.num_layers, batch_size, length, cfg.num_kv_heads, cfg.head_dim)
-  s = shd.named_sharding(shape, CACHE_AXES, mesh, rules, name="kv_cache")
-  return {"k": s, "v": s}
 
 
 def init_params(cfg: Qwen3Config, *, mesh: Mesh | None = None, rules=shd.DEFAULT_RULES,

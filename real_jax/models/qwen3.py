@@ -1,26 +1,35 @@
 """Qwen3-style decoder in Flax NNX, used functionally.
 
 Dimension letters used in einsums and shapes:
-  B batch, T query length, S key/value length (cache slots), D hidden (embed),
-  N query heads, K key/value heads, G = N // K query heads per kv head,
-  H head dim, F MLP hidden, V vocabulary, L layers.
+  B batch (rows), T query length, S key/value length, D hidden (embed),
+  N query heads, K key/value heads, Q = N // K query heads per kv head,
+  H head dim, F MLP hidden, V vocabulary, L layers,
+  G groups (prompts) in a group decode, n rows per group (B = G * n),
+  P prompt slots, R a row's own (generated) slots.
 
 Layer parameters are stored stacked with a leading L axis, so one parameter
 layout serves both the scanned (`lax.scan`, flat compile time) and the unrolled
-forward pass. The transformer block itself is a pure function of a dict of
-per-layer arrays (`decoder_layer`).
+forward pass. There is one transformer block, `decoder_layer`, a pure function of a
+dict of per-layer arrays; how it attends is passed in (`attend`):
 
-The forward pass works on left-padded batches with explicit positions and a
-key/value validity mask. With a KV cache, the new tokens are written into the
-cache slots `[cache_index, cache_index + T)` and attend causally by slot index:
-query `t` sees slot `s` iff `kv_mask[b, s]` and `s <= cache_index + t`.
+* the full forward (`Qwen3.__call__`: training, the scoring pass, the prefill) attends
+  causally by slot index within the batch, query-chunked so no [B, N, T, S] float32
+  logits exist for T > `attention_chunk`;
+* the decode step (`decode_step`, used by the sampler) feeds one token per row against
+  a `DecodeCache`: the prompt's keys stored once per group [G, K, P, H] and each row's
+  own generated keys [B, K, R, H]. Attention over the two parts is merged exactly with
+  their shared max and normaliser (cascade attention), so a group of n samples reads its
+  prompt's keys once per step instead of n copies.
+
+The full forward works on left-padded batches with explicit positions and a key
+validity mask: query `t` sees key `s` iff `kv_mask[b, s]` and `s <= t`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +38,6 @@ from flax import nnx
 from real_jax import sharding as shd
 
 Array = jax.Array
-KVCache = dict[str, Array]  # {"k": [L,B,S,K,H], "v": [L,B,S,K,H]}
 
 _MASK_VALUE = -1e30  # finite, so a fully masked (padding) query row gives no NaN
 
@@ -56,6 +64,9 @@ class Qwen3Config:
   # Memory/compile switches.
   remat: str = "none"  # "none" | "full" (recompute the block) | "dots" (save matmul outputs)
   scan_layers: bool = True
+  # Queries per attention block in the full forward: attention logits exist as
+  # [B, N, attention_chunk, S] float32 at most (forward and backward).
+  attention_chunk: int = 512
   initializer_range: float = 0.02
 
   def __post_init__(self):
@@ -66,6 +77,8 @@ class Qwen3Config:
       raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
     if self.remat not in ("none", "full", "dots"):
       raise ValueError(f"remat={self.remat!r}; expected 'none', 'full' or 'dots'")
+    if self.attention_chunk < 1:
+      raise ValueError(f"attention_chunk={self.attention_chunk} must be >= 1")
 
   def replace(self, **kw) -> "Qwen3Config":
     return dataclasses.replace(self, **kw)
@@ -101,7 +114,8 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "layers/down_proj": ("layers", "mlp", "embed"),
 }
 
-CACHE_AXES = ("layers", "cache_batch", "cache_length", "kv_heads", "head_dim")
+# Logical axes of one layer's KV cache, prompt part [G, K, P, H] and own part [B, K, R, H].
+CACHE_AXES = ("cache_batch", "kv_heads", "cache_length", "head_dim")
 
 
 def _normal(rngs: nnx.Rngs, shape, std, dtype):
@@ -153,25 +167,95 @@ def apply_rope(x: Array, positions: Array, theta: float) -> Array:
   return x * cos + rotated * sin
 
 
-def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
-  """Grouped-query attention. q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] bool -> [B,T,N,H]."""
+def _attention_block(q: Array, k: Array, v: Array, mask: Array) -> Array:
+  """q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] bool -> [B,T,N,H] (softmax in float32)."""
   b, t, n, h = q.shape
   kv = k.shape[2]
   q = q.reshape(b, t, kv, n // kv, h)
-  logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+  logits = jnp.einsum("BTKQH,BSKH->BKQTS", q, k, preferred_element_type=jnp.float32)
   logits = logits * (h ** -0.5)
   logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+  out = jnp.einsum("BKQTS,BSKH->BTKQH", probs, v)
   return out.reshape(b, t, n, h)
 
 
-def decoder_layer(cfg: Qwen3Config, x: Array, p: dict[str, Array], positions: Array,
-                  mask: Array, cache_k: Array | None, cache_v: Array | None,
-                  cache_index: Array | int):
-  """One pre-norm block. x [B,T,D]; p holds one layer's arrays; cache_k/v [B,S,K,H] or None.
+def _causal_block(q: Array, k: Array, v: Array, kv_mask: Array, q_slots: Array) -> Array:
+  """Queries at slots q_slots [Tc] against all keys: key s is seen iff kv_mask[b, s], s <= slot."""
+  slots = jnp.arange(k.shape[1])
+  mask = kv_mask.astype(bool)[:, None, :] & (slots[None, None, :] <= q_slots[None, :, None])
+  return _attention_block(q, k, v, mask)
 
-  Returns (x, (new_cache_k, new_cache_v)); the cache entries are None without a cache.
+
+def _query_chunks(x: Array, chunk: int) -> Array:
+  """[B, T, ...] -> [nc, B, chunk, ...] (zero padded)."""
+  t = x.shape[1]
+  pad = (-t) % chunk
+  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+  return x.reshape(x.shape[0], -1, chunk, *x.shape[2:]).swapaxes(0, 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _chunked_attention(q, k, v, kv_mask, chunk):
+  t = q.shape[1]
+  slots = _query_chunks(jnp.arange(t)[None], chunk)[:, 0]  # [nc, chunk]
+  out = jax.lax.map(lambda xs: _causal_block(xs[0], k, v, kv_mask, xs[1]),
+                    (_query_chunks(q, chunk), slots))
+  return out.swapaxes(0, 1).reshape(q.shape[0], -1, *q.shape[2:])[:, :t]
+
+
+def _chunked_attention_fwd(q, k, v, kv_mask, chunk):
+  return _chunked_attention(q, k, v, kv_mask, chunk), (q, k, v, kv_mask)
+
+
+def _chunked_attention_bwd(chunk, res, g):
+  # Flash-style backward: each query block's logits are recomputed and differentiated, so only
+  # q, k, v and the mask are kept between the passes.
+  q, k, v, kv_mask = res
+  t = q.shape[1]
+  slots = _query_chunks(jnp.arange(t)[None], chunk)[:, 0]
+
+  def one(carry, xs):
+    dk, dv = carry
+    qc, gc, sc = xs
+    _, vjp = jax.vjp(lambda qc, k, v: _causal_block(qc, k, v, kv_mask, sc), qc, k, v)
+    dqc, dkc, dvc = vjp(gc)
+    return (dk + dkc, dv + dvc), dqc
+
+  (dk, dv), dq = jax.lax.scan(one, (jnp.zeros_like(k), jnp.zeros_like(v)),
+                              (_query_chunks(q, chunk), _query_chunks(g, chunk), slots))
+  dq = dq.swapaxes(0, 1).reshape(q.shape[0], -1, *q.shape[2:])[:, :t]
+  return dq, dk, dv, None
+
+
+_chunked_attention.defvjp(_chunked_attention_fwd, _chunked_attention_bwd)
+
+
+def attention(q: Array, k: Array, v: Array, kv_mask: Array, *, chunk: int) -> Array:
+  """Causal grouped-query attention by slot index, in query blocks of `chunk`.
+
+  q [B,T,N,H], k/v [B,T,K,H], kv_mask [B,T] bool -> [B,T,N,H]; query t sees key s iff
+  kv_mask[b, s] and s <= t. For T > chunk the queries run in blocks, forward and backward
+  (a custom VJP that recomputes each block's logits), so float32 logits exist only as
+  [B,N,chunk,T] and the backward keeps only q, k, v between the passes.
+  """
+  t = q.shape[1]
+  if t <= chunk:
+    return _causal_block(q, k, v, kv_mask, jnp.arange(t))
+  return _chunked_attention(q, k, v, kv_mask, chunk)
+
+
+# attend(q [B,T,N,H], k [B,T,K,H], v [B,T,K,H]) -> (out [B,T,N,H], aux)
+Attend = Callable[[Array, Array, Array], tuple[Array, Any]]
+
+
+def decoder_layer(cfg: Qwen3Config, x: Array, p: dict[str, Array], positions: Array,
+                  attend: Attend) -> tuple[Array, Any]:
+  """The transformer block (pre-norm). x [B,T,D]; p one layer's arrays; positions [B,T].
+
+  `attend` receives the block's RoPE'd queries and keys and its values and returns the
+  attention output and whatever it keeps (the new keys/values for a cache, or None).
+  Returns (x, aux).
   """
   dt = cfg.compute_dtype
   w = {name: a.astype(dt) for name, a in p.items()}
@@ -182,19 +266,14 @@ def decoder_layer(cfg: Qwen3Config, x: Array, p: dict[str, Array], positions: Ar
   # Qwen3 normalises each head before RoPE.
   q = apply_rope(rms_norm(q, w["q_norm"], cfg.rms_norm_eps), positions, cfg.rope_theta)
   k = apply_rope(rms_norm(k, w["k_norm"], cfg.rms_norm_eps), positions, cfg.rope_theta)
-  if cache_k is not None:
-    idx = (0, cache_index, 0, 0)
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), idx)
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), idx)
-    k, v = cache_k.astype(dt), cache_v.astype(dt)
-  attn = attention(q, k, v, mask)
+  attn, aux = attend(q, k, v)
   x = x + jnp.einsum("BTNH,NHD->BTD", attn, w["o_proj"])
   h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
   gate = jnp.einsum("BTD,DF->BTF", h, w["gate_proj"])
   up = jnp.einsum("BTD,DF->BTF", h, w["up_proj"])
   x = x + jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, w["down_proj"])
   x = shd.constrain(x, ("batch", "length", "act_embed"))
-  return x, (cache_k, cache_v)
+  return x, aux
 
 
 def _remat(fn, mode: str):
@@ -219,54 +298,38 @@ class Qwen3(nnx.Module):
           _normal(rngs, (cfg.hidden_size, cfg.vocab_size), cfg.initializer_range, pd))
 
   def __call__(self, tokens: Array, positions: Array, kv_mask: Array, *,
-               cache: KVCache | None = None,
-               cache_index: Array | int = 0) -> tuple[Array, KVCache | None]:
-    """Runs the decoder and returns (hidden [B,T,D] after the final norm, new cache).
+               return_kv: bool = False) -> tuple[Array, tuple[Array, Array] | None]:
+    """Full forward; returns (hidden [B,T,D] after the final norm, kv or None).
 
     Args:
       tokens: [B,T] int token ids (left-padded rows allowed).
       positions: [B,T] int RoPE positions (e.g. cumsum(mask) - 1 for left padding).
-      kv_mask: [B,S] bool, which key slots hold real tokens. Without a cache S = T
-        (the attention mask of `tokens`); with a cache S is the cache length and the
-        mask must already include the slots being written now.
-      cache: optional {"k","v"} arrays [L,B,S,K,H] (see `init_cache`).
-      cache_index: first cache slot written by `tokens` (scalar, same for all rows).
+      kv_mask: [B,T] bool, which tokens are real (the keys attended to).
+      return_kv: also return every layer's keys (after RoPE) and values, stacked
+        (k [L,B,T,K,H], v [L,B,T,K,H]) in the compute dtype: the prefill of a decode
+        (see `decode_cache`).
     """
     cfg = self.cfg
-    t = tokens.shape[1]
     # Gather first, then cast: never copy the whole [V, D] table to the compute dtype.
     x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.compute_dtype)
     x = shd.constrain(x, ("batch", "length", "act_embed"))
-    s = kv_mask.shape[1]
-    query_slot = cache_index + jnp.arange(t)
-    causal = jnp.arange(s)[None, :] <= query_slot[:, None]  # [T,S]
-    mask = kv_mask.astype(bool)[:, None, :] & causal[None]
 
-    block = _remat(functools.partial(decoder_layer, cfg), cfg.remat)
+    def attend(q, k, v):
+      out = attention(q, k, v, kv_mask, chunk=cfg.attention_chunk)
+      return out, ((k, v) if return_kv else None)
+
+    block = _remat(lambda x, p: decoder_layer(cfg, x, p, positions, attend), cfg.remat)
     layer_params = self.layers.arrays()
-
     if cfg.scan_layers:
-      def body(carry, xs):
-        p, ck, cv = xs
-        carry, (ck, cv) = block(carry, p, positions, mask, ck, cv, cache_index)
-        return carry, (ck, cv)
-      ck, cv = (cache["k"], cache["v"]) if cache is not None else (None, None)
-      x, (new_k, new_v) = jax.lax.scan(body, x, (layer_params, ck, cv))
+      x, kv = jax.lax.scan(block, x, layer_params)
     else:
-      ks, vs = [], []
+      kvs = []
       for i in range(cfg.num_layers):
-        p = {name: a[i] for name, a in layer_params.items()}
-        ck = cache["k"][i] if cache is not None else None
-        cv = cache["v"][i] if cache is not None else None
-        x, (ck, cv) = block(x, p, positions, mask, ck, cv, cache_index)
-        ks.append(ck)
-        vs.append(cv)
-      new_k = jnp.stack(ks) if cache is not None else None
-      new_v = jnp.stack(vs) if cache is not None else None
-
+        x, kv_i = block(x, {name: a[i] for name, a in layer_params.items()})
+        kvs.append(kv_i)
+      kv = jax.tree.map(lambda *a: jnp.stack(a), *kvs) if return_kv else None
     x = rms_norm(x, self.final_norm[...].astype(cfg.compute_dtype), cfg.rms_norm_eps)
-    new_cache = {"k": new_k, "v": new_v} if cache is not None else None
-    return x, new_cache
+    return x, kv
 
   def logits(self, hidden: Array) -> Array:
     """Projects hidden states [..., D] to float32 logits [..., V]."""
@@ -285,11 +348,139 @@ class Qwen3(nnx.Module):
     return self.lm_head[...].astype(dt).T
 
 
-def init_cache(cfg: Qwen3Config, batch_size: int, length: int, dtype: Any = None) -> KVCache:
-  """Zeroed KV cache {"k","v"} of shape [L, B, S, K, H] (S = `length` slots)."""
-  shape = (cfg.num_layers, batch_size, length, cfg.num_kv_heads, cfg.head_dim)
-  dtype = jnp.dtype(dtype or cfg.dtype)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+# ---------------------------------------------------------------------------------------------
+# Decoding: one token per row against a group-shared prompt cache
+
+
+class DecodeCache(NamedTuple):
+  """KV cache of a group decode: G groups of n rows (B = G * n; row b belongs to group b // n).
+
+  prompt_k, prompt_v: per layer [G, K, P, H], the prefilled prompt, once per group (read-only).
+  prompt_mask: [G, P] bool, real prompt tokens (left padding is False).
+  k, v: per layer [B, K, R, H], each row's own tokens: slot r holds the r-th token fed.
+  Per-layer tuples (not stacked [L, ...] arrays): the decode loop updates each layer's
+  buffer in place without slicing a stacked one.
+  """
+  prompt_k: tuple[Array, ...]
+  prompt_v: tuple[Array, ...]
+  prompt_mask: Array
+  k: tuple[Array, ...]
+  v: tuple[Array, ...]
+
+  @property
+  def num_groups(self) -> int:
+    return self.prompt_mask.shape[0]
+
+  @property
+  def rows(self) -> int:
+    return self.k[0].shape[0]
+
+
+def decode_cache(kv: tuple[Array, Array], prompt_mask: Array, rows: int, length: int,
+                 dtype: Any = None, *, share_prompt: bool = True,
+                 constrain: Callable[[Array], Array] = lambda a: a) -> DecodeCache:
+  """The decode cache after a prefill.
+
+  Args:
+    kv: the prefill's stacked (k, v) [L, G, P, K, H] (`Qwen3(..., return_kv=True)`).
+    prompt_mask: [G, P] bool.
+    rows: B = G * n decode rows (row b samples from prompt b // n).
+    length: R, own slots per row (tokens fed after the prompt).
+    dtype: cache dtype (default: that of kv).
+    share_prompt: store each prompt once per group (G x P + B x R slots). False repeats it for
+      each of its rows (B x (P + R) slots, the layout of a plain per-row cache): same results,
+      kept to measure what sharing saves.
+    constrain: applied to every per-layer cache array (a sharding constraint).
+  """
+  k, v = kv
+  num_layers, g = k.shape[:2]
+  if rows % g:
+    raise ValueError(f"rows={rows} is not a multiple of the {g} prompts")
+  dtype = jnp.dtype(dtype or k.dtype)
+  mask = prompt_mask.astype(bool)
+  if not share_prompt:
+    n = rows // g
+    k, v = jnp.repeat(k, n, axis=1), jnp.repeat(v, n, axis=1)
+    mask = jnp.repeat(mask, n, axis=0)
+  heads_major = lambda a: constrain(jnp.swapaxes(a, 1, 2).astype(dtype))  # [G,P,K,H]->[G,K,P,H]
+  own = (rows, k.shape[3], length, k.shape[4])
+  zeros = tuple(constrain(jnp.zeros(own, dtype)) for _ in range(num_layers))
+  return DecodeCache(prompt_k=tuple(heads_major(k[i]) for i in range(num_layers)),
+                     prompt_v=tuple(heads_major(v[i]) for i in range(num_layers)),
+                     prompt_mask=mask, k=zeros,
+                     v=tuple(constrain(jnp.zeros(own, dtype)) for _ in range(num_layers)))
+
+
+def _cascade_attention(q: Array, pk: Array, pv: Array, pmask: Array, k: Array, v: Array,
+                       own_valid: Array) -> Array:
+  """One query per row over its group's prompt keys and its own keys, merged exactly.
+
+  q [B,N,H]; pk/pv [G,K,P,H]; pmask [G,P] bool; k/v [B,K,R,H]; own_valid [R] bool -> [B,N,H].
+  Both parts share one max and one normaliser, so the result is softmax attention over the
+  concatenated keys. The prompt part is one matrix product per (group, kv head) for all n
+  rows and Q heads of the group.
+  """
+  b, n_heads, h = q.shape
+  g, kh = pk.shape[:2]
+  n, qh, r = b // g, n_heads // kh, k.shape[2]
+  scale = h ** -0.5
+  f32 = jnp.float32
+  lp = jnp.einsum("GnKQH,GKPH->GnKQP", q.reshape(g, n, kh, qh, h), pk,
+                  preferred_element_type=f32) * scale
+  lp = jnp.where(pmask[:, None, None, None, :], lp, _MASK_VALUE)
+  lo = jnp.einsum("BKQH,BKRH->BKQR", q.reshape(b, kh, qh, h), k,
+                  preferred_element_type=f32) * scale
+  lo = jnp.where(own_valid, lo, _MASK_VALUE).reshape(g, n, kh, qh, r)
+  m = jnp.maximum(lp.max(-1), lo.max(-1))[..., None]  # [G,n,K,Q,1]
+  ep, eo = jnp.exp(lp - m), jnp.exp(lo - m)
+  den = ep.sum(-1, keepdims=True) + eo.sum(-1, keepdims=True)
+  num = jnp.einsum("GnKQP,GKPH->GnKQH", ep.astype(pv.dtype), pv, preferred_element_type=f32)
+  num = num + jnp.einsum("BKQR,BKRH->BKQH", eo.reshape(b, kh, qh, r).astype(v.dtype), v,
+                         preferred_element_type=f32).reshape(g, n, kh, qh, h)
+  return (num / den).astype(q.dtype).reshape(b, n_heads, h)
+
+
+def decode_weights(model: "Qwen3") -> dict[str, Any]:
+  """The model's weights for `decode_step`: per layer, cast to the compute dtype once
+  (outside the decode loop), and the input/output embeddings."""
+  dt = model.cfg.compute_dtype
+  stacked = {name: a.astype(dt) for name, a in model.layers.arrays().items()}
+  return {"layers": tuple({name: a[i] for name, a in stacked.items()}
+                          for i in range(model.cfg.num_layers)),
+          "embedding": model.embedding[...], "final_norm": model.final_norm[...].astype(dt),
+          "output": model.output_embedding()}
+
+
+def decode_step(cfg: Qwen3Config, weights: dict[str, Any], tokens: Array, positions: Array,
+                cache: DecodeCache, slot: Array | int) -> tuple[Array, DecodeCache]:
+  """Feeds one token per row through `decoder_layer`; returns (logits [B,V] f32, new cache).
+
+  tokens, positions: [B] int (positions continue each row's prompt positions).
+  slot: the own-cache slot written now (scalar); the row attends to its group's real prompt
+    tokens and to its own slots 0..slot.
+  weights: `decode_weights(model)`. Layers are unrolled: each updates its own cache buffer.
+  """
+  dt = cfg.compute_dtype
+  x = jnp.take(weights["embedding"], tokens, axis=0).astype(dt)[:, None]  # [B,1,D]
+  x = shd.constrain(x, ("batch", "length", "act_embed"))
+  own_valid = jnp.arange(cache.k[0].shape[2]) <= slot
+  new_k, new_v = [], []
+  for layer, p in enumerate(weights["layers"]):
+    def attend(q, k, v, layer=layer):
+      ck = jax.lax.dynamic_update_slice(  # [B,1,K,H] -> slot of [B,K,R,H]
+          cache.k[layer], jnp.swapaxes(k, 1, 2).astype(cache.k[layer].dtype), (0, 0, slot, 0))
+      cv = jax.lax.dynamic_update_slice(
+          cache.v[layer], jnp.swapaxes(v, 1, 2).astype(cache.v[layer].dtype), (0, 0, slot, 0))
+      out = _cascade_attention(q[:, 0], cache.prompt_k[layer].astype(dt),
+                               cache.prompt_v[layer].astype(dt), cache.prompt_mask,
+                               ck.astype(dt), cv.astype(dt), own_valid)
+      return out[:, None], (ck, cv)
+    x, (ck, cv) = decoder_layer(cfg, x, p, positions[:, None], attend)
+    new_k.append(ck)
+    new_v.append(cv)
+  x = rms_norm(x[:, 0], weights["final_norm"], cfg.rms_norm_eps)
+  logits = jnp.einsum("BD,VD->BV", x, weights["output"], preferred_element_type=jnp.float32)
+  return logits, cache._replace(k=tuple(new_k), v=tuple(new_v))
 
 
 def positions_from_mask(mask: Array) -> Array:

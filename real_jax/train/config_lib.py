@@ -15,7 +15,9 @@ of that size (and of the micro-batch count): `train.batch_size`, `warmup.batch_s
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from typing import Any, Iterable
 
 import ml_collections
@@ -79,6 +81,18 @@ def parse_arg(arg: str | None, **defaults) -> ConfigDict:
     else:
       out[key] = value
   return out
+
+
+def load_config(spec: str) -> ConfigDict:
+  """The ConfigDict of "path/to/config.py[:arg]" (what `--config` takes), for tools and notebooks."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} not found (expected path/to/config.py[:arg])")
+  module = importlib.util.spec_from_file_location(
+      "real_jax_config_" + os.path.basename(path)[:-3], path)
+  mod = importlib.util.module_from_spec(module)
+  module.loader.exec_module(mod)
+  return mod.get_config(arg or None)
 
 
 def base_config() -> ConfigDict:

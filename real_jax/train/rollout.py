@@ -7,7 +7,7 @@ One generation round (DESIGN §4 data flow):
   max tokens); rows i*n .. i*n+n-1 are the group of prompt i (one ordering, kept throughout)
   --> sequences prompt ⊕ CoT (delimiter included); the score position is the last delimiter
   token, whose logits predict the score token
-  --> no-grad scoring pass (`real_jax.sampling.score_sequences`): y_hat, log pi(y*|x,c), the
+  --> no-grad scoring pass (`real_jax.models.score_sequences`): y_hat, log pi(y*|x,c), the
   sampled score token (temperature / top-p of the rollout), CoT log-probs (old policy)
   --> rewards: regression -(y_hat - y*)^2 (+ shaping by pi(y*)) or binary 1[sampled == y*]
   --> group advantages (objectives.real_advantages / group_advantages) and the group filter.
@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 
 from real_jax import objectives as obj
 from real_jax import sharding as shd
+from real_jax.models import score_sequences
 from real_jax.judge import scores as scores_lib
 
 LOG_PROB_FLOOR = float(np.log(1e-8))  # log pi(y*) of an invalid row (and the floor of all rows)
@@ -144,7 +145,7 @@ def make_score_fn(graphdef, score_tokens: scores_lib.ScoreTokens, mesh: Mesh, *,
   y_hat), sampled [N] (a token sampled at the score position), sampled_is_score [N],
   sampled_logp [N] and probe_logp [N] (log pi at T=1 of the sampled / the `probe` token)}.
   """
-  from real_jax.sampling import SamplingConfig, sample_from_logits, score_sequences
+  from real_jax.sampling import SamplingConfig, sample_from_logits
   draw_cfg = SamplingConfig(temperature=sample_temperature if not greedy else 1.0, top_p=top_p,
                             top_k=top_k, greedy=greedy)
   ids = jnp.asarray(score_tokens.token_ids, jnp.int32)

@@ -42,6 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from real_jax import objectives as obj
 from real_jax import sharding as shd
+from real_jax.models import score_sequences
 
 Batch = dict[str, jax.Array]
 
@@ -53,10 +54,9 @@ Batch = dict[str, jax.Array]
 def forward(graphdef, params, tokens, mask, score_pos):
   """(token_log_probs [B,L] with entry t = log p(tokens[t] | tokens[<t]), score_logits [B,V]).
 
-  The teacher-forced scoring pass of `real_jax.sampling` (chunked; never a full [B,L,V] float32
-  array for a large vocabulary), at temperature 1 (the policy itself).
+  The teacher-forced scoring pass `real_jax.models.score_sequences` (chunked; never a full
+  [B,L,V] float32 array for a large vocabulary), at temperature 1 (the policy itself).
   """
-  from real_jax.sampling import score_sequences
   out = score_sequences(graphdef, params, tokens, mask, score_pos, temperature=1.0)
   return out.token_log_probs, out.score_logits
 

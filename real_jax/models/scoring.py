@@ -1,0 +1,100 @@
+"""The teacher-forced scoring pass: token log-probs of given sequences under the model.
+
+`score_sequences` is one full forward (`Qwen3.__call__`) over prompt + CoT that returns the
+token log-probs (chunked over time: never a [B, T, V] float32 array) and the logits at the
+score position. Differentiable; the REAL loss differentiates through it, and the rollout uses
+it without gradients to read the score distribution after each sampled CoT.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from real_jax import sharding as shd
+from real_jax.models import qwen3
+
+Array = jax.Array
+
+__all__ = ["ScoreOutput", "score_sequences"]
+
+
+class ScoreOutput(NamedTuple):
+  """token_log_probs [B, T] f32; score_logits [B, V] f32 (see `score_sequences`)."""
+  token_log_probs: Array
+  score_logits: Array
+
+
+
+def _chunked_token_log_probs(model: qwen3.Qwen3, hidden: Array, targets: Array,
+                             temperature: float, chunk: int) -> Array:
+  """log softmax(hidden[:, t] @ W^T / temperature)[targets[:, t]] -> [B, T], chunk by chunk.
+
+  Only a [B, chunk, V] float32 block exists at a time, forward and backward (each chunk is
+  rematerialised in the backward pass instead of saving its logits).
+  """
+  b, t, d = hidden.shape
+  c = max(1, min(chunk, t))
+  pad = (-t) % c
+  nc = (t + pad) // c
+  h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, nc, c, d).swapaxes(0, 1)
+  y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, nc, c).swapaxes(0, 1)
+  w = model.output_embedding()  # [V, D], compute dtype
+
+  @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
+  def one(w, hc, yc):
+    logits = jnp.einsum("BCD,VD->BCV", hc, w, preferred_element_type=jnp.float32)
+    if temperature != 1.0:
+      logits = logits / temperature
+    logits = shd.constrain(logits, ("batch", "length", "act_vocab"))
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    chosen = jnp.take_along_axis(logits, yc[..., None], axis=-1)[..., 0]
+    return chosen - lse
+
+  out = jax.lax.map(lambda xs: one(w, *xs), (h, y))  # [nc, B, c]
+  return out.swapaxes(0, 1).reshape(b, nc * c)[:, :t]
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("temperature", "chunk_size"))
+def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: float,
+               chunk_size: int) -> ScoreOutput:
+  model = nnx.merge(graphdef, params)
+  mask = mask.astype(bool)
+  positions = qwen3.positions_from_mask(mask)
+  hidden, _ = model(tokens, positions, mask)  # [B, T, D]
+  b = tokens.shape[0]
+  idx = score_positions.astype(jnp.int32)[:, None, None]
+  score_logits = model.logits(jnp.take_along_axis(hidden, idx, axis=1)[:, 0])
+  lp = _chunked_token_log_probs(model, hidden[:, :-1], tokens[:, 1:].astype(jnp.int32),
+                                temperature, chunk_size)
+  lp = jnp.where(mask[:, 1:] & mask[:, :-1], lp, 0.0)
+  token_log_probs = jnp.concatenate([jnp.zeros((b, 1), lp.dtype), lp], axis=1)
+  return ScoreOutput(token_log_probs=token_log_probs, score_logits=score_logits)
+
+
+def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, mask: Array,
+                    score_positions: Array, *, temperature: float = 1.0,
+                    chunk_size: int = 64) -> ScoreOutput:
+  """Teacher-forced forward over prompt + CoT; differentiable w.r.t. params.
+
+  Args:
+    tokens: [B, T] int, left-padded prompt followed by the CoT (right padding allowed after it).
+    mask: [B, T] bool, real tokens; RoPE positions come from it (0 at the first real token).
+    score_positions: [B] int, the position whose logits predict the score token, i.e. the
+      position of the last delimiter token (the score token would sit at score_positions + 1).
+    temperature: divides the logits of `token_log_probs` (not of `score_logits`).
+    chunk_size: time steps per logits block; memory is O(B * chunk_size * V), not O(B * T * V).
+
+  Returns:
+    ScoreOutput(token_log_probs [B, T]: entry t = log softmax(logits[t - 1] / temperature)
+      [tokens[t]] where mask[t] and mask[t - 1], else 0 (so 0 at t = 0, at padding and at a
+      row's first real token); score_logits [B, V] float32: the raw (untempered) logits at
+      score_positions).
+  Callable inside an outer jit/grad (e.g. the trainer's loss); then the outer trace applies.
+  """
+  return _score_jit(graphdef, params, tokens, mask, score_positions,
+                    temperature=float(temperature), chunk_size=int(chunk_size))
