@@ -171,8 +171,13 @@ def test_real_update_equals_objectives_by_hand(real_rows):
                                                                           tid[valid]))
   np.testing.assert_allclose(rl_loss, pg_v + beta * ref_v, rtol=1e-5)
 
-  # The trainer's step (2 micro-batches, SGD lr 1: the update is minus the gradient).
-  loss = steps_lib.real_objective(ST, steps_lib.RLLossConfig(beta=beta, lam=lam))
+  # The trainer's step (2 micro-batches, SGD lr 1: the update is minus the gradient), with
+  # log-probs computed on the response columns only, as run_rl sets it (the response and the
+  # free score slot, `build_sequences(extra=1)`).
+  width = gen["response"].shape[1] + 1
+  assert rows["tokens"].shape[1] == lp_w + width
+  loss = steps_lib.real_objective(ST, steps_lib.RLLossConfig(beta=beta, lam=lam,
+                                                             response_width=width))
   tx = optax.sgd(1.0)
   state, shardings = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mesh, 0)
   step = steps_lib.make_train_step(loss, graphdef, tx, mesh, shardings, rows, num_micro=2)
@@ -234,7 +239,8 @@ def test_ppo_kl_entropy_update_equals_hand_computation(real_rows):
 
   want_loss, want_grad = jax.value_and_grad(hand_loss)(params)
   cfg = steps_lib.RLLossConfig(beta=beta, lam=lam, policy_loss="ppo", clip_eps=eps,
-                               kl_coef=kl_coef, kl_estimator="k3", entropy_coef=ent_coef)
+                               kl_coef=kl_coef, kl_estimator="k3", entropy_coef=ent_coef,
+                               response_width=gen["response"].shape[1] + 1)
   loss = steps_lib.real_objective(ST, cfg)
   tx = optax.sgd(1.0)
   state, shardings = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mesh, 0)

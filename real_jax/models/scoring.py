@@ -59,9 +59,10 @@ def _chunked_token_log_probs(model: qwen3.Qwen3, hidden: Array, targets: Array,
   return out.swapaxes(0, 1).reshape(b, nc * c)[:, :t]
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("temperature", "chunk_size"))
+@functools.partial(jax.jit, static_argnums=(0,),
+                   static_argnames=("temperature", "chunk_size", "logprob_start"))
 def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: float,
-               chunk_size: int) -> ScoreOutput:
+               chunk_size: int, logprob_start: int) -> ScoreOutput:
   model = nnx.merge(graphdef, params)
   mask = mask.astype(bool)
   positions = qwen3.positions_from_mask(mask)
@@ -69,16 +70,17 @@ def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: 
   b = tokens.shape[0]
   idx = score_positions.astype(jnp.int32)[:, None, None]
   score_logits = model.logits(jnp.take_along_axis(hidden, idx, axis=1)[:, 0])
-  lp = _chunked_token_log_probs(model, hidden[:, :-1], tokens[:, 1:].astype(jnp.int32),
+  s = min(max(logprob_start, 1), tokens.shape[1] - 1)  # first entry computed
+  lp = _chunked_token_log_probs(model, hidden[:, s - 1:-1], tokens[:, s:].astype(jnp.int32),
                                 temperature, chunk_size)
-  lp = jnp.where(mask[:, 1:] & mask[:, :-1], lp, 0.0)
-  token_log_probs = jnp.concatenate([jnp.zeros((b, 1), lp.dtype), lp], axis=1)
+  lp = jnp.where(mask[:, s:] & mask[:, s - 1:-1], lp, 0.0)
+  token_log_probs = jnp.concatenate([jnp.zeros((b, s), lp.dtype), lp], axis=1)
   return ScoreOutput(token_log_probs=token_log_probs, score_logits=score_logits)
 
 
 def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, mask: Array,
                     score_positions: Array, *, temperature: float = 1.0,
-                    chunk_size: int = 64) -> ScoreOutput:
+                    chunk_size: int = 64, logprob_start: int = 0) -> ScoreOutput:
   """Teacher-forced forward over prompt + CoT; differentiable w.r.t. params.
 
   Args:
@@ -88,6 +90,10 @@ def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, ma
       position of the last delimiter token (the score token would sit at score_positions + 1).
     temperature: divides the logits of `token_log_probs` (not of `score_logits`).
     chunk_size: time steps per logits block; memory is O(B * chunk_size * V), not O(B * T * V).
+    logprob_start: static; entries t < logprob_start are 0 without being computed (the output
+      projection runs over T - logprob_start positions only). The RL losses pass the column
+      where the responses start (`rollout.build_sequences` puts every prompt before it): the
+      prompt's log-probs are never used there, and they are most of the tokens.
 
   Returns:
     ScoreOutput(token_log_probs [B, T]: entry t = log softmax(logits[t - 1] / temperature)
@@ -97,4 +103,5 @@ def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, ma
   Callable inside an outer jit/grad (e.g. the trainer's loss); then the outer trace applies.
   """
   return _score_jit(graphdef, params, tokens, mask, score_positions,
-                    temperature=float(temperature), chunk_size=int(chunk_size))
+                    temperature=float(temperature), chunk_size=int(chunk_size),
+                    logprob_start=int(logprob_start))

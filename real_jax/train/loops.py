@@ -630,7 +630,8 @@ def run_rl(ctx: Context, params_in, *, method: str, main: bool = True):
       beta=rl.beta, lam=rl.lam, renormalize=rl.renormalize, aggregation=rl.aggregation,
       policy_loss=s["policy_loss"], clip_eps=rl.clip_eps,
       score_temperature=rl.score_temperature, kl_coef=rl.kl_coef,
-      kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef)
+      kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef,
+      response_width=rl.max_response_len + 1)  # build_sequences(extra=1)'s response columns
   loss = (steps_lib.grpo_objective(loss_cfg) if method == "grpo"
           else steps_lib.real_objective(ctx.score_tokens, loss_cfg))
   score_fn = rollout.cached_score_fn(

@@ -51,14 +51,23 @@ Batch = dict[str, jax.Array]
 # Forward passes
 
 
-def forward(graphdef, params, tokens, mask, score_pos):
+def forward(graphdef, params, tokens, mask, score_pos, logprob_start: int = 0):
   """(token_log_probs [B,L] with entry t = log p(tokens[t] | tokens[<t]), score_logits [B,V]).
+
+  Entries before the static `logprob_start` are 0 and not computed (see `response_start`).
 
   The teacher-forced scoring pass `real_jax.models.score_sequences` (chunked; never a full
   [B,L,V] float32 array for a large vocabulary), at temperature 1 (the policy itself).
   """
-  out = score_sequences(graphdef, params, tokens, mask, score_pos, temperature=1.0)
+  out = score_sequences(graphdef, params, tokens, mask, score_pos, temperature=1.0,
+                        logprob_start=logprob_start)
   return out.token_log_probs, out.score_logits
+
+
+def response_start(tokens: jax.Array, response_width: int) -> int:
+  """Static column where the responses start in `rollout.build_sequences`' layout
+  ([prompt bucket | response_width columns]); 0 (every column) when response_width is 0."""
+  return max(tokens.shape[1] - response_width, 0) if response_width else 0
 
 
 def token_entropies(graphdef, params, tokens, mask, chunk: int = 128):
@@ -173,6 +182,9 @@ class RLLossConfig:
   kl_coef: float = 0.0
   kl_estimator: str = "k3"
   entropy_coef: float = 0.0
+  # Columns of the response region at the end of every row (rl.max_response_len + 1 in the
+  # rollout's layout): token log-probs are computed there only. 0 = every column.
+  response_width: int = 0
 
 
 def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
@@ -201,7 +213,8 @@ def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
     return pg_den, (pg_rows if agg == "sequence-sum" else valid), valid
 
   def fn(graphdef, params, mb, den):
-    lp, logits = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"])
+    lp, logits = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"],
+                         response_start(mb["tokens"], cfg.response_width))
     common = dict(renormalize=cfg.renormalize, aggregation=agg,
                   temperature=cfg.score_temperature, target_token_ids=mb["target_id"],
                   policy_loss=cfg.policy_loss,
@@ -259,7 +272,8 @@ def grpo_objective(cfg: RLLossConfig) -> Loss:
     return pg_den
 
   def fn(graphdef, params, mb, den):
-    lp, _ = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"])
+    lp, _ = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"],
+                    response_start(mb["tokens"], cfg.response_width))
     loss, _ = obj.policy_gradient_loss(
         lp, mb["cot_mask"], mb["adv"],
         old_log_probs=mb["old_lp"] if cfg.policy_loss == "ppo" else None,
