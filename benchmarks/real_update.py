@@ -1,5 +1,11 @@
 r"""One REAL update, timed: rollout (sampling), scoring pass, train steps.
 
+The train step is then timed alone (best of --step_repeats), side by side in one process with
+log-probs on every column (`response_width=0`, the step before issue 12) and on the response
+columns only (`response_width = new_tokens + 1`, what `run_rl` uses), against a float32 matmul
+peak measured in the same process. FLOPs are those each variant executes: 6 x (decoder
+weights) x tokens + 6 x (output projection) x (columns scored) + causal attention.
+
   python benchmarks/real_update.py                        # tiny-1m and cpu-29m on this CPU
   python benchmarks/real_update.py --presets cpu-29m --prompts 8 --group 8 --new_tokens 128
   python benchmarks/real_update.py --presets qwen3-1.7b --dtype bfloat16 --peak_tflops 989
@@ -25,9 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common import best_time, matmul_peak_gflops  # noqa: E402
+
 
 def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens: int,
-          epochs: int, mini_batch: int, dtype: str, peak_tflops: float, seed: int = 0) -> dict:
+          epochs: int, mini_batch: int, dtype: str, peak_tflops: float, step_repeats: int = 3,
+          seed: int = 0) -> dict:
   from transformers import AutoTokenizer
   from real_jax import sharding as shd
   from real_jax.data import build_synthetic_tokenizer
@@ -64,7 +73,8 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
   batch["target_int"] = batch["target"].astype(np.int32)
   adv = rollout.AdvantageSettings()
   score_fn = rollout.make_score_fn(graphdef, st, mesh, top_p=0.9)
-  loss = steps_lib.real_objective(st, steps_lib.RLLossConfig(beta=1.0, lam=1.0))
+  loss = steps_lib.real_objective(st, steps_lib.RLLossConfig(beta=1.0, lam=1.0,
+                                                            response_width=new_tokens + 1))
   rows_n = prompts * group
   tx = state_lib.make_optimizer(lr=1e-6, steps=100)
   state, sh = state_lib.init_state(params, tx, mesh, seed)
@@ -92,16 +102,47 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
            "t_rollout": t_roll, "t_scoring": t_score, "t_train": t_train, "t_total": total,
            "train_steps": n_steps, "prompts_per_s": prompts / total,
            "gen_tokens_per_s": stats["gen_tokens"] / t_roll}
-    seq = out["seq_len"]
-    tokens = n_steps * mini_batch * seq
-    flops = 6 * cfg.num_params() * tokens + 6 * cfg.num_layers * mini_batch * n_steps * (
-        seq * seq * cfg.num_heads * cfg.head_dim)  # causal attention, fwd + bwd
-    out["train_tflops_per_s"] = flops / t_train / 1e12
-    if peak_tflops:
-      out["mfu"] = out["train_tflops_per_s"] / peak_tflops
     print(f"[{preset}] update {it} ({'compile + run' if it == 0 else 'timed'}): "
           f"total {total:.2f}s = rollout {t_roll:.2f}s + scoring {t_score:.2f}s + train "
           f"{t_train:.2f}s ({n_steps} steps)", flush=True)
+
+  # The train step alone: all columns scored vs the response columns only, interleaved.
+  mb = steps_lib.put_batch({k: v[:mini_batch] for k, v in rows.items()}, mesh)
+  seq = int(rows["tokens"].shape[1])
+  body = cfg.num_params() - cfg.vocab_size * cfg.hidden_size
+  attn = 6 * cfg.num_layers * mini_batch * seq * seq * cfg.num_heads * cfg.head_dim
+  variants = {"all columns": 0, "response only": new_tokens + 1}
+  fns, times = {}, {k: [] for k in variants}
+  for name, width in variants.items():
+    lv = steps_lib.real_objective(st, steps_lib.RLLossConfig(beta=1.0, lam=1.0,
+                                                             response_width=width))
+    fns[name] = steps_lib.make_train_step(lv, graphdef, tx, mesh, sh,
+                                          {k: v[:mini_batch] for k, v in rows.items()},
+                                          donate=False)
+    jax.block_until_ready(fns[name](state, mb))
+  for _ in range(step_repeats):
+    for name in variants:
+      times[name].append(best_time(lambda: jax.block_until_ready(fns[name](state, mb)), 1))
+  peak = matmul_peak_gflops()
+  out.update(seq_len=seq, matmul_peak_gflops=peak, step={})
+  for name, width in variants.items():
+    cols = width if width else seq
+    flops = 6 * body * mini_batch * seq + 6 * cfg.vocab_size * cfg.hidden_size * mini_batch * cols + attn
+    t = min(times[name])
+    out["step"][name] = {"s": t, "gflops": flops / t / 1e9, "frac": flops / t / 1e9 / peak,
+                         "conventional_gflops": (6 * cfg.num_params() * mini_batch * seq + attn) / t / 1e9}
+    print(f"[{preset}] train step ({mini_batch} rows x {seq} tokens), {name:13s}: {t:.2f} s, "
+          f"{flops / 1e9:.0f} GFLOP executed -> {flops / t / 1e9:.0f} GFLOP/s = "
+          f"{flops / t / 1e9 / peak:.0%} of the measured {peak:.0f} GFLOP/s matmul peak", flush=True)
+  a, b = (out["step"][k]["s"] for k in variants)
+  print(f"[{preset}] response-only step / all-columns step: {b / a:.2f}x the time", flush=True)
+  seq = out["seq_len"]
+  tokens = n_steps * mini_batch * seq
+  flops = 6 * cfg.num_params() * tokens + 6 * cfg.num_layers * mini_batch * n_steps * (
+      seq * seq * cfg.num_heads * cfg.head_dim)  # causal attention, fwd + bwd
+  out["train_tflops_per_s"] = flops / t_train / 1e12
+  if peak_tflops:
+    out["mfu"] = out["train_tflops_per_s"] / peak_tflops
   return out
 
 
@@ -117,11 +158,12 @@ def main():
   p.add_argument("--dtype", default="")
   p.add_argument("--peak_tflops", type=float, default=0.0,
                  help="device peak (e.g. 989 for H100 SXM bf16 dense) for MFU")
+  p.add_argument("--step_repeats", type=int, default=3)
   a = p.parse_args()
   print(f"devices: {jax.devices()}  backend: {jax.default_backend()}")
   results = [bench(pr, prompts=a.prompts, group=a.group, prompt_len=a.prompt_len,
                    new_tokens=a.new_tokens, epochs=a.epochs, mini_batch=a.mini_batch,
-                   dtype=a.dtype, peak_tflops=a.peak_tflops)
+                   dtype=a.dtype, peak_tflops=a.peak_tflops, step_repeats=a.step_repeats)
              for pr in a.presets.split(",")]
   print()
   print("| preset | params | prompts x n | prompts/s | gen tok/s | rollout s | scoring s | "

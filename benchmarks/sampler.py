@@ -46,6 +46,8 @@ import time
 
 import numpy as np
 
+from common import matmul_peak_gflops
+
 _COMPILE = collections.defaultdict(float)
 
 
@@ -147,22 +149,6 @@ def compiled_peak_bytes(graphdef, params, prompts, mask, cfg, n) -> int:
   ids = np.arange(tokens.shape[0], dtype=np.int32)
   ma = fn.lower(params, tokens, pmask, jax.random.key(0), ids).compile().memory_analysis()
   return ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
-
-
-def matmul_peak_gflops() -> float:
-  import jax
-  import jax.numpy as jnp
-  a = jnp.ones((2048, 2048), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(5))
-  return 2 * 2048 ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-  t0 = time.perf_counter()
-  fn()
-  return time.perf_counter() - t0
 
 
 def decode_step_gflop(mcfg, rows: int, prompt_len: int, new_tokens: int) -> float:

@@ -130,6 +130,19 @@ def test_sampler_log_probs_equal_scoring_pass(model, sampled_out):
   assert np.all(_np(sampled_out.sampling_log_probs) <= 1e-6)
 
 
+def test_scoring_pass_on_response_columns_only(model, sampled_out):
+  """response_width=M: the generated columns' log-probs and the score logits are the full
+  pass's; the prompt's columns are 0 (not computed)."""
+  _, graphdef, params = model
+  tokens, mask, pos = S.scoring_inputs(sampled_out)
+  full = models.score_sequences(graphdef, params, tokens, mask, pos)
+  part = models.score_sequences(graphdef, params, tokens, mask, pos, response_width=M)
+  np.testing.assert_allclose(_np(part.token_log_probs)[:, P:], _np(full.token_log_probs)[:, P:],
+                             atol=1e-6)
+  assert np.all(_np(part.token_log_probs)[:, :P] == 0) and np.any(_np(full.token_log_probs)[:, :P])
+  np.testing.assert_allclose(_np(part.score_logits), _np(full.score_logits), atol=1e-6)
+
+
 def _full_scoring(graphdef, p, tokens, mask, pos, temperature):
   """Unchunked reference: log_softmax over the whole [B, T, V] logits."""
   logits = models.forward_logits(graphdef, p, tokens, mask)

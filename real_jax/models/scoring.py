@@ -38,9 +38,9 @@ def _chunked_token_log_probs(model: qwen3.Qwen3, hidden: Array, targets: Array,
   rematerialised in the backward pass instead of saving its logits).
   """
   b, t, d = hidden.shape
-  c = max(1, min(chunk, t))
-  pad = (-t) % c
-  nc = (t + pad) // c
+  nc = -(-t // max(1, chunk))  # as few chunks as `chunk` allows, of even width (little padding)
+  c = -(-t // nc)
+  pad = nc * c - t
   h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, nc, c, d).swapaxes(0, 1)
   y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, nc, c).swapaxes(0, 1)
   w = model.output_embedding()  # [V, D], compute dtype
@@ -60,9 +60,9 @@ def _chunked_token_log_probs(model: qwen3.Qwen3, hidden: Array, targets: Array,
 
 
 @functools.partial(jax.jit, static_argnums=(0,),
-                   static_argnames=("temperature", "chunk_size", "logprob_start"))
+                   static_argnames=("temperature", "chunk_size", "response_width"))
 def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: float,
-               chunk_size: int, logprob_start: int) -> ScoreOutput:
+               chunk_size: int, response_width: int) -> ScoreOutput:
   model = nnx.merge(graphdef, params)
   mask = mask.astype(bool)
   positions = qwen3.positions_from_mask(mask)
@@ -70,7 +70,8 @@ def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: 
   b = tokens.shape[0]
   idx = score_positions.astype(jnp.int32)[:, None, None]
   score_logits = model.logits(jnp.take_along_axis(hidden, idx, axis=1)[:, 0])
-  s = min(max(logprob_start, 1), tokens.shape[1] - 1)  # first entry computed
+  t = tokens.shape[1]
+  s = min(max(t - response_width if response_width else 1, 1), t - 1)  # first entry computed
   lp = _chunked_token_log_probs(model, hidden[:, s - 1:-1], tokens[:, s:].astype(jnp.int32),
                                 temperature, chunk_size)
   lp = jnp.where(mask[:, s:] & mask[:, s - 1:-1], lp, 0.0)
@@ -80,7 +81,7 @@ def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: 
 
 def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, mask: Array,
                     score_positions: Array, *, temperature: float = 1.0,
-                    chunk_size: int = 64, logprob_start: int = 0) -> ScoreOutput:
+                    chunk_size: int = 64, response_width: int = 0) -> ScoreOutput:
   """Teacher-forced forward over prompt + CoT; differentiable w.r.t. params.
 
   Args:
@@ -90,10 +91,11 @@ def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, ma
       position of the last delimiter token (the score token would sit at score_positions + 1).
     temperature: divides the logits of `token_log_probs` (not of `score_logits`).
     chunk_size: time steps per logits block; memory is O(B * chunk_size * V), not O(B * T * V).
-    logprob_start: static; entries t < logprob_start are 0 without being computed (the output
-      projection runs over T - logprob_start positions only). The RL losses pass the column
-      where the responses start (`rollout.build_sequences` puts every prompt before it): the
-      prompt's log-probs are never used there, and they are most of the tokens.
+    response_width: static; > 0: token log-probs only on the last `response_width` columns
+      (0 before them, not computed: the output projection runs over those columns only). The
+      RL losses and the rollout's scoring pass use the responses' columns of
+      `rollout.build_sequences` (every prompt sits before them): the prompts' log-probs are
+      never used there, and they are most of the tokens.
 
   Returns:
     ScoreOutput(token_log_probs [B, T]: entry t = log softmax(logits[t - 1] / temperature)
@@ -104,4 +106,4 @@ def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, ma
   """
   return _score_jit(graphdef, params, tokens, mask, score_positions,
                     temperature=float(temperature), chunk_size=int(chunk_size),
-                    logprob_start=int(logprob_start))
+                    response_width=int(response_width))

@@ -637,7 +637,8 @@ def run_rl(ctx: Context, params_in, *, method: str, main: bool = True):
   score_fn = rollout.cached_score_fn(
       ctx.score_fns, ctx.graphdef, ctx.score_tokens, ctx.mesh,
       score_temperature=rl.score_temperature, renormalize=rl.renormalize,
-      sample_temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k, greedy=False)
+      sample_temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k, greedy=False,
+      response_width=rl.max_response_len + 1)
   num_micro = mini // rl.micro_batch_size if rl.micro_batch_size else 1
   step_fns: dict[int, Any] = {}
   base_key = jax.random.PRNGKey(c.seed)

@@ -136,8 +136,11 @@ def build_sequences(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, response
 def make_score_fn(graphdef, score_tokens: scores_lib.ScoreTokens, mesh: Mesh, *,
                   score_temperature: float = 1.0, renormalize: bool = False,
                   sample_temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                  greedy: bool = False):
+                  greedy: bool = False, response_width: int = 0):
   """Jitted no-grad scoring pass over a batch of sequences.
+
+  `response_width` > 0: `lp` only on the last `response_width` columns (the responses of
+  `build_sequences`' layout; 0 before them), see `models.score_sequences`.
 
   `fn(params, batch, key)` with batch {tokens, mask, score_pos, target_id, probe} returns
   {lp [N, L] (token log-probs at T=1), y_hat [N], target_logp [N] (log pi(y*|x,c)),
@@ -155,7 +158,7 @@ def make_score_fn(graphdef, score_tokens: scores_lib.ScoreTokens, mesh: Mesh, *,
   def fn(params, batch, key):
     with shd.activation_sharding(mesh):
       out = score_sequences(graphdef, params, batch["tokens"], batch["mask"], batch["score_pos"],
-                            temperature=1.0)
+                            temperature=1.0, response_width=response_width)
       logits = out.score_logits
       y_hat = obj.expected_score(logits, ids, values, renormalize=renormalize,
                                  temperature=score_temperature)

@@ -51,23 +51,17 @@ Batch = dict[str, jax.Array]
 # Forward passes
 
 
-def forward(graphdef, params, tokens, mask, score_pos, logprob_start: int = 0):
+def forward(graphdef, params, tokens, mask, score_pos, response_width: int = 0):
   """(token_log_probs [B,L] with entry t = log p(tokens[t] | tokens[<t]), score_logits [B,V]).
 
-  Entries before the static `logprob_start` are 0 and not computed (see `response_start`).
+  With a static `response_width` > 0 only the last response_width columns get log-probs.
 
   The teacher-forced scoring pass `real_jax.models.score_sequences` (chunked; never a full
   [B,L,V] float32 array for a large vocabulary), at temperature 1 (the policy itself).
   """
   out = score_sequences(graphdef, params, tokens, mask, score_pos, temperature=1.0,
-                        logprob_start=logprob_start)
+                        response_width=response_width)
   return out.token_log_probs, out.score_logits
-
-
-def response_start(tokens: jax.Array, response_width: int) -> int:
-  """Static column where the responses start in `rollout.build_sequences`' layout
-  ([prompt bucket | response_width columns]); 0 (every column) when response_width is 0."""
-  return max(tokens.shape[1] - response_width, 0) if response_width else 0
 
 
 def token_entropies(graphdef, params, tokens, mask, chunk: int = 128):
@@ -214,7 +208,7 @@ def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
 
   def fn(graphdef, params, mb, den):
     lp, logits = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"],
-                         response_start(mb["tokens"], cfg.response_width))
+                         cfg.response_width)
     common = dict(renormalize=cfg.renormalize, aggregation=agg,
                   temperature=cfg.score_temperature, target_token_ids=mb["target_id"],
                   policy_loss=cfg.policy_loss,
@@ -273,7 +267,7 @@ def grpo_objective(cfg: RLLossConfig) -> Loss:
 
   def fn(graphdef, params, mb, den):
     lp, _ = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"],
-                    response_start(mb["tokens"], cfg.response_width))
+                    cfg.response_width)
     loss, _ = obj.policy_gradient_loss(
         lp, mb["cot_mask"], mb["adv"],
         old_log_probs=mb["old_lp"] if cfg.policy_loss == "ppo" else None,
