@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import glob
+import gzip
+import json
+import re
 import time
 
 
@@ -23,3 +28,22 @@ def matmul_peak_gflops(n: int = 2048) -> float:
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   return 2 * n ** 3 / best_time(lambda: f(a).block_until_ready()) / 1e9
+
+
+def profile_ops(fn, args, trace_dir: str, top: int = 15) -> list[tuple[float, str, str]]:
+  """Traces one call of the jitted `fn(*args)` with `jax.profiler` and returns the `top` XLA ops
+  by total time as (ms, result shape, JAX op name), grouping ops by their op-name metadata."""
+  import jax
+  jax.block_until_ready(fn(*args))
+  jax.profiler.start_trace(trace_dir)
+  jax.block_until_ready(fn(*args))
+  jax.profiler.stop_trace()
+  hlo = fn.lower(*args).compile().as_text()
+  meta = {m.group(1): (m.group(2), re.sub(r"^jit\([^)]*\)/", "", m.group(3)))
+          for m in re.finditer(r"%([\w.\-]+) = (\S+) .*?metadata=\{op_name=\"([^\"]+)\"", hlo)}
+  path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
+  total = collections.Counter()
+  for e in json.load(gzip.open(path))["traceEvents"]:
+    if e.get("ph") == "X" and e.get("name") in meta:
+      total[meta[e["name"]]] += e["dur"] / 1e3
+  return [(ms, shape, op) for (shape, op), ms in total.most_common(top)]

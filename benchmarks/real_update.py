@@ -31,12 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import best_time, matmul_peak_gflops  # noqa: E402
+from common import best_time, matmul_peak_gflops, profile_ops  # noqa: E402
 
 
 def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens: int,
           epochs: int, mini_batch: int, dtype: str, peak_tflops: float, step_repeats: int = 3,
-          seed: int = 0) -> dict:
+          profile: str = "", seed: int = 0) -> dict:
   from transformers import AutoTokenizer
   from real_jax import sharding as shd
   from real_jax.data import build_synthetic_tokenizer
@@ -136,6 +136,10 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
           f"{flops / t / 1e9 / peak:.0%} of the measured {peak:.0f} GFLOP/s matmul peak", flush=True)
   a, b = (out["step"][k]["s"] for k in variants)
   print(f"[{preset}] response-only step / all-columns step: {b / a:.2f}x the time", flush=True)
+  if profile:
+    print(f"[{preset}] largest XLA ops of one response-only train step (trace in {profile}):")
+    for ms, shape, op in profile_ops(fns["response only"], (state, mb), profile):
+      print(f"  {ms:8.1f} ms  {shape:28s} {op[:100]}")
   seq = out["seq_len"]
   tokens = n_steps * mini_batch * seq
   flops = 6 * cfg.num_params() * tokens + 6 * cfg.num_layers * mini_batch * n_steps * (
@@ -159,11 +163,14 @@ def main():
   p.add_argument("--peak_tflops", type=float, default=0.0,
                  help="device peak (e.g. 989 for H100 SXM bf16 dense) for MFU")
   p.add_argument("--step_repeats", type=int, default=3)
+  p.add_argument("--profile", default="", metavar="DIR",
+                 help="also trace one train step into DIR and print its largest XLA ops")
   a = p.parse_args()
   print(f"devices: {jax.devices()}  backend: {jax.default_backend()}")
   results = [bench(pr, prompts=a.prompts, group=a.group, prompt_len=a.prompt_len,
                    new_tokens=a.new_tokens, epochs=a.epochs, mini_batch=a.mini_batch,
-                   dtype=a.dtype, peak_tflops=a.peak_tflops, step_repeats=a.step_repeats)
+                   dtype=a.dtype, peak_tflops=a.peak_tflops, step_repeats=a.step_repeats,
+                   profile=a.profile)
              for pr in a.presets.split(",")]
   print()
   print("| preset | params | prompts x n | prompts/s | gen tok/s | rollout s | scoring s | "

@@ -204,6 +204,8 @@ def main(argv=None):
   ap.add_argument("--no-hf", action="store_true", help="skip transformers (GPU / big presets)")
   ap.add_argument("--no-per-row", action="store_true", help="skip the per-row cache layout")
   ap.add_argument("--ckpt-dir", default=None, help="where to write the HF checkpoint")
+  ap.add_argument("--bandwidth-gbs", type=float, default=None,
+                  help="accelerator memory bandwidth for the bandwidth bound (default: by kind)")
   ap.add_argument("--kv-plan", default=None, metavar="CONFIG[:ARG]",
                   help="print the analytic KV-cache plan of a config's rollout and exit")
   ap.add_argument("--devices", type=int, default=8, help="devices for --kv-plan")
@@ -283,6 +285,8 @@ def main(argv=None):
       args.dtype if args.dtype != "bfloat16" else np.float16).itemsize
   kv = {"shared": (args.batch * args.prompt_len + rows * args.new_tokens) * kv_row_slot,
         "per-row": rows * (args.prompt_len + args.new_tokens) * kv_row_slot}
+  kv_mid = {"shared": (args.batch * args.prompt_len + rows * args.new_tokens / 2) * kv_row_slot,
+            "per-row": rows * (args.prompt_len + args.new_tokens / 2) * kv_row_slot}
   print("\n=== results (median over timed calls) ===")
   tps = {}
   for name in layouts:
@@ -299,6 +303,15 @@ def main(argv=None):
       bound_ms = 1e3 * flop_step / peak_gflops
       line += (f"; decode step {flop_step:.2f} GFLOP: bound {bound_ms:.1f} ms at the measured "
                f"{peak_gflops:.0f} GFLOP/s matmul peak = {bound_ms / step_ms:.0%} of it")
+    else:  # accelerator: bytes read per step (weights + the KV cache at mid-decode) / bandwidth
+      kind = dev.device_kind.lower()
+      bw = args.bandwidth_gbs or (4800.0 if "h200" in kind else 3350.0 if "h100" in kind
+                                  else 2039.0)
+      read = mcfg.num_params() * np.dtype(np.float16 if args.dtype == "bfloat16" else
+                                          args.dtype).itemsize + kv_mid[name]
+      bound_ms = 1e3 * read / (bw * 1e9)
+      line += (f"; {read / 1e9:.2f} GB read per step: bound {bound_ms:.2f} ms at {bw:.0f} GB/s "
+               f"= {bound_ms / step_ms:.0%} of the memory-bandwidth bound")
     print(line)
   if hf_times:
     t = statistics.median(hf_times)

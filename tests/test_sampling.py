@@ -481,3 +481,22 @@ def test_bad_inputs_raise(model):
   with pytest.raises(ValueError, match="top_p"):
     S.SamplingConfig(top_p=0.0)
   assert S.pick_bucket(5, (4, 8)) == 8 and S.pick_bucket(20, (4, 8)) == 24
+
+
+def test_kv_plan_figures_in_the_readme():
+  """`benchmarks/sampler.py --kv-plan` prints the 8b rollout's KV bytes per device that the README
+  quotes: 64 prompts x 16 rows, 2048 + 1024 slots, 36 layers x 8 kv heads x 128, bf16, 8 devices."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "benchmarks/sampler.py", "--kv-plan",
+                        "configs/prometheus.py:size=8b", "--devices", "8", "--hbm-gib", "95.7"],
+                       cwd=root, capture_output=True, text=True, check=True).stdout
+  # 1024 rows x 3072 slots x 144 KiB / 8 = 54 GiB; (64 x 2048 + 1024 x 1024) x 144 KiB / 8.
+  assert "144 KiB per token slot" in out
+  assert "per-row layout B x (P + R): 54.0 GiB per device" in out
+  assert "G x P + B x R: 20.2 GiB per device (2.67x less)" in out
+  assert "per-row 96, shared 264" in out
+  readme = open(os.path.join(root, "README.md")).read()
+  assert "54.0 GiB\nper-row → 20.2 GiB shared (2.67x less)" in readme.replace("**", "")
