@@ -29,8 +29,9 @@ nucleus threshold is found by a safeguarded interpolation search (Illinois regul
 probability threshold, masked-sum passes only): with e = exp(l - max l) and M(t) = sum_{e >= t} e,
 the nucleus is {e >= tau*} with tau* = max{t : M(t) >= top_p * M(0)}. The search keeps lo, hi with
 M(lo) >= target > M(hi) and stops once [lo, hi) holds exactly one element (M(lo) - M(hi) < 1.5 lo:
-two elements would weigh >= 2 lo) or one float value (ties: all tied tokens are kept). This is the
-same set a sort-and-cumsum implementation keeps (up to float32 rounding of the partial sums and
+two elements would weigh >= 2 lo) or one float value (ties: all tied tokens are kept); rows still
+searching after 10 passes with at most 32 tokens in [lo, hi) are finished by one top_k over those
+tokens (`_nucleus_threshold`). This is the same set a sort-and-cumsum implementation keeps (up to float32 rounding of the partial sums and
 tie order). Tokens are then drawn by inverse-CDF over vocabulary chunks (one uniform per row).
 """
 
