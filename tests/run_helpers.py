@@ -2,17 +2,15 @@
 
 import os
 
+from real_jax.train import config_lib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(shared, method="real", **over):
   """configs/synthetic.py:runlocal on the 2-layer "tiny" preset, one device, short sequences."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("synthetic_cfg",
-                                                os.path.join(ROOT, "configs", "synthetic.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config(f"method={method},runlocal")
+  c = config_lib.load_config(os.path.join(ROOT, "configs", "synthetic.py") +
+                             f":method={method},runlocal")
   c.model.preset = "tiny"
   c.model.hf_dir = ""  # random init, not the committed base (tests/test_pretrain.py covers it)
   c.model.vocab_size = -1

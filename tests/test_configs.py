@@ -15,11 +15,7 @@ PROM = os.path.join(ROOT, "configs", "prometheus.py")
 
 
 def _load(path, arg=None):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("cfg_" + os.path.basename(path)[:-3], path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return config_lib.load_config(f"{path}:{arg}" if arg else path)
 
 
 @pytest.mark.parametrize("arg", [None, "runlocal", "method=sft", "method=raft", "method=tract",

@@ -1,5 +1,4 @@
 """The synthetic base model: its corpus, its pretraining run, and the committed checkpoint."""
-import importlib.util
 import json
 import os
 import re
@@ -11,6 +10,7 @@ import pytest
 from real_jax import main as main_lib
 from real_jax import sharding as shd
 from real_jax.data import synthetic, synthetic_corpus
+from real_jax.train import config_lib
 from real_jax.judge import prompts
 from real_jax.models import hf
 from real_jax.train import data_utils, loops
@@ -20,10 +20,8 @@ BASE = os.path.join(ROOT, "assets", "synthetic_base")
 
 
 def _config(name: str, arg: str = ""):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg or None)
+  path = os.path.join(ROOT, "configs", f"{name}.py")
+  return config_lib.load_config(f"{path}:{arg}" if arg else path)
 
 
 def _task(config) -> synthetic.SyntheticConfig:

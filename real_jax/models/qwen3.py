@@ -403,12 +403,11 @@ def decode_cache(kv: tuple[Array, Array], prompt_mask: Array, rows: int, length:
     k, v = jnp.repeat(k, n, axis=1), jnp.repeat(v, n, axis=1)
     mask = jnp.repeat(mask, n, axis=0)
   heads_major = lambda a: constrain(jnp.swapaxes(a, 1, 2).astype(dtype))  # [G,P,K,H]->[G,K,P,H]
-  own = (rows, k.shape[3], length, k.shape[4])
-  zeros = tuple(constrain(jnp.zeros(own, dtype)) for _ in range(num_layers))
+  own = lambda: tuple(constrain(jnp.zeros((rows, k.shape[3], length, k.shape[4]), dtype))
+                      for _ in range(num_layers))
   return DecodeCache(prompt_k=tuple(heads_major(k[i]) for i in range(num_layers)),
                      prompt_v=tuple(heads_major(v[i]) for i in range(num_layers)),
-                     prompt_mask=mask, k=zeros,
-                     v=tuple(constrain(jnp.zeros(own, dtype)) for _ in range(num_layers)))
+                     prompt_mask=mask, k=own(), v=own())
 
 
 def _cascade_attention(q: Array, pk: Array, pv: Array, pmask: Array, k: Array, v: Array,
