@@ -1,7 +1,7 @@
 """real_jax: REAL (regression-aware RL) for LLM-as-a-judge in JAX/Flax."""
 from setuptools import find_packages, setup
 
-# Versions that install together on a fresh machine (see ../shared/reference/env.md).
+# Versions that install together on a fresh machine (the pins the tests run against).
 INSTALL_REQUIRES = [
     "jax==0.10.2",
     "jaxlib==0.10.2",

@@ -37,16 +37,17 @@ from common import best_time, matmul_peak_gflops, profile_ops  # noqa: E402
 def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens: int,
           epochs: int, mini_batch: int, dtype: str, peak_tflops: float, step_repeats: int = 3,
           profile: str = "", seed: int = 0) -> dict:
-  from transformers import AutoTokenizer
+  from real_jax import readout
   from real_jax import sharding as shd
   from real_jax.data import build_synthetic_tokenizer
+  from real_jax.judge import load_tokenizer
   from real_jax.judge.scores import resolve_score_tokens
   from real_jax.models import get_preset, init_params
-  from real_jax.train import config_lib, loops, rollout, state as state_lib, steps as steps_lib
+  from real_jax.train import config_lib, rl, state as state_lib, steps as steps_lib
 
   tok_dir = os.path.join(tempfile.mkdtemp(), "tok")
   build_synthetic_tokenizer(tok_dir)
-  tok = AutoTokenizer.from_pretrained(tok_dir)
+  tok = load_tokenizer(tok_dir)
   st = resolve_score_tokens(tok)
   cfg = get_preset(preset).model
   cfg = cfg.replace(vocab_size=max(cfg.vocab_size, -(-len(tok) // 64) * 64))
@@ -62,17 +63,14 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
   c.rl.beta, c.rl.lam = 1.0, 1.0
   c.data.max_prompt_len = max(prompt_len, 64)
   c.data.prompt_buckets = str(prompt_len)
-  ctx = loops.Context(config=c, workdir="", mesh=mesh, tokenizer=tok, tokenizer_dir=tok_dir,
-                      score_tokens=st, pad_id=int(tok.pad_token_id), graphdef=graphdef,
-                      model_cfg=cfg, writer=None, train_source=None, eval_sources={},
-                      delim_start=())
+  settings = rl.RolloutSettings.from_config(c, "real")
   rng = np.random.default_rng(seed)
   batch = {"prompt_tokens": rng.integers(10, len(tok), size=(prompts, prompt_len)).astype(np.int32),
            "prompt_mask": np.ones((prompts, prompt_len), np.int32),
            "target": rng.integers(1, 6, size=prompts).astype(np.float32)}
   batch["target_int"] = batch["target"].astype(np.int32)
-  adv = rollout.AdvantageSettings()
-  score_fn = rollout.make_score_fn(graphdef, st, mesh, top_p=0.9)
+  adv = rl.AdvantageSettings()
+  score_fn = readout.make_score_fn(graphdef, st, mesh, top_p=0.9)
   loss = steps_lib.real_objective(st, steps_lib.RLLossConfig(beta=1.0, lam=1.0,
                                                             response_width=new_tokens + 1))
   rows_n = prompts * group
@@ -82,33 +80,35 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
   out = {}
   for it in range(2):
     t0 = time.time()
-    rows, _, stats, t_roll, t_score = loops.rollout_round(
-        ctx, state["params"], None, batch, jax.random.PRNGKey(it), score_fn, "real", adv)
+    rows, _, stats, t_roll, t_score = rl.rollout_round(
+        graphdef, state["params"], None, batch, jax.random.PRNGKey(it), settings=settings,
+        advantages=adv, score_fn=score_fn, score_tokens=st, mesh=mesh,
+        pad_id=int(tok.pad_token_id))
     if step_fn is None:
       step_fn = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh,
-                                          {k: v[:mini_batch] for k, v in rows.items()})
+                                          rows.take(slice(0, mini_batch)))
     t1 = time.time()
     n_steps = 0
     for _ in range(epochs):
       for m in range(rows_n // mini_batch):
-        mb = {k: v[m * mini_batch:(m + 1) * mini_batch] for k, v in rows.items()}
-        state, met = step_fn(state, steps_lib.put_batch(mb, mesh))
+        mb = rows.take(slice(m * mini_batch, (m + 1) * mini_batch))
+        state, met = step_fn(state, shd.put_batch(mb, mesh))
         n_steps += 1
     jax.block_until_ready(met)
     t_train = time.time() - t1
     total = time.time() - t0
     out = {"preset": preset, "params_M": cfg.num_params() / 1e6, "rows": rows_n,
-           "seq_len": int(rows["tokens"].shape[1]), "gen_tokens": stats["gen_tokens"],
+           "seq_len": int(rows.tokens.shape[1]), "gen_tokens": stats.gen_tokens,
            "t_rollout": t_roll, "t_scoring": t_score, "t_train": t_train, "t_total": total,
            "train_steps": n_steps, "prompts_per_s": prompts / total,
-           "gen_tokens_per_s": stats["gen_tokens"] / t_roll}
+           "gen_tokens_per_s": stats.gen_tokens / t_roll}
     print(f"[{preset}] update {it} ({'compile + run' if it == 0 else 'timed'}): "
           f"total {total:.2f}s = rollout {t_roll:.2f}s + scoring {t_score:.2f}s + train "
           f"{t_train:.2f}s ({n_steps} steps)", flush=True)
 
   # The train step alone: all columns scored vs the response columns only, interleaved.
-  mb = steps_lib.put_batch({k: v[:mini_batch] for k, v in rows.items()}, mesh)
-  seq = int(rows["tokens"].shape[1])
+  mb = shd.put_batch(rows.take(slice(0, mini_batch)), mesh)
+  seq = int(rows.tokens.shape[1])
   body = cfg.num_params() - cfg.vocab_size * cfg.hidden_size
   attn = 6 * cfg.num_layers * mini_batch * seq * seq * cfg.num_heads * cfg.head_dim
   variants = {"all columns": 0, "response only": new_tokens + 1}
@@ -117,8 +117,7 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
     lv = steps_lib.real_objective(st, steps_lib.RLLossConfig(beta=1.0, lam=1.0,
                                                              response_width=width))
     fns[name] = steps_lib.make_train_step(lv, graphdef, tx, mesh, sh,
-                                          {k: v[:mini_batch] for k, v in rows.items()},
-                                          donate=False)
+                                          rows.take(slice(0, mini_batch)), donate=False)
     jax.block_until_ready(fns[name](state, mb))
   for _ in range(step_repeats):
     for name in variants:

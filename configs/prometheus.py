@@ -23,7 +23,7 @@ Hardware and mesh (per size; the preset picks it, override with --config.mesh.*)
   4b, 8b 8 GPUs (H100 80GB) or a v5p-8 / v4-8, FSDP  (fsdp=8, data=-1 for more hosts)
   14b,32b 16 GPUs / v5p-16+, FSDP x tensor 2          (fsdp=8, tensor=2)
 
-Hyperparameters are the authors' (official_code.md §6, DESIGN §2.5): REAL/GRPO: 256 prompts per
+Hyperparameters are the authors' (docs/architecture.md, A3): REAL/GRPO: 256 prompts per
 update, n=16 (8 at 32b), T=1.0, top-p 0.9, prompt <= 2048, response <= 1024, AdamW (0.9, 0.999),
 wd 0.01, constant LR 1e-6, clip 1.0, 3 epochs per update, lam=1 with the probability as the
 shaping reward, "partial" filter with a 256-prompt buffer, evaluation and checkpoints every 10

@@ -1,7 +1,7 @@
 """Evaluation of a judge: one sampled CoT per item, the RAIL and standard readouts, scipy
 correlations per split and their average, and result tables laid out like the paper's Table 2.
 
-Readouts (DESIGN §2.7):
+Readouts (the paper's §2; docs/architecture.md):
   * RAIL: y_hat = sum_k v_k pi(k | x, c) at the position right after the delimiter (full
     vocabulary softmax by default, `renormalize=True` for the score tokens only).
   * standard: the score token sampled at that position (argmax when greedy); a token that is not
@@ -26,8 +26,15 @@ import os
 import time
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 from absl import logging
+from scipy import stats
+
+from real_jax import sharding as shd
+from real_jax.readout import EvalSettings, read_batch
+from real_jax.train import data_utils
+from real_jax.train.metrics import Progress
 
 READOUTS = ("rail", "standard")
 METRICS = ("pearson", "spearman", "kendall")
@@ -47,7 +54,6 @@ SPLIT_TITLES = {
 def correlations(pred: Sequence[float], target: Sequence[float]) -> dict[str, float]:
   """Pearson, Spearman and Kendall (tau-b) of predictions vs targets (scipy.stats), plus
   MSE / L1 and n. A correlation is NaN when either side is constant or n < 2."""
-  from scipy import stats
   p = np.asarray(pred, np.float64)
   t = np.asarray(target, np.float64)
   out = {"n": int(p.size)}
@@ -91,16 +97,6 @@ def summarize(per_split: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, An
 def _mean(xs: Sequence[float]) -> float:
   xs = [x for x in xs if x is not None]
   return float(np.mean(xs)) if xs else float("nan")
-
-
-def lookup(summary: Mapping[str, Any], name: str) -> float:
-  """A metric by path, e.g. "avg/rail/pearson" or "splits/test/standard/kendall"."""
-  node: Any = summary
-  for part in name.split("/"):
-    if not isinstance(node, Mapping) or part not in node:
-      raise KeyError(f"metric {name!r} not found (no {part!r}); e.g. avg/rail/pearson")
-    node = node[part]
-  return float(node)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,99 +255,10 @@ def update_results(workdir: str, name: str, summary: Mapping[str, Any], *,
 # Generation + readouts on a model
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-  """How a judge is evaluated (config's `eval` block)."""
-  batch_size: int = 64
-  max_items: int = 0
-  readout: str = "cot"  # cot | direct
-  greedy: bool = False
-  temperature: float = 1.0
-  top_p: float = 0.9
-  max_response_len: int = 1024
-  renormalize: bool = False
-  invalid: str = "force"  # force | midpoint
-
-
-STATUS_NAMES = ("delimiter", "eos_before_delimiter", "truncated")
-
-
-def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: EvalSettings,
-               score_tokens, score_fn, mesh, pad_id: int, delim_start=None,
-               prompt_buckets=None) -> dict[str, Any]:
-  """One CoT per prompt and both readouts: the judging step shared by evaluation and `Judge`.
-
-  Args:
-    prompt_tokens, prompt_mask: `[N, Lp]` chat-rendered, left-padded prompts.
-    key: PRNG key (sampling, then the score token drawn at the score position).
-    settings: `EvalSettings` (readout cot | direct, sampling, invalid = force | midpoint).
-    score_fn: `rollout.make_score_fn(...)` with the same sampling settings.
-    delim_start: the delimiter's ids at the start of a response (direct readout).
-
-  Returns host arrays: rail [N] (the RAIL prediction after the `invalid` rule), y_hat [N] (as
-  read), score_probs [N, K], score_mass [N], standard [N] (the sampled score value; the midpoint
-  when not a score token), standard_valid [N], valid [N] (the CoT reached the delimiter),
-  status [N] (index into STATUS_NAMES), length [N] (tokens read: the CoT, plus the delimiter
-  appended under "force"), cot_length [N] and response [N, R] (the sampled CoT; None for the
-  direct readout).
-  """
-  import jax
-  from real_jax.train import data_utils, rollout
-  values = np.asarray(score_tokens.values, np.float32)
-  midpoint = float(values.mean())
-  n = len(prompt_tokens)
-  if settings.readout == "direct":
-    d = data_utils.raft_batch({"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
-                               "target": np.zeros(n, np.float32), "valid": np.ones(n, np.int32)},
-                              delim_start, np.zeros(n, np.int32))
-    seqs = {"tokens": d["tokens"], "mask": d["mask"], "score_pos": d["score_pos"]}
-    found = np.ones(n, bool)
-    status = np.zeros(n, np.int32)
-    length = np.zeros(n, np.int32)
-    resp_tokens = None
-  else:
-    sampler = rollout.SamplerSettings(max_new_tokens=settings.max_response_len,
-                                      temperature=settings.temperature, top_p=settings.top_p,
-                                      greedy=settings.greedy)
-    g = rollout.sample_cots(graphdef, params, prompt_tokens, prompt_mask, jax.random.fold_in(key, 0),
-                            sampler, score_tokens, num_samples=1, mesh=mesh, pad_id=pad_id,
-                            prompt_buckets=prompt_buckets)
-    found, length = g["found"], g["length"].copy()
-    status = np.where(found, 0, np.where(g["eos"], 1, 2)).astype(np.int32)
-    response = g["response"]
-    resp_tokens = response
-    if settings.invalid == "force":
-      # No delimiter: append it to the CoT (replacing a final EOS) and read the score there.
-      delim = np.asarray(score_tokens.delimiter_ids, np.int32)
-      extra = len(delim)
-      response = np.concatenate([response, np.full((n, extra), pad_id, np.int32)], 1)
-      for r in np.nonzero(~found)[0]:
-        m = int(length[r]) - (1 if g["eos"][r] else 0)
-        response[r, m:] = pad_id
-        response[r, m:m + extra] = delim
-        length[r] = m + extra
-    seqs = rollout.build_sequences(g["prompt_tokens"], g["prompt_mask"], response, length,
-                                   pad_id=pad_id, extra=0)
-  cot_length = length if resp_tokens is None else np.asarray(g["length"])
-  out = rollout.run_scoring(score_fn, params, seqs, np.zeros(n, np.int32),
-                            jax.random.fold_in(key, 1), mesh, chunk=n)
-  std_valid = out["sampled_is_score"] & found
-  lut = {t: v for t, v in zip(score_tokens.token_ids, values)}
-  std = np.array([lut.get(int(t), midpoint) for t in out["sampled"]], np.float32)
-  std = np.where(std_valid, std, midpoint)
-  rail = out["y_hat"].astype(np.float32)
-  if settings.invalid == "midpoint":
-    rail = np.where(found, rail, midpoint)
-  return {"rail": rail, "y_hat": out["y_hat"], "score_probs": out["score_probs"],
-          "score_mass": out["score_mass"], "standard": std, "standard_valid": std_valid,
-          "valid": found, "status": status, "length": np.asarray(length),
-          "cot_length": cot_length, "response": resp_tokens}
-
-
 def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str, Any]]], *,
                     config, tokenizer, score_tokens, mesh, key, settings: EvalSettings,
-                    delim_start: Sequence[int] | None = None, progress_name: str = "eval",
-                    score_fns: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                    delim_start: Sequence[int] | None = None, progress_name: str = "eval"
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Samples one CoT per item of every split, reads both scores, and summarizes.
 
   Args:
@@ -362,21 +269,12 @@ def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str
     mesh: device mesh; key: PRNG key (the same key gives the same evaluation).
     settings: `EvalSettings`.
     delim_start: the delimiter's ids at the start of a response (direct readout).
-    score_fns: optional cache of jitted scoring functions (reused across evaluations).
 
   Returns:
     (summary as in `summarize`, predictions: split -> arrays per item).
   """
-  import jax
-  from real_jax.train import data_utils, rollout
-  from real_jax.train.metrics import Progress
-
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else score_tokens.eos_id
-  score_fn = rollout.cached_score_fn(
-      score_fns if score_fns is not None else {}, graphdef, score_tokens, mesh,
-      score_temperature=1.0, renormalize=settings.renormalize,
-      sample_temperature=settings.temperature, top_p=settings.top_p, top_k=0,
-      greedy=settings.greedy)
+  score_fn = settings.score_fn(graphdef, score_tokens, mesh)
   per_split, preds, counts = {}, {}, {}
   for s_i, (split, source) in enumerate(sources.items()):
     available = len(source)
@@ -396,7 +294,7 @@ def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str
       r = read_batch(graphdef, params, b["prompt_tokens"], b["prompt_mask"], k,
                      settings=settings, score_tokens=score_tokens, score_fn=score_fn, mesh=mesh,
                      pad_id=pad_id, delim_start=delim_start,
-                     prompt_buckets=data_utils.buckets(config, int(config.data.max_prompt_len)))
+                     prompt_buckets=data_utils.prompt_buckets(config))
       keep = b["valid"].astype(bool)
       cols["index"].append(b["index"][keep])
       cols["target"].append(b["target"][keep])
@@ -446,3 +344,83 @@ def describe_counts(c: Mapping[str, Any]) -> str:
   if c.get("truncated"):
     text += f"; {c['truncated']} prompts left-truncated to data.max_prompt_len"
   return text
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's evaluations
+
+
+def eval_settings(config, periodic: bool = False) -> EvalSettings:
+  """The settings of the config's `eval` block (periodic evaluations read at most
+  `eval.periodic_max_items` items per split)."""
+  e = config.eval
+  readout = e.readout or ("direct" if config.method == "raft" else "cot")
+  max_items = (e.periodic_max_items or e.max_items) if periodic else e.max_items
+  return EvalSettings(batch_size=e.batch_size, max_items=max_items, readout=readout,
+                      greedy=e.greedy, temperature=e.temperature, top_p=e.top_p,
+                      max_response_len=e.max_response_len, renormalize=e.renormalize,
+                      invalid=e.invalid)
+
+
+class Evaluator:
+  """Evaluates parameters on a run's evaluation splits (or its validation split) with the
+  config's `eval` settings, writes eval/<tag>.json, and adds named rows to results.md.
+
+  Every evaluation of a run draws the same random numbers (seed + 1000), so two models are
+  compared on the same CoT draws."""
+
+  def __init__(self, config, workdir: str, *, graphdef, mesh, tokenizer, score_tokens,
+               delim_start: Sequence[int], eval_sources: Mapping[str, Any], val_source=None):
+    self.config, self.workdir, self.graphdef, self.mesh = config, workdir, graphdef, mesh
+    self.tokenizer, self.score_tokens, self.delim_start = tokenizer, score_tokens, delim_start
+    self.eval_sources, self.val_source = dict(eval_sources), val_source
+
+  def __call__(self, params, *, name: str | None, tag: str, periodic: bool = False,
+               readout: str | None = None, validation: bool = False, checkpoint: str = "",
+               training: str = "") -> dict[str, Any]:
+    """Evaluates `params` on the eval splits (or, `validation=True`, on the validation split
+    carved from the training data); writes eval/<tag>.json and (if `name`) a results row
+    labelled with its `checkpoint` and `training` description. Returns the summary."""
+    settings = eval_settings(self.config, periodic)
+    if validation:
+      settings = dataclasses.replace(settings, max_items=0)  # the whole validation split
+    if readout:
+      settings = dataclasses.replace(settings, readout=readout)
+    sources = {data_utils.VAL_SPLIT: self.val_source} if validation else self.eval_sources
+    t0 = time.time()
+    key = jax.random.PRNGKey(self.config.seed + 1000)  # the same draws for every evaluated model
+    summary, preds = evaluate_params(
+        self.graphdef, params, sources, config=self.config, tokenizer=self.tokenizer,
+        score_tokens=self.score_tokens, mesh=self.mesh, key=key, settings=settings,
+        delim_start=self.delim_start, progress_name=f"eval:{tag}")
+    info = {"readout": settings.readout, "greedy": settings.greedy,
+            "temperature": settings.temperature, "top_p": settings.top_p,
+            "renormalize": settings.renormalize, "invalid": settings.invalid,
+            "seconds": round(time.time() - t0, 1), "checkpoint": checkpoint,
+            "training": training,
+            "counts": {sp: v.get("counts") for sp, v in summary["splits"].items()}}
+    if shd.is_main_process():
+      write_eval(self.workdir, tag, summary, None if periodic else preds, extra=info)
+    a = summary["avg"]
+    logging.info("[eval %s] avg RAIL pearson %.3f spearman %.3f kendall %.3f | standard pearson "
+                 "%.3f | no valid score %.1f%% (%.0fs)", tag, a["rail"]["pearson"],
+                 a["rail"]["spearman"], a["rail"]["kendall"], a["standard"]["pearson"],
+                 100 * a["invalid_frac"], time.time() - t0)
+    for sp, v in summary["splits"].items():
+      logging.info("[eval %s] %s: %s", tag, sp, describe_counts(v["counts"]))
+    if name and shd.is_main_process():
+      update_results(self.workdir, name, summary, info=info, note=self._table_note(settings))
+    return summary
+
+  def periodic(self, params, *, tag: str, validation: bool) -> dict[str, Any]:
+    """An evaluation during training (`train.runner.StageRunner`'s `evaluate`): no results row,
+    no predictions file."""
+    return self(params, name=None, tag=tag, periodic=True, validation=validation)
+
+  def _table_note(self, settings: EvalSettings) -> str:
+    how = "greedy" if settings.greedy else f"T={settings.temperature}, top-p={settings.top_p}"
+    norm = ("renormalised over the score tokens" if settings.renormalize else
+            "full-vocabulary softmax, not renormalised (authors' choice)")
+    return (f"One {'greedy' if settings.greedy else 'sampled'} CoT per item ({how}); RAIL ŷ = "
+            f"Σ k·p(k) at the score position, {norm}; standard = the sampled score token. "
+            f"Data: {self.config.data.name}.")

@@ -15,7 +15,7 @@ Feedback Collection's `orig_*` fields, or a prebuilt Prometheus prompt under `in
 prompt is then built with the same template as training (`judge.prompts.build_judge_prompt`).
 
 Grading samples one CoT per record and reads the score exactly as evaluation does (the shared
-`evaluate.read_batch`: RAIL y_hat = sum_k v_k pi(k | x, c) at the score position, and the score
+`readout.read_batch`: RAIL y_hat = sum_k v_k pi(k | x, c) at the score position, and the score
 token sampled there); the score tokens come from the tokenizer (`judge.scores.ScoreTokens`), so
 nobody builds them by hand.
 """
@@ -30,15 +30,12 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from real_jax import evaluate as ev
-from real_jax import models
+from real_jax import layout, models, readout
 from real_jax import sharding as shd
-from real_jax.data import batching
 from real_jax.judge import prompts as prompts_lib
 from real_jax.judge import scores as scores_lib
 from real_jax.models import hf as hf_io
 from real_jax.train import checkpoint as ckpt_lib
-from real_jax.train import rollout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +76,6 @@ class Judge:
     self.source = source
     pad = tokenizer.pad_token_id
     self.pad_id = int(pad if pad is not None else self.score_tokens.eos_id)
-    self._score_fns: dict = {}
 
   def __repr__(self) -> str:
     return (f"Judge({self.source or 'in-memory'}, format={self.output_format}, "
@@ -141,15 +137,11 @@ class Judge:
     """Grades `records` in batches: one CoT each (T / top-p as the paper's evaluation, or
     greedy), both readouts. The same seed gives the same grades. A prompt longer than the
     judge's max_prompt_len raises (grade it with a larger one; nothing is dropped)."""
-    settings = ev.EvalSettings(batch_size=batch_size, greedy=greedy, temperature=temperature,
-                               top_p=top_p, max_response_len=max_new_tokens,
-                               renormalize=self.renormalize, invalid=invalid)
-    key = (self.renormalize, temperature, top_p, greedy)
-    if key not in self._score_fns:
-      self._score_fns[key] = rollout.make_score_fn(
-          self.graphdef, self.score_tokens, self.mesh, renormalize=self.renormalize,
-          sample_temperature=temperature, top_p=top_p, greedy=greedy)
-    score_fn = self._score_fns[key]
+    settings = readout.EvalSettings(batch_size=batch_size, greedy=greedy,
+                                    temperature=temperature, top_p=top_p,
+                                    max_response_len=max_new_tokens,
+                                    renormalize=self.renormalize, invalid=invalid)
+    score_fn = settings.score_fn(self.graphdef, self.score_tokens, self.mesh)
     ids = [prompts_lib.render_chat(self.tokenizer, self.prompt_text(r),
                                    enable_thinking=self.enable_thinking) for r in records]
     too_long = [i for i, x in enumerate(ids) if len(x) > self.max_prompt_len]
@@ -160,10 +152,10 @@ class Judge:
     out: list[Grade] = []
     for b, start in enumerate(range(0, len(ids), batch_size)):
       chunk = ids[start:start + batch_size]
-      width = batching.bucket_length(max(len(x) for x in chunk),
-                                     batching.power_of_two_buckets(self.max_prompt_len))
-      pt, pm = batching.left_pad(chunk, width, self.pad_id)
-      r = ev.read_batch(self.graphdef, self.params, pt, pm,
+      width = layout.bucket_length(max(len(x) for x in chunk),
+                                   layout.power_of_two_buckets(self.max_prompt_len))
+      pt, pm = layout.left_pad(chunk, width, self.pad_id)
+      r = readout.read_batch(self.graphdef, self.params, pt, pm,
                         jax.random.fold_in(jax.random.PRNGKey(seed), b), settings=settings,
                         score_tokens=self.score_tokens, score_fn=score_fn, mesh=self.mesh,
                         pad_id=self.pad_id, prompt_buckets=(width,))
@@ -173,6 +165,6 @@ class Judge:
             cot=cot, score_probs={float(v): float(p) for v, p in zip(values, r["score_probs"][i])},
             score_mass=float(r["score_mass"][i]), y_hat=float(r["y_hat"][i]),
             sampled_score=float(r["standard"][i]) if r["standard_valid"][i] else None,
-            status=ev.STATUS_NAMES[int(r["status"][i])]))
+            status=readout.STATUS_NAMES[int(r["status"][i])]))
     return out
 

@@ -26,13 +26,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as pylogging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from real_jax import models
+from real_jax import sharding as shd
+from real_jax.evaluate import Evaluator
+from real_jax.judge import scores as scores_lib
+from real_jax.models import hf
+from real_jax.train import checkpoint as ckpt_lib
+from real_jax.train import config_lib, data_utils, pretrain, tract
+from real_jax.train.metrics import MetricsWriter
+from real_jax.train.rl import run_rl
+from real_jax.train.runner import Run, Sources, StageRunner, Tokens
+from real_jax.train.supervised import run_supervised
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "synthetic.py")
@@ -45,15 +59,12 @@ METHOD_NAMES = {"sft": "SFT", "raft": "RAFT", "tract": "TRACT (CoT-RAFT)",
 def _resolve_model(config, mesh, tokenizer):
   """(model cfg, graphdef, params): HF weights or a preset's random init; then optionally the
   parameters of config.init.checkpoint. Shape/mesh problems raise ConfigError before compiling."""
-  from real_jax import models
-  from real_jax.train.config_lib import ConfigError
   mc = config.model
   overrides = {}
   if mc.remat:
     overrides["remat"] = mc.remat
   overrides["scan_layers"] = bool(mc.scan_layers)
   if mc.hf_dir:
-    from real_jax.models import hf
     cfg = hf.config_from_hf(hf.read_config(mc.hf_dir), dtype=mc.dtype or None,
                             param_dtype=mc.param_dtype or None, **overrides)
   else:
@@ -68,23 +79,21 @@ def _resolve_model(config, mesh, tokenizer):
       overrides["param_dtype"] = mc.param_dtype
     cfg = cfg.replace(**overrides)
   if len(tokenizer) > cfg.vocab_size:
-    raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+    raise config_lib.ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
                       f"{cfg.vocab_size}; set config.model.vocab_size=-1 (from the tokenizer) or "
                       "a larger value")
   graphdef, abstract = models.abstract_model(cfg)
   try:
     models.param_shardings(abstract, mesh)
   except ValueError as e:
-    raise ConfigError(f"the model does not divide over mesh {dict(mesh.shape)}: {e}. Change "
+    raise config_lib.ConfigError(f"the model does not divide over mesh {dict(mesh.shape)}: {e}. Change "
                       "config.mesh.* (e.g. a smaller tensor axis)") from None
   if mc.hf_dir:
-    from real_jax.models import hf
     cfg, graphdef, params = hf.load_hf(mc.hf_dir, mesh=mesh, dtype=mc.dtype or None,
                                        param_dtype=mc.param_dtype or None, **overrides)
   else:
     graphdef, params = models.init_params(cfg, mesh=mesh, seed=config.seed)
   if config.init.checkpoint:
-    from real_jax.train import checkpoint as ckpt_lib
     d, step = ckpt_lib.find_params_checkpoint(config.init.checkpoint, config.init.stage,
                                               config.init.best)
     ck = ckpt_lib.Checkpointer(d, async_save=False, items=("params", "meta") if
@@ -98,7 +107,6 @@ def _resolve_model(config, mesh, tokenizer):
 def _first_process_first(fn):
   """Runs `fn` on process 0 first (it may build the tokenizer or prepare the data in the shared
   workdir), then on the other processes, which only read what it wrote."""
-  from real_jax import sharding as shd
   if not shd.is_main_process():
     shd.sync("real_jax:prepared")
   out = fn()
@@ -107,14 +115,9 @@ def _first_process_first(fn):
   return out
 
 
-def setup(config, workdir: str):
-  """Validates the config, builds mesh, tokenizer, data and model. Returns (Context, params)."""
-  import jax
-  from real_jax import sharding as shd
-  from real_jax.judge import scores as scores_lib
-  from real_jax.train import config_lib, data_utils, loops
-  from real_jax.train.metrics import MetricsWriter
-
+def setup(config, workdir: str) -> tuple[Run, Evaluator, Any]:
+  """Validates the config, builds mesh, tokenizer, data, model, metrics writer, evaluator and
+  stage runner. Returns (the run, its evaluator, the initial parameters)."""
   mesh_shape = config_lib.validate(config, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   n_mesh = mesh_shape["data"] * mesh_shape["fsdp"] * mesh_shape["tensor"]
@@ -126,6 +129,8 @@ def setup(config, workdir: str):
   tokenizer, tok_dir = _first_process_first(lambda: data_utils.load_tokenizer(config, workdir))
   st = scores_lib.resolve_score_tokens(tokenizer, config.data.output_format)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else st.eos_id
+  tokens = Tokens(tokenizer, tok_dir, st, int(pad_id),
+                  data_utils.delimiter_at_start(tokenizer, st))
   model_cfg, graphdef, params = _resolve_model(config, mesh, tokenizer)
   stages = config_lib.stages_for(config)
   train_src, eval_srcs, val_src = _first_process_first(lambda: data_utils.load_sources(
@@ -134,11 +139,14 @@ def setup(config, workdir: str):
           config.method == "eval" or config.eval.at_end or config.eval.every > 0
           or config.eval.after_warmup or config.eval.before_training)))
   writer = MetricsWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process)
-  ctx = loops.Context(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer,
-                      tokenizer_dir=tok_dir, score_tokens=st, pad_id=int(pad_id),
-                      graphdef=graphdef, model_cfg=model_cfg, writer=writer,
-                      train_source=train_src, eval_sources=eval_srcs, val_source=val_src,
-                      delim_start=data_utils.delimiter_at_start(tokenizer, st))
+  evaluator = Evaluator(config, workdir, graphdef=graphdef, mesh=mesh, tokenizer=tokenizer,
+                        score_tokens=st, delim_start=tokens.delim_start, eval_sources=eval_srcs,
+                        val_source=val_src)
+  runner = StageRunner(config, workdir, mesh, writer, evaluate=evaluator.periodic,
+                       has_validation=val_src is not None)
+  run = Run(config=config, workdir=workdir, mesh=mesh, graphdef=graphdef, model_cfg=model_cfg,
+            tokens=tokens, sources=Sources(train=train_src, val=val_src, evals=eval_srcs),
+            writer=writer, runner=runner)
   if main_process:
     with open(os.path.join(workdir, "run.json"), "w") as f:
       json.dump({"config": config.to_dict(), "stages": stages, "mesh": dict(mesh.shape),
@@ -146,162 +154,135 @@ def setup(config, workdir: str):
                  "score_tokens": dataclasses.asdict(st), "devices": jax.device_count(),
                  "processes": jax.process_count(), "backend": jax.default_backend()},
                 f, indent=2)
-  ctx.evaluate = lambda params, **kw: evaluate(ctx, params, **kw)
   logging.info("run: method=%s stages=%s mesh=%s model=%s (%.2fM params) workdir=%s",
                config.method, stages, dict(mesh.shape), config.model.hf_dir or config.model.preset,
                model_cfg.num_params() / 1e6, workdir)
-  return ctx, params
+  return run, evaluator, params
 
 
-def _eval_settings(config, periodic: bool = False):
-  from real_jax.evaluate import EvalSettings
-  e = config.eval
-  readout = e.readout or ("direct" if config.method == "raft" else "cot")
-  max_items = (e.periodic_max_items or e.max_items) if periodic else e.max_items
-  return EvalSettings(batch_size=e.batch_size, max_items=max_items, readout=readout,
-                      greedy=e.greedy, temperature=e.temperature, top_p=e.top_p,
-                      max_response_len=e.max_response_len, renormalize=e.renormalize,
-                      invalid=e.invalid)
+# ---------------------------------------------------------------------------------------------
+# The stages: config_lib.stages_for(config) names them in order; each entry runs one.
 
 
-def evaluate(ctx, params, *, name: str | None, tag: str, periodic: bool = False,
-             readout: str | None = None, validation: bool = False, checkpoint: str = "",
-             training: str = "") -> dict[str, Any]:
-  """Evaluates `params` on the eval splits (or, `validation=True`, on the validation split carved
-  from the training data); writes eval/<tag>.json and (if `name`) a results row labelled with
-  its `checkpoint` and `training` description."""
-  import jax
-  from real_jax import evaluate as ev
-  from real_jax.train.data_utils import VAL_SPLIT
-  settings = _eval_settings(ctx.config, periodic)
-  if validation:
-    settings = dataclasses.replace(settings, max_items=0)  # the whole validation split
-  if readout:
-    settings = dataclasses.replace(settings, readout=readout)
-  sources = {VAL_SPLIT: ctx.val_source} if validation else ctx.eval_sources
-  t0 = time.time()
-  key = jax.random.PRNGKey(ctx.config.seed + 1000)  # the same draws for every evaluated model
-  summary, preds = ev.evaluate_params(
-      ctx.graphdef, params, sources, config=ctx.config, tokenizer=ctx.tokenizer,
-      score_tokens=ctx.score_tokens, mesh=ctx.mesh, key=key, settings=settings,
-      delim_start=ctx.delim_start, progress_name=f"eval:{tag}", score_fns=ctx.score_fns)
-  info = {"readout": settings.readout, "greedy": settings.greedy,
-          "temperature": settings.temperature, "top_p": settings.top_p,
-          "renormalize": settings.renormalize, "invalid": settings.invalid,
-          "seconds": round(time.time() - t0, 1), "checkpoint": checkpoint, "training": training,
-          "counts": {sp: v.get("counts") for sp, v in summary["splits"].items()}}
-  from real_jax import sharding as shd
-  if shd.is_main_process():
-    ev.write_eval(ctx.workdir, tag, summary, None if periodic else preds, extra=info)
-  a = summary["avg"]
-  logging.info("[eval %s] avg RAIL pearson %.3f spearman %.3f kendall %.3f | standard pearson "
-               "%.3f | no valid score %.1f%% (%.0fs)", tag, a["rail"]["pearson"],
-               a["rail"]["spearman"], a["rail"]["kendall"], a["standard"]["pearson"],
-               100 * a["invalid_frac"], time.time() - t0)
-  for sp, v in summary["splits"].items():
-    logging.info("[eval %s] %s: %s", tag, sp, ev.describe_counts(v["counts"]))
-  if name and shd.is_main_process():
-    ev.update_results(ctx.workdir, name, summary, info=info, note=_table_note(ctx.config, settings))
-  return summary
+@dataclasses.dataclass
+class Carry:
+  """What a stage hands to the next: the current parameters, the model later stages start from
+  (the initial or warm-up model) and its description, and TRACT's self-CoTs."""
+  params: Any
+  base: Any
+  base_label: str
+  selfcot: dict | None = None
 
 
-def _table_note(config, settings) -> str:
-  how = "greedy" if settings.greedy else f"T={settings.temperature}, top-p={settings.top_p}"
-  norm = ("renormalised over the score tokens" if settings.renormalize else
-          "full-vocabulary softmax, not renormalised (authors' choice)")
-  return (f"One {'greedy' if settings.greedy else 'sampled'} CoT per item ({how}); RAIL ŷ = "
-          f"Σ k·p(k) at the score position, {norm}; standard = the sampled score token. "
-          f"Data: {config.data.name}.")
+def _warmup(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
+  c = run.config
+  carry.params = run_supervised(
+      run, "warmup", carry.params, kind="sft", steps=c.warmup.steps,
+      batch_size=c.warmup.batch_size, micro_batch_size=c.warmup.micro_batch_size,
+      lr=c.warmup.lr, schedule=c.warmup.schedule, lr_warmup=c.warmup.lr_warmup, main=main)
+  carry.base = carry.params
+  carry.base_label = f"the warm-up model (warmup stage step {c.warmup.steps})"
+  if c.eval.after_warmup and not main and not _has_row(run.workdir, "warm-up (SFT)"):
+    evaluate(carry.params, name="warm-up (SFT)", tag="warmup", readout="cot",
+             checkpoint=f"warmup stage, last step ({c.warmup.steps})",
+             training=f"SFT on demonstrations, {c.warmup.steps} steps from "
+                      f"{_initial_label(c)}")
 
 
-def _has_row(workdir: str, name: str) -> bool:
-  """Whether results.json already has row `name` (a resumed run skips that evaluation); process
-  0 decides for every process."""
-  from real_jax import sharding as shd
-  path = os.path.join(workdir, "results.json")
-  has = False
-  if shd.is_main_process() and os.path.exists(path):
-    with open(path) as f:
-      has = any(r["name"] == name for r in json.load(f).get("rows", []))
-  return shd.agree(has)
+def _supervised(kind: str) -> Callable[..., None]:
+  def stage(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
+    c = run.config
+    carry.params = run_supervised(
+        run, kind, carry.params, kind=kind, steps=c.train.steps, batch_size=c.train.batch_size,
+        micro_batch_size=c.train.micro_batch_size, lr=c.train.lr, main=main)
+  return stage
+
+
+def _tract1(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
+  c = run.config
+  carry.params = run_supervised(
+      run, "tract1", carry.base, kind="tract", steps=c.tract.stage1_steps or c.train.steps,
+      batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size, lr=c.train.lr,
+      copy_params=True)
+
+
+def _tract_gen(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
+  carry.selfcot = tract.run_tract_gen(run, carry.params)
+
+
+def _tract2(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
+  c = run.config
+  carry.params = None  # stage 1's model is not needed any more
+  selfcot = carry.selfcot
+  carry.params = run_supervised(
+      run, "tract2", carry.base, kind="tract", steps=c.tract.stage2_steps or c.train.steps,
+      batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size, lr=c.train.lr,
+      main=main,
+      make_source=lambda seed: tract.SelfCotBatches(run, selfcot, c.train.batch_size, seed))
+
+
+def _rl(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
+  carry.params = run_rl(run, carry.params, method=run.config.method, main=main)
+
+
+STAGES: dict[str, Callable[[Run, Evaluator, Carry, bool], None]] = {
+    "warmup": _warmup, "sft": _supervised("sft"), "raft": _supervised("raft"),
+    "tract1": _tract1, "tract_gen": _tract_gen, "tract2": _tract2, "rl": _rl,
+}
 
 
 def run(config, workdir: str) -> dict[str, Any] | None:
   """Runs the config's stages then the final evaluation; returns the final eval summary."""
-  import jax
-  from real_jax.train import loops
-  ctx, params = setup(config, workdir)
+  r, evaluate, params = setup(config, workdir)
   c = config
   t_start = time.time()
   try:
     name = c.name or METHOD_NAMES[c.method]
     if c.method == "eval":
-      summary = evaluate(ctx, params, name=name, tag="eval", checkpoint=_initial_label(c))
+      summary = evaluate(params, name=name, tag="eval", checkpoint=_initial_label(c))
       _print_results(workdir, time.time() - t_start)
       return summary
     if c.method == "pretrain":
-      loops.run_pretrain(ctx, params)
+      pretrain.run_pretrain(r, params)
       print(f"workdir: {workdir} (this invocation: {time.time() - t_start:.0f}s); export it with "
             f"python -m real_jax.tools.export_hf --workdir {workdir} --out DIR")
       return None
     if c.eval.before_training and not _has_row(workdir, "initial model"):
-      evaluate(ctx, params, name="initial model", tag="initial", checkpoint=_initial_label(c),
+      evaluate(params, name="initial model", tag="initial", checkpoint=_initial_label(c),
                training="none")
-    from real_jax.train.config_lib import stages_for
-    stages = stages_for(c)
+    stages = config_lib.stages_for(c)
     final_stage = stages[-1]
-    base = params
-    base_label = _initial_label(c)
-    selfcot = None
+    carry = Carry(params=params, base=params, base_label=_initial_label(c))
+    del params
     for stage in stages:
-      main = stage == final_stage
       t0 = time.time()
-      if stage == "warmup":
-        params = loops.run_supervised(
-            ctx, "warmup", params, kind="sft", steps=c.warmup.steps,
-            batch_size=c.warmup.batch_size, micro_batch_size=c.warmup.micro_batch_size,
-            lr=c.warmup.lr, schedule=c.warmup.schedule, lr_warmup=c.warmup.lr_warmup,
-            main=main)
-        base = params
-        base_label = f"the warm-up model (warmup stage step {c.warmup.steps})"
-        if c.eval.after_warmup and not main and not _has_row(workdir, "warm-up (SFT)"):
-          evaluate(ctx, params, name="warm-up (SFT)", tag="warmup", readout="cot",
-                   checkpoint=f"warmup stage, last step ({c.warmup.steps})",
-                   training=f"SFT on demonstrations, {c.warmup.steps} steps from "
-                            f"{_initial_label(c)}")
-      elif stage in ("sft", "raft"):
-        params = loops.run_supervised(
-            ctx, stage, params, kind=stage, steps=c.train.steps, batch_size=c.train.batch_size,
-            micro_batch_size=c.train.micro_batch_size, lr=c.train.lr, main=main)
-      elif stage == "tract1":
-        params = loops.run_supervised(
-            ctx, "tract1", base, kind="tract", steps=c.tract.stage1_steps or c.train.steps,
-            batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size,
-            lr=c.train.lr, copy_params=True)
-      elif stage == "tract_gen":
-        selfcot = loops.run_tract_gen(ctx, params)
-      elif stage == "tract2":
-        del params
-        params = loops.run_supervised(
-            ctx, "tract2", base, kind="tract", steps=c.tract.stage2_steps or c.train.steps,
-            batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size,
-            lr=c.train.lr, main=main, selfcot=selfcot)
-      elif stage == "rl":
-        params = loops.run_rl(ctx, params, method=c.method, main=main)
+      STAGES[stage](r, evaluate, carry, stage == final_stage)
       logging.info("stage %s finished in %.0fs", stage, time.time() - t0)
     summary = None
     if c.eval.at_end:
-      summary = evaluate(ctx, params, name=name, tag="final",
-                         checkpoint=f"{final_stage} stage, last step ({_stage_steps(c, final_stage)})",
-                         training=_training_label(ctx, base_label))
-    best = loops.offer_best(ctx, final_stage, params)
+      summary = evaluate(carry.params, name=name, tag="final",
+                         checkpoint=f"{final_stage} stage, last step "
+                                    f"({_stage_steps(c, final_stage)})",
+                         training=_training_label(r, carry.base_label))
+    best = r.runner.offer_best(final_stage, carry.params)
     if best is not None:
       logging.info("best checkpoint by validation %s: step %d (%.4f) in %s", best["metric"],
                    best["step"], best["value"], os.path.join(workdir, "ckpt", final_stage + "_best"))
     _print_results(workdir, time.time() - t_start)
     return summary
   finally:
-    ctx.writer.close()
+    r.writer.close()
+
+
+def _has_row(workdir: str, name: str) -> bool:
+  """Whether results.json already has row `name` (a resumed run skips that evaluation); process
+  0 decides for every process."""
+  path = os.path.join(workdir, "results.json")
+  has = False
+  if shd.is_main_process() and os.path.exists(path):
+    with open(path) as f:
+      has = any(r["name"] == name for r in json.load(f).get("rows", []))
+  return shd.agree(has)
 
 
 def _initial_label(config) -> str:
@@ -320,16 +301,15 @@ def _stage_steps(config, stage: str) -> int:
           "tract2": config.tract.stage2_steps or config.train.steps}.get(stage, config.train.steps)
 
 
-def _training_label(ctx, base_label: str) -> str:
+def _training_label(run: Run, base_label: str) -> str:
   """How the final row's model was trained (method settings; for TRACT the stage-2 start)."""
-  from real_jax.train import config_lib, loops
-  c = ctx.config
+  c = run.config
   if c.method in ("grpo", "real"):
-    s = config_lib.rl_settings(c, c.method, ctx.score_tokens.values)
+    s = config_lib.rl_settings(c, c.method, run.tokens.score_tokens.values)
     return (f"{c.rl.steps} updates from {base_label}; {s['label']}; filter {c.rl.filter}, "
             f"{c.rl.epochs} epoch(s)")
   if c.method == "tract":
-    gen = loops.tract_gen_counts(ctx.workdir)
+    gen = tract.tract_gen_counts(run.workdir)
     return (f"stage 1: {c.tract.stage1_steps or c.train.steps} steps from {base_label}; stage 2 "
             f"retrained from {base_label} (the model stage 1 started from) on its self-CoTs "
             f"({gen})")
@@ -365,7 +345,6 @@ class _QuietOrbax:
   """Drops orbax's INFO chatter (dozens of lines per checkpoint) from the absl log."""
 
   def filter(self, record) -> bool:
-    import logging as pylogging
     return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
 
 
@@ -373,15 +352,13 @@ def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietOrbax())
   if FLAGS.multihost:
-    import jax
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
-  from real_jax.train.config_lib import ConfigError
   try:
     run(_CONFIG.value, os.path.abspath(FLAGS.workdir))
-  except ConfigError as e:
+  except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     sys.exit(2)
 

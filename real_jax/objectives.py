@@ -4,7 +4,7 @@ No model, no I/O: every function takes arrays (log-probs, masks, logits at the s
 position, targets) and returns arrays. Every public function is `jax.jit`-compiled with its
 string/bool options static, works under `jax.vmap`, and accepts sharded inputs.
 
-Method (DESIGN §2). At the position that predicts the score token, the policy gives
+Method (the paper; docs/architecture.md draws the files around it). At the position that predicts the score token, the policy gives
 `pi(k | x, c)` over the vocabulary; the RAIL expected score is `y_hat = sum_k v_k pi(k | x, c)`
 over the score tokens `k` with values `v_k`. REAL maximises `J = E_c[-(y_hat - y*)^2]`, whose
 gradient has two terms (generalized policy gradient):
@@ -58,6 +58,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 ArrayLike = Any
@@ -72,6 +73,10 @@ AGGREGATIONS = ("token-mean", "sequence-mean", "sequence-sum")
 ADVANTAGE_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {}
 POLICY_LOSSES: dict[str, Callable[..., tuple[Array, Array]]] = {}
 LOSSES: dict[str, Callable[..., Any]] = {}
+REWARDS: dict[str, Callable[[Array, Array], Array]] = {}
+SHAPINGS: dict[str, Callable[[Array], Array] | None] = {}
+KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {}
+GROUP_FILTERS: dict[str, Callable[[Array], Array]] = {}
 
 
 def _register(registry: dict, kind: str, name: str):
@@ -100,6 +105,34 @@ def register_policy_loss(name: str):
 def register_loss(name: str):
   """Registers a whole objective (`real`, `sft`, `raft`, ...) returning `(loss, metrics)`."""
   return _register(LOSSES, "loss", name)
+
+
+def register_reward(name: str):
+  """Registers a rollout reward `fn(prediction [N], target [N]) -> reward [N]` (the prediction
+  is y_hat for "regression", the sampled score for "binary")."""
+  return _register(REWARDS, "reward", name)
+
+
+def register_kl_estimator(name: str):
+  """Registers a per-token KL estimate `fn(log_pi [B, T], log_pi_ref [B, T]) -> [B, T]`."""
+  return _register(KL_ESTIMATORS, "KL estimator", name)
+
+
+def register_group_filter(name: str):
+  """Registers which groups a rollout trains on: `fn(binary rewards [G, n]) -> keep [G] bool`."""
+  return _register(GROUP_FILTERS, "group filter", name)
+
+
+class ScoreSpec(NamedTuple):
+  """The score tokens as arrays, aligned: `ids [K]` int32 token ids and `values [K]` float32
+  score values. `ScoreSpec.of(score_tokens)` reads a `judge.ScoreTokens`."""
+  ids: Array
+  values: Array
+
+  @classmethod
+  def of(cls, score_tokens) -> "ScoreSpec":
+    return cls(jnp.asarray(score_tokens.token_ids, jnp.int32),
+               jnp.asarray(score_tokens.values, jnp.float32))
 
 
 def _lookup(registry: dict, kind: str, name: str):
@@ -319,12 +352,14 @@ def token_entropy(logits: ArrayLike, *, temperature: ArrayLike = 1.0) -> Array:
 # ==============================================================================
 
 
+@register_reward("regression")
 @jax.jit
 def regression_reward(expected: ArrayLike, target: ArrayLike) -> Array:
   """Regression reward `-(expected - target)^2`, elementwise, float32."""
   return -jnp.square(_float(expected) - _float(target))
 
 
+@register_reward("binary")
 @jax.jit
 def binary_reward(sampled_score: ArrayLike, target: ArrayLike) -> Array:
   """Standard-RL reward `1[sampled_score == target]`, elementwise, float32.
@@ -446,7 +481,6 @@ def worst_squared_error(score_values: ArrayLike, *, renormalize: bool = False) -
   without a valid score should get at most the reward -worst, so it is never preferred to a
   valid one.
   """
-  import numpy as np  # host-side helper (configs), not traced
   v = np.asarray(score_values, np.float64)
   t_lo, t_hi = float(v.min()), float(v.max())
   y_lo, y_hi = (t_lo, t_hi) if renormalize else (min(0.0, t_lo), max(0.0, t_hi))
@@ -485,18 +519,17 @@ def real_advantages(
   """
   kw = dict(estimator=estimator, normalize=normalize, clip=clip, eps=eps, mask=mask, ddof=ddof)
   adv = group_advantages(reg_rewards, **kw)
-  if shaping == "none":
+  shape = _lookup(SHAPINGS, "shaping", shaping)
+  if shape is None:
     return adv
-  lp = _float(target_log_probs)
-  if shaping == "prob":
-    shaped = jnp.exp(lp)
-  elif shaping == "log_prob":
-    shaped = lp
-  else:
-    raise ValueError(f"unknown shaping {shaping!r}; expected 'prob', 'log_prob' or 'none'")
-  return adv + lam * group_advantages(shaped, **kw)
+  return adv + lam * group_advantages(shape(_float(target_log_probs)), **kw)
 
 
+# Shaping rewards of `real_advantages`, from log pi(y* | x, c); None = no shaping term.
+SHAPINGS.update({"prob": jnp.exp, "log_prob": lambda lp: lp, "none": None})
+
+
+@register_group_filter("partial")
 @jax.jit
 def partial_group_mask(binary_rewards: ArrayLike, *, mask: ArrayLike | None = None) -> Array:
   """Authors' "partial" filter: groups whose mean binary reward is strictly in (0, 1).
@@ -512,6 +545,21 @@ def partial_group_mask(binary_rewards: ArrayLike, *, mask: ArrayLike | None = No
   m = jnp.ones_like(b) if mask is None else jnp.asarray(mask).astype(b.dtype)
   hits = jnp.sum(b * m, axis=-1)
   return (hits > 0) & (hits < jnp.sum(m, axis=-1))
+
+
+@register_group_filter("all")
+def _all_groups(binary_rewards: ArrayLike) -> Array:
+  return jnp.ones(jnp.shape(binary_rewards)[:-1], bool)
+
+
+@register_group_filter("not_all_correct")
+def _not_all_correct(binary_rewards: ArrayLike) -> Array:
+  return jnp.mean(_float(binary_rewards), axis=-1) < 1.0
+
+
+@register_group_filter("not_all_wrong")
+def _not_all_wrong(binary_rewards: ArrayLike) -> Array:
+  return jnp.mean(_float(binary_rewards), axis=-1) > 0.0
 
 
 # ==============================================================================
@@ -604,6 +652,22 @@ def policy_gradient_loss(
                 "advantage": _safe_div(jnp.sum(adv_seq * w), jnp.sum(w)), "num_tokens": cd}
 
 
+@register_kl_estimator("k1")
+def _kl_k1(lp: Array, ref: Array) -> Array:
+  return lp - ref
+
+
+@register_kl_estimator("k2")
+def _kl_k2(lp: Array, ref: Array) -> Array:
+  return 0.5 * jnp.square(lp - ref)
+
+
+@register_kl_estimator("k3")
+def _kl_k3(lp: Array, ref: Array) -> Array:
+  d = ref - lp
+  return jnp.exp(d) - d - 1.0
+
+
 @functools.partial(jax.jit, static_argnames=("estimator", "aggregation"))
 def kl_penalty(
     log_probs: ArrayLike,
@@ -632,15 +696,7 @@ def kl_penalty(
   m = jnp.asarray(mask) > 0
   lp = jnp.where(m, _float(log_probs), 0.0)
   ref = jnp.where(m, jax.lax.stop_gradient(_float(ref_log_probs)), 0.0)
-  if estimator == "k1":
-    per_tok = lp - ref
-  elif estimator == "k2":
-    per_tok = 0.5 * jnp.square(lp - ref)
-  elif estimator == "k3":
-    d = ref - lp
-    per_tok = jnp.exp(d) - d - 1.0
-  else:
-    raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1', 'k2' or 'k3'")
+  per_tok = _lookup(KL_ESTIMATORS, "KL estimator", estimator)(lp, ref)
   return masked_aggregate(per_tok, mask, aggregation=aggregation, sample_mask=sample_mask,
                           denominator=denominator)
 

@@ -24,7 +24,7 @@ Stopping semantics (per row):
   `lengths` counts generated tokens INCLUDING the stop sequence / the EOS token / extra tokens.
   After a row ends, its tokens are `pad_id` and its log-probs 0.
 
-Top-p without a sort. Sorting 32k logits per row is the CPU bottleneck (DESIGN.md §6), so the
+Top-p without a sort. Sorting 32k logits per row is the CPU bottleneck (docs/architecture.md, A5), so the
 nucleus threshold is found by a safeguarded interpolation search (Illinois regula falsi on the
 probability threshold, masked-sum passes only): with e = exp(l - max l) and M(t) = sum_{e >= t} e,
 the nucleus is {e >= tau*} with tau* = max{t : M(t) >= top_p * M(0)}. The search keeps lo, hi with
@@ -48,13 +48,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from real_jax import layout
 from real_jax import sharding as shd
 from real_jax.models import qwen3
 
 Array = jax.Array
 
 __all__ = [
-    "EOS", "STOP_SEQUENCE", "TRUNCATED", "SampleOutput", "SamplingConfig", "pick_bucket",
+    "EOS", "STOP_SEQUENCE", "TRUNCATED", "SampleOutput", "SamplingConfig",
     "sample", "sample_from_logits", "scoring_inputs",
 ]
 
@@ -352,15 +353,6 @@ def sample_from_logits(logits: Array, u: Array, cfg: SamplingConfig
 # The sampler
 
 
-def pick_bucket(length: int, buckets: Sequence[int]) -> int:
-  """Smallest bucket >= length; beyond the largest, a multiple of the largest."""
-  for b in sorted(buckets):
-    if b >= length:
-      return b
-  top = max(buckets)
-  return top * -(-length // top)
-
-
 def _constrain(x: Array, mesh: Mesh | None, axes: Sequence[str | None], rules) -> Array:
   """Sharding constraint by logical axes; dims that do not divide their mesh axes replicate."""
   if mesh is None:
@@ -558,13 +550,13 @@ def _bucket_prompts(tokens: np.ndarray, mask: np.ndarray, cfg: SamplingConfig
     raise ValueError(f"prompt_mask rows {not_left[:5].tolist()} are not left-padded (padding must "
                      f"come before the first real token)")
   longest = max(int(mask.sum(1).max()), 1)
-  width = pick_bucket(longest, cfg.prompt_buckets)
+  width = layout.bucket_length(longest, cfg.prompt_buckets, overflow="multiple")
   cur = tokens.shape[1]
   if cur >= width:
     tokens, mask = tokens[:, cur - width:], mask[:, cur - width:]
   else:
-    tokens = np.pad(tokens, ((0, 0), (width - cur, 0)), constant_values=cfg.pad_id)
-    mask = np.pad(mask, ((0, 0), (width - cur, 0)), constant_values=False)
+    tokens = layout.widen_left(tokens, width, cfg.pad_id)
+    mask = layout.widen_left(mask, width, False)
   tokens = np.where(mask, tokens, cfg.pad_id).astype(np.int32)
   return tokens, mask
 

@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -143,11 +144,16 @@ def put_global(x: Any, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
+def put_batch(batch: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+  """Places a host batch (any pytree of [batch, ...] arrays: a typed batch or a dict) on the
+  mesh, the batch axis over the data axes, with `put_global`."""
+  return jax.tree.map(lambda v: put_global(v, batch_sharding(mesh, np.ndim(v), rules)), batch)
+
+
 def to_host(tree: Any) -> Any:
   """Fetches a pytree of (possibly sharded) arrays to numpy, whole on every process."""
   if jax.process_count() == 1:
     return jax.device_get(tree)
-  from jax.experimental import multihost_utils
 
   def one(x):
     if not isinstance(x, jax.Array) or x.is_fully_addressable:
@@ -169,7 +175,6 @@ def agree(value: Any) -> Any:
   so that every process takes the same branch, and so calls the same collectives."""
   if jax.process_count() == 1:
     return value
-  from jax.experimental import multihost_utils
   out = multihost_utils.broadcast_one_to_all(np.asarray(value))
   return type(value)(out.item()) if isinstance(value, (bool, int, float)) else out
 
@@ -177,7 +182,6 @@ def agree(value: Any) -> Any:
 def sync(name: str) -> None:
   """Barrier across processes (no-op with one): e.g. after process 0 prepared files."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
 
 
@@ -210,7 +214,6 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 
 def abstract_mesh(shape: Sequence[int] | Mapping[str, int], num_devices: int):
   """A device-free (data, fsdp, tensor) mesh for planning shardings of hardware we do not have."""
-  from jax.sharding import AbstractMesh
   devices = list(range(num_devices))
   if isinstance(shape, Mapping):
     shape = [shape.get(a, 1) for a in MESH_AXES]

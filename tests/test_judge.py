@@ -288,7 +288,9 @@ def test_parse_delimiter_at_start(qwen_st):
   assert (p.status, p.score) == ("ok", 3)
 
 
-def test_locate_delimiter_jax_matches_host(qwen_st):
+def test_parse_generation_over_padded_rows(qwen_st):
+  """First delimiter wins, EOS ends the search, a row stopped at the delimiter is found; rows
+  given as a right-padded array with their lengths (the sampler's layout)."""
   tok, st = qwen_st
   eos = st.eos_id
   texts = ["Good. So the overall score is 4", "nothing here",
@@ -300,10 +302,9 @@ def test_locate_delimiter_jax_matches_host(qwen_st):
   for i, s in enumerate(seqs):
     arr[i, :len(s)] = s
   lengths = np.array([len(s) for s in seqs])
-  host = scores.parse_batch(arr, st, lengths=lengths)
-  found, cot_end = scores.locate_delimiter(arr, st, lengths=lengths)
-  np.testing.assert_array_equal(np.asarray(found).astype(np.int32), host["found"])
-  np.testing.assert_array_equal(np.asarray(cot_end), host["cot_end"])
+  parsed = [scores.parse_generation(arr[i], st, length=int(lengths[i])) for i in range(len(seqs))]
+  host = {"found": np.array([int(p.found_delimiter) for p in parsed]),
+          "score": np.array([p.score or 0 for p in parsed])}
   assert host["found"].tolist() == [1, 0, 1, 1, 1]
   assert host["score"].tolist()[:4] == [4, 0, 2, 1]
 

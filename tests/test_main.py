@@ -11,7 +11,7 @@ import pytest
 
 from real_jax import main as main_lib
 from real_jax.evaluate import check_markdown_table
-from real_jax.train import config_lib, loops
+from real_jax.train import config_lib, runner, tract
 from real_jax.train.config_lib import ConfigError
 from real_jax.train.metrics import read_metrics
 from run_helpers import png_count, run_notebook, tiny_config
@@ -72,10 +72,10 @@ def test_real_with_warmup_and_tract_smoke(shared, warm, tmp_path):
   assert stages >= {"tract1", "tract_gen", "tract2"}
   gen = [r for r in read_metrics(str(tmp_path / "tract")) if r["stage"] == "tract_gen"][0]
   assert gen["generated"] == 16 and gen["kept"] > 0
-  counts = json.load(open(str(tmp_path / "tract" / loops.TRACT_COUNTS)))
+  counts = json.load(open(str(tmp_path / "tract" / tract.TRACT_COUNTS)))
   assert counts["prompts_read"] == 16 and counts["prompts_skipped"] == {}
   assert counts["kept"] + counts["truncated"] + counts["eos_before_delimiter"] == 16
-  assert f"{counts['kept']} kept of 16 generated" in loops.tract_gen_counts(str(tmp_path / "tract"))
+  assert f"{counts['kept']} kept of 16 generated" in tract.tract_gen_counts(str(tmp_path / "tract"))
   assert counts["repetition_penalty"] == 1.03
   row = json.load(open(str(tmp_path / "tract" / "results.json")))["rows"][-1]
   assert f"stage 2 retrained from {warm[0]}" in row["info"]["training"]  # stage 1's start
@@ -89,7 +89,7 @@ def test_kill_and_resume_equals_uninterrupted(shared, warm, tmp_path):
   c = tiny_config(shared, "real", **over)
   main_lib.run(c, str(tmp_path / "a"))
   killed = tiny_config(shared, "real", **over, **{"debug.stop_after": 1})
-  with pytest.raises(loops.SimulatedKill):
+  with pytest.raises(runner.SimulatedKill):
     main_lib.run(killed, str(tmp_path / "b"))
   assert [r["step"] for r in read_metrics(str(tmp_path / "b"), "rl")] == [1]
   main_lib.run(c, str(tmp_path / "b"))  # the same command again: resumes at update 1

@@ -109,7 +109,7 @@ def test_group_advantages_mask():
 
 
 def _authors_advantages(E, log_p, y, beta_supp=1.0):
-  """Independent numpy transcription of the authors' Stage 2 (official_code.md §3.4)."""
+  """Independent numpy transcription of the authors' Stage 2 (docs/architecture.md, A4)."""
   def loo_norm_clip(r):
     n = r.shape[-1]
     a = r - (r.sum(-1, keepdims=True) - r) / (n - 1)

@@ -13,7 +13,7 @@ from real_jax.data import synthetic, synthetic_corpus
 from real_jax.train import config_lib
 from real_jax.judge import prompts
 from real_jax.models import hf
-from real_jax.train import data_utils, loops
+from real_jax.train import data_utils, pretrain, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(ROOT, "assets", "synthetic_base")
@@ -81,7 +81,7 @@ def test_pretraining_run_reproduces_the_committed_metrics(tmp_path):
   c.log.tensorboard = False
   c.data.data_dir = str(tmp_path / "tfds")
   c.lock()
-  with pytest.raises(loops.SimulatedKill):
+  with pytest.raises(runner.SimulatedKill):
     main_lib.run(c, str(tmp_path / "pre"))
   with open(tmp_path / "pre" / "metrics.jsonl") as f:
     got = {r["step"]: r for r in map(json.loads, f) if r["stage"] == "pretrain"}
@@ -103,7 +103,7 @@ def test_committed_base_matches_its_record():
   cfg, graphdef, params = hf.load_hf(BASE, mesh=mesh)
   assert 5e5 < cfg.num_params() < 5e6
   task = _task(_config("synthetic_base"))
-  acc = loops.probe_accuracy(graphdef, params, synthetic_corpus.probes(task, n=record["n_per_kind"]),
+  acc = pretrain.probe_accuracy(graphdef, params, synthetic_corpus.probes(task, n=record["n_per_kind"]),
                              tokenizer=tok, pad_id=tok.pad_token_id, mesh=mesh)
   assert acc == pytest.approx(record["accuracy"], abs=1e-9)
   assert min(acc.values()) > 0.9  # it knows the facts and comparisons of every split

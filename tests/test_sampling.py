@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from hf_fixtures import make_tiny_qwen3
+from real_jax import layout
 from real_jax import models
 from real_jax import sampling as S
 from real_jax import sharding as shd
@@ -480,7 +481,7 @@ def test_bad_inputs_raise(model):
              jax.random.key(0), GREEDY)
   with pytest.raises(ValueError, match="top_p"):
     S.SamplingConfig(top_p=0.0)
-  assert S.pick_bucket(5, (4, 8)) == 8 and S.pick_bucket(20, (4, 8)) == 24
+  assert layout.bucket_length(5, (4, 8), overflow="multiple") == 8 and layout.bucket_length(20, (4, 8), overflow="multiple") == 24
 
 
 def test_kv_plan_figures_in_the_readme():

@@ -17,7 +17,9 @@ from real_jax.judge.scores import ScoreTokens
 from real_jax.models import get_preset, init_params, qwen3
 from real_jax.models import score_sequences
 from real_jax.train import checkpoint as ckpt_lib
-from real_jax.train import config_lib, loops, rollout
+from real_jax import readout
+from real_jax.train import config_lib, rl
+from real_jax.train.batch import RLBatch
 from real_jax.train import state as state_lib
 from real_jax.train import steps as steps_lib
 
@@ -43,7 +45,7 @@ def _host(tree):
 
 
 def _crafted_rollout(rng, prompts=3, n=4, lp=12, r=10):
-  """Rollouts as `rollout.sample_cots` returns them: valid rows end with the delimiter, some rows
+  """Rollouts as `readout.sample_cots` returns them: valid rows end with the delimiter, some rows
   are truncated (no delimiter) or stop at EOS."""
   rows = prompts * n
   plen = rng.integers(4, lp + 1, size=prompts)
@@ -91,22 +93,25 @@ def _rl_config(**rl):
   return c
 
 
-def _ctx(config, mesh, graphdef):
-  return loops.Context(config=config, workdir="", mesh=mesh, tokenizer=None, tokenizer_dir="",
-                       score_tokens=ST, pad_id=PAD, graphdef=graphdef, model_cfg=CFG,
-                       writer=None, train_source=None, eval_sources={}, delim_start=())
+def _round(config, method, mesh, graphdef, params, prompts, score_fn, adv, gen,
+           score_tokens=ST, pad_id=PAD):
+  """`rl.rollout_round` on crafted rollouts; the rows as a dict for the hand computations."""
+  r = rl.rollout_round(graphdef, params, None, prompts, jax.random.PRNGKey(0),
+                       settings=rl.RolloutSettings.from_config(config, method), advantages=adv,
+                       score_fn=score_fn, score_tokens=score_tokens, mesh=mesh, pad_id=pad_id,
+                       gen=gen)
+  return dataclasses.asdict(r.batch), r.keep_groups, r.stats
 
 
 def _real_rows(beta=0.7, lam=0.5, invalid="penalize", seed=0):
   mesh = _mesh1()
   graphdef, params = _params(mesh)
   c = _rl_config(beta=beta, lam=lam, invalid=invalid)
-  ctx = _ctx(c, mesh, graphdef)
   gen, batch = _crafted_rollout(np.random.default_rng(seed))
-  adv_settings = rollout.AdvantageSettings(invalid=invalid, format_penalty=16.0)
-  score_fn = rollout.make_score_fn(graphdef, ST, mesh)
-  rows, keep_g, stats, _, _ = loops.rollout_round(
-      ctx, params, None, batch, jax.random.PRNGKey(0), score_fn, "real", adv_settings, gen=gen)
+  adv_settings = rl.AdvantageSettings(invalid=invalid, format_penalty=16.0)
+  score_fn = readout.make_score_fn(graphdef, ST, mesh)
+  rows, keep_g, stats = _round(c, "real", mesh, graphdef, params, batch, score_fn, adv_settings,
+                               gen)
   return mesh, graphdef, params, c, rows, gen
 
 
@@ -180,8 +185,9 @@ def test_real_update_equals_objectives_by_hand(real_rows):
                                                              response_width=width))
   tx = optax.sgd(1.0)
   state, shardings = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mesh, 0)
-  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, shardings, rows, num_micro=2)
-  new_state, m = step(state, steps_lib.put_batch(rows, mesh))
+  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, shardings, RLBatch(**rows),
+                                   num_micro=2)
+  new_state, m = step(state, shd.put_batch(RLBatch(**rows), mesh))
   np.testing.assert_allclose(m["loss"], want_loss, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(m["pg_loss"] + m["refine_loss"], m["loss"], rtol=1e-5, atol=1e-6)
   got_grad = jax.tree.map(lambda a, b: a - b, _host(params), _host(new_state["params"]))
@@ -244,8 +250,9 @@ def test_ppo_kl_entropy_update_equals_hand_computation(real_rows):
   loss = steps_lib.real_objective(ST, cfg)
   tx = optax.sgd(1.0)
   state, shardings = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mesh, 0)
-  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, shardings, rows, num_micro=2)
-  new_state, m = step(state, steps_lib.put_batch(rows, mesh))
+  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, shardings, RLBatch(**rows),
+                                   num_micro=2)
+  new_state, m = step(state, shd.put_batch(RLBatch(**rows), mesh))
   np.testing.assert_allclose(m["loss"], want_loss, rtol=1e-5, atol=1e-6)
   assert float(m["kl"]) > 0 and float(m["entropy"]) > 0
   got_grad = jax.tree.map(lambda a, b: a - b, _host(params), _host(new_state["params"]))
@@ -273,8 +280,8 @@ def test_sharded_step_equals_single_device(real_rows):
   for mesh in (_mesh1(), mesh8):  # the single-device step is the one compiled above
     graphdef, params = _params(mesh)
     state, sh = state_lib.init_state(params, tx, mesh, 0)
-    step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, rows, num_micro=2)
-    new, m = step(state, steps_lib.put_batch(rows, mesh))
+    step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, RLBatch(**rows), num_micro=2)
+    new, m = step(state, shd.put_batch(RLBatch(**rows), mesh))
     if mesh is mesh8:
       leaf = new["params"]["layers"]["q_proj"][...]
       assert leaf.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
@@ -293,15 +300,15 @@ def test_non_finite_step_is_skipped_and_counted(real_rows):
   batch, tx, loss = _adamw_rows(real_rows)
   state, sh = state_lib.init_state(params, tx, mesh, 0)
   before = _host(state)
-  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, batch, num_micro=2)
+  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, RLBatch(**batch), num_micro=2)
   bad = dict(batch, target=np.full_like(batch["target"], np.nan))
-  state, m = step(state, steps_lib.put_batch(bad, mesh))
+  state, m = step(state, shd.put_batch(RLBatch(**bad), mesh))
   assert float(m["applied"]) == 0.0 and int(m["skipped"]) == 1
   after = _host(state)
   for a, b in zip(jax.tree.leaves(before["params"]) + jax.tree.leaves(before["opt_state"]),
                   jax.tree.leaves(after["params"]) + jax.tree.leaves(after["opt_state"])):
     np.testing.assert_array_equal(a, b)
-  state, m = step(state, steps_lib.put_batch(batch, mesh))  # a good step is applied
+  state, m = step(state, shd.put_batch(RLBatch(**batch), mesh))  # a good step is applied
   assert float(m["applied"]) == 1.0 and int(m["skipped"]) == 1 and int(state["step"]) == 2
 
 
@@ -359,17 +366,17 @@ def test_rollout_helpers():
   pt = np.array([[0, 5, 6], [7, 8, 9]], np.int32)
   pm = np.array([[0, 1, 1], [1, 1, 1]], np.int32)
   resp = np.array([[3, 20, 21, 22], [4, 4, 0, 0]], np.int32)
-  seqs = rollout.build_sequences(pt, pm, resp, np.array([4, 2]), pad_id=0, extra=1)
+  seqs = readout.build_sequences(pt, pm, resp, np.array([4, 2]), pad_id=0, extra=1)
   assert seqs["tokens"].shape == (2, 8)
   np.testing.assert_array_equal(seqs["score_pos"], [6, 4])
   np.testing.assert_array_equal(seqs["mask"][0], [0, 1, 1, 1, 1, 1, 1, 0])
   np.testing.assert_array_equal(seqs["cot_mask"][1], [0, 0, 0, 1, 1, 0, 0, 0])
   # group filter
   b = np.array([[1, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]], np.float32)
-  np.testing.assert_array_equal(rollout.group_filter(b, "partial"), [True, False, False])
-  np.testing.assert_array_equal(rollout.group_filter(b, "not_all_correct"), [True, False, True])
-  np.testing.assert_array_equal(rollout.group_filter(b, "not_all_wrong"), [True, True, False])
-  np.testing.assert_array_equal(rollout.group_filter(b, "all"), [True, True, True])
+  np.testing.assert_array_equal(rl.group_filter(b, "partial"), [True, False, False])
+  np.testing.assert_array_equal(rl.group_filter(b, "not_all_correct"), [True, False, True])
+  np.testing.assert_array_equal(rl.group_filter(b, "not_all_wrong"), [True, True, False])
+  np.testing.assert_array_equal(rl.group_filter(b, "all"), [True, True, True])
 
 
 def test_sample_cots_marks_delimiter_eos_and_truncation():
@@ -380,8 +387,8 @@ def test_sample_cots_marks_delimiter_eos_and_truncation():
   pm = np.ones((2, 8), np.int32)
   # A stop "delimiter" made of frequent tokens is hard to arrange with random weights, so check
   # the bookkeeping on whatever comes out: lengths, padding and flags are consistent.
-  settings = rollout.SamplerSettings(max_new_tokens=6, temperature=1.0, top_p=1.0)
-  g = rollout.sample_cots(graphdef, params, pt, pm, jax.random.PRNGKey(0), settings, ST,
+  settings = readout.SamplerSettings(max_new_tokens=6, temperature=1.0, top_p=1.0)
+  g = readout.sample_cots(graphdef, params, pt, pm, jax.random.PRNGKey(0), settings, ST,
                           num_samples=3, mesh=mesh, pad_id=PAD)
   assert g["response"].shape == (6, 6)
   assert np.all(g["found"] + g["eos"] + g["truncated"] == 1)
@@ -403,15 +410,15 @@ def test_advantages_for_invalid_rows():
   tlp = np.log(np.array([0.5, 0.6, 1.0, 0.1, 0.9, 0.8, 0.1, 1.0], np.float32))
   valid = np.array([1, 1, 0, 1, 1, 1, 1, 0], bool)
   binary = np.zeros(8, np.float32)
-  s = rollout.AdvantageSettings(invalid="penalize", format_penalty=16.0, normalize=False,
+  s = rl.AdvantageSettings(invalid="penalize", format_penalty=16.0, normalize=False,
                                 clip=None, shaping="none")
-  out = rollout.compute_advantages(y_hat, tlp, target, binary, valid, 4, s)
+  out = rl.compute_advantages(y_hat, tlp, target, binary, valid, 4, s)
   r = np.where(valid, -(y_hat - target) ** 2, -16.0).reshape(2, 4)
   want = r - (r.sum(1, keepdims=True) - r) / 3  # RLOO
   np.testing.assert_allclose(out["adv"], want.reshape(-1), atol=1e-6)
   np.testing.assert_array_equal(out["pg_keep"], 1.0)
   np.testing.assert_array_equal(out["refine_keep"], valid)
-  out = rollout.compute_advantages(y_hat, tlp, target, binary, valid, 4,
+  out = rl.compute_advantages(y_hat, tlp, target, binary, valid, 4,
                                    dataclasses.replace(s, invalid="drop"))
   np.testing.assert_array_equal(out["pg_keep"], valid)
   assert out["adv"][2] == 0.0 and out["adv"][7] == 0.0
@@ -474,7 +481,7 @@ def _enumerated_rollout(n):
 
 def _exact_minus_grad_J(graphdef, params, uniq, lam, penalty):
   """-grad J, J = sum_c pi(c|x) r(c) over every response c (the objective itself)."""
-  seqs = rollout.build_sequences(uniq["prompt_tokens"], uniq["prompt_mask"], uniq["response"],
+  seqs = readout.build_sequences(uniq["prompt_tokens"], uniq["prompt_mask"], uniq["response"],
                                  uniq["length"], pad_id=0, extra=1)
   ids, values = jnp.asarray(EX_ST.token_ids), jnp.asarray(EX_ST.values)
   tid = jnp.full((len(uniq["length"]),), EX_ST.token_ids[3], jnp.int32)  # y* = 4
@@ -485,9 +492,9 @@ def _exact_minus_grad_J(graphdef, params, uniq, lam, penalty):
                         jnp.asarray(seqs["score_pos"]))
     log_pi = jnp.sum(o.token_log_probs * seqs["cot_mask"], axis=1)
     y_hat = obj.expected_score(o.score_logits, ids, values)
-    logp_y = jnp.maximum(obj.score_log_prob(o.score_logits, tid), rollout.LOG_PROB_FLOOR)
+    logp_y = jnp.maximum(obj.score_log_prob(o.score_logits, tid), rl.LOG_PROB_FLOOR)
     r = jnp.where(valid, -(y_hat - 4.0) ** 2 + lam * logp_y,
-                  -penalty + lam * rollout.LOG_PROB_FLOOR)
+                  -penalty + lam * rl.LOG_PROB_FLOOR)
     return jnp.sum(jnp.exp(log_pi) * r), jnp.sum(jnp.exp(log_pi))
 
   (_, total), g = jax.value_and_grad(J, has_aux=True)(params)
@@ -506,7 +513,8 @@ def _trainer_expected_grad(graphdef, params, rows, n, loss, chunk=4096):
   @jax.jit
   def chunk_grad(p, mb, w):
     def total(p):
-      per = jax.vmap(lambda b: loss.fn(graphdef, p, b, loss.denominators(b))[0])(mb)
+      per = jax.vmap(lambda b: loss.fn(graphdef, p, RLBatch(**b),
+                                       loss.denominators(RLBatch(**b)))[0])(mb)
       return jnp.sum(w * per)
     return jax.grad(total)(p)
 
@@ -536,15 +544,12 @@ def enumerated():
   n, lam, penalty = 2, 0.5, 16.0
   gen, prompts, uniq, groups = _enumerated_rollout(n)
   c = _rl_config(group_size=n, filter="all", max_response_len=EX_R, score_batch_size=8192)
-  ctx = loops.Context(config=c, workdir="", mesh=mesh, tokenizer=None, tokenizer_dir="",
-                      score_tokens=EX_ST, pad_id=0, graphdef=graphdef, model_cfg=EX_CFG,
-                      writer=None, train_source=None, eval_sources={}, delim_start=())
-  adv = rollout.AdvantageSettings(reward="regression", shaping="log_prob", shaping_weight=lam,
+  adv = rl.AdvantageSettings(reward="regression", shaping="log_prob", shaping_weight=lam,
                                   estimator="rloo", normalize=False, clip=None,
                                   invalid="penalize", format_penalty=penalty)
-  score_fn = rollout.make_score_fn(graphdef, EX_ST, mesh)
-  rows, keep_g, _, _, _ = loops.rollout_round(ctx, params, None, prompts, jax.random.PRNGKey(0),
-                                              score_fn, "real", adv, gen=gen)
+  score_fn = readout.make_score_fn(graphdef, EX_ST, mesh)
+  rows, keep_g, _ = _round(c, "real", mesh, graphdef, params, prompts, score_fn, adv, gen,
+                           score_tokens=EX_ST, pad_id=0)
   assert keep_g.all() and len(rows["adv"]) == groups.size
   target = _flat_tree(_exact_minus_grad_J(graphdef, params, uniq, lam, penalty))
   return dict(graphdef=graphdef, params=params, rows=rows, n=n, lam=lam, target=target,
@@ -556,9 +561,9 @@ def _rel_err(got, target):
 
 
 def test_trainer_real_step_is_exact_for_enumerated_rollouts(enumerated):
-  """Through the trainer: rollouts packed by `loops.rollout_round` (prompt with left padding,
+  """Through the trainer: rollouts packed by `rl.rollout_round` (prompt with left padding,
   responses of lengths 1-3 right-padded, rows stopped at the delimiter, at EOS and truncated),
-  advantages from `rollout.compute_advantages`, loss `steps.real_objective` with its own
+  advantages from `rl.compute_advantages`, loss `steps.real_objective` with its own
   denominators. Over every group of n = 2 of a 1-layer model's 187 possible responses (34,969
   groups), E[grad loss] = -grad J with aggregation="sequence-sum"; token-mean is not."""
   e = enumerated
@@ -610,7 +615,7 @@ def test_trainer_exactness_mutations_fail(enumerated, monkeypatch):
   assert _rel_err(got, e["target"]) > 0.05
 
   base = loss.denominators
-  valid_only = steps_lib.Loss(lambda b: (base(b)[0], jnp.sum(b["refine_keep"]), base(b)[2]),
+  valid_only = steps_lib.Loss(lambda b: (base(b)[0], jnp.sum(b.refine_keep), base(b)[2]),
                               loss.fn, "real")
   got = _flat_tree(_trainer_expected_grad(e["graphdef"], e["params"], e["rows"], e["n"],
                                           valid_only))
@@ -626,8 +631,8 @@ def test_grpo_recipe_is_the_standard_one():
   the others -0.25 (the group sums to 0); the authors' recipe clips it to 1 (sum -2.87)."""
   r = np.zeros((1, 16), np.float32)
   r[0, 3] = 1.0
-  g = rollout.AdvantageSettings.from_recipe("grpo", reward="binary")
-  a = rollout.compute_advantages(np.zeros(16), np.zeros(16), np.zeros(16), r[0],
+  g = rl.AdvantageSettings.from_recipe("grpo", reward="binary")
+  a = rl.compute_advantages(np.zeros(16), np.zeros(16), np.zeros(16), r[0],
                                  np.ones(16, bool), 16, g)["adv"]
   np.testing.assert_allclose(a[3], 3.75, rtol=1e-5)
   np.testing.assert_allclose(np.delete(a, 3), -0.25, rtol=1e-5)
@@ -635,8 +640,8 @@ def test_grpo_recipe_is_the_standard_one():
   import torch  # the reference: verl computes GRPO advantages with torch.std (unbiased)
   t = torch.tensor(r[0])
   np.testing.assert_allclose(a, ((t - t.mean()) / (t.std() + 1e-6)).numpy(), rtol=1e-5)  # verl
-  au = rollout.AdvantageSettings.from_recipe("authors", reward="binary")
-  b = rollout.compute_advantages(np.zeros(16), np.zeros(16), np.zeros(16), r[0],
+  au = rl.AdvantageSettings.from_recipe("authors", reward="binary")
+  b = rl.compute_advantages(np.zeros(16), np.zeros(16), np.zeros(16), r[0],
                                  np.ones(16, bool), 16, au)["adv"]
   np.testing.assert_allclose(b[3], 1.0)
   np.testing.assert_allclose(b.sum(), 1.0 - 15 * 0.2582, atol=1e-3)
@@ -676,16 +681,14 @@ def test_grpo_rows_train_the_sampled_score_token_real_rows_do_not():
   mesh = _mesh1()
   graphdef, params = _params(mesh)
   c = _rl_config()
-  ctx = _ctx(c, mesh, graphdef)
   gen, batch = _crafted_rollout(np.random.default_rng(1))
-  score_fn = rollout.make_score_fn(graphdef, ST, mesh)
+  score_fn = readout.make_score_fn(graphdef, ST, mesh)
   out = {}
   for method in ("grpo", "real"):
-    adv = rollout.AdvantageSettings.from_recipe(
+    adv = rl.AdvantageSettings.from_recipe(
         "grpo" if method == "grpo" else "authors",
         reward="binary" if method == "grpo" else "regression")
-    out[method] = loops.rollout_round(ctx, params, None, batch, jax.random.PRNGKey(0), score_fn,
-                                      method, adv, gen=gen)[0]
+    out[method] = _round(c, method, mesh, graphdef, params, batch, score_fn, adv, gen)[0]
   valid = gen["found"]
   after = out["real"]["score_pos"] + 1
   rows = np.arange(len(after))

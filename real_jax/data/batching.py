@@ -49,11 +49,16 @@ import dataclasses
 import math
 from typing import Any, Iterator, Mapping, Sequence
 
+import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from real_jax.judge import prompts as prompts_lib
+from real_jax.layout import (bucket_length, left_pad, positions_from_mask, power_of_two_buckets,
+                             right_pad)
 
 STATE_VERSION = 1
+OVERLONG = ("skip", "truncate", "error")  # what a prompt longer than max_prompt_len gets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +84,7 @@ class BatchConfig:
       raise ValueError("batch_size must be >= 1")
     if not self.buckets or list(self.buckets) != sorted(set(self.buckets)):
       raise ValueError(f"buckets must be increasing and non-empty, got {self.buckets}")
-    if self.overlong not in ("skip", "truncate", "error"):
+    if self.overlong not in OVERLONG:
       raise ValueError(f"overlong must be 'skip', 'truncate' or 'error', got {self.overlong!r}")
     if self.max_prompt_len is not None and self.max_prompt_len > self.buckets[-1]:
       raise ValueError(f"max_prompt_len {self.max_prompt_len} exceeds the largest bucket "
@@ -99,51 +104,6 @@ class PromptTooLongError(ValueError):
   pass
 
 
-def power_of_two_buckets(limit: int, smallest: int = 64) -> tuple[int, ...]:
-  """The default prompt buckets: 64, 128, ... below `limit`, and `limit` itself."""
-  b, x = [], smallest
-  while x < limit:
-    b.append(x)
-    x *= 2
-  return tuple(sorted(set(b + [int(limit)])))
-
-
-def bucket_length(n: int, buckets: Sequence[int]) -> int:
-  """Smallest bucket >= n (ValueError if none)."""
-  for b in buckets:
-    if n <= b:
-      return int(b)
-  raise ValueError(f"length {n} exceeds the largest bucket {buckets[-1]}")
-
-
-def left_pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """[len(seqs), length] int32 tokens left-padded with pad_id, and the 0/1 mask."""
-  tokens = np.full((len(seqs), length), pad_id, np.int32)
-  mask = np.zeros((len(seqs), length), np.int32)
-  for i, s in enumerate(seqs):
-    if len(s) > length:
-      raise ValueError(f"sequence of length {len(s)} does not fit in {length}")
-    if len(s):
-      tokens[i, length - len(s):] = s
-      mask[i, length - len(s):] = 1
-  return tokens, mask
-
-
-def right_pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  tokens = np.full((len(seqs), length), pad_id, np.int32)
-  mask = np.zeros((len(seqs), length), np.int32)
-  for i, s in enumerate(seqs):
-    if len(s) > length:
-      raise ValueError(f"sequence of length {len(s)} does not fit in {length}")
-    tokens[i, :len(s)] = s
-    mask[i, :len(s)] = 1
-  return tokens, mask
-
-
-def positions_from_mask(mask: np.ndarray) -> np.ndarray:
-  return np.maximum(np.cumsum(mask, axis=-1) - 1, 0).astype(np.int32)
-
-
 def sft_score(record: Mapping[str, Any]) -> int | None:
   """The score an SFT target ends with: the demonstration's own score, else the integer label."""
   fs = int(record.get("feedback_score", -1))
@@ -160,7 +120,6 @@ class JudgeBatcher:
                process_index: int | None = None, process_count: int | None = None,
                score_tokens=None):
     if process_index is None or process_count is None:
-      import jax
       process_index = jax.process_index() if process_index is None else process_index
       process_count = jax.process_count() if process_count is None else process_count
     if config.batch_size % process_count:
@@ -327,9 +286,6 @@ def to_global(batch: Mapping[str, np.ndarray], mesh, batch_axes: Sequence[str] =
   processes' local batches. Axes of `batch_axes` missing from the mesh are ignored. Raises a
   ValueError when the global batch size does not divide by the product of those axes' sizes.
   """
-  import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
-
   axes = tuple(a for a in batch_axes if a in mesh.axis_names)
   if not axes:
     raise ValueError(f"none of batch_axes {tuple(batch_axes)} is a mesh axis {mesh.axis_names}")

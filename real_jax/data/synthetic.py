@@ -67,10 +67,13 @@ import dataclasses
 import hashlib
 import json
 import os
+from math import comb
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 from real_jax.data.tfds_base import JudgeBuilderBase, JudgeBuilderConfig
 from real_jax.judge import prompts as prompts_lib
@@ -200,7 +203,6 @@ def expected_score(n_right: int, n_close: int, config: SyntheticConfig) -> float
   """E[one grader's label | item], exactly: the Bayes-optimal prediction of a test target (the
   mean of graders drawn independently given the item). Binomial(n_close, credit) over the
   credited near misses, then the label noise's mean shift (+p at 1, −p at 5, 0 inside)."""
-  from math import comb
   q, p = config.near_miss_credit, config.label_noise
   total = 0.0
   for k in range(n_close + 1):
@@ -337,7 +339,6 @@ _PUNCT = tuple(".,:;?!()[]{}+-=*/\"'#%<>_|&")
 
 
 def _pre_tokenizer():
-  from tokenizers import pre_tokenizers
   return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                   pre_tokenizers.Punctuation("isolated")])
 
@@ -365,9 +366,6 @@ def build_synthetic_tokenizer(out_dir: str | os.PathLike,
   """Writes the synthetic task's Hugging Face tokenizer (tokenizer.json, tokenizer_config.json,
   chat_template.jinja) to `out_dir` and returns the path; load it with
   `real_jax.judge.prompts.load_tokenizer` (or AutoTokenizer)."""
-  from tokenizers import AddedToken, Tokenizer, models
-  from transformers import PreTrainedTokenizerFast
-
   vocab_list = synthetic_vocab(template)
   vocab = {w: i for i, w in enumerate(vocab_list)}
   tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

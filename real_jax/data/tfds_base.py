@@ -1,7 +1,7 @@
 """Shared TFDS machinery for the judge datasets: builder config, features, validated generation.
 
 Datasets are written as array_record files and read back with `tfds.data_source` /
-`builder.as_data_source(split)` (random access, no TensorFlow; see ../shared/reference/env.md).
+`builder.as_data_source(split)` (random access, no TensorFlow; docs/architecture.md, A6).
 The validation report of every split (rows read, kept, skipped by reason, first offender per
 reason) is printed and stored in the dataset's `metadata.json` (`builder.info.metadata
 ["validation"][split]`).
@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from real_jax.data import records as records_lib
 from real_jax.judge import prompts as prompts_lib
@@ -93,7 +94,6 @@ class JudgeBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   @tfds.core.utils.classproperty
   @classmethod
   def code_path(cls):
-    from etils import epath
     return epath.Path(inspect.getfile(cls))
 
   def _extra_features(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 One template is used everywhere (real datasets and the synthetic task), so that the format
 instruction in the prompt always matches the format the parser and the score tokens expect
-(the authors' code mixes three variants, see ../shared/reference/official_code.md §1, §7.14).
+(the authors' code mixes three variants: docs/architecture.md, A1).
 
 Layout of `build_judge_prompt` (the Prometheus v1 absolute-grading prompt, with rule 3/4 set by
 the output format, and no trailing space after the generation cue)::
@@ -58,36 +58,11 @@ so its stock "[RESULT]" rule-3 line is replaced by the chosen format's line.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import re
 from typing import Any, Mapping, Sequence
 
-
-class OutputFormat(str, enum.Enum):
-  """How the judge ends its output; the delimiter is the text right before the score digit."""
-
-  SCORE_PHRASE = "score_phrase"
-  RESULT = "result"
-
-  @property
-  def delimiter(self) -> str:
-    """The phrase that precedes the score, without surrounding spaces."""
-    return _DELIMITERS[self]
-
-
-_DELIMITERS = {
-    OutputFormat.SCORE_PHRASE: "So the overall score is",
-    OutputFormat.RESULT: "[RESULT]",
-}
-
-
-def as_output_format(output_format: OutputFormat | str) -> OutputFormat:
-  """Accepts an `OutputFormat` or its string value; clear error otherwise."""
-  try:
-    return OutputFormat(output_format)
-  except ValueError:
-    raise ValueError(f"Unknown output_format {output_format!r}; expected one of "
-                     f"{[f.value for f in OutputFormat]}") from None
+from real_jax.judge.formats import OutputFormat, as_output_format, encode_text, load_tokenizer
+from real_jax.judge.scores import parse_generation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,31 +334,6 @@ def render_chat(tokenizer, prompt_text: str, *, enable_thinking: bool | None = N
   return [int(t) for t in out]
 
 
-def load_tokenizer(path: str):
-  """A Hugging Face tokenizer from a local directory (tokenizer.json + tokenizer_config.json).
-
-  Uses `PreTrainedTokenizerFast` directly (AutoTokenizer imports torch, ~5 s); falls back to
-  AutoTokenizer for tokenizers without a tokenizer.json.
-  """
-  import os
-  from transformers import PreTrainedTokenizerFast
-  if os.path.isfile(os.path.join(os.fspath(path), "tokenizer.json")):
-    return PreTrainedTokenizerFast.from_pretrained(os.fspath(path))
-  from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(os.fspath(path))
-
-
-def encode_text(tokenizer, text: str) -> list[int]:
-  """Plain token ids of `text` without special tokens (HF tokenizer or a raw `tokenizers.Tokenizer`)."""
-  try:
-    out = tokenizer.encode(text, add_special_tokens=False)
-  except TypeError:
-    out = tokenizer.encode(text)
-  if hasattr(out, "ids"):
-    out = out.ids
-  return [int(t) for t in out]
-
-
 def eos_token_id(tokenizer) -> int:
   eos = getattr(tokenizer, "eos_token_id", None)
   if eos is None:
@@ -401,7 +351,6 @@ def build_target_ids(tokenizer, feedback: str, score: int,
   """
   ids = encode_text(tokenizer, build_target_text(feedback, score, output_format))
   if score_tokens is not None:
-    from real_jax.judge.scores import parse_generation  # local import: avoid a cycle
     parsed = parse_generation(ids, score_tokens)
     if parsed.score != int(score) or parsed.score_pos != len(ids) - 1:
       raise ValueError(f"target for score {score} does not tokenise as <delimiter><score token> "

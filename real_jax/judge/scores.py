@@ -1,6 +1,6 @@
 """Score tokens from the tokenizer, and parsing of generated judge outputs on token ids.
 
-Score tokens are never hard-coded (official_code.md §7.1): `resolve_score_tokens` encodes
+Score tokens are never hard-coded (docs/architecture.md, A2): `resolve_score_tokens` encodes
 ``"<context> <delimiter> <d>"`` for d = 1..5 after three different contexts, and requires, in each,
 that the five encodings share a prefix and differ in exactly one final token that decodes to the
 digit, with the same ids in every context. That final token is the score token *as it appears
@@ -40,10 +40,9 @@ from typing import Sequence
 
 import numpy as np
 
-from real_jax.judge.prompts import OutputFormat, as_output_format, encode_text
+from real_jax.judge.formats import OutputFormat, as_output_format, encode_text
 
 STATUSES = ("ok", "delimiter_only", "bad_score", "no_delimiter", "truncated")
-STATUS_CODES = {s: i for i, s in enumerate(STATUSES)}
 USABLE_STATUSES = ("ok", "delimiter_only")
 
 
@@ -77,6 +76,13 @@ class ScoreTokens:
       return int(self.values[self.token_ids.index(int(token_id))])
     except ValueError:
       return None
+
+  def values_of(self, token_ids, default: float) -> np.ndarray:
+    """[N] float32 score value of each token id (`default` where it is not a score token):
+    the one lookup from sampled tokens to scores (rollout rewards, the standard readout)."""
+    lut = dict(zip(self.token_ids, self.values))
+    return np.array([lut.get(int(t), default) for t in np.asarray(token_ids).reshape(-1)],
+                    np.float32)
 
   @property
   def variants(self) -> tuple[tuple[int, ...], ...]:
@@ -252,69 +258,6 @@ def parse_generation(token_ids: Sequence[int], score_tokens: ScoreTokens, *,
     return ParsedGeneration("bad_score", True, cot_end, None, cot_end, eos_pos, n_valid)
   return ParsedGeneration("ok", True, cot_end, score, cot_end, eos_pos, n_valid,
                           n_trailing=len(region) - cot_end - 1)
-
-
-def parse_batch(tokens: np.ndarray, score_tokens: ScoreTokens,
-                lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """`parse_generation` over a [B, T] array of generated ids (host side, numpy).
-
-  Returns int32 arrays [B]: status (codes in `STATUS_CODES`), found (0/1), cot_end, score (0 if
-  none), score_pos (-1 if none), eos_pos, n_valid, usable (0/1).
-  """
-  tokens = np.asarray(tokens)
-  B = tokens.shape[0]
-  out = {k: np.zeros((B,), np.int32) for k in
-         ("status", "found", "cot_end", "score", "score_pos", "eos_pos", "n_valid", "usable")}
-  for b in range(B):
-    p = parse_generation(tokens[b], score_tokens,
-                         length=None if lengths is None else int(lengths[b]))
-    out["status"][b] = STATUS_CODES[p.status]
-    out["found"][b] = int(p.found_delimiter)
-    out["cot_end"][b] = p.cot_end
-    out["score"][b] = p.score or 0
-    out["score_pos"][b] = p.score_pos
-    out["eos_pos"][b] = p.eos_pos
-    out["n_valid"][b] = p.n_valid
-    out["usable"][b] = int(p.usable)
-  return out
-
-
-def locate_delimiter(tokens, score_tokens: ScoreTokens, lengths=None):
-  """Jittable (jax.numpy) first-occurrence search of the delimiter in generated ids [B, T].
-
-  Only positions before the first EOS (and before `lengths`, if given) are searched. Returns
-  `(found [B] bool, cot_end [B] int32)` with cot_end = index just past the delimiter (the score
-  position), or the valid length where not found. Same first-occurrence rule as
-  `parse_generation`; use this inside jitted code, `parse_generation` on the host.
-  """
-  import jax.numpy as jnp  # local: keep this module importable without jax initialised
-
-  tokens = jnp.asarray(tokens)
-  B, T = tokens.shape
-  pos = jnp.arange(T)[None, :]
-  is_eos = tokens == score_tokens.eos_id
-  first_eos = jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), T)
-  limit = first_eos if lengths is None else jnp.minimum(first_eos, jnp.asarray(lengths))
-  best_start = jnp.full((B,), T, jnp.int32)
-  best_end = jnp.full((B,), T, jnp.int32)
-  for variant in score_tokens.variants:
-    L = len(variant)
-    if L > T:
-      continue
-    match = jnp.ones((B, T - L + 1), bool)
-    for j, t in enumerate(variant):
-      match = match & (tokens[:, j:T - L + 1 + j] == t)
-    starts = pos[:, :T - L + 1]
-    match = match & (starts + L <= limit[:, None])
-    start = jnp.where(match.any(axis=1), jnp.argmax(match, axis=1), T).astype(jnp.int32)
-    better = (start < best_start) | ((start == best_start) & (start + L > best_end) & (start < T))
-    best_start = jnp.where(better, start, best_start)
-    best_end = jnp.where(better, start + L, best_end)
-  found = best_start < T
-  n_valid = jnp.minimum(jnp.where(first_eos < T, first_eos + 1, T),
-                        T if lengths is None else jnp.asarray(lengths))
-  cot_end = jnp.where(found, best_end, n_valid).astype(jnp.int32)
-  return found, cot_end
 
 
 # --- text level --------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
 from jax.sharding import Mesh
 
 from real_jax import sharding as shd
@@ -164,7 +166,6 @@ def _tensor_index(ckpt_dir: str) -> dict[str, str]:
   if not os.path.exists(single):
     raise FileNotFoundError(f"{ckpt_dir} has neither model.safetensors nor "
                             f"model.safetensors.index.json")
-  from safetensors import safe_open
   with safe_open(single, framework="numpy") as f:
     return {k: single for k in f.keys()}
 
@@ -173,7 +174,6 @@ class _Reader:
   """Opens each safetensors file once and reads tensors lazily as numpy arrays."""
 
   def __init__(self, index: dict[str, str]):
-    from safetensors import safe_open
     self._files = {p: safe_open(p, framework="numpy") for p in sorted(set(index.values()))}
     self._index = index
 
@@ -264,7 +264,6 @@ def load_hf(ckpt_dir: str, *, mesh: Mesh | None = None, rules=shd.DEFAULT_RULES,
 def export_hf(out_dir: str, cfg: Qwen3Config, params: nnx.State, *, dtype: str | None = None,
               max_shard_bytes: int = 4 << 30) -> str:
   """Writes `params` as a Hugging Face Qwen3 directory (config.json + safetensors shards)."""
-  from safetensors.numpy import save_file
   os.makedirs(out_dir, exist_ok=True)
   dtype = dtype or cfg.param_dtype
   np_dtype = np.dtype(jax.numpy.dtype(dtype))

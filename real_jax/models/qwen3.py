@@ -36,10 +36,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from real_jax import sharding as shd
+from real_jax.layout import positions_from_mask
 
 Array = jax.Array
 
 _MASK_VALUE = -1e30  # finite, so a fully masked (padding) query row gives no NaN
+
+
+REMATS = ("none", "full", "dots")  # no recompute | recompute each block | save matmul outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +79,8 @@ class Qwen3Config:
           f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
     if self.head_dim % 2:
       raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
-    if self.remat not in ("none", "full", "dots"):
-      raise ValueError(f"remat={self.remat!r}; expected 'none', 'full' or 'dots'")
+    if self.remat not in REMATS:
+      raise ValueError(f"remat={self.remat!r}; expected one of {REMATS}")
     if self.attention_chunk < 1:
       raise ValueError(f"attention_chunk={self.attention_chunk} must be >= 1")
 
@@ -480,11 +484,6 @@ def decode_step(cfg: Qwen3Config, weights: dict[str, Any], tokens: Array, positi
   x = rms_norm(x[:, 0], weights["final_norm"], cfg.rms_norm_eps)
   logits = jnp.einsum("BD,VD->BV", x, weights["output"], preferred_element_type=jnp.float32)
   return logits, cache._replace(k=tuple(new_k), v=tuple(new_v))
-
-
-def positions_from_mask(mask: Array) -> Array:
-  """RoPE positions for left-padded rows: 0 at each row's first real token."""
-  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
 def forward_logits(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array,

@@ -94,7 +94,7 @@ def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, ma
     response_width: static; > 0: token log-probs only on the last `response_width` columns
       (0 before them, not computed: the output projection runs over those columns only). The
       RL losses and the rollout's scoring pass use the responses' columns of
-      `rollout.build_sequences` (every prompt sits before them): the prompts' log-probs are
+      `readout.build_sequences` (every prompt sits before them): the prompts' log-probs are
       never used there, and they are most of the tokens.
 
   Returns:

@@ -10,9 +10,16 @@ positions and exits non-zero when it exceeds the dtype's tolerance.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
+import jax
 import numpy as np
+
+from real_jax.layout import positions_from_mask
+from real_jax.models import forward_logits
+from real_jax.models.hf import load_hf
 
 # fp32 is absolute; bf16 is relative to the largest reference logit, since bf16
 # keeps ~3 significant digits and real checkpoints have logits of order 10-30.
@@ -33,7 +40,7 @@ def make_batch(vocab_size: int, batch: int, length: int, seed: int):
   for b in range(1, batch):
     mask[b, : min(length - 1, (b * length) // (batch + 1))] = False
   tokens = np.where(mask, tokens, 0)
-  positions = np.maximum(np.cumsum(mask, axis=-1) - 1, 0).astype(np.int32)
+  positions = positions_from_mask(mask)
   return tokens, mask, positions
 
 
@@ -52,9 +59,6 @@ def hf_logits(ckpt_dir: str, dtype: str, tokens, mask, positions) -> np.ndarray:
 
 
 def jax_logits(ckpt_dir: str, dtype: str, tokens, mask, positions) -> np.ndarray:
-  import jax
-  from real_jax.models import forward_logits
-  from real_jax.models.hf import load_hf
   _, graphdef, params = load_hf(ckpt_dir, dtype=dtype, param_dtype=dtype)
   fn = jax.jit(forward_logits, static_argnums=0)
   return np.asarray(fn(graphdef, params, tokens, mask, positions), np.float32)
@@ -63,7 +67,6 @@ def jax_logits(ckpt_dir: str, dtype: str, tokens, mask, positions) -> np.ndarray
 def check(ckpt_dir: str, dtype: str = "float32", batch: int = 4, length: int = 24,
           seed: int = 0) -> tuple[float, float]:
   """Returns (max_abs_diff over attended positions, tolerance)."""
-  import json, os
   with open(os.path.join(ckpt_dir, "config.json")) as f:
     vocab = json.load(f)["vocab_size"]
   tokens, mask, positions = make_batch(vocab, batch, length, seed)

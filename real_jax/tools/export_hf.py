@@ -13,19 +13,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+
+import jax
+from jax.sharding import SingleDeviceSharding
+
+from real_jax.data.synthetic_corpus import PROBES_FILE
+from real_jax.judge import load_tokenizer
+from real_jax.models import abstract_model
+from real_jax.models.hf import export_hf
+from real_jax.models.qwen3 import Qwen3Config
+from real_jax.train import checkpoint as ckpt_lib
 
 
 def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = False,
                dtype: str | None = None) -> str:
   """Restores a run's parameters (last stage by default) and exports them; returns out_dir."""
-  import jax
-  from jax.sharding import SingleDeviceSharding
-  from real_jax.models import abstract_model
-  from real_jax.models.hf import export_hf
-  from real_jax.models.qwen3 import Qwen3Config
-  from real_jax.train import checkpoint as ckpt_lib
-
   with open(os.path.join(workdir, "run.json")) as f:
     run = json.load(f)
   cfg = Qwen3Config(**run["model"])
@@ -40,8 +44,7 @@ def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = Fals
   export_hf(out_dir, cfg, params, dtype=dtype)
   tok_dir = run.get("tokenizer")
   if tok_dir and os.path.exists(tok_dir):
-    from transformers import AutoTokenizer
-    AutoTokenizer.from_pretrained(tok_dir).save_pretrained(out_dir)
+    load_tokenizer(tok_dir).save_pretrained(out_dir)
   with open(os.path.join(out_dir, "real_jax_export.json"), "w") as f:
     json.dump({"workdir": os.path.basename(os.path.abspath(workdir)),
                "checkpoint": os.path.relpath(d, workdir), "step": step,
@@ -55,8 +58,6 @@ def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = Fals
 def _copy_pretrain_record(workdir: str, out_dir: str) -> None:
   """pretrain_probes.json and the pretraining metrics (pretrain_metrics.jsonl) next to the
   weights: what `tests/test_pretrain.py` checks a committed base against."""
-  import shutil
-  from real_jax.data.synthetic_corpus import PROBES_FILE
   if os.path.exists(os.path.join(workdir, PROBES_FILE)):
     shutil.copy(os.path.join(workdir, PROBES_FILE), os.path.join(out_dir, PROBES_FILE))
   with open(os.path.join(workdir, "metrics.jsonl")) as f, \

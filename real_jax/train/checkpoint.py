@@ -13,10 +13,10 @@ best eval value so far, and anything else the loop needs to continue exactly.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from real_jax.train.state import abstract_like
@@ -129,7 +129,6 @@ def _steps(d: str) -> list[int]:
 
 def _stage_order(workdir: str) -> list[str]:
   """Stages of a workdir in run order (from its run.json), else by modification time."""
-  import json
   info = os.path.join(workdir, "run.json")
   if os.path.exists(info):
     with open(info) as f:
@@ -139,9 +138,3 @@ def _stage_order(workdir: str) -> list[str]:
   ckpt = os.path.join(workdir, "ckpt")
   names = [n for n in os.listdir(ckpt) if not n.endswith("_best")]
   return sorted(names, key=lambda n: os.path.getmtime(os.path.join(ckpt, n)))
-
-
-def params_target(params: Any) -> Any:
-  """Abstract restore target (shapes, dtypes, shardings) of a params pytree."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                      params)

@@ -23,26 +23,33 @@ from typing import Any, Iterable
 import ml_collections
 
 from real_jax import objectives as obj
+from real_jax import readout
+from real_jax.data import batching
+from real_jax.judge.formats import OutputFormat
+from real_jax.models import qwen3
+from real_jax.train import state as state_lib
 
 ConfigDict = ml_collections.ConfigDict
 
+# The choices of each field come from the registry or constant that implements them; only the
+# config's own vocabulary is listed here.
 METHODS = ("sft", "raft", "tract", "grpo", "real", "eval", "pretrain")
-FILTERS = ("partial", "all", "not_all_correct", "not_all_wrong")
-SHAPINGS = ("prob", "log_prob", "none")
+THINKING = ("", "true", "false")
+INVALID_RULES = ("penalize", "drop")  # rows without a score in RL: see train/rl.py
+FILTERS = tuple(obj.GROUP_FILTERS)
+SHAPINGS = tuple(obj.SHAPINGS)
 ESTIMATORS = tuple(obj.ADVANTAGE_ESTIMATORS)
 AGGREGATIONS = obj.AGGREGATIONS
 POLICY_LOSSES = tuple(obj.POLICY_LOSSES)
 ADVANTAGES = ("",) + tuple(obj.ADVANTAGE_RECIPES) + ("custom",)
-OVERLONG = ("skip", "truncate", "error")
-THINKING = ("", "true", "false")
-INVALID_RULES = ("penalize", "drop")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-SCHEDULES = ("constant", "cosine", "linear")
-REMATS = ("", "none", "full", "dots")
-EVAL_READOUTS = ("cot", "direct")
-INVALID_READOUTS = ("force", "midpoint")
-OUTPUT_FORMATS = ("score_phrase", "result")
-REWARDS = ("regression", "binary")
+KL_ESTIMATORS = tuple(obj.KL_ESTIMATORS)
+REWARDS = tuple(obj.REWARDS)
+OVERLONG = batching.OVERLONG
+SCHEDULES = tuple(state_lib.SCHEDULES)
+REMATS = ("",) + qwen3.REMATS
+EVAL_READOUTS = readout.READOUTS
+INVALID_READOUTS = readout.INVALID_READOUTS
+OUTPUT_FORMATS = tuple(f.value for f in OutputFormat)
 
 
 class ConfigError(ValueError):

@@ -1,5 +1,6 @@
-"""Adapters between `real_jax.data` (records, `JudgeBatcher`) and the step batch layouts of
-`real_jax.train.steps`, plus a small resumable iterator over in-memory rows (TRACT self-CoTs)."""
+"""The run's inputs from its config: tokenizer, record sources (with the validation split carved
+from training), evaluation splits, prompt buckets and `JudgeBatcher`s; plus a small resumable
+iterator over in-memory rows (TRACT self-CoTs)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from real_jax.data import batching
+from real_jax import layout
+from real_jax.data import DATASETS, batching, build_synthetic_tokenizer, load_split
 from real_jax.judge import prompts as prompts_lib
 from real_jax.train.config_lib import ConfigError
 
@@ -22,11 +24,9 @@ PROMETHEUS_EVAL = ("feedback_bench", "flask", "vicuna_bench", "mt_bench")
 def load_tokenizer(config, workdir: str):
   """The run's HF tokenizer: data.tokenizer, else (synthetic) one built in the workdir, else the
   model's HF directory. Returns (tokenizer, its directory)."""
-  from transformers import AutoTokenizer
   path = config.data.tokenizer
   if not path:
     if config.data.name in ("synthetic", "synthetic_judge"):
-      from real_jax.data import build_synthetic_tokenizer
       path = os.path.join(workdir, "tokenizer")
       if not os.path.exists(os.path.join(path, "tokenizer.json")):
         build_synthetic_tokenizer(path)
@@ -35,7 +35,7 @@ def load_tokenizer(config, workdir: str):
     else:
       raise ValueError("set config.data.tokenizer (a Hugging Face tokenizer directory) or "
                        "config.model.hf_dir")
-  return AutoTokenizer.from_pretrained(path), path
+  return prompts_lib.load_tokenizer(path), path
 
 
 def dataset_options(config) -> dict[str, Any]:
@@ -50,7 +50,6 @@ def dataset_options(config) -> dict[str, Any]:
 def eval_entries(config) -> list[tuple[str, str | None, str]]:
   """(dataset, split or None, display name) for every evaluation split of the config."""
   spec = config.eval.splits or config.data.eval_splits
-  from real_jax.data import DATASETS
   if not spec:
     if config.data.name in ("synthetic", "synthetic_judge"):
       names = list(SYNTHETIC_EVAL_SPLITS)
@@ -106,7 +105,6 @@ def load_sources(config, workdir: str, *, train: bool, evaluation: bool):
 
   The validation source is `data.val_size` records carved from the training split
   (`split_validation`); the training source is the rest."""
-  from real_jax.data import load_split
   data_dir = config.data.data_dir or os.path.join(workdir, "tfds")
   manual = config.data.manual_dir or None
   fmt = config.data.output_format
@@ -126,10 +124,11 @@ def load_sources(config, workdir: str, *, train: bool, evaluation: bool):
   return train_src, evals, val_src
 
 
-def buckets(config, limit: int) -> tuple[int, ...]:
+def prompt_buckets(config) -> tuple[int, ...]:
+  """Prompt widths (`data.prompt_buckets`, default powers of two up to data.max_prompt_len)."""
   if config.data.prompt_buckets:
     return tuple(int(x) for x in config.data.prompt_buckets.split(","))
-  return batching.power_of_two_buckets(limit)
+  return layout.power_of_two_buckets(int(config.data.max_prompt_len))
 
 
 def thinking_flag(config) -> bool | None:
@@ -143,7 +142,7 @@ def make_batcher(config, source, tokenizer, score_tokens, *, batch_size: int, wi
                  drop_remainder: bool = True) -> batching.JudgeBatcher:
   limit = int(config.data.max_prompt_len)
   bc = batching.BatchConfig(
-      batch_size=batch_size, buckets=buckets(config, limit), max_prompt_len=limit,
+      batch_size=batch_size, buckets=prompt_buckets(config), max_prompt_len=limit,
       seed=seed, shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
       enable_thinking=thinking_flag(config), with_targets=with_targets,
       overlong=config.data.overlong,
@@ -166,52 +165,6 @@ def delimiter_at_start(tokenizer, score_tokens) -> tuple[int, ...]:
     raise ValueError(f"'{prompts_lib.build_target_text('', 4, fmt)}' does not end with the score "
                      f"token {score_tokens.token_ids[3]}: {ids}")
   return tuple(ids[:-1])
-
-
-# ---------------------------------------------------------------------------------------------
-# Step batches
-
-
-def lm_batch(b: Mapping[str, np.ndarray], kind: str, target_ids: np.ndarray) -> dict[str, np.ndarray]:
-  """Teacher-forced batch from a JudgeBatcher batch with targets (prompt ⊕ completion).
-
-  kind "sft": cross-entropy on every completion token (feedback, delimiter, score, EOS).
-  kind "tract": cross-entropy on the CoT (feedback + delimiter; not the score token, not EOS)
-  and the squared error of y_hat read at the last delimiter token.
-  """
-  pt, pm = b["prompt_tokens"], b["prompt_mask"]
-  ct, cm = b["completion_tokens"], b["completion_mask"]
-  lp = pt.shape[1]
-  n_c = cm.sum(axis=1)
-  tokens = np.concatenate([pt, ct], axis=1).astype(np.int32)
-  mask = np.concatenate([pm, cm], axis=1).astype(bool)
-  cols = np.arange(ct.shape[1])[None, :]
-  if kind == "sft":
-    resp = cm.astype(np.float32)
-  elif kind == "tract":
-    resp = (cols < (n_c - 2)[:, None]).astype(np.float32)  # drop score token and EOS
-  else:
-    raise ValueError(kind)
-  loss_mask = np.concatenate([np.zeros(pt.shape, np.float32), resp], axis=1)
-  score_pos = np.maximum(lp + n_c - 3, 0).astype(np.int32)  # predicts the score token
-  return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask, "score_pos": score_pos,
-          "target": b["target"].astype(np.float32), "target_id": target_ids.astype(np.int32),
-          "sample_mask": b["valid"].astype(np.float32)}
-
-
-def raft_batch(b: Mapping[str, np.ndarray], delim: Sequence[int], target_ids: np.ndarray
-               ) -> dict[str, np.ndarray]:
-  """prompt ⊕ delimiter (no CoT); y_hat is read at the last delimiter token."""
-  pt, pm = b["prompt_tokens"], b["prompt_mask"]
-  n = pt.shape[0]
-  d = np.tile(np.asarray(delim, np.int32)[None, :], (n, 1))
-  tokens = np.concatenate([pt, d], axis=1)
-  mask = np.concatenate([pm.astype(bool), np.ones(d.shape, bool)], axis=1)
-  return {"tokens": tokens, "mask": mask,
-          "loss_mask": np.zeros(tokens.shape, np.float32),
-          "score_pos": np.full((n,), tokens.shape[1] - 1, np.int32),
-          "target": b["target"].astype(np.float32), "target_id": target_ids.astype(np.int32),
-          "sample_mask": b["valid"].astype(np.float32)}
 
 
 class ArrayIterator:
@@ -246,14 +199,3 @@ class ArrayIterator:
       raise ValueError(f"iterator state {dict(s)} belongs to different data (n={self.n}, "
                        f"seed={self.seed})")
     self.epoch, self.cursor = int(s["epoch"]), int(s["cursor"])
-
-
-def trim_left(tokens: np.ndarray, mask: np.ndarray, length: int):
-  """Keeps the last `length` columns of left-padded arrays (all dropped columns must be pad)."""
-  drop = tokens.shape[1] - length
-  if drop < 0:
-    pad = -drop
-    return (np.pad(tokens, ((0, 0), (pad, 0))), np.pad(mask, ((0, 0), (pad, 0))))
-  if drop and mask[:, :drop].any():
-    raise ValueError("trim_left would drop real tokens")
-  return tokens[:, drop:], mask[:, drop:]

@@ -1,26 +1,25 @@
-"""Metrics: JSONL in the workdir, TensorBoard when tensorboardX is installed, and progress lines
-with rate and ETA."""
+"""Metrics: JSONL in the workdir, TensorBoard when tensorboardX is installed, progress lines
+with rate and ETA, and the metrics of an RL update and of a periodic evaluation assembled from
+their parts (`RolloutStats`, `rl_update_metrics`, `eval_metrics`, `lookup`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 from absl import logging
 
 
 def _jsonable(v: Any) -> Any:
-  try:
-    import numpy as np
-    if isinstance(v, np.ndarray) and v.ndim == 0:
-      v = v.item()
-    elif hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
-      v = v.item()
-  except Exception:  # pragma: no cover
-    pass
+  if isinstance(v, np.ndarray) and v.ndim == 0:
+    v = v.item()
+  elif hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+    v = v.item()
   if isinstance(v, float) and not math.isfinite(v):
     return str(v)
   return v
@@ -154,3 +153,103 @@ def fmt_metrics(m: Mapping[str, Any], keys: tuple[str, ...]) -> str:
       except (TypeError, ValueError):
         parts.append(f"{k}={v}")
   return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation summaries
+
+
+def lookup(summary: Mapping[str, Any], name: str) -> float:
+  """A metric of an evaluation summary by path, e.g. "avg/rail/pearson" or
+  "splits/test/standard/kendall"."""
+  node: Any = summary
+  for part in name.split("/"):
+    if not isinstance(node, Mapping) or part not in node:
+      raise KeyError(f"metric {name!r} not found (no {part!r}); e.g. avg/rail/pearson")
+    node = node[part]
+  return float(node)
+
+
+def eval_metrics(summary: Mapping[str, Any], prefix: str) -> dict[str, float]:
+  """The scalars of a periodic evaluation written to metrics.jsonl (`prefix`: "val" or "avg")."""
+  a = summary["avg"]
+  return {f"{prefix}_rail_pearson": a["rail"]["pearson"],
+          f"{prefix}_rail_spearman": a["rail"]["spearman"],
+          f"{prefix}_rail_kendall": a["rail"]["kendall"],
+          f"{prefix}_rail_mse": a["rail"]["mse"],
+          f"{prefix}_standard_pearson": a["standard"]["pearson"],
+          "invalid_frac": a["invalid_frac"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# RL
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutStats:
+  """Sums over the rows of one or more rollout rounds (add rounds with `+`)."""
+  rows: float = 0.0
+  groups: float = 0.0
+  kept_groups: float = 0.0
+  reward_sum: float = 0.0
+  reward_sq: float = 0.0
+  binary_sum: float = 0.0
+  y_hat_sum: float = 0.0  # over the valid rows, as the next three
+  y_hat_sq: float = 0.0
+  abs_err_sum: float = 0.0
+  score_mass_sum: float = 0.0
+  valid: float = 0.0
+  truncated: float = 0.0
+  eos: float = 0.0
+  length_sum: float = 0.0
+  gen_tokens: float = 0.0
+  adv_abs_sum: float = 0.0
+  adv_sum: float = 0.0
+  signal_binary_groups: float = 0.0  # groups whose binary rewards are not all equal
+  signal_regression_groups: float = 0.0  # ... whose regression rewards are not all equal
+
+  def __add__(self, other: "RolloutStats") -> "RolloutStats":
+    return RolloutStats(**{f.name: getattr(self, f.name) + getattr(other, f.name)
+                           for f in dataclasses.fields(self)})
+
+
+def rl_update_metrics(stats: RolloutStats, step_metrics: Sequence[Mapping[str, float]], *,
+                      rounds: int, kept_prompts: int, t_rollout: float, t_scoring: float,
+                      t_update: float) -> dict[str, float]:
+  """The metrics row of one RL update: rollout statistics (means over rows, or over the valid
+  rows for the score statistics), times, and the optimiser steps' metrics (their mean; "skipped"
+  is the running count after the last step, "loss_first" the first step's loss)."""
+  rows = max(stats.rows, 1.0)
+  valid = max(stats.valid, 1.0)
+  groups = max(stats.groups, 1.0)
+  mean_r = stats.reward_sum / rows
+  y_mean = stats.y_hat_sum / valid
+  m = {
+      "rounds": rounds, "prompts_kept": kept_prompts,
+      "keep_rate": stats.kept_groups / groups,
+      "reward_mean": mean_r,
+      "reward_std": float(np.sqrt(max(stats.reward_sq / rows - mean_r ** 2, 0.0))),
+      "binary_acc": stats.binary_sum / rows,
+      "signal_binary": stats.signal_binary_groups / groups,
+      "signal_regression": stats.signal_regression_groups / groups,
+      "y_hat_mean": y_mean,
+      "y_hat_std": float(np.sqrt(max(stats.y_hat_sq / valid - y_mean ** 2, 0.0))),
+      "abs_err_rollout": stats.abs_err_sum / valid,
+      "score_mass": stats.score_mass_sum / valid,
+      "truncated_frac": stats.truncated / rows,
+      "eos_before_delimiter_frac": stats.eos / rows,
+      "response_len_mean": stats.length_sum / rows,
+      "adv_abs_mean": stats.adv_abs_sum / rows,
+      "adv_mean": stats.adv_sum / rows,
+      "time_rollout": t_rollout, "time_scoring": t_scoring, "time_update": t_update,
+      "gen_tokens_per_s": stats.gen_tokens / max(t_rollout, 1e-9),
+      "optimizer_steps": len(step_metrics),
+  }
+  if step_metrics:
+    for k in step_metrics[0]:
+      if k == "skipped":
+        m[k] = step_metrics[-1][k]
+      else:
+        m[k] = float(np.mean([s[k] for s in step_metrics]))
+    m["loss_first"] = step_metrics[0]["loss"]
+  return m

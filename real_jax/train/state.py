@@ -26,20 +26,23 @@ from real_jax.models import param_shardings
 TrainState = dict[str, Any]
 
 
+# Learning-rate decay after the warm-up: fn(peak lr, decay steps) -> optax schedule.
+SCHEDULES = {
+    "constant": lambda lr, n: optax.constant_schedule(lr),
+    "cosine": lambda lr, n: optax.cosine_decay_schedule(lr, n),
+    "linear": lambda lr, n: optax.linear_schedule(lr, 0.0, n),
+}
+
+
 def make_schedule(lr: float, steps: int, schedule: str = "constant",
                   warmup_steps: int = 0) -> optax.Schedule:
   """Learning-rate schedule: constant (authors' REAL), cosine or linear decay to 0 over `steps`,
   after an optional linear warm-up from 0."""
   steps = max(int(steps), 1)
   warmup_steps = min(int(warmup_steps), steps - 1) if steps > 1 else 0
-  if schedule == "constant":
-    main = optax.constant_schedule(lr)
-  elif schedule == "cosine":
-    main = optax.cosine_decay_schedule(lr, max(steps - warmup_steps, 1))
-  elif schedule == "linear":
-    main = optax.linear_schedule(lr, 0.0, max(steps - warmup_steps, 1))
-  else:
-    raise ValueError(f"unknown schedule {schedule!r}")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"unknown schedule {schedule!r}; expected one of {tuple(SCHEDULES)}")
+  main = SCHEDULES[schedule](lr, max(steps - warmup_steps, 1))
   if warmup_steps <= 0:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), main],
@@ -97,6 +100,14 @@ def init_state(params: Any, tx: optax.GradientTransformation, mesh: Mesh, seed: 
       "skipped": shd.put_global(np.zeros((), np.int32), rep),
   }
   return state, shardings
+
+
+def abstract_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+  """ShapeDtypeStructs of the train state `init_state` builds (a checkpoint restore target)."""
+  sds = jax.ShapeDtypeStruct
+  return {"params": jax.tree.map(lambda x: sds(x.shape, x.dtype), params),
+          "opt_state": jax.eval_shape(tx.init, params),
+          "step": sds((), jnp.int32), "rng": sds((2,), jnp.uint32), "skipped": sds((), jnp.int32)}
 
 
 def abstract_like(tree: Any, shardings: Any | None = None) -> Any:

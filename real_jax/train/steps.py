@@ -16,16 +16,8 @@ exactly the full-batch gradient (objectives' (sum, denominator) forms).
   * `jax.jit` with explicit in/out shardings (state by the logical rules, batch over data x fsdp)
     and the state donated.
 
-Batch layouts (all batch-major; L = sequence length, positions index the concatenated sequence):
-  lm (sft / warm-up, tract, raft):
-    tokens [B,L] int32, mask [B,L] bool (padding only), loss_mask [B,L] f32 (positions whose
-    token is trained by cross-entropy), score_pos [B] int32 (hidden position that predicts the
-    score token), target [B] f32, target_id [B] int32, sample_mask [B] f32.
-  rl (real, grpo):
-    tokens, mask, score_pos, target, target_id as above; cot_mask [B,L] f32 (the CoT tokens,
-    delimiter included; for grpo also the sampled score token); adv [B] f32; pg_keep [B] and
-    refine_keep [B] f32 (rows in the policy-gradient / refinement terms); old_lp [B,L] and
-    ref_lp [B,L] f32 (rollout-policy and reference log-probs; zeros when unused).
+Batches are the typed pytrees of `train/batch.py`: `LMBatch` for the supervised losses,
+`RLBatch` for REAL and standard RL.
 """
 
 from __future__ import annotations
@@ -42,9 +34,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from real_jax import objectives as obj
 from real_jax import sharding as shd
+from real_jax.layout import positions_from_mask
 from real_jax.models import score_sequences
+from real_jax.train.batch import LMBatch, RLBatch
 
-Batch = dict[str, jax.Array]
+Batch = LMBatch | RLBatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,8 +64,7 @@ def token_entropies(graphdef, params, tokens, mask, chunk: int = 128):
   Computes logits chunk by chunk over time; only used when an entropy bonus is on.
   """
   model = nnx.merge(graphdef, params)
-  positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
-  hidden, _ = model(tokens, positions, mask)
+  hidden, _ = model(tokens, positions_from_mask(mask), mask)
   b, l, d = hidden.shape
   c = min(chunk, l)
   pad = (-l) % c
@@ -102,38 +95,33 @@ def sft_objective() -> Loss:
   """Cross-entropy on the target tokens (warm-up SFT on demonstration CoT + score + EOS)."""
 
   def denominators(batch):
-    _, n = obj.masked_aggregate_sums(jnp.zeros(batch["loss_mask"].shape), batch["loss_mask"],
-                                     sample_mask=batch["sample_mask"])
+    _, n = obj.masked_aggregate_sums(jnp.zeros(batch.loss_mask.shape), batch.loss_mask,
+                                     sample_mask=batch.sample_mask)
     return n
 
   def fn(graphdef, params, mb, den):
-    lp, _ = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"])
-    loss, _ = obj.sft_loss(lp, mb["loss_mask"], sample_mask=mb["sample_mask"], denominator=den)
-    _, n = obj.masked_aggregate_sums(lp, mb["loss_mask"], sample_mask=mb["sample_mask"])
+    lp, _ = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos)
+    loss, _ = obj.sft_loss(lp, mb.loss_mask, sample_mask=mb.sample_mask, denominator=den)
+    _, n = obj.masked_aggregate_sums(lp, mb.loss_mask, sample_mask=mb.sample_mask)
     return loss, {"loss": loss, "ce": loss, "tokens": n}
 
   return Loss(denominators, fn, "sft")
 
 
-def _score_tokens_arrays(score_tokens):
-  return (jnp.asarray(score_tokens.token_ids, jnp.int32),
-          jnp.asarray(score_tokens.values, jnp.float32))
-
-
 def raft_objective(score_tokens, *, renormalize: bool = False) -> Loss:
   """RAFT: squared error of y_hat read right after prompt + delimiter (no CoT)."""
-  ids, values = _score_tokens_arrays(score_tokens)
+  spec = obj.ScoreSpec.of(score_tokens)
 
   def denominators(batch):
-    return jnp.sum(batch["sample_mask"])
+    return jnp.sum(batch.sample_mask)
 
   def fn(graphdef, params, mb, den):
-    _, logits = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"])
-    loss, _ = obj.raft_loss(logits, mb["target"], ids, values, renormalize=renormalize,
-                            sample_mask=mb["sample_mask"], denominator=den)
-    y_hat = obj.expected_score(jax.lax.stop_gradient(logits), ids, values,
+    _, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos)
+    loss, _ = obj.raft_loss(logits, mb.target, spec.ids, spec.values, renormalize=renormalize,
+                            sample_mask=mb.sample_mask, denominator=den)
+    y_hat = obj.expected_score(jax.lax.stop_gradient(logits), spec.ids, spec.values,
                                renormalize=renormalize)
-    w = mb["sample_mask"]
+    w = mb.sample_mask
     return loss, {"loss": loss, "mse": loss,
                   "y_hat_mean": jnp.sum(y_hat * w) / jnp.maximum(den, 1.0)}
 
@@ -142,23 +130,23 @@ def raft_objective(score_tokens, *, renormalize: bool = False) -> Loss:
 
 def cot_raft_objective(score_tokens, *, lam: float = 1.0, renormalize: bool = False) -> Loss:
   """TRACT / CoT-RAFT: CE over the CoT tokens (score token excluded) + lam * (y_hat - y*)^2."""
-  ids, values = _score_tokens_arrays(score_tokens)
+  spec = obj.ScoreSpec.of(score_tokens)
 
   def denominators(batch):
-    return obj.real_loss_denominators(batch["loss_mask"], sample_mask=batch["sample_mask"])
+    return obj.real_loss_denominators(batch.loss_mask, sample_mask=batch.sample_mask)
 
   def fn(graphdef, params, mb, den):
-    lp, logits = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"])
-    loss, _ = obj.cot_raft_loss(lp, mb["loss_mask"], logits, mb["target"], ids, values, lam=lam,
-                                renormalize=renormalize, sample_mask=mb["sample_mask"],
+    lp, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos)
+    loss, _ = obj.cot_raft_loss(lp, mb.loss_mask, logits, mb.target, spec.ids, spec.values, lam=lam,
+                                renormalize=renormalize, sample_mask=mb.sample_mask,
                                 denominators=den)
-    ce, _ = obj.sft_loss(lp, mb["loss_mask"], sample_mask=mb["sample_mask"], denominator=den[0])
-    mse, _ = obj.raft_loss(logits, mb["target"], ids, values, renormalize=renormalize,
-                           sample_mask=mb["sample_mask"], denominator=den[1])
-    y_hat = obj.expected_score(jax.lax.stop_gradient(logits), ids, values,
+    ce, _ = obj.sft_loss(lp, mb.loss_mask, sample_mask=mb.sample_mask, denominator=den[0])
+    mse, _ = obj.raft_loss(logits, mb.target, spec.ids, spec.values, renormalize=renormalize,
+                           sample_mask=mb.sample_mask, denominator=den[1])
+    y_hat = obj.expected_score(jax.lax.stop_gradient(logits), spec.ids, spec.values,
                                renormalize=renormalize)
     return loss, {"loss": loss, "ce": ce, "mse": mse,
-                  "y_hat_mean": jnp.sum(y_hat * mb["sample_mask"]) / jnp.maximum(den[1], 1.0)}
+                  "y_hat_mean": jnp.sum(y_hat * mb.sample_mask) / jnp.maximum(den[1], 1.0)}
 
   return Loss(denominators, fn, "tract")
 
@@ -196,27 +184,27 @@ def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
   by the valid rows only would reweight E[grad r | valid] and bias the gradient whenever rows
   truncate (tests/test_train.py enumerates such rollouts exactly).
   """
-  ids, values = _score_tokens_arrays(score_tokens)
+  spec = obj.ScoreSpec.of(score_tokens)
   agg = cfg.aggregation
 
   def denominators(batch):
     """(policy-gradient denominator, refinement denominator, valid rows for the metrics)."""
-    pg_den, pg_rows = obj.real_loss_denominators(batch["cot_mask"], sample_mask=batch["pg_keep"],
+    pg_den, pg_rows = obj.real_loss_denominators(batch.cot_mask, sample_mask=batch.pg_keep,
                                                  aggregation=agg)
-    valid = jnp.sum(batch["refine_keep"])
+    valid = jnp.sum(batch.refine_keep)
     return pg_den, (pg_rows if agg == "sequence-sum" else valid), valid
 
   def fn(graphdef, params, mb, den):
-    lp, logits = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"],
+    lp, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos,
                          cfg.response_width)
     common = dict(renormalize=cfg.renormalize, aggregation=agg,
-                  temperature=cfg.score_temperature, target_token_ids=mb["target_id"],
+                  temperature=cfg.score_temperature, target_token_ids=mb.target_id,
                   policy_loss=cfg.policy_loss,
-                  old_cot_log_probs=mb["old_lp"] if cfg.policy_loss == "ppo" else None,
+                  old_cot_log_probs=mb.old_lp if cfg.policy_loss == "ppo" else None,
                   clip_eps=cfg.clip_eps)
-    args = (lp, mb["cot_mask"], mb["adv"], logits, mb["target"], ids, values)
-    pg_sums, _ = obj.real_loss_sums(*args, sample_mask=mb["pg_keep"], **common)
-    ref_sums, aux = obj.real_loss_sums(*args, sample_mask=mb["refine_keep"], **common)
+    args = (lp, mb.cot_mask, mb.adv, logits, mb.target, spec.ids, spec.values)
+    pg_sums, _ = obj.real_loss_sums(*args, sample_mask=mb.pg_keep, **common)
+    ref_sums, aux = obj.real_loss_sums(*args, sample_mask=mb.refine_keep, **common)
     sums = obj.RealLossSums(pg_sum=pg_sums.pg_sum, pg_count=pg_sums.pg_count,
                             sq_err_sum=ref_sums.sq_err_sum, nll_sum=ref_sums.nll_sum,
                             seq_count=ref_sums.seq_count)
@@ -242,15 +230,15 @@ def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
 def _regularisers(graphdef, params, mb, lp, pg_den, cfg: RLLossConfig, metrics):
   extra = 0.0
   if cfg.kl_coef:
-    kl = obj.kl_penalty(lp, mb["ref_lp"], mb["cot_mask"], estimator=cfg.kl_estimator,
-                        aggregation=cfg.aggregation, sample_mask=mb["pg_keep"],
+    kl = obj.kl_penalty(lp, mb.ref_lp, mb.cot_mask, estimator=cfg.kl_estimator,
+                        aggregation=cfg.aggregation, sample_mask=mb.pg_keep,
                         denominator=pg_den)
     metrics["kl"] = kl
     extra = extra + cfg.kl_coef * kl
   if cfg.entropy_coef:
-    ent = token_entropies(graphdef, params, mb["tokens"], mb["mask"])
-    h = obj.masked_aggregate(ent, mb["cot_mask"], aggregation=cfg.aggregation,
-                             sample_mask=mb["pg_keep"], denominator=pg_den)
+    ent = token_entropies(graphdef, params, mb.tokens, mb.mask)
+    h = obj.masked_aggregate(ent, mb.cot_mask, aggregation=cfg.aggregation,
+                             sample_mask=mb.pg_keep, denominator=pg_den)
     metrics["entropy"] = h
     extra = extra - cfg.entropy_coef * h
   return extra
@@ -261,18 +249,18 @@ def grpo_objective(cfg: RLLossConfig) -> Loss:
   agg = cfg.aggregation
 
   def denominators(batch):
-    pg_den, _ = obj.real_loss_denominators(batch["cot_mask"], sample_mask=batch["pg_keep"],
+    pg_den, _ = obj.real_loss_denominators(batch.cot_mask, sample_mask=batch.pg_keep,
                                            aggregation=agg)
     return pg_den
 
   def fn(graphdef, params, mb, den):
-    lp, _ = forward(graphdef, params, mb["tokens"], mb["mask"], mb["score_pos"],
+    lp, _ = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos,
                     cfg.response_width)
     loss, _ = obj.policy_gradient_loss(
-        lp, mb["cot_mask"], mb["adv"],
-        old_log_probs=mb["old_lp"] if cfg.policy_loss == "ppo" else None,
+        lp, mb.cot_mask, mb.adv,
+        old_log_probs=mb.old_lp if cfg.policy_loss == "ppo" else None,
         policy_loss=cfg.policy_loss, clip_eps=cfg.clip_eps, aggregation=agg,
-        sample_mask=mb["pg_keep"], denominator=den)
+        sample_mask=mb.pg_keep, denominator=den)
     metrics = {"pg_loss": loss}
     loss = loss + _regularisers(graphdef, params, mb, lp, den, cfg, metrics)
     metrics["loss"] = loss
@@ -285,9 +273,10 @@ def grpo_objective(cfg: RLLossConfig) -> Loss:
 # The step
 
 
-def batch_shardings(batch_example: dict[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
-  """Batch over the mesh's (data, fsdp) axes, every other dimension replicated."""
-  return {k: shd.batch_sharding(mesh, np.ndim(v)) for k, v in batch_example.items()}
+def batch_shardings(batch_example: Any, mesh: Mesh) -> Any:
+  """Batch over the mesh's (data, fsdp) axes, every other dimension replicated (a pytree like
+  `batch_example`)."""
+  return jax.tree.map(lambda v: shd.batch_sharding(mesh, np.ndim(v)), batch_example)
 
 
 def _split_micro(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
@@ -300,7 +289,7 @@ def _split_micro(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
 
 
 def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    mesh: Mesh, state_shardings: Any, batch_example: dict[str, Any], *,
+                    mesh: Mesh, state_shardings: Any, batch_example: Batch, *,
                     num_micro: int = 1, donate: bool = True):
   """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and donation.
 
@@ -309,7 +298,7 @@ def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransf
     graphdef: the model's GraphDef (static).
     tx: the optax transformation (clipping + AdamW).
     mesh: the device mesh; state_shardings: from `state.state_shardings`.
-    batch_example: a batch (arrays or ShapeDtypeStructs) giving the keys and ranks.
+    batch_example: a typed batch (arrays or ShapeDtypeStructs) giving the fields and ranks.
     num_micro: micro-batches per step (gradient accumulation); must divide the batch.
     donate: donate the input state's buffers.
 
@@ -363,9 +352,3 @@ def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransf
 
   return jax.jit(step, in_shardings=(state_shardings, b_shard),
                  out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else ())
-
-
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Places a host batch on the mesh (batch axis over data x fsdp). Every process holds the
-  whole global batch (see `sharding.put_global`)."""
-  return {k: shd.put_global(v, shd.batch_sharding(mesh, np.ndim(v))) for k, v in batch.items()}

@@ -1,29 +1,23 @@
-"""Group rollouts for REAL and standard RL: sample, locate the delimiter, teacher-forced scoring,
-rewards, group advantages and the "partial" filter.
+"""Sample a CoT and read the judge's score: the layer that training and evaluation share.
 
-One generation round (DESIGN §4 data flow):
+  prompts [P, Lp] --`sample_cots`--> n CoTs per prompt, each stopped at the delimiter (or EOS, or
+  max tokens); rows i*n .. i*n+n-1 are the group of prompt i
+  --`build_sequences`--> prompt ⊕ CoT (delimiter included) as one sequence; the score position
+  is the last delimiter token, whose logits predict the score token
+  --`run_scoring` with `make_score_fn`--> a no-grad teacher-forced pass
+  (`models.score_sequences`): y_hat = sum_k v_k pi(k), log pi(y*), the score token drawn as the
+  sampler would draw it, and the CoT's token log-probs.
 
-  prompts [P, Lp] --sampler--> n CoTs per prompt, each stopped at the delimiter (or EOS, or
-  max tokens); rows i*n .. i*n+n-1 are the group of prompt i (one ordering, kept throughout)
-  --> sequences prompt ⊕ CoT (delimiter included); the score position is the last delimiter
-  token, whose logits predict the score token
-  --> no-grad scoring pass (`real_jax.models.score_sequences`): y_hat, log pi(y*|x,c), the
-  sampled score token (temperature / top-p of the rollout), CoT log-probs (old policy)
-  --> rewards: regression -(y_hat - y*)^2 (+ shaping by pi(y*)) or binary 1[sampled == y*]
-  --> group advantages (objectives.real_advantages / group_advantages) and the group filter.
-
-Rows whose CoT never reached the delimiter ("invalid": truncated at max tokens, or EOS first)
-have no score position. Rule `invalid="penalize"` (default): they stay in the policy-gradient
-term with reward `-format_penalty` (and pi(y*) = 1e-8 for the shaping reward) and are excluded from
-the refinement term; `invalid="drop"`: they are excluded from both terms and from the group
-baselines. Either way they are counted (`truncated_frac`, `eos_frac`).
+`read_batch` puts the three together with the evaluation rules (one CoT per item, both readouts,
+what to do with a CoT that never reached the delimiter); the RL rollout (`train/rl.py`) uses the
+parts directly. See docs/architecture.md for where this sits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,11 +25,14 @@ import numpy as np
 from jax.sharding import Mesh
 
 from real_jax import objectives as obj
+from real_jax import sampling
 from real_jax import sharding as shd
+from real_jax.judge.scores import ScoreTokens
 from real_jax.models import score_sequences
-from real_jax.judge import scores as scores_lib
 
-LOG_PROB_FLOOR = float(np.log(1e-8))  # log pi(y*) of an invalid row (and the floor of all rows)
+READOUTS = ("cot", "direct")  # a CoT before the score | the delimiter right after the prompt
+INVALID_READOUTS = ("force", "midpoint")  # how a CoT without a delimiter gets a prediction
+STATUS_NAMES = ("delimiter", "eos_before_delimiter", "truncated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +51,7 @@ class SamplerSettings:
 
 
 def sample_cots(graphdef, params, prompt_tokens, prompt_mask, key, settings: SamplerSettings,
-                score_tokens: scores_lib.ScoreTokens, *, num_samples: int, mesh: Mesh | None,
+                score_tokens: ScoreTokens, *, num_samples: int, mesh: Mesh | None,
                 pad_id: int, prompt_buckets: tuple[int, ...] | None = None
                 ) -> dict[str, np.ndarray]:
   """n CoTs per prompt, stopped at the delimiter. Host numpy results (rows grouped by prompt):
@@ -68,8 +65,7 @@ def sample_cots(graphdef, params, prompt_tokens, prompt_mask, key, settings: Sam
   Every tokenisation of the delimiter the parser accepts (`score_tokens.variants`) is a stop
   sequence, so the sampler's first stop is the parser's first delimiter.
   """
-  from real_jax import sampling
-  cfg = _sampling_config(sampling, settings, score_tokens, pad_id, prompt_buckets)
+  cfg = _sampling_config(settings, score_tokens, pad_id, prompt_buckets)
   out = sampling.sample(graphdef, params, np.asarray(prompt_tokens),
                         np.asarray(prompt_mask).astype(bool), key, cfg,
                         num_samples=num_samples, mesh=mesh)
@@ -88,8 +84,8 @@ def sample_cots(graphdef, params, prompt_tokens, prompt_mask, key, settings: Sam
           "truncated": truncated}
 
 
-def _sampling_config(sampling, settings: SamplerSettings, score_tokens, pad_id: int,
-                     prompt_buckets=None):
+def _sampling_config(settings: SamplerSettings, score_tokens: ScoreTokens, pad_id: int,
+                     prompt_buckets=None) -> sampling.SamplingConfig:
   kw = dict(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
             top_p=settings.top_p, top_k=settings.top_k, greedy=settings.greedy,
             repetition_penalty=settings.repetition_penalty,
@@ -129,15 +125,29 @@ def build_sequences(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, response
   return {"tokens": tokens, "mask": mask, "score_pos": score_pos, "cot_mask": cot_mask}
 
 
+def append_delimiter(prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
+                     delimiter: Sequence[int]) -> dict[str, np.ndarray]:
+  """prompt ⊕ delimiter (no CoT: RAFT's direct readout). Returns tokens [N, Lp + D], mask and
+  score_pos [N] (the last delimiter token)."""
+  n = prompt_tokens.shape[0]
+  d = np.tile(np.asarray(delimiter, np.int32)[None, :], (n, 1))
+  tokens = np.concatenate([prompt_tokens, d], axis=1)
+  mask = np.concatenate([prompt_mask.astype(bool), np.ones(d.shape, bool)], axis=1)
+  return {"tokens": tokens, "mask": mask,
+          "score_pos": np.full((n,), tokens.shape[1] - 1, np.int32)}
+
+
 # ---------------------------------------------------------------------------------------------
 # No-grad scoring pass
 
 
-def make_score_fn(graphdef, score_tokens: scores_lib.ScoreTokens, mesh: Mesh, *,
+@functools.lru_cache(maxsize=32)
+def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
                   score_temperature: float = 1.0, renormalize: bool = False,
                   sample_temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                   greedy: bool = False, response_width: int = 0):
-  """Jitted no-grad scoring pass over a batch of sequences.
+  """Jitted no-grad scoring pass over a batch of sequences (memoised by its arguments, so
+  evaluation and rollouts with the same settings share one compiled function).
 
   `response_width` > 0: `lp` only on the last `response_width` columns (the responses of
   `build_sequences`' layout; 0 before them), see `models.score_sequences`.
@@ -148,11 +158,9 @@ def make_score_fn(graphdef, score_tokens: scores_lib.ScoreTokens, mesh: Mesh, *,
   y_hat), sampled [N] (a token sampled at the score position), sampled_is_score [N],
   sampled_logp [N] and probe_logp [N] (log pi at T=1 of the sampled / the `probe` token)}.
   """
-  from real_jax.sampling import SamplingConfig, sample_from_logits
-  draw_cfg = SamplingConfig(temperature=sample_temperature if not greedy else 1.0, top_p=top_p,
-                            top_k=top_k, greedy=greedy)
-  ids = jnp.asarray(score_tokens.token_ids, jnp.int32)
-  values = jnp.asarray(score_tokens.values, jnp.float32)
+  draw_cfg = sampling.SamplingConfig(temperature=sample_temperature if not greedy else 1.0,
+                                     top_p=top_p, top_k=top_k, greedy=greedy)
+  spec = obj.ScoreSpec.of(score_tokens)
   rep = shd.replicated(mesh)
 
   def fn(params, batch, key):
@@ -160,16 +168,16 @@ def make_score_fn(graphdef, score_tokens: scores_lib.ScoreTokens, mesh: Mesh, *,
       out = score_sequences(graphdef, params, batch["tokens"], batch["mask"], batch["score_pos"],
                             temperature=1.0, response_width=response_width)
       logits = out.score_logits
-      y_hat = obj.expected_score(logits, ids, values, renormalize=renormalize,
+      y_hat = obj.expected_score(logits, spec.ids, spec.values, renormalize=renormalize,
                                  temperature=score_temperature)
       tlp = obj.score_log_prob(logits, batch["target_id"], temperature=score_temperature)
-      mass = obj.score_token_mass(logits, ids, temperature=score_temperature)
-      probs = jnp.exp(obj.score_token_log_probs(logits, ids, renormalize=renormalize,
+      mass = obj.score_token_mass(logits, spec.ids, temperature=score_temperature)
+      probs = jnp.exp(obj.score_token_log_probs(logits, spec.ids, renormalize=renormalize,
                                                 temperature=score_temperature))
       # The score token drawn as the sampler would have drawn it (temperature, top-k, top-p).
       u = jax.random.uniform(key, logits.shape[:1])
-      tok, _, _ = sample_from_logits(logits, u, draw_cfg)
-      is_score = jnp.any(tok[:, None] == ids[None, :], axis=-1)
+      tok, _, _ = sampling.sample_from_logits(logits, u, draw_cfg)
+      is_score = jnp.any(tok[:, None] == spec.ids[None, :], axis=-1)
       logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # policy, T = 1
       at = lambda t: jnp.take_along_axis(logp, t[:, None].astype(jnp.int32), axis=-1)[:, 0]
       return {"lp": out.token_log_probs, "y_hat": y_hat, "target_logp": tlp,
@@ -186,18 +194,9 @@ def make_score_fn(graphdef, score_tokens: scores_lib.ScoreTokens, mesh: Mesh, *,
   return jax.jit(fn, in_shardings=(None, in_b, rep), out_shardings=out_b)
 
 
-def cached_score_fn(cache: dict, graphdef, score_tokens, mesh, **kw):
-  """`make_score_fn` memoised in `cache` by its settings (evaluation and rollouts share one)."""
-  key = tuple(sorted(kw.items()))
-  if key not in cache:
-    cache[key] = make_score_fn(graphdef, score_tokens, mesh, **kw)
-  return cache[key]
-
-
 def run_scoring(score_fn, params, seqs: dict[str, np.ndarray], target_id: np.ndarray, key,
                 mesh: Mesh, chunk: int, probe: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """`score_fn` over the rows in chunks of `chunk` rows (padded to full chunks); host arrays."""
-  from real_jax.train.steps import put_batch
   n = seqs["tokens"].shape[0]
   chunk = min(chunk, n)
   probe = np.zeros((n,), np.int32) if probe is None else np.asarray(probe, np.int32)
@@ -209,99 +208,103 @@ def run_scoring(score_fn, params, seqs: dict[str, np.ndarray], target_id: np.nda
     short = chunk - b["tokens"].shape[0]
     if short:
       b = {k: np.concatenate([v, np.repeat(v[-1:], short, 0)], 0) for k, v in b.items()}
-    o = score_fn(params, put_batch(b, mesh), jax.random.fold_in(key, i))
+    o = score_fn(params, shd.put_batch(b, mesh), jax.random.fold_in(key, i))
     o = shd.to_host(o)
     outs.append({k: np.asarray(v)[:chunk - short] for k, v in o.items()})
   return {k: np.concatenate([o[k] for o in outs], 0) for k in outs[0]}
 
 
+def target_token_ids(target: np.ndarray, score_tokens: ScoreTokens) -> np.ndarray:
+  """[N] the score token of each target (the nearest score value), host int array."""
+  spec = obj.ScoreSpec.of(score_tokens)
+  return np.asarray(obj.target_token_ids_for(jnp.asarray(target, jnp.float32), spec.ids,
+                                             spec.values))
+
+
 # ---------------------------------------------------------------------------------------------
-# Rewards, advantages, filter (host numpy around the objectives' jitted functions)
-
-
-def target_token_ids(target: np.ndarray, score_tokens: scores_lib.ScoreTokens) -> np.ndarray:
-  return np.asarray(obj.target_token_ids_for(
-      jnp.asarray(target, jnp.float32), jnp.asarray(score_tokens.token_ids),
-      jnp.asarray(score_tokens.values, jnp.float32)))
-
-
-def sampled_scores(sampled: np.ndarray, valid: np.ndarray, score_tokens) -> np.ndarray:
-  """Score value of each sampled token (-1 where it is not a score token or the row is invalid)."""
-  lut = {t: v for t, v in zip(score_tokens.token_ids, score_tokens.values)}
-  s = np.array([lut.get(int(t), -1.0) for t in sampled], np.float32)
-  return np.where(valid, s, -1.0)
-
-
-def group_filter(binary: np.ndarray, kind: str) -> np.ndarray:
-  """[G, n] binary rewards -> [G] bool groups to train on.
-
-  partial: some but not all samples got the exact score (authors' default, DAPO-style);
-  all: every group; not_all_correct: mean < 1; not_all_wrong: mean > 0.
-  """
-  hits = binary.mean(axis=-1)
-  if kind == "partial":
-    return np.asarray(obj.partial_group_mask(jnp.asarray(binary)))
-  if kind == "all":
-    return np.ones(binary.shape[0], bool)
-  if kind == "not_all_correct":
-    return hits < 1.0
-  if kind == "not_all_wrong":
-    return hits > 0.0
-  raise ValueError(f"unknown filter {kind!r}")
+# One CoT per prompt, both readouts (evaluation and `real_jax.Judge`)
 
 
 @dataclasses.dataclass(frozen=True)
-class AdvantageSettings:
-  """Rewards and group advantages of a rollout (defaults: the authors' REAL recipe)."""
-  reward: str = "regression"  # regression (REAL) | binary (standard RL)
-  shaping: str = "prob"
-  shaping_weight: float = 1.0
-  estimator: str = "rloo"
-  normalize: bool = True
-  clip: float | None = 1.0
-  invalid: str = "penalize"
-  format_penalty: float = 25.0  # objectives.worst_squared_error of scores 1..5, full vocabulary
-  ddof: int = 0  # std of the normalisation: 0 population (authors), 1 sample (verl's GRPO)
-  eps: float = 1e-8
+class EvalSettings:
+  """How a judge is read (the config's `eval` block)."""
+  batch_size: int = 64
+  max_items: int = 0
+  readout: str = "cot"  # one of READOUTS
+  greedy: bool = False
+  temperature: float = 1.0
+  top_p: float = 0.9
+  max_response_len: int = 1024
+  renormalize: bool = False
+  invalid: str = "force"  # one of INVALID_READOUTS
 
-  @classmethod
-  def from_recipe(cls, recipe: str, **kw) -> "AdvantageSettings":
-    """Settings of a named recipe in `objectives.ADVANTAGE_RECIPES` ("authors", "grpo", "rloo")."""
-    r = obj.ADVANTAGE_RECIPES[recipe]
-    return cls(estimator=r["estimator"], normalize=r["normalize"], clip=r["clip"],
-               ddof=r["ddof"], eps=r["eps"], **kw)
-
-  def describe(self) -> str:
-    return obj.describe_advantages(self.estimator, self.normalize, self.clip, self.ddof,
-                                   self.eps)
+  def score_fn(self, graphdef, score_tokens: ScoreTokens, mesh: Mesh):
+    """The scoring pass that draws the score token with these settings."""
+    return make_score_fn(graphdef, score_tokens, mesh, score_temperature=1.0,
+                         renormalize=self.renormalize, sample_temperature=self.temperature,
+                         top_p=self.top_p, top_k=0, greedy=self.greedy)
 
 
-def compute_advantages(y_hat: np.ndarray, target_logp: np.ndarray, target: np.ndarray,
-                       binary: np.ndarray, valid: np.ndarray, group_size: int,
-                       s: AdvantageSettings) -> dict[str, np.ndarray]:
-  """Rewards and advantages of N = G * n rows (rows grouped by prompt).
+def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: EvalSettings,
+               score_tokens: ScoreTokens, score_fn, mesh, pad_id: int, delim_start=None,
+               prompt_buckets=None) -> dict[str, Any]:
+  """One CoT per prompt and both readouts: the judging step shared by evaluation and `Judge`.
 
-  Returns {"reward" [N], "adv" [N], "pg_keep" [N] (rows in the PG term before the group filter),
-  "refine_keep" [N]}.
+  Args:
+    prompt_tokens, prompt_mask: `[N, Lp]` chat-rendered, left-padded prompts.
+    key: PRNG key (sampling, then the score token drawn at the score position).
+    settings: `EvalSettings` (readout cot | direct, sampling, invalid = force | midpoint).
+    score_fn: `settings.score_fn(...)` (`make_score_fn` with the same sampling settings).
+    delim_start: the delimiter's ids at the start of a response (direct readout).
+
+  Returns host arrays: rail [N] (the RAIL prediction after the `invalid` rule), y_hat [N] (as
+  read), score_probs [N, K], score_mass [N], standard [N] (the sampled score value; the midpoint
+  when not a score token), standard_valid [N], valid [N] (the CoT reached the delimiter),
+  status [N] (index into STATUS_NAMES), length [N] (tokens read: the CoT, plus the delimiter
+  appended under "force"), cot_length [N] and response [N, R] (the sampled CoT; None for the
+  direct readout).
   """
-  n = group_size
-  g = y_hat.shape[0] // n
-  in_pg = valid if s.invalid == "drop" else np.ones_like(valid)
-  mask = in_pg.reshape(g, n).astype(np.float32)
-  clip = s.clip if s.clip else None
-  if s.reward == "binary":
-    reward = np.where(valid, binary, 0.0).astype(np.float32)
-    adv = obj.group_advantages(jnp.asarray(reward.reshape(g, n)), estimator=s.estimator,
-                               normalize=s.normalize, clip=clip, mask=jnp.asarray(mask),
-                               ddof=s.ddof, eps=s.eps)
+  values = np.asarray(score_tokens.values, np.float32)
+  midpoint = float(values.mean())
+  n = len(prompt_tokens)
+  if settings.readout == "direct":
+    seqs = append_delimiter(prompt_tokens, prompt_mask, delim_start)
+    found = np.ones(n, bool)
+    status = np.zeros(n, np.int32)
+    length = np.zeros(n, np.int32)
+    resp_tokens = None
   else:
-    reward = np.where(valid, np.asarray(obj.regression_reward(y_hat, target)),
-                      -s.format_penalty).astype(np.float32)
-    tlp = np.where(valid, np.maximum(target_logp, LOG_PROB_FLOOR), LOG_PROB_FLOOR)
-    adv = obj.real_advantages(jnp.asarray(reward.reshape(g, n)),
-                              jnp.asarray(tlp.reshape(g, n), jnp.float32), s.shaping_weight,
-                              shaping=s.shaping, estimator=s.estimator, normalize=s.normalize,
-                              clip=clip, mask=jnp.asarray(mask), ddof=s.ddof, eps=s.eps)
-  return {"reward": reward, "adv": np.asarray(adv).reshape(-1).astype(np.float32),
-          "pg_keep": in_pg.astype(np.float32),
-          "refine_keep": valid.astype(np.float32)}
+    sampler = SamplerSettings(max_new_tokens=settings.max_response_len,
+                              temperature=settings.temperature, top_p=settings.top_p,
+                              greedy=settings.greedy)
+    g = sample_cots(graphdef, params, prompt_tokens, prompt_mask, jax.random.fold_in(key, 0),
+                    sampler, score_tokens, num_samples=1, mesh=mesh, pad_id=pad_id,
+                    prompt_buckets=prompt_buckets)
+    found, length = g["found"], g["length"].copy()
+    status = np.where(found, 0, np.where(g["eos"], 1, 2)).astype(np.int32)
+    response = g["response"]
+    resp_tokens = response
+    if settings.invalid == "force":
+      # No delimiter: append it to the CoT (replacing a final EOS) and read the score there.
+      delim = np.asarray(score_tokens.delimiter_ids, np.int32)
+      extra = len(delim)
+      response = np.concatenate([response, np.full((n, extra), pad_id, np.int32)], 1)
+      for r in np.nonzero(~found)[0]:
+        m = int(length[r]) - (1 if g["eos"][r] else 0)
+        response[r, m:] = pad_id
+        response[r, m:m + extra] = delim
+        length[r] = m + extra
+    seqs = build_sequences(g["prompt_tokens"], g["prompt_mask"], response, length,
+                           pad_id=pad_id, extra=0)
+  cot_length = length if resp_tokens is None else np.asarray(g["length"])
+  out = run_scoring(score_fn, params, seqs, np.zeros(n, np.int32), jax.random.fold_in(key, 1),
+                    mesh, chunk=n)
+  std_valid = out["sampled_is_score"] & found
+  std = np.where(std_valid, score_tokens.values_of(out["sampled"], midpoint), midpoint)
+  rail = out["y_hat"].astype(np.float32)
+  if settings.invalid == "midpoint":
+    rail = np.where(found, rail, midpoint)
+  return {"rail": rail, "y_hat": out["y_hat"], "score_probs": out["score_probs"],
+          "score_mass": out["score_mass"], "standard": std, "standard_valid": std_valid,
+          "valid": found, "status": status, "length": np.asarray(length),
+          "cot_length": cot_length, "response": resp_tokens}

@@ -1,0 +1,393 @@
+"""The RL stage: REAL (`method="real"`) and standard RL (`"grpo"`), from prompts to updates.
+
+One update (`run_rl`), the way to read it top down:
+
+  1. rounds of `rollout_round` until the buffer holds `rl.buffer_size` kept prompts:
+     prompts [P, Lp] --`readout.sample_cots`--> n CoTs per prompt (rows i*n .. i*n+n-1 are the
+     group of prompt i, one ordering kept throughout) --`readout.build_sequences`--> prompt ⊕
+     CoT --`readout.run_scoring`--> y_hat, log pi(y*|x,c), the sampled score token, the CoT's
+     log-probs (old policy) --`compute_advantages`--> rewards (regression -(y_hat - y*)^2 with
+     shaping by pi(y*), or binary 1[sampled == y*]) and group advantages
+     (`objectives.real_advantages` / `group_advantages`) --`group_filter`--> the kept groups;
+     the round's rows are one typed `RLBatch`;
+  2. `Buffer.assemble` -> one `RLBatch` of `rl.buffer_size x rl.group_size` rows;
+  3. `rl.epochs` passes of mini-batches through `steps.make_train_step` with the loss
+     `steps.real_objective` (REAL) or `steps.grpo_objective`, built from `objectives.py`.
+
+Rows whose CoT never reached the delimiter ("invalid": truncated at max tokens, or EOS first)
+have no score position. Rule `invalid="penalize"` (default): they stay in the policy-gradient
+term with reward `-format_penalty` (and pi(y*) = 1e-8 for the shaping reward) and are excluded
+from the refinement term; `invalid="drop"`: they are excluded from both terms and from the group
+baselines. Either way they are counted (`truncated_frac`, `eos_before_delimiter_frac`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from real_jax import layout, readout
+from real_jax import objectives as obj
+from real_jax import sharding as shd
+from real_jax.judge.scores import ScoreTokens
+from real_jax.train import config_lib, data_utils, state as state_lib, steps as steps_lib
+from real_jax.train.batch import RLBatch
+from real_jax.train.metrics import Progress, RolloutStats, fmt_metrics, rl_update_metrics
+from real_jax.train.runner import Run
+
+LOG_PROB_FLOOR = float(np.log(1e-8))  # log pi(y*) of an invalid row (and the floor of all rows)
+INVALID_RULES = ("penalize", "drop")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewards, advantages, filter (host numpy around the objectives' jitted functions)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageSettings:
+  """Rewards and group advantages of a rollout (defaults: the authors' REAL recipe)."""
+  reward: str = "regression"  # one of objectives.REWARDS: regression (REAL) | binary (standard RL)
+  shaping: str = "prob"  # one of objectives.SHAPINGS
+  shaping_weight: float = 1.0
+  estimator: str = "rloo"
+  normalize: bool = True
+  clip: float | None = 1.0
+  invalid: str = "penalize"  # one of INVALID_RULES
+  format_penalty: float = 25.0  # objectives.worst_squared_error of scores 1..5, full vocabulary
+  ddof: int = 0  # std of the normalisation: 0 population (authors), 1 sample (verl's GRPO)
+  eps: float = 1e-8
+
+  @classmethod
+  def from_recipe(cls, recipe: str, **kw) -> "AdvantageSettings":
+    """Settings of a named recipe in `objectives.ADVANTAGE_RECIPES` ("authors", "grpo", "rloo")."""
+    r = obj.ADVANTAGE_RECIPES[recipe]
+    return cls(estimator=r["estimator"], normalize=r["normalize"], clip=r["clip"],
+               ddof=r["ddof"], eps=r["eps"], **kw)
+
+  @classmethod
+  def from_config(cls, config, method: str, score_values) -> "AdvantageSettings":
+    """The settings of the config's `rl` block, method defaults resolved (`config_lib.rl_settings`)."""
+    rl = config.rl
+    s = config_lib.rl_settings(config, method, score_values)
+    return cls(reward=s["reward"], shaping=rl.shaping, shaping_weight=rl.shaping_weight,
+               estimator=s["estimator"], normalize=s["normalize"], clip=s["clip"],
+               ddof=s["ddof"], eps=s["eps"], invalid=rl.invalid,
+               format_penalty=s["format_penalty"])
+
+  def describe(self) -> str:
+    return obj.describe_advantages(self.estimator, self.normalize, self.clip, self.ddof,
+                                   self.eps)
+
+
+def compute_advantages(y_hat: np.ndarray, target_logp: np.ndarray, target: np.ndarray,
+                       binary: np.ndarray, valid: np.ndarray, group_size: int,
+                       s: AdvantageSettings) -> dict[str, np.ndarray]:
+  """Rewards and advantages of N = G * n rows (rows grouped by prompt).
+
+  Returns {"reward" [N], "adv" [N], "pg_keep" [N] (rows in the PG term before the group filter),
+  "refine_keep" [N]}.
+  """
+  n = group_size
+  g = y_hat.shape[0] // n
+  in_pg = valid if s.invalid == "drop" else np.ones_like(valid)
+  mask = in_pg.reshape(g, n).astype(np.float32)
+  clip = s.clip if s.clip else None
+  if s.reward == "binary":
+    reward = np.where(valid, binary, 0.0).astype(np.float32)
+    adv = obj.group_advantages(jnp.asarray(reward.reshape(g, n)), estimator=s.estimator,
+                               normalize=s.normalize, clip=clip, mask=jnp.asarray(mask),
+                               ddof=s.ddof, eps=s.eps)
+  else:
+    reward = np.where(valid, np.asarray(obj.REWARDS[s.reward](y_hat, target)),
+                      -s.format_penalty).astype(np.float32)
+    tlp = np.where(valid, np.maximum(target_logp, LOG_PROB_FLOOR), LOG_PROB_FLOOR)
+    adv = obj.real_advantages(jnp.asarray(reward.reshape(g, n)),
+                              jnp.asarray(tlp.reshape(g, n), jnp.float32), s.shaping_weight,
+                              shaping=s.shaping, estimator=s.estimator, normalize=s.normalize,
+                              clip=clip, mask=jnp.asarray(mask), ddof=s.ddof, eps=s.eps)
+  return {"reward": reward, "adv": np.asarray(adv).reshape(-1).astype(np.float32),
+          "pg_keep": in_pg.astype(np.float32),
+          "refine_keep": valid.astype(np.float32)}
+
+
+def group_filter(binary: np.ndarray, kind: str) -> np.ndarray:
+  """[G, n] binary rewards -> [G] bool groups to train on (`objectives.GROUP_FILTERS`):
+  partial: some but not all samples got the exact score (authors' default, DAPO-style);
+  all: every group; not_all_correct: mean < 1; not_all_wrong: mean > 0."""
+  if kind not in obj.GROUP_FILTERS:
+    raise ValueError(f"unknown filter {kind!r}; registered: {sorted(obj.GROUP_FILTERS)}")
+  return np.asarray(obj.GROUP_FILTERS[kind](jnp.asarray(binary)))
+
+
+def groups_with_signal(rewards: np.ndarray, n: int, tol: float = 1e-6) -> np.ndarray:
+  """[G] bool: the group's n rewards are not all equal."""
+  return np.ptp(rewards.reshape(-1, n), axis=1) > tol
+
+
+# ---------------------------------------------------------------------------------------------
+# One rollout round
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSettings:
+  """How a round samples and scores its rows (the config's `rl` block: `from_config`)."""
+  sampler: readout.SamplerSettings
+  group_size: int
+  filter: str = "partial"  # one of objectives.GROUP_FILTERS
+  standard_rl: bool = False  # the sampled score token is part of the action (method "grpo")
+  sample_prompts: int = 0  # prompts per sampler call (0: all of the round's prompts)
+  score_rows: int = 64  # rows per scoring call
+  prompt_buckets: tuple[int, ...] = ()
+
+  @classmethod
+  def from_config(cls, config, method: str) -> "RolloutSettings":
+    rl = config.rl
+    return cls(sampler=readout.SamplerSettings(max_new_tokens=rl.max_response_len,
+                                               temperature=rl.temperature, top_p=rl.top_p,
+                                               top_k=rl.top_k),
+               group_size=rl.group_size, filter=rl.filter, standard_rl=method == "grpo",
+               sample_prompts=rl.sample_prompts,
+               score_rows=rl.score_batch_size or rl.micro_batch_size or rl.mini_batch_size,
+               prompt_buckets=data_utils.prompt_buckets(config))
+
+
+class Round(NamedTuple):
+  """What one rollout round returns: its rows, the groups the filter keeps, their statistics
+  and where the time went."""
+  batch: RLBatch  # N = P * n rows
+  keep_groups: np.ndarray  # [P] bool
+  stats: RolloutStats
+  t_rollout: float
+  t_scoring: float
+
+
+def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], key, *,
+                  settings: RolloutSettings, advantages: AdvantageSettings, score_fn,
+                  score_tokens: ScoreTokens, mesh: Mesh, pad_id: int,
+                  gen: dict[str, np.ndarray] | None = None) -> Round:
+  """Samples n CoTs per prompt, scores them (with `score_fn`, and `ref_params` when given: the
+  reference log-probs of a KL term), and computes rewards, advantages and the group filter.
+
+  `prompts` is a `JudgeBatcher` batch (prompt_tokens, prompt_mask, target, target_int); `gen`
+  (the output format of `readout.sample_cots`) replaces sampling, e.g. in tests.
+  """
+  n = settings.group_size
+  st = score_tokens
+  t0 = time.time()
+  if gen is None:
+    p = prompts["prompt_tokens"].shape[0]
+    chunk = settings.sample_prompts or p
+    gens = []
+    for j, s in enumerate(range(0, p, chunk)):
+      gens.append(readout.sample_cots(
+          graphdef, params, prompts["prompt_tokens"][s:s + chunk],
+          prompts["prompt_mask"][s:s + chunk], jax.random.fold_in(key, 2 * j), settings.sampler,
+          st, num_samples=n, mesh=mesh, pad_id=pad_id, prompt_buckets=settings.prompt_buckets))
+    # Prompts of different chunks share one bucket width only if their longest prompts do.
+    width = max(g["prompt_tokens"].shape[1] for g in gens)
+    for g in gens:
+      g["prompt_tokens"] = layout.widen_left(g["prompt_tokens"], width, pad_id)
+      g["prompt_mask"] = layout.widen_left(g["prompt_mask"], width, 0)
+    gen = {k: np.concatenate([g[k] for g in gens]) for k in gens[0]}
+  t_roll = time.time() - t0
+
+  t1 = time.time()
+  seqs = readout.build_sequences(gen["prompt_tokens"], gen["prompt_mask"], gen["response"],
+                                 gen["length"], pad_id=pad_id, extra=1)
+  target = np.repeat(prompts["target"], n).astype(np.float32)
+  target_int = np.repeat(prompts["target_int"], n)
+  target_id = readout.target_token_ids(target, st)
+  sc = readout.run_scoring(score_fn, params, seqs, target_id, jax.random.fold_in(key, 1), mesh,
+                           chunk=settings.score_rows)
+  valid = gen["found"]
+  sampled = np.where(valid & sc["sampled_is_score"], st.values_of(sc["sampled"], -1.0), -1.0)
+  binary = np.asarray(obj.binary_reward(sampled, target_int)).astype(np.float32)
+  adv = compute_advantages(sc["y_hat"], sc["target_logp"], target, binary, valid, n, advantages)
+  g = len(target) // n
+  keep_g = group_filter(binary.reshape(g, n), settings.filter)
+  tokens, mask, cot_mask = seqs["tokens"], seqs["mask"], seqs["cot_mask"]
+  old_lp = sc["lp"].astype(np.float32)
+  if settings.standard_rl:
+    # The sampled score token is part of the standard-RL action: append it to valid rows.
+    r_idx = np.nonzero(valid)[0]
+    pos = gen["prompt_tokens"].shape[1] + gen["length"][r_idx]
+    tokens, mask, cot_mask = tokens.copy(), mask.copy(), cot_mask.copy()
+    tokens[r_idx, pos] = sc["sampled"][r_idx]
+    mask[r_idx, pos] = True
+    cot_mask[r_idx, pos] = 1.0
+    old_lp[r_idx, pos] = sc["sampled_logp"][r_idx]
+  if ref_params is not None:
+    ref = readout.run_scoring(
+        score_fn, ref_params, {"tokens": tokens, "mask": mask, "score_pos": seqs["score_pos"]},
+        target_id, jax.random.fold_in(key, 3), mesh, chunk=settings.score_rows,
+        probe=sc["sampled"])
+    ref_lp = ref["lp"].astype(np.float32)
+    if settings.standard_rl:
+      ref_lp[r_idx, pos] = ref["probe_logp"][r_idx]
+  else:
+    ref_lp = np.zeros_like(old_lp)
+  batch = RLBatch(tokens=tokens, mask=mask, score_pos=seqs["score_pos"], cot_mask=cot_mask,
+                  old_lp=old_lp, ref_lp=ref_lp, target=target,
+                  target_id=target_id.astype(np.int32), adv=adv["adv"], pg_keep=adv["pg_keep"],
+                  refine_keep=adv["refine_keep"])
+  t_score = time.time() - t1
+  y_hat = sc["y_hat"]
+  stats = RolloutStats(
+      rows=float(len(target)), groups=float(g), kept_groups=float(keep_g.sum()),
+      reward_sum=float(adv["reward"].sum()), reward_sq=float((adv["reward"] ** 2).sum()),
+      binary_sum=float(binary.sum()),
+      y_hat_sum=float(y_hat[valid].sum()), y_hat_sq=float((y_hat[valid] ** 2).sum()),
+      abs_err_sum=float(np.abs(y_hat - target)[valid].sum()),
+      score_mass_sum=float(sc["score_mass"][valid].sum()),
+      valid=float(valid.sum()), truncated=float(gen["truncated"].sum()),
+      eos=float(gen["eos"].sum()), length_sum=float(gen["length"].astype(np.float32).sum()),
+      gen_tokens=float(np.minimum(gen["length"], settings.sampler.max_new_tokens).sum()),
+      adv_abs_sum=float(np.abs(adv["adv"]).sum()), adv_sum=float(adv["adv"].sum()),
+      signal_binary_groups=float(groups_with_signal(binary, n).sum()),
+      signal_regression_groups=float(groups_with_signal(
+          np.where(valid, -(y_hat - target) ** 2, -1e3), n).sum()))
+  return Round(batch, keep_g, stats, t_roll, t_score)
+
+
+# ---------------------------------------------------------------------------------------------
+# The buffer between rollouts and the update
+
+
+class Buffer:
+  """The rows of the groups that rollouts keep, until an update has enough prompts."""
+
+  def __init__(self, group_size: int):
+    self.group_size = group_size
+    self.parts: list[RLBatch] = []
+    self.kept_prompts = 0
+
+  def add(self, r: Round) -> None:
+    if r.keep_groups.any():
+      self.parts.append(r.batch.take(np.repeat(r.keep_groups, self.group_size)))
+      self.kept_prompts += int(r.keep_groups.sum())
+
+  def __bool__(self) -> bool:
+    return bool(self.parts)
+
+  def assemble(self, rows: int) -> RLBatch:
+    """The buffered rows (sequences left-padded to a common width), cut or padded to `rows`;
+    padding rows are copies of the first with zero weight in both terms (static shapes when
+    the buffer is not full)."""
+    out = RLBatch.concat(self.parts).take(slice(0, rows))
+    have = out.num_rows
+    if have < rows:
+      fill = rows - have
+      out = jax.tree.map(lambda v: np.concatenate([v, np.repeat(v[:1], fill, 0)]), out)
+      out.pg_keep[have:] = 0.0
+      out.refine_keep[have:] = 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def loss_config(config, method: str, score_values) -> steps_lib.RLLossConfig:
+  rl = config.rl
+  s = config_lib.rl_settings(config, method, score_values)
+  return steps_lib.RLLossConfig(
+      beta=rl.beta, lam=rl.lam, renormalize=rl.renormalize, aggregation=rl.aggregation,
+      policy_loss=s["policy_loss"], clip_eps=rl.clip_eps,
+      score_temperature=rl.score_temperature, kl_coef=rl.kl_coef,
+      kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef,
+      response_width=rl.max_response_len + 1)  # build_sequences(extra=1)'s response columns
+
+
+def run_rl(run: Run, params_in, *, method: str, main: bool = True):
+  """REAL (`method="real"`) or standard RL (`"grpo"`); returns the final parameters."""
+  c = run.config
+  rl = c.rl
+  st = run.tokens.score_tokens
+  n = rl.group_size
+  rows_per_update = rl.buffer_size * n
+  mini = rl.mini_batch_size
+  total_opt_steps = rl.steps * rl.epochs * (rows_per_update // mini)
+  tx = state_lib.optimizer_from_config(c.optim, lr=rl.lr, steps=total_opt_steps)
+  ref_params = jax.tree.map(lambda x: x.copy(), params_in) if rl.kl_coef else None
+  stage = run.runner.open("rl", params_in, tx, total=rl.steps, main=main)
+  if stage.finished:
+    return stage.close()
+  batcher = data_utils.make_batcher(c, run.sources.train, run.tokens.tokenizer, st,
+                                    batch_size=rl.prompts_per_step, with_targets=False,
+                                    shuffle=True, seed=c.seed * 1000 + 17)
+  stage.restore_data(batcher)
+  s = config_lib.rl_settings(c, method, st.values)
+  advantages = AdvantageSettings.from_config(c, method, st.values)
+  logging.info("[rl] %s; invalid rows: %s (reward -%g)", s["label"], rl.invalid,
+               s["format_penalty"])
+  if method == "real" and rl.aggregation == "sequence-sum":
+    gaps = config_lib.exactness_gaps(c)
+    if gaps:
+      logging.warning("[rl] sequence-sum, but the expected gradient is NOT exactly -grad J: %s",
+                      "; ".join(gaps))
+    else:
+      logging.info("[rl] exact generalized policy gradient: E[grad loss] = -grad J")
+  loss_cfg = loss_config(c, method, st.values)
+  loss = (steps_lib.grpo_objective(loss_cfg) if method == "grpo"
+          else steps_lib.real_objective(st, loss_cfg))
+  settings = RolloutSettings.from_config(c, method)
+  score_fn = readout.make_score_fn(
+      run.graphdef, st, run.mesh, score_temperature=rl.score_temperature,
+      renormalize=rl.renormalize, sample_temperature=rl.temperature, top_p=rl.top_p,
+      top_k=rl.top_k, greedy=False, response_width=loss_cfg.response_width)
+  num_micro = mini // rl.micro_batch_size if rl.micro_batch_size else 1
+  step_fns: dict[int, Any] = {}
+  base_key = jax.random.PRNGKey(c.seed)
+  prog = Progress("rl", rl.steps, start=stage.start, every=1, unit="update")
+  for u in range(stage.start, rl.steps):
+    key_u = jax.random.fold_in(base_key, u)
+    buffer, rounds = Buffer(n), 0
+    stats = RolloutStats()
+    t_roll = t_score = 0.0
+    while buffer.kept_prompts < rl.buffer_size and rounds < rl.max_rounds:
+      r = rollout_round(run.graphdef, stage.state["params"], ref_params, next(batcher),
+                        jax.random.fold_in(key_u, rounds), settings=settings,
+                        advantages=advantages, score_fn=score_fn, score_tokens=st,
+                        mesh=run.mesh, pad_id=run.tokens.pad_id)
+      t_roll += r.t_rollout
+      t_score += r.t_scoring
+      stats = stats + r.stats
+      buffer.add(r)
+      rounds += 1
+    t2 = time.time()
+    step_metrics = []
+    if buffer:
+      data = buffer.assemble(rows_per_update)
+      width = data.tokens.shape[1]
+      if width not in step_fns:
+        step_fns[width] = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh,
+                                                    stage.shardings, data.take(slice(0, mini)),
+                                                    num_micro=num_micro)
+      step_fn = step_fns[width]
+      for e in range(rl.epochs):
+        order = (np.random.default_rng([c.seed, u, e]).permutation(rows_per_update)
+                 if rl.shuffle else np.arange(rows_per_update))
+        for m in range(rows_per_update // mini):
+          mb = data.take(order[m * mini:(m + 1) * mini])
+          if not (mb.pg_keep.any() or mb.refine_keep.any()):
+            continue  # only padding rows (buffer not full): no step, not even AdamW momentum
+          stage.state, met = step_fn(stage.state, shd.put_batch(mb, run.mesh))
+          step_metrics.append(met)
+      step_metrics = [{k: float(v) for k, v in s.items()} for s in shd.to_host(step_metrics)]
+    done = u + 1
+    metrics = rl_update_metrics(stats, step_metrics, rounds=rounds,
+                                kept_prompts=buffer.kept_prompts, t_rollout=t_roll,
+                                t_scoring=t_score, t_update=time.time() - t2)
+    run.writer.write("rl", done, metrics)
+    prog.update(done, fmt_metrics(metrics, ("reward_mean", "abs_err_rollout", "keep_rate",
+                                            "truncated_frac", "loss", "pg_loss", "grad_norm")),
+                force=True)
+    stage.end_step(done, data=batcher.state())
+  return stage.close()

@@ -1,0 +1,140 @@
+"""The supervised stages: warm-up SFT ("sft"), TRACT's CoT-RAFT ("tract"), RAFT ("raft") and
+pretraining ("lm"), one loop over resumable `LMBatch` sources.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from real_jax import readout
+from real_jax import sharding as shd
+from real_jax.train import data_utils, state as state_lib, steps as steps_lib
+from real_jax.train.batch import LMBatch
+from real_jax.train.metrics import Progress, fmt_metrics
+from real_jax.train.runner import Run
+
+
+# ---------------------------------------------------------------------------------------------
+# Step batches from judge records
+
+
+def lm_batch(b: Mapping[str, np.ndarray], kind: str, target_ids: np.ndarray) -> LMBatch:
+  """Teacher-forced batch from a JudgeBatcher batch with targets (prompt ⊕ completion).
+
+  kind "sft": cross-entropy on every completion token (feedback, delimiter, score, EOS).
+  kind "tract": cross-entropy on the CoT (feedback + delimiter; not the score token, not EOS)
+  and the squared error of y_hat read at the last delimiter token.
+  """
+  pt, pm = b["prompt_tokens"], b["prompt_mask"]
+  ct, cm = b["completion_tokens"], b["completion_mask"]
+  lp = pt.shape[1]
+  n_c = cm.sum(axis=1)
+  tokens = np.concatenate([pt, ct], axis=1).astype(np.int32)
+  mask = np.concatenate([pm, cm], axis=1).astype(bool)
+  cols = np.arange(ct.shape[1])[None, :]
+  if kind == "sft":
+    resp = cm.astype(np.float32)
+  elif kind == "tract":
+    resp = (cols < (n_c - 2)[:, None]).astype(np.float32)  # drop score token and EOS
+  else:
+    raise ValueError(kind)
+  loss_mask = np.concatenate([np.zeros(pt.shape, np.float32), resp], axis=1)
+  score_pos = np.maximum(lp + n_c - 3, 0).astype(np.int32)  # predicts the score token
+  return LMBatch(tokens=tokens, mask=mask, loss_mask=loss_mask, score_pos=score_pos,
+                 target=b["target"].astype(np.float32), target_id=target_ids.astype(np.int32),
+                 sample_mask=b["valid"].astype(np.float32))
+
+
+def raft_batch(b: Mapping[str, np.ndarray], delim: Sequence[int], target_ids: np.ndarray
+               ) -> LMBatch:
+  """prompt ⊕ delimiter (no CoT); y_hat is read at the last delimiter token."""
+  seqs = readout.append_delimiter(b["prompt_tokens"], b["prompt_mask"], delim)
+  return LMBatch(tokens=seqs["tokens"], mask=seqs["mask"],
+                 loss_mask=np.zeros(seqs["tokens"].shape, np.float32),
+                 score_pos=seqs["score_pos"], target=b["target"].astype(np.float32),
+                 target_id=target_ids.astype(np.int32), sample_mask=b["valid"].astype(np.float32))
+
+
+class RecordBatches:
+  """Step batches from the judge records (sft / tract on demonstrations / raft); resumable."""
+
+  def __init__(self, run: Run, kind: str, batch_size: int, seed: int, shuffle: bool):
+    self.kind, self.tokens = kind, run.tokens
+    self.batcher = data_utils.make_batcher(
+        run.config, run.sources.train, run.tokens.tokenizer, run.tokens.score_tokens,
+        batch_size=batch_size, with_targets=kind != "raft", shuffle=shuffle, seed=seed)
+
+  def __next__(self) -> LMBatch:
+    b = next(self.batcher)
+    tid = readout.target_token_ids(b["target"], self.tokens.score_tokens)
+    if self.kind == "raft":
+      return raft_batch(b, self.tokens.delim_start, tid)
+    return lm_batch(b, self.kind, tid)
+
+  def state(self):
+    return self.batcher.state()
+
+  def restore(self, s):
+    self.batcher.restore(s)
+
+
+def objective_for(kind: str, run: Run) -> steps_lib.Loss:
+  """The loss of a supervised stage kind."""
+  c, st = run.config, run.tokens.score_tokens
+  if kind in ("sft", "lm"):
+    return steps_lib.sft_objective()
+  if kind == "raft":
+    return steps_lib.raft_objective(st, renormalize=c.raft.renormalize)
+  if kind == "tract":
+    return steps_lib.cot_raft_objective(st, lam=c.tract.lam, renormalize=c.raft.renormalize)
+  raise ValueError(f"unknown supervised stage kind {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def run_supervised(run: Run, stage: str, params_in, *, kind: str, steps: int, batch_size: int,
+                   micro_batch_size: int, lr: float, schedule: str = "", main: bool = False,
+                   copy_params: bool = False, lr_warmup: int = -1,
+                   make_source: Callable[[int], Any] | None = None):
+  """`steps` optimiser steps of the supervised loss `kind`. Batches come from
+  `make_source(seed)` (a resumable iterator of `LMBatch`; default: the training records,
+  `RecordBatches`), built only when the stage has steps left. Returns the final parameters."""
+  c = run.config
+  tx = state_lib.optimizer_from_config(c.optim, lr=lr, steps=steps, schedule=schedule,
+                                       warmup_steps=lr_warmup)
+  st = run.runner.open(stage, params_in, tx, total=steps, main=main, copy_params=copy_params)
+  if st.finished:
+    return st.close()
+  seed = c.seed * 1000 + sum(map(ord, stage))
+  source = (make_source(seed) if make_source is not None else
+            RecordBatches(run, kind, batch_size, seed, shuffle=c.train.shuffle))
+  st.restore_data(source)
+  loss = objective_for(kind, run)
+  num_micro = batch_size // micro_batch_size if micro_batch_size else 1
+  step_fn = None
+  prog = Progress(stage, steps, start=st.start, every=c.log.every)
+  schedule_fn = state_lib.make_schedule(lr or c.optim.lr, steps, schedule or c.optim.schedule,
+                                        c.optim.warmup_steps if lr_warmup < 0 else lr_warmup)
+  t_last, n_tok = time.time(), 0.0
+  for step in range(st.start, steps):
+    batch = next(source)
+    if step_fn is None:
+      step_fn = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh, st.shardings, batch,
+                                          num_micro=num_micro)
+    n_tok += float(batch.mask.sum())
+    st.state, m = step_fn(st.state, shd.put_batch(batch, run.mesh))
+    done = step + 1
+    if done % c.log.every == 0 or done == steps or done == st.start + 1:
+      m = {k: float(v) for k, v in shd.to_host(m).items()}
+      dt = time.time() - t_last
+      m.update(lr=float(schedule_fn(step)), tokens_per_s=n_tok / max(dt, 1e-9))
+      t_last, n_tok = time.time(), 0.0
+      run.writer.write(stage, done, m)
+      prog.update(done, fmt_metrics(m, ("loss", "ce", "mse", "grad_norm", "skipped")), force=True)
+    st.end_step(done, data=source.state())
+  return st.close()

@@ -1,0 +1,151 @@
+"""The layer order of docs/architecture.md, checked on the source: no import circles, no import
+that runs back up the layers, imports at the top of each file (function-local imports only of
+optional heavy dependencies), and no docstring that points outside the repository."""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PKG = ROOT / "real_jax"
+
+# Rank of each module, bottom up; a module imports only modules of a lower rank, or of the same
+# rank inside its own package. docs/architecture.md draws the same table.
+RANKS = {
+    "real_jax.layout": 0, "real_jax.sharding": 0, "real_jax.objectives": 0,
+    "real_jax.judge.formats": 0,
+    "real_jax.judge.scores": 1,
+    "real_jax.judge.prompts": 2, "real_jax.judge": 2,
+    "real_jax.data": 3, "real_jax.models": 3,
+    "real_jax.sampling": 4,
+    "real_jax.readout": 5, "real_jax.mechanism": 5,
+    "real_jax.train.batch": 6, "real_jax.train.state": 6, "real_jax.train.metrics": 6,
+    "real_jax.train.checkpoint": 7, "real_jax.train.config_lib": 7,
+    "real_jax.train.data_utils": 8, "real_jax.train.steps": 8,
+    "real_jax.train.runner": 9,
+    "real_jax.train.supervised": 10, "real_jax.train.tract": 10, "real_jax.train.rl": 10,
+    "real_jax.train.pretrain": 11,
+    "real_jax.train": 11,
+    "real_jax.evaluate": 12,
+    "real_jax.judging": 13, "real_jax.main": 13, "real_jax.tools": 13, "real_jax": 14,
+}
+# Function-local imports allowed: optional or test-only heavy dependencies, and the package's
+# lazy `real_jax.Judge` attribute.
+LOCAL_OK = {"torch", "transformers", "pyarrow.parquet", "tensorboardX", "real_jax.judging"}
+
+
+def _modules():
+  out = {}
+  for path in PKG.rglob("*.py"):
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+      parts = parts[:-1]
+    out[".".join(parts)] = path
+  return out
+
+
+MODULES = _modules()
+
+
+def _rank(mod: str) -> int:
+  best = None
+  for prefix, r in RANKS.items():
+    if mod == prefix or mod.startswith(prefix + "."):
+      if best is None or len(prefix) > len(best[0]):
+        best = (prefix, r)
+  assert best is not None, f"{mod} has no rank in RANKS: add it (and to docs/architecture.md)"
+  return best[1]
+
+
+def _package(mod: str) -> str:
+  return mod if MODULES[mod].name == "__init__.py" else mod.rsplit(".", 1)[0]
+
+
+def _imports(mod: str):
+  """(imported real_jax module, line, at top level) for every import in `mod`."""
+  tree = ast.parse(MODULES[mod].read_text())
+  top = set(map(id, tree.body))
+  out = []
+  for node in ast.walk(tree):
+    names = []
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      base = node.module
+      names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+    for n in names:
+      out.append((n, node.lineno, id(node) in top))
+  return out
+
+
+def test_every_module_has_a_rank():
+  for mod in MODULES:
+    _rank(mod)
+
+
+def test_no_import_runs_back_up_the_layers():
+  bad = []
+  for mod in MODULES:
+    for name, line, _ in _imports(mod):
+      if not name.startswith("real_jax") or name not in MODULES or name == mod:
+        continue
+      if mod == "real_jax" or name == _package(mod):
+        continue  # a package's __init__ re-exports; a module may read its own package's names
+      same_pkg = _package(name) == _package(mod)
+      if _rank(name) > _rank(mod) or (_rank(name) == _rank(mod) and not same_pkg):
+        bad.append(f"{mod}:{line} imports {name} (rank {_rank(name)} >= {_rank(mod)})")
+  assert not bad, "\n".join(bad)
+
+
+def test_no_import_circles():
+  graph = {m: {n for n, _, _ in _imports(m) if n in MODULES and n != m} for m in MODULES}
+  state, stack, cycles = {}, [], []
+
+  def visit(m):
+    state[m] = 1
+    stack.append(m)
+    for n in sorted(graph[m]):
+      if n == "real_jax.judging" and m == "real_jax":
+        continue  # the lazy attribute, imported on first use
+      if state.get(n) == 1:
+        cycles.append(stack[stack.index(n):] + [n])
+      elif n not in state:
+        visit(n)
+    stack.pop()
+    state[m] = 2
+
+  for m in sorted(graph):
+    if m not in state:
+      visit(m)
+  # A submodule reading names of its own package's __init__ (which imports it) is Python's
+  # package idiom, not a circle between layers.
+  cycles = [c for c in cycles if not (len(c) == 3 and c[0] == _package(c[1]))]
+  assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_imports_are_at_the_top():
+  bad = []
+  for mod in MODULES:
+    for name, line, at_top in _imports(mod):
+      if at_top or any(name == ok or name.startswith(ok + ".") for ok in LOCAL_OK):
+        continue
+      bad.append(f"{mod}:{line} imports {name} inside a function")
+  assert not bad, "\n".join(bad)
+
+
+OUTSIDE = ("DESIGN.md", "DESIGN \u00a7", "../shared", "official_code.md", "anchors.md")
+
+
+@pytest.mark.parametrize("folder", ["real_jax", "tests", "benchmarks", "configs", "experiments"])
+def test_no_reference_outside_the_repository(folder):
+  bad = []
+  for path in (ROOT / folder).rglob("*.py"):
+    if path.resolve() == pathlib.Path(__file__).resolve():
+      continue
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+      if any(o in line for o in OUTSIDE):
+        bad.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+  assert not bad, ("point into the repository (docs/architecture.md), not to files a clone "
+                   "does not have:\n" + "\n".join(bad))
