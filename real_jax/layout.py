@@ -44,31 +44,32 @@ def bucket_length(n: int, buckets: Sequence[int], *, overflow: str = "error") ->
   raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}")
 
 
-def left_pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int
+def pad_rows(seqs: Sequence[Sequence[int]], length: int, pad_id: int, *, side: str
              ) -> tuple[np.ndarray, np.ndarray]:
-  """[len(seqs), length] int32 tokens left-padded with pad_id, and the 0/1 int32 mask."""
+  """[len(seqs), length] int32 tokens padded with pad_id on `side` ("left" or "right"), and the
+  0/1 int32 mask of the real tokens."""
   tokens = np.full((len(seqs), length), pad_id, np.int32)
   mask = np.zeros((len(seqs), length), np.int32)
   for i, s in enumerate(seqs):
     if len(s) > length:
       raise ValueError(f"sequence of length {len(s)} does not fit in {length}")
+    cols = slice(length - len(s), length) if side == "left" else slice(0, len(s))
     if len(s):
-      tokens[i, length - len(s):] = s
-      mask[i, length - len(s):] = 1
+      tokens[i, cols] = s
+      mask[i, cols] = 1
   return tokens, mask
+
+
+def left_pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Prompts: `pad_rows(..., side="left")`."""
+  return pad_rows(seqs, length, pad_id, side="left")
 
 
 def right_pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int
               ) -> tuple[np.ndarray, np.ndarray]:
-  """[len(seqs), length] int32 tokens right-padded with pad_id, and the 0/1 int32 mask."""
-  tokens = np.full((len(seqs), length), pad_id, np.int32)
-  mask = np.zeros((len(seqs), length), np.int32)
-  for i, s in enumerate(seqs):
-    if len(s) > length:
-      raise ValueError(f"sequence of length {len(s)} does not fit in {length}")
-    tokens[i, :len(s)] = s
-    mask[i, :len(s)] = 1
-  return tokens, mask
+  """Responses: `pad_rows(..., side="right")`."""
+  return pad_rows(seqs, length, pad_id, side="right")
 
 
 def widen_left(a: np.ndarray, width: int, value=0) -> np.ndarray:
