@@ -1,5 +1,8 @@
 """Judge prompts (Prometheus absolute grading), score tokens and output parsing.
 
+Three modules, bottom up: `formats` (output formats, the tokenizer loader), `scores` (score
+tokens from the tokenizer, parsing), `prompts` (the prompt template, targets, chat rendering).
+
   from real_jax.judge import prompts, scores
   text = prompts.build_judge_prompt(record, output_format="score_phrase")
   ids = prompts.render_chat(tokenizer, text)                  # chat template, generation prompt on
