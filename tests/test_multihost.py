@@ -34,8 +34,9 @@ def _free_port() -> int:
 
 
 def _launch(workdir, devices, extra=()):
+  # The suite's lower XLA optimisation effort (tests/conftest.py), for every process alike.
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, JAX_EXEC_TIME_OPTIMIZATION_EFFORT="-1")
   cmd = [sys.executable, "-m", "real_jax.main",
          f"--config={os.path.join(ROOT, 'configs', 'synthetic.py')}:runlocal",
          f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in OVERRIDES.items()], *extra]
