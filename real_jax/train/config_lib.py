@@ -102,6 +102,33 @@ def load_config(spec: str) -> ConfigDict:
   return mod.get_config(arg or None)
 
 
+def set_field(config: ConfigDict, path: str, value: str) -> None:
+  """`config.<path> = value`, the string parsed as the field's type (tools' `--set a.b=v`)."""
+  *parents, leaf = path.split(".")
+  node = config
+  for part in parents:
+    if part not in node:
+      raise ConfigError(f"unknown config field {path!r} (no {part!r})")
+    node = node[part]
+  if leaf not in node:
+    raise ConfigError(f"unknown config field {path!r}")
+  old = node[leaf]
+  try:
+    if isinstance(old, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(value)
+      new = value.lower() in ("true", "1")
+    elif isinstance(old, int):
+      new = int(value)
+    elif isinstance(old, float):
+      new = float(value)
+    else:
+      new = value
+  except ValueError:
+    raise ConfigError(f"{path}={value!r} is not a {type(old).__name__}") from None
+  node[leaf] = new
+
+
 def base_config() -> ConfigDict:
   """Every field of a run config, with its default. Configs override values, never add fields."""
   c = ConfigDict()

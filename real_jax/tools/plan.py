@@ -1,0 +1,319 @@
+r"""Will it fit? Compiles a run's programs ahead of time for a TPU topology and reports memory.
+
+  pip install -e ".[tpu]"      # libtpu: the TPU compiler, usable without a TPU
+  python -m real_jax.tools.plan --config configs/prometheus.py:size=8b --topology v5p:2x2x2
+  python -m real_jax.tools.plan --config configs/synthetic.py:runlocal --topology v5e:2x2 \
+      --config.model.preset=tiny --json plan.json
+
+Builds the run's real programs on the topology's devices with the config's mesh — the RL train
+step (REAL / standard RL) or the supervised step of the method, the warm-up SFT step when the
+run has one, the rollout sampler at `rl.sample_prompts` prompts x `rl.group_size` samples, the
+rollout scoring pass, and the evaluation sampler — lowers them with abstract inputs
+(`jax.ShapeDtypeStruct`s carrying their shardings, nothing allocated) and compiles them with the
+TPU compiler. Per program it prints the compiler's per-device argument, output, temporary and
+peak bytes against the chip's HBM, whether it fits with `--headroom`, and the compile time. The
+chip's usable HBM is the compiler's own figure (read from the message of a compile that cannot
+fit). A program the compiler refuses is reported with the compiler's message. Exit status: 0
+when every program fits, 1 when one does not, 2 for a bad config or topology.
+
+Topology names are libtpu's: `v5e:2x2` (4 v5e chips), `v5p:2x2x1` (4 v5p chips = a "v5p-8"
+slice, whose name counts TensorCores), `v5p:2x2x2` (8 chips).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import topologies
+
+from real_jax import models, readout, sampling
+from real_jax import sharding as shd
+from real_jax.judge.scores import ScoreTokens
+from real_jax.train import config_lib, data_utils, state as state_lib, steps as steps_lib
+from real_jax.train.batch import LMBatch, RLBatch
+from real_jax.train.rl import loss_config
+
+# Stand-in score tokens: ids and values only shape the programs, never their memory.
+_SCORE_TOKENS = ScoreTokens(token_ids=(16, 17, 18, 19, 20), values=(1.0, 2.0, 3.0, 4.0, 5.0),
+                            delimiter_ids=(5, 6, 7), eos_id=2)
+_GIB = 2 ** 30
+
+
+@dataclasses.dataclass
+class ProgramReport:
+  """One compiled program: per-device bytes (the compiler's `memory_analysis`), or its error."""
+  name: str
+  shape: str
+  argument: int = 0
+  output: int = 0
+  temp: int = 0
+  alias: int = 0
+  peak: int = 0
+  seconds: float = 0.0
+  fits: bool = False
+  error: str = ""
+
+
+def topology_devices(name: str):
+  """The devices of a TPU topology (no TPU needed: libtpu describes it)."""
+  try:
+    topo = topologies.get_topology_desc(topology_name=name, platform="tpu")
+  except Exception as e:  # libtpu missing, or an unknown name
+    raise config_lib.ConfigError(
+        f"topology {name!r} unavailable ({str(e).splitlines()[0][:200]}); install the TPU "
+        "compiler with pip install -e \".[tpu]\" and use a libtpu name such as v5e:2x2 or "
+        "v5p:2x2x2") from None
+  return list(topo.devices)
+
+
+_HBM_RE = re.compile(r"available HBM \(([\d.]+)([KMGT])\)|([\d.]+)([KMGT]) of HBM")
+
+
+def usable_hbm(devices) -> int:
+  """The usable HBM bytes of one chip, as the compiler states it when a program cannot fit."""
+  mesh = shd.make_mesh({"data": 1}, devices=devices[:1])
+  rep = shd.replicated(mesh)
+  huge = 1 << 42  # 16 TiB of float32: more than any chip
+  fn = jax.jit(lambda: jnp.zeros((huge // 4,), jnp.float32), out_shardings=rep)
+  try:
+    fn.lower().compile()
+  except Exception as e:
+    m = _HBM_RE.search(str(e))
+    if m:
+      value, unit = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+      return int(float(value) * {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit])
+    raise RuntimeError(f"could not read the HBM size from the compiler: {str(e)[:300]}") from None
+  raise RuntimeError("a 16 TiB program compiled: is this a TPU topology?")
+
+
+def _sds(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)
+
+
+def _batch_sds(cls, mesh, **fields):
+  """A typed batch of ShapeDtypeStructs ((shape, dtype) per field), batch axis sharded."""
+  return cls(**{k: jax.ShapeDtypeStruct(s, d, sharding=shd.batch_sharding(mesh, len(s)))
+                for k, (s, d) in fields.items()})
+
+
+def model_config(config) -> models.Qwen3Config:
+  """The config's model from its preset (the plan needs shapes, not weights)."""
+  mc = config.model
+  cfg = models.get_preset(mc.preset).model
+  over = {"scan_layers": bool(mc.scan_layers)}
+  if mc.remat:
+    over["remat"] = mc.remat
+  if mc.vocab_size > 0:
+    over["vocab_size"] = int(mc.vocab_size)
+  if mc.dtype:
+    over["dtype"] = mc.dtype
+  if mc.param_dtype:
+    over["param_dtype"] = mc.param_dtype
+  return cfg.replace(**over)
+
+
+def programs(config, mesh) -> dict[str, tuple[Any, tuple, str]]:
+  """name -> (jitted function, abstract arguments, shape description) of the run's programs."""
+  c = config
+  cfg = model_config(c)
+  graphdef, abstract = models.abstract_model(cfg)
+  p_sh = models.param_shardings(abstract, mesh)
+  params = _sds(abstract, p_sh)
+  lp = max(data_utils.prompt_buckets(c))
+  out: dict[str, tuple[Any, tuple, str]] = {}
+
+  def train_step(name, loss, batch, num_micro, steps):
+    tx = state_lib.optimizer_from_config(c.optim, steps=max(steps, 1))
+    sh = state_lib.state_shardings(abstract, tx, mesh)
+    state = _sds(state_lib.abstract_state(abstract, tx), sh)
+    fn = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, batch, num_micro=num_micro)
+    rows, width = batch.tokens.shape
+    out[name] = (fn, (state, batch), f"{rows} rows x {width} tokens, {num_micro} micro-batches")
+
+  def lm_batch(rows, width):
+    i32, f32 = jnp.int32, jnp.float32
+    return _batch_sds(LMBatch, mesh, tokens=((rows, width), i32), mask=((rows, width), bool),
+                      loss_mask=((rows, width), f32), score_pos=((rows,), i32),
+                      target=((rows,), f32), target_id=((rows,), i32),
+                      sample_mask=((rows,), f32))
+
+  st = _SCORE_TOKENS
+  method = c.method
+  if c.warmup.steps > 0 and method in ("sft", "raft", "tract", "grpo", "real"):
+    w = c.warmup
+    train_step("warmup_step", steps_lib.sft_objective(),
+               lm_batch(w.batch_size, lp + c.data.max_target_len),
+               w.batch_size // w.micro_batch_size if w.micro_batch_size else 1, w.steps)
+  if method in ("sft", "raft", "tract"):
+    t = c.train
+    loss = {"sft": steps_lib.sft_objective(),
+            "raft": steps_lib.raft_objective(st),
+            "tract": steps_lib.cot_raft_objective(st)}[method]
+    train_step(f"{method}_step", loss, lm_batch(t.batch_size, lp + c.data.max_target_len),
+               t.batch_size // t.micro_batch_size if t.micro_batch_size else 1, t.steps)
+  if method in ("grpo", "real"):
+    rl = c.rl
+    lcfg = loss_config(c, method, st.values)
+    loss = (steps_lib.grpo_objective(lcfg) if method == "grpo"
+            else steps_lib.real_objective(st, lcfg))
+    rows, width = rl.mini_batch_size, lp + rl.max_response_len + 1
+    i32, f32 = jnp.int32, jnp.float32
+    seq = ((rows, width), f32)
+    batch = _batch_sds(RLBatch, mesh, tokens=((rows, width), i32), mask=((rows, width), bool),
+                       score_pos=((rows,), i32), cot_mask=seq, old_lp=seq, ref_lp=seq,
+                       target=((rows,), f32), target_id=((rows,), i32), adv=((rows,), f32),
+                       pg_keep=((rows,), f32), refine_keep=((rows,), f32))
+    train_step("rl_step", loss, batch,
+               rows // rl.micro_batch_size if rl.micro_batch_size else 1, rl.steps)
+    settings = readout.SamplerSettings(max_new_tokens=rl.max_response_len,
+                                       temperature=rl.temperature, top_p=rl.top_p,
+                                       top_k=rl.top_k)
+    prompts = rl.sample_prompts or rl.prompts_per_step
+    out["rollout_sampler"] = _sampler(graphdef, params, settings, prompts, rl.group_size, lp,
+                                      mesh)
+    score_rows = rl.score_batch_size or rl.micro_batch_size or rl.mini_batch_size
+    score_fn = readout.make_score_fn(
+        graphdef, st, mesh, score_temperature=rl.score_temperature, renormalize=rl.renormalize,
+        sample_temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k, greedy=False,
+        response_width=lcfg.response_width)
+    out["rollout_scoring"] = _scoring(score_fn, params, score_rows, width, mesh)
+  if method != "pretrain" and (c.eval.at_end or c.eval.every or method == "eval"):
+    e = c.eval
+    settings = readout.SamplerSettings(max_new_tokens=e.max_response_len,
+                                       temperature=e.temperature, top_p=e.top_p,
+                                       greedy=e.greedy)
+    out["eval_sampler"] = _sampler(graphdef, params, settings, e.batch_size, 1, lp, mesh)
+  return out
+
+
+def _sampler(graphdef, params, settings, prompts: int, n: int, lp: int, mesh):
+  cfg = readout._sampling_config(settings, _SCORE_TOKENS, 0, (lp,))
+  fn = sampling._compiled_sampler(graphdef, cfg, n, mesh, sampling._rules_key(shd.DEFAULT_RULES))
+  b = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt,
+                                             sharding=shd.batch_sharding(mesh, len(shape)))
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=shd.replicated(mesh))
+  args = (params, b((prompts, lp), jnp.int32), b((prompts, lp), bool), key,
+          b((prompts,), jnp.int32))
+  return fn, args, (f"{prompts} prompts x {n} samples, prompt {lp} + "
+                    f"{settings.max_new_tokens} new tokens")
+
+
+def _scoring(score_fn, params, rows: int, width: int, mesh):
+  b = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt,
+                                             sharding=shd.batch_sharding(mesh, len(shape)))
+  batch = {"tokens": b((rows, width), jnp.int32), "mask": b((rows, width), bool),
+           "score_pos": b((rows,), jnp.int32), "target_id": b((rows,), jnp.int32),
+           "probe": b((rows,), jnp.int32)}
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=shd.replicated(mesh))
+  return score_fn, (params, batch, key), f"{rows} rows x {width} tokens"
+
+
+def compile_report(name: str, fn, args, shape: str, hbm: int, headroom: float) -> ProgramReport:
+  """Compiles one program ahead of time; its per-device memory against `hbm`."""
+  r = ProgramReport(name, shape)
+  t0 = time.time()
+  try:
+    m = fn.lower(*args).compile().memory_analysis()
+  except Exception as e:  # the TPU compiler refuses programs that exceed HBM
+    r.seconds = time.time() - t0
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    r.error = next((l for l in lines if "HBM" in l or "memory" in l.lower()), lines[0] if lines
+                   else type(e).__name__)[:400]
+    return r
+  r.seconds = time.time() - t0
+  r.argument, r.output = int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
+  r.temp, r.alias = int(m.temp_size_in_bytes), int(m.alias_size_in_bytes)
+  r.peak = int(getattr(m, "peak_memory_in_bytes", 0) or
+               (r.argument + r.output - r.alias + r.temp))
+  r.fits = r.peak <= hbm * (1.0 - headroom)
+  return r
+
+
+def plan(config, topology: str, *, headroom: float = 0.1, only: tuple[str, ...] = ()
+         ) -> dict[str, Any]:
+  """Compiles the config's programs for `topology`; returns the report (JSON-able)."""
+  devices = topology_devices(topology)
+  mesh_shape = config_lib.validate(config, len(devices))
+  n = mesh_shape["data"] * mesh_shape["fsdp"] * mesh_shape["tensor"]
+  mesh = shd.make_mesh(mesh_shape, devices=devices[:n])
+  hbm = usable_hbm(devices)
+  reports = []
+  for name, (fn, args, shape) in programs(config, mesh).items():
+    if only and name not in only:
+      continue
+    reports.append(compile_report(name, fn, args, shape, hbm, headroom))
+  return {"topology": topology, "chips": len(devices), "device_kind": devices[0].device_kind,
+          "mesh": mesh_shape, "hbm_bytes": hbm, "headroom": headroom,
+          "model": config.model.preset, "method": config.method,
+          "programs": [dataclasses.asdict(r) for r in reports],
+          "fits": all(r.fits for r in reports)}
+
+
+def markdown(report: dict[str, Any]) -> str:
+  hbm = report["hbm_bytes"] / _GIB
+  lines = [f"{report['model']} {report['method']} on {report['topology']} "
+           f"({report['chips']} x {report['device_kind']}, {hbm:.2f} GiB HBM each), mesh "
+           f"{report['mesh']}, headroom {100 * report['headroom']:.0f}%", "",
+           "| program | shape | arguments | temp | peak / device | of HBM | fits | compile |",
+           "|---|---|---:|---:|---:|---:|---|---:|"]
+  for p in report["programs"]:
+    if p["error"]:
+      lines.append(f"| {p['name']} | {p['shape']} | – | – | – | – | **no**: "
+                   f"{p['error'].replace('|', '/')} | {p['seconds']:.0f} s |")
+      continue
+    lines.append(f"| {p['name']} | {p['shape']} | {p['argument'] / _GIB:.2f} GiB | "
+                 f"{p['temp'] / _GIB:.2f} GiB | {p['peak'] / _GIB:.2f} GiB | "
+                 f"{100 * p['peak'] / report['hbm_bytes']:.0f}% | "
+                 f"{'yes' if p['fits'] else '**no**'} | {p['seconds']:.0f} s |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--config", required=True, help="configs/FILE.py[:ARG]")
+  p.add_argument("--topology", required=True, help="libtpu topology, e.g. v5e:2x2, v5p:2x2x2")
+  p.add_argument("--headroom", type=float, default=0.1,
+                 help="fraction of HBM a program must leave free to count as fitting")
+  p.add_argument("--only", default="", help="comma-separated program names")
+  p.add_argument("--json", default="", help="also write the report as JSON here")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="config override, e.g. --set rl.sample_prompts=32 (repeatable)")
+  a, rest = p.parse_known_args(argv)
+  overrides = list(a.set) + [r[len("--config."):] for r in rest if r.startswith("--config.")]
+  unknown = [r for r in rest if not r.startswith("--config.")]
+  if unknown:
+    print(f"plan: unknown arguments {unknown}", file=sys.stderr)
+    return 2
+  try:
+    config = config_lib.load_config(a.config)
+    for o in overrides:
+      key, _, value = o.partition("=")
+      config_lib.set_field(config, key, value)
+    report = plan(config, a.topology, headroom=a.headroom,
+                  only=tuple(x for x in a.only.split(",") if x))
+  except config_lib.ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
+  print(markdown(report))
+  if a.json:
+    with open(a.json, "w") as f:
+      json.dump(report, f, indent=2)
+  if not report["fits"]:
+    print("does not fit: " + ", ".join(pr["name"] for pr in report["programs"]
+                                        if not pr["fits"]), file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
