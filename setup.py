@@ -23,8 +23,12 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",  # plots of experiments and notebooks (PNG, headless Agg backend)
 ]
 
+LIBTPU = "libtpu==0.0.42.1"  # the TPU compiler (what jax[tpu]==0.10.2 pins): plans without a TPU
+
 EXTRAS = {
+    "tpu": [LIBTPU],
     "test": [
+        LIBTPU,  # tests/test_plan.py compiles for a TPU topology
         "pytest==9.2.0",
         "torch==2.13.0",  # CPU wheel; reference implementation for parity tests only
         "nbmake==1.5.5",

@@ -1,0 +1,51 @@
+"""`python -m real_jax.tools.plan`: the run's programs compiled ahead of time for a TPU topology
+(libtpu from the test extra; no TPU needed), per-device memory against the chip's HBM."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = [sys.executable, "-m", "real_jax.tools.plan", "--config=configs/synthetic.py:runlocal",
+        "--topology=v5e:2x2", "--set", "model.preset=tiny", "--set", "mesh.data=-1"]
+
+
+def _plan(tmp_path, *extra):
+  out = tmp_path / "plan.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  r = subprocess.run(BASE + [f"--json={out}", *extra], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=600)
+  return r, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_plan_fits_a_tiny_run_on_v5e(tmp_path):
+  r, rep = _plan(tmp_path)
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+  assert rep["chips"] == 4 and rep["device_kind"].startswith("TPU v5")
+  assert abs(rep["hbm_bytes"] / 2**30 - 15.75) < 0.01  # the compiler's own figure for v5e
+  names = [p["name"] for p in rep["programs"]]
+  assert names == ["warmup_step", "rl_step", "rollout_sampler", "rollout_scoring", "eval_sampler"]
+  for p in rep["programs"]:
+    assert p["fits"] and not p["error"] and 0 < p["peak"] < rep["hbm_bytes"] and p["argument"] > 0
+  # The RL step holds the parameters and both Adam moments (float32): at least 3x the params.
+  step = next(p for p in rep["programs"] if p["name"] == "rl_step")
+  sampler = next(p for p in rep["programs"] if p["name"] == "rollout_sampler")
+  assert step["argument"] > 2.5 * sampler["argument"]
+  assert "| rl_step |" in r.stdout and "yes" in r.stdout
+
+
+def test_plan_reports_what_does_not_fit_and_exits_1(tmp_path):
+  # 32768 evaluation prompts x 4224 cached positions: ~21 GiB of KV cache per v5e chip.
+  r, rep = _plan(tmp_path, "--only=eval_sampler", "--set", "eval.batch_size=32768",
+                 "--set", "eval.max_response_len=4096")
+  assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+  (p,) = rep["programs"]
+  assert not p["fits"] and "exceeds available HBM" in p["error"]
+  assert "does not fit: eval_sampler" in r.stderr and "**no**" in r.stdout
+
+
+def test_plan_rejects_an_unknown_topology_and_field(tmp_path):
+  r, _ = _plan(tmp_path, "--topology=v9z:1x1")
+  assert r.returncode == 2 and "topology 'v9z:1x1' unavailable" in r.stderr
+  r, _ = _plan(tmp_path, "--set", "rl.no_such_field=3")
+  assert r.returncode == 2 and "unknown config field 'rl.no_such_field'" in r.stderr
