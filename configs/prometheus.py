@@ -17,11 +17,13 @@ REAL, the RAFT/TRACT-initialised judge, as the authors do); `data.manual_dir` th
 TRACT files (see `real_jax.data.builders` for the file names). Without hf_dir the preset's
 architecture is randomly initialised (throughput tests only).
 
-Hardware and mesh (per size; the preset picks it, override with --config.mesh.*):
-  0.6b   1-8 GPUs/TPU chips, data parallel          (mesh data=-1)
-  1.7b   1-8 GPUs/TPU chips, FSDP                    (fsdp=-1)
-  4b, 8b 8 GPUs (H100 80GB) or a v5p-8 / v4-8, FSDP  (fsdp=8, data=-1 for more hosts)
-  14b,32b 16 GPUs / v5p-16+, FSDP x tensor 2          (fsdp=8, tensor=2)
+Hardware and mesh (per size; override with --config.mesh.*). Every row fits its named TPU slice
+with at least 10% of HBM free per chip, by `python -m real_jax.tools.plan` (README, "Will it
+fit?"); slice names count v5p TensorCores (v5p-8 = 4 chips) and v5e chips:
+  0.6b, 1.7b  8 v5e chips (v5e-8) or 8 GPUs, FSDP over all chips    (fsdp=-1)
+  4b, 8b      4 v5p chips (v5p-8), or 8 v5p chips / 8 H100 80GB, FSDP (fsdp=-1)
+  14b, 32b    16 v5p chips (v5p-32) or 16 H100, FSDP 8 x tensor 2   (fsdp=8, tensor=2)
+GPU memory is not compiled here (no GPU target without a GPU): the TPU figures are the guide.
 
 Hyperparameters are the authors' (docs/architecture.md, A3): REAL/GRPO: 256 prompts per
 update, n=16 (8 at 32b), T=1.0, top-p 0.9, prompt <= 2048, response <= 1024, AdamW (0.9, 0.999),
@@ -43,18 +45,21 @@ base 52.7 -> RAFT 62.6 -> REAL 71.0 (the 8B rows are not published). Wall-clock:
 here (no accelerator in this project's CI).
 """
 
-from real_jax.models import presets
 from real_jax.train import config_lib
 
 SIZES = ("0.6b", "1.7b", "4b", "8b", "14b", "32b")
-MICRO_BATCH = {"0.6b": 64, "1.7b": 32, "4b": 16, "8b": 16, "14b": 8, "32b": 8}
+MICRO_BATCH = {"0.6b": 32, "1.7b": 16, "4b": 16, "8b": 16, "14b": 8, "32b": 8}
+# Prompts per sampler call (x rl.group_size rows): the rollout's KV cache per chip (plan tool).
+SAMPLE_PROMPTS = {"0.6b": 32, "1.7b": 32, "4b": 64, "8b": 64, "14b": 64, "32b": 64}
+# (data, fsdp, tensor); -1 = every remaining chip.
+MESH = {"0.6b": (1, -1, 1), "1.7b": (1, -1, 1), "4b": (1, -1, 1), "8b": (1, -1, 1),
+        "14b": (-1, 8, 2), "32b": (-1, 8, 2)}
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, size="8b", method="real", beta=0.01, hf_dir="", manual_dir="")
   if a.size not in SIZES:
     raise config_lib.ConfigError(f"size={a.size!r}; expected one of {SIZES}")
-  preset = presets.get_preset(a.size)
   c = config_lib.base_config()
   c.method = a.method
   c.model.preset = f"qwen3-{a.size}"
@@ -63,14 +68,7 @@ def get_config(arg=None):
   c.model.param_dtype = "float32"
   c.model.remat = "full"
 
-  mesh = dict(preset.mesh)
-  c.mesh.tensor = mesh.get("tensor", 1)
-  if mesh.get("fsdp", 1) == -1:
-    c.mesh.data, c.mesh.fsdp = 1, -1
-  elif "fsdp" in mesh:
-    c.mesh.data, c.mesh.fsdp = -1, mesh["fsdp"]
-  else:
-    c.mesh.data, c.mesh.fsdp = -1, 1
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = MESH[a.size]
 
   c.data.name = "feedback_collection"
   c.data.manual_dir = a.manual_dir
@@ -104,7 +102,7 @@ def get_config(arg=None):
   c.rl.epochs = 3
   c.rl.mini_batch_size = 256 * c.rl.group_size // (1 if a.size == "32b" else 4)
   c.rl.micro_batch_size = micro
-  c.rl.sample_prompts = 64
+  c.rl.sample_prompts = SAMPLE_PROMPTS[a.size]
   c.rl.temperature = 1.0
   c.rl.top_p = 0.9
   c.rl.max_response_len = 1024

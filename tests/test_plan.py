@@ -32,6 +32,12 @@ def test_plan_fits_a_tiny_run_on_v5e(tmp_path):
   sampler = next(p for p in rep["programs"] if p["name"] == "rollout_sampler")
   assert step["argument"] > 2.5 * sampler["argument"]
   assert "| rl_step |" in r.stdout and "yes" in r.stdout
+  # --summarize: one row per report, the peaks in GiB (the README's plan table).
+  t = subprocess.run([sys.executable, "-m", "real_jax.tools.plan", "--summarize",
+                      str(tmp_path / "plan.json")], cwd=ROOT, capture_output=True, text=True)
+  assert t.returncode == 0, t.stderr[-2000:]
+  row = t.stdout.strip().splitlines()[-1]
+  assert row.startswith("| tiny | real | v5e:2x2 (4 x TPU v5") and row.endswith("| yes |")
 
 
 def test_plan_reports_what_does_not_fit_and_exits_1(tmp_path):

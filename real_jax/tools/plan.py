@@ -3,7 +3,8 @@ r"""Will it fit? Compiles a run's programs ahead of time for a TPU topology and 
   pip install -e ".[tpu]"      # libtpu: the TPU compiler, usable without a TPU
   python -m real_jax.tools.plan --config configs/prometheus.py:size=8b --topology v5p:2x2x2
   python -m real_jax.tools.plan --config configs/synthetic.py:runlocal --topology v5e:2x2 \
-      --config.model.preset=tiny --json plan.json
+      --set model.preset=tiny --json plan.json
+  python -m real_jax.tools.plan --summarize plan_*.json     # one table over several reports
 
 Builds the run's real programs on the topology's devices with the config's mesh — the RL train
 step (REAL / standard RL) or the supervised step of the method, the warm-up SFT step when the
@@ -278,10 +279,34 @@ def markdown(report: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def summary_table(reports: list[dict[str, Any]]) -> str:
+  """One row per (model, topology): peak GiB per chip of each program, and whether all fit."""
+  names = []
+  for r in reports:
+    names += [p["name"] for p in r["programs"] if p["name"] not in names]
+  lines = ["| model | method | topology (chips) | mesh | " + " | ".join(names) + " | fits |",
+           "|---|---|---|---|" + "---:|" * len(names) + "---|"]
+  for r in reports:
+    by = {p["name"]: p for p in r["programs"]}
+    cells = []
+    for n in names:
+      p = by.get(n)
+      cells.append("–" if p is None else ("does not compile" if p["error"] else
+                                          f"{p['peak'] / _GIB:.1f}"))
+    m = r["mesh"]
+    lines.append(f"| {r['model']} | {r['method']} | {r['topology']} ({r['chips']} x "
+                 f"{r['device_kind']}, {r['hbm_bytes'] / _GIB:.2f} GiB) | "
+                 f"{m['data']}x{m['fsdp']}x{m['tensor']} | " + " | ".join(cells) +
+                 f" | {'yes' if r['fits'] else '**no**'} |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--config", required=True, help="configs/FILE.py[:ARG]")
-  p.add_argument("--topology", required=True, help="libtpu topology, e.g. v5e:2x2, v5p:2x2x2")
+  p.add_argument("--config", help="configs/FILE.py[:ARG]")
+  p.add_argument("--topology", help="libtpu topology, e.g. v5e:2x2, v5p:2x2x2")
+  p.add_argument("--summarize", nargs="+", metavar="JSON",
+                 help="print one table (peak GiB per chip) of reports written with --json")
   p.add_argument("--headroom", type=float, default=0.1,
                  help="fraction of HBM a program must leave free to count as fitting")
   p.add_argument("--only", default="", help="comma-separated program names")
@@ -289,6 +314,16 @@ def main(argv=None) -> int:
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="config override, e.g. --set rl.sample_prompts=32 (repeatable)")
   a, rest = p.parse_known_args(argv)
+  if a.summarize:
+    reports = []
+    for path in a.summarize:
+      with open(path) as f:
+        reports.append(json.load(f))
+    print(summary_table(reports))
+    return 0
+  if not (a.config and a.topology):
+    print("plan: --config and --topology are required (or --summarize JSON...)", file=sys.stderr)
+    return 2
   overrides = list(a.set) + [r[len("--config."):] for r in rest if r.startswith("--config.")]
   unknown = [r for r in rest if not r.startswith("--config.")]
   if unknown:
