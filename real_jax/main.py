@@ -60,34 +60,23 @@ def _resolve_model(config, mesh, tokenizer):
   """(model cfg, graphdef, params): HF weights or a preset's random init; then optionally the
   parameters of config.init.checkpoint. Shape/mesh problems raise ConfigError before compiling."""
   mc = config.model
-  overrides = {}
-  if mc.remat:
-    overrides["remat"] = mc.remat
-  overrides["scan_layers"] = bool(mc.scan_layers)
+  overrides = config_lib.model_overrides(config)
   if mc.hf_dir:
     cfg = hf.config_from_hf(hf.read_config(mc.hf_dir), dtype=mc.dtype or None,
                             param_dtype=mc.param_dtype or None, **overrides)
   else:
-    cfg = models.get_preset(mc.preset).model
-    if mc.vocab_size == -1:
-      overrides["vocab_size"] = -(-len(tokenizer) // 64) * 64
-    elif mc.vocab_size > 0:
-      overrides["vocab_size"] = int(mc.vocab_size)
-    if mc.dtype:
-      overrides["dtype"] = mc.dtype
-    if mc.param_dtype:
-      overrides["param_dtype"] = mc.param_dtype
-    cfg = cfg.replace(**overrides)
+    cfg = config_lib.preset_model(config, len(tokenizer))
   if len(tokenizer) > cfg.vocab_size:
-    raise config_lib.ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-                      f"{cfg.vocab_size}; set config.model.vocab_size=-1 (from the tokenizer) or "
-                      "a larger value")
+    raise config_lib.ConfigError(
+        f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+        f"{cfg.vocab_size}; set config.model.vocab_size=-1 (from the tokenizer) or a larger value")
   graphdef, abstract = models.abstract_model(cfg)
   try:
     models.param_shardings(abstract, mesh)
   except ValueError as e:
-    raise config_lib.ConfigError(f"the model does not divide over mesh {dict(mesh.shape)}: {e}. Change "
-                      "config.mesh.* (e.g. a smaller tensor axis)") from None
+    raise config_lib.ConfigError(
+        f"the model does not divide over mesh {dict(mesh.shape)}: {e}. Change config.mesh.* (e.g. "
+        "a smaller tensor axis)") from None
   if mc.hf_dir:
     cfg, graphdef, params = hf.load_hf(mc.hf_dir, mesh=mesh, dtype=mc.dtype or None,
                                        param_dtype=mc.param_dtype or None, **overrides)

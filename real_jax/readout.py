@@ -65,7 +65,7 @@ def sample_cots(graphdef, params, prompt_tokens, prompt_mask, key, settings: Sam
   Every tokenisation of the delimiter the parser accepts (`score_tokens.variants`) is a stop
   sequence, so the sampler's first stop is the parser's first delimiter.
   """
-  cfg = _sampling_config(settings, score_tokens, pad_id, prompt_buckets)
+  cfg = sampling_config(settings, score_tokens, pad_id, prompt_buckets)
   out = sampling.sample(graphdef, params, np.asarray(prompt_tokens),
                         np.asarray(prompt_mask).astype(bool), key, cfg,
                         num_samples=num_samples, mesh=mesh)
@@ -84,7 +84,7 @@ def sample_cots(graphdef, params, prompt_tokens, prompt_mask, key, settings: Sam
           "truncated": truncated}
 
 
-def _sampling_config(settings: SamplerSettings, score_tokens: ScoreTokens, pad_id: int,
+def sampling_config(settings: SamplerSettings, score_tokens: ScoreTokens, pad_id: int,
                      prompt_buckets=None) -> sampling.SamplingConfig:
   kw = dict(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
             top_p=settings.top_p, top_k=settings.top_k, greedy=settings.greedy,

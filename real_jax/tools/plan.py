@@ -96,47 +96,30 @@ def usable_hbm(devices) -> int:
   raise RuntimeError("a 16 TiB program compiled: is this a TPU topology?")
 
 
-def _sds(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
-                      shardings)
+def _input(shape, dtype, mesh):
+  """An abstract [batch, ...] input, the batch axis over the data axes."""
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=shd.batch_sharding(mesh, len(shape)))
 
 
 def _batch_sds(cls, mesh, **fields):
-  """A typed batch of ShapeDtypeStructs ((shape, dtype) per field), batch axis sharded."""
-  return cls(**{k: jax.ShapeDtypeStruct(s, d, sharding=shd.batch_sharding(mesh, len(s)))
-                for k, (s, d) in fields.items()})
-
-
-def model_config(config) -> models.Qwen3Config:
-  """The config's model from its preset (the plan needs shapes, not weights)."""
-  mc = config.model
-  cfg = models.get_preset(mc.preset).model
-  over = {"scan_layers": bool(mc.scan_layers)}
-  if mc.remat:
-    over["remat"] = mc.remat
-  if mc.vocab_size > 0:
-    over["vocab_size"] = int(mc.vocab_size)
-  if mc.dtype:
-    over["dtype"] = mc.dtype
-  if mc.param_dtype:
-    over["param_dtype"] = mc.param_dtype
-  return cfg.replace(**over)
+  """A typed batch of abstract inputs ((shape, dtype) per field)."""
+  return cls(**{k: _input(s, d, mesh) for k, (s, d) in fields.items()})
 
 
 def programs(config, mesh) -> dict[str, tuple[Any, tuple, str]]:
   """name -> (jitted function, abstract arguments, shape description) of the run's programs."""
   c = config
-  cfg = model_config(c)
+  cfg = config_lib.preset_model(c)  # the plan needs shapes, not weights
   graphdef, abstract = models.abstract_model(cfg)
   p_sh = models.param_shardings(abstract, mesh)
-  params = _sds(abstract, p_sh)
+  params = state_lib.abstract_like(abstract, p_sh)
   lp = max(data_utils.prompt_buckets(c))
   out: dict[str, tuple[Any, tuple, str]] = {}
 
   def train_step(name, loss, batch, num_micro, steps):
     tx = state_lib.optimizer_from_config(c.optim, steps=max(steps, 1))
     sh = state_lib.state_shardings(abstract, tx, mesh)
-    state = _sds(state_lib.abstract_state(abstract, tx), sh)
+    state = state_lib.abstract_like(state_lib.abstract_state(abstract, tx), sh)
     fn = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, batch, num_micro=num_micro)
     rows, width = batch.tokens.shape
     out[name] = (fn, (state, batch), f"{rows} rows x {width} tokens, {num_micro} micro-batches")
@@ -198,10 +181,9 @@ def programs(config, mesh) -> dict[str, tuple[Any, tuple, str]]:
 
 
 def _sampler(graphdef, params, settings, prompts: int, n: int, lp: int, mesh):
-  cfg = readout._sampling_config(settings, _SCORE_TOKENS, 0, (lp,))
+  cfg = readout.sampling_config(settings, _SCORE_TOKENS, 0, (lp,))
   fn = sampling._compiled_sampler(graphdef, cfg, n, mesh, sampling._rules_key(shd.DEFAULT_RULES))
-  b = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt,
-                                             sharding=shd.batch_sharding(mesh, len(shape)))
+  b = lambda shape, dt: _input(shape, dt, mesh)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=shd.replicated(mesh))
   args = (params, b((prompts, lp), jnp.int32), b((prompts, lp), bool), key,
           b((prompts,), jnp.int32))
@@ -210,8 +192,7 @@ def _sampler(graphdef, params, settings, prompts: int, n: int, lp: int, mesh):
 
 
 def _scoring(score_fn, params, rows: int, width: int, mesh):
-  b = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt,
-                                             sharding=shd.batch_sharding(mesh, len(shape)))
+  b = lambda shape, dt: _input(shape, dt, mesh)
   batch = {"tokens": b((rows, width), jnp.int32), "mask": b((rows, width), bool),
            "score_pos": b((rows,), jnp.int32), "target_id": b((rows,), jnp.int32),
            "probe": b((rows,), jnp.int32)}

@@ -27,6 +27,7 @@ from real_jax import readout
 from real_jax.data import batching
 from real_jax.judge.formats import OutputFormat
 from real_jax.models import qwen3
+from real_jax.models.presets import get_preset
 from real_jax.train import state as state_lib
 
 ConfigDict = ml_collections.ConfigDict
@@ -100,6 +101,30 @@ def load_config(spec: str) -> ConfigDict:
   mod = importlib.util.module_from_spec(module)
   module.loader.exec_module(mod)
   return mod.get_config(arg or None)
+
+
+def model_overrides(config: ConfigDict) -> dict[str, Any]:
+  """The `model` block's switches that apply to any model source (HF weights or a preset)."""
+  mc = config.model
+  out: dict[str, Any] = {"remat": mc.remat} if mc.remat else {}
+  out["scan_layers"] = bool(mc.scan_layers)
+  return out
+
+
+def preset_model(config: ConfigDict, tokenizer_size: int | None = None) -> qwen3.Qwen3Config:
+  """The config's preset model with the `model` block's overrides. vocab_size -1 sizes the
+  vocabulary from the tokenizer (a multiple of 64; the preset's when no tokenizer is given)."""
+  mc = config.model
+  over = model_overrides(config)
+  if mc.vocab_size == -1 and tokenizer_size is not None:
+    over["vocab_size"] = -(-tokenizer_size // 64) * 64
+  elif mc.vocab_size > 0:
+    over["vocab_size"] = int(mc.vocab_size)
+  if mc.dtype:
+    over["dtype"] = mc.dtype
+  if mc.param_dtype:
+    over["param_dtype"] = mc.param_dtype
+  return get_preset(mc.preset).model.replace(**over)
 
 
 def set_field(config: ConfigDict, path: str, value: str) -> None:
