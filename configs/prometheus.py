@@ -1,4 +1,4 @@
-r"""Qwen3 judges on the Prometheus data (Feedback Collection -> FB Bench, FLASK, Vicuna, MT Bench).
+r"""Qwen3 and Mistral-7B judges on the Prometheus data (Feedback Collection -> FB Bench, FLASK, Vicuna, MT Bench).
 
 Command (one host; on a multi-host slice every host runs the same command with --multihost
 and a workdir on a filesystem all hosts share, e.g. NFS or a gcsfuse mount):
@@ -8,12 +8,13 @@ and a workdir on a filesystem all hosts share, e.g. NFS or a gcsfuse mount):
       --config.model.hf_dir=/models/Qwen3-8B-RAFT \
       --config.data.manual_dir=/data/prometheus
 
-`:arg` keys: size=0.6b|1.7b|4b|8b|14b|32b (default 8b), method=sft|raft|tract|grpo|real|eval
+`:arg` keys: size=0.6b|1.7b|4b|8b|14b|32b|mistral-7b (default 8b), method=sft|raft|tract|grpo|real|eval
 (default real), beta=<float> (REAL's refinement weight; default 0.01, the authors' README best;
 their scripts ship 0), hf_dir=, manual_dir= (same as the --config.* overrides).
 
-Inputs (local files, nothing is downloaded): `model.hf_dir` a Hugging Face Qwen3 directory (for
-REAL, the RAFT/TRACT-initialised judge, as the authors do); `data.manual_dir` the Prometheus /
+Inputs (local files, nothing is downloaded): `model.hf_dir` a Hugging Face Qwen3 or Mistral
+directory (for REAL, the RAFT/TRACT-initialised judge, as the authors do: Qwen3 from RAFT,
+Mistral-7B-Instruct-v0.2 from TRACT, `yasiz/Mistral-7b-v0.2-Instruct-TRACT-copy`); `data.manual_dir` the Prometheus /
 TRACT files (see `real_jax.data.builders` for the file names). Without hf_dir the preset's
 architecture is randomly initialised (throughput tests only).
 
@@ -22,18 +23,22 @@ with at least 10% of HBM free per chip, by `python -m real_jax.tools.plan` (READ
 fit?"); slice names count v5p TensorCores (v5p-8 = 4 chips) and v5e chips:
   0.6b, 1.7b  8 v5e chips (v5e-8) or 8 GPUs, FSDP over all chips    (fsdp=-1)
   4b, 8b      4 v5p chips (v5p-8), or 8 v5p chips / 8 H100 80GB, FSDP (fsdp=-1)
+  mistral-7b  4 v5p chips (v5p-8), or 8 v5p chips / 8 H100 80GB, FSDP (fsdp=-1)
   14b, 32b    16 v5p chips (v5p-32) or 16 H100, FSDP 8 x tensor 2   (fsdp=8, tensor=2)
 GPU memory is not compiled here (no GPU target without a GPU): the TPU figures are the guide.
 
 Hyperparameters are the authors' (docs/architecture.md, A3): REAL/GRPO: 256 prompts per
 update, n=16 (8 at 32b), T=1.0, top-p 0.9, prompt <= 2048, response <= 1024, AdamW (0.9, 0.999),
-wd 0.01, constant LR 1e-6, clip 1.0, 3 epochs per update, lam=1 with the probability as the
+wd 0.01, constant LR 1e-6 (5e-8 for Mistral-7B, run_real.sh), clip 1.0, 3 epochs per update, lam=1 with the probability as the
 shaping reward, "partial" filter with a 256-prompt buffer, evaluation and checkpoints every 10
 updates. REAL's advantages are the authors' recipe (leave-one-out, / population std, clip +-1;
 REINFORCE, token-mean); standard RL (method=grpo) is GRPO as DeepSeek / verl define it (group
 mean, / sample std + 1e-6, no clipping, PPO ratio with eps 0.2; the authors' binary-RLOO ablation
 is --config.rl.advantage=authors). Each results row names the recipe it used. SFT baselines
-(sft/raft/tract): LR 1e-5, betas (0.9, 0.95), 10% warm-up then cosine, 3 epochs of batch 256.
+(sft/raft/tract): LR 1e-5, betas (0.9, 0.95), 10% warm-up then cosine, 3 epochs of batch 256 (2 for
+Mistral-7B, TRACT's Mistral recipe). Mistral prompts render with its own template
+(`<s>[INST] ... [/INST]`); its SentencePiece tokenizer writes " 4" as "▁" "4", and the score
+tokens are derived from the tokenizer (real_jax.judge.scores), never hard-coded.
 Prompts are rendered as the authors' (the chat template without an enable_thinking argument:
 no <think> block for Qwen3); prompts over 2048 tokens are skipped and reported per split
 (--config.data.overlong=truncate for the authors' left truncation). 1,000 Feedback Collection
@@ -41,19 +46,24 @@ records are held out as the validation split; the best checkpoint is chosen on i
 benchmark.
 
 Expected (paper Table 2, Pearson x 100, average of the 4 benchmarks, RAIL readout): Qwen3-32B
-base 52.7 -> RAFT 62.6 -> REAL 71.0 (the 8B rows are not published). Wall-clock: not measured
+base 52.7 -> RAFT 62.6 -> REAL 71.0; Mistral-7B RAFT 55.6, TRACT 63.2 -> standard RL 64.1 -> REAL
+67.9 (the 8B rows are not published). Wall-clock: not measured
 here (no accelerator in this project's CI).
 """
 
 from real_jax.train import config_lib
 
-SIZES = ("0.6b", "1.7b", "4b", "8b", "14b", "32b")
-MICRO_BATCH = {"0.6b": 32, "1.7b": 16, "4b": 16, "8b": 16, "14b": 8, "32b": 8}
+SIZES = ("0.6b", "1.7b", "4b", "8b", "14b", "32b", "mistral-7b")
+MICRO_BATCH = {"0.6b": 32, "1.7b": 16, "4b": 16, "8b": 16, "14b": 8, "32b": 8, "mistral-7b": 16}
 # Prompts per sampler call (x rl.group_size rows): the rollout's KV cache per chip (plan tool).
-SAMPLE_PROMPTS = {"0.6b": 32, "1.7b": 32, "4b": 64, "8b": 64, "14b": 64, "32b": 64}
+SAMPLE_PROMPTS = {"0.6b": 32, "1.7b": 32, "4b": 64, "8b": 64, "14b": 64, "32b": 64,
+                  "mistral-7b": 64}
 # (data, fsdp, tensor); -1 = every remaining chip.
 MESH = {"0.6b": (1, -1, 1), "1.7b": (1, -1, 1), "4b": (1, -1, 1), "8b": (1, -1, 1),
-        "14b": (-1, 8, 2), "32b": (-1, 8, 2)}
+        "14b": (-1, 8, 2), "32b": (-1, 8, 2), "mistral-7b": (1, -1, 1)}
+# The authors' REAL learning rate (run_real.sh / run_real_32B.sh) and SFT epochs (TRACT's yaml).
+RL_LR = {"mistral-7b": 5e-8}
+SFT_EPOCHS = {"mistral-7b": 2}
 
 
 def get_config(arg=None):
@@ -62,7 +72,7 @@ def get_config(arg=None):
     raise config_lib.ConfigError(f"size={a.size!r}; expected one of {SIZES}")
   c = config_lib.base_config()
   c.method = a.method
-  c.model.preset = f"qwen3-{a.size}"
+  c.model.preset = a.size if a.size == "mistral-7b" else f"qwen3-{a.size}"
   c.model.hf_dir = a.hf_dir
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "float32"
@@ -80,8 +90,8 @@ def get_config(arg=None):
   c.data.val_size = 1000  # Feedback Collection records held out to select checkpoints on
 
   micro = MICRO_BATCH[a.size]
-  # SFT-style baselines (authors' sft.sh): 3 epochs of ~100K rows at batch 256.
-  c.train.steps = 1170
+  # SFT-style baselines (authors' sft.sh): 3 epochs (Mistral: 2) of ~100K rows at batch 256.
+  c.train.steps = 390 * SFT_EPOCHS.get(a.size, 3)
   c.train.batch_size = 256
   c.train.micro_batch_size = micro
   c.train.lr = 1e-5
@@ -89,10 +99,10 @@ def get_config(arg=None):
   if a.method in ("sft", "raft", "tract"):
     c.optim.b2 = 0.95
     c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 117
+    c.optim.warmup_steps = c.train.steps // 10
 
   # REAL / standard RL (run_real.sh, run_real_32B.sh).
-  c.optim.lr = 1e-6
+  c.optim.lr = RL_LR.get(a.size, 1e-6)
   c.rl.steps = 100
   c.rl.prompts_per_step = 256
   c.rl.group_size = 8 if a.size == "32b" else 16

@@ -430,6 +430,7 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
   mcfg: qwen3.Qwen3Config = model.cfg
   b = prompt_tokens.shape[0]
   r, m = b * n, cfg.max_new_tokens
+  mcfg.check_length(prompt_tokens.shape[1] + m)
   con = functools.partial(_constrain, mesh=mesh, rules=rules)
   rep = lambda x: jnp.repeat(x, n, axis=0)
 

@@ -38,6 +38,21 @@ def test_prometheus_configs_validate(size, method):
   assert c.optim.lr == 1e-6 and c.optim.b1 == 0.9 and c.optim.weight_decay == 0.01
 
 
+@pytest.mark.parametrize("method", ["real", "tract"])
+def test_prometheus_mistral_config(method):
+  """The paper's Mistral-7B recipe: REAL at LR 5e-8 (run_real.sh), n = 16; TRACT-style SFT for
+  2 epochs; the Mistral preset (no q/k norm, 32k vocabulary) on FSDP over all chips."""
+  c = _load(PROM, f"size=mistral-7b,method={method}")
+  assert config_lib.validate(c, num_devices=4) == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert c.model.preset == "mistral-7b"
+  cfg = config_lib.preset_model(c)
+  assert cfg.family == "mistral" and not cfg.qk_norm and cfg.vocab_size == 32000
+  if method == "real":
+    assert c.optim.lr == 5e-8 and c.rl.group_size == 16 and c.rl.epochs == 3
+  else:
+    assert c.train.steps == 780 and c.optim.warmup_steps == 78 and c.train.lr == 1e-5
+
+
 def test_prometheus_bad_size():
   with pytest.raises(ConfigError, match="size"):
     _load(PROM, "size=3b")

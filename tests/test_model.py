@@ -1,4 +1,5 @@
-"""Qwen3 model: parity with transformers, KV cache, HF import/export, sharding, presets."""
+"""The decoder (Qwen3, Llama, Mistral): parity with transformers, KV cache, HF import/export,
+sharding, presets."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hf_fixtures import make_tiny_qwen3
+from hf_fixtures import make_tiny_llama_family, make_tiny_qwen3
 from real_jax import models
 from real_jax import sharding as shd
 from real_jax.models import hf as hf_io
@@ -139,6 +140,70 @@ def test_chunked_attention_exact_and_memory_bounded():
     assert (largest <= b * cfg.num_heads * chunk * t) == bound_ok, (largest, full_logits)
 
 
+LLAMA_FAMILY_CASES = {
+    "mistral": ("mistral", dict()),
+    "mistral_theta1e6_tied_mha": ("mistral", dict(rope_theta=1e6, tie_word_embeddings=True,
+                                                  num_key_value_heads=4)),
+    "llama": ("llama", dict()),
+    "llama_gqa3_headdim24_3layers": ("llama", dict(hidden_size=48, num_attention_heads=6,
+                                                   num_key_value_heads=3, head_dim=24,
+                                                   num_hidden_layers=3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LLAMA_FAMILY_CASES))
+def test_llama_family_logits_match_transformers_fp32(tmp_path, case):
+  family, kw = LLAMA_FAMILY_CASES[case]
+  ckpt = make_tiny_llama_family(str(tmp_path / case), family, seed=2, **kw)
+  cfg = hf_io.config_from_hf(hf_io.read_config(ckpt))
+  assert cfg.family == family and not cfg.qk_norm
+  _, params = models.abstract_model(cfg)
+  assert "q_norm" not in params["layers"] and cfg.num_params() == sum(
+      int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  diff, tol = check_hf_parity.check(ckpt, "float32", batch=4, length=20)
+  assert tol == 1e-4
+  assert diff <= tol, f"{case}: max_abs_diff={diff}"
+
+
+@pytest.mark.parametrize("family", ["mistral", "llama"])
+def test_llama_family_export_round_trip(tmp_path, family):
+  """Load -> export -> transformers loads the same architecture and gives the same logits;
+  reloading gives the same parameters bit for bit."""
+  import torch
+  from transformers import AutoModelForCausalLM
+  ckpt = make_tiny_llama_family(str(tmp_path / "src"), family, seed=3)
+  cfg, graphdef, params = hf_io.load_hf(ckpt)
+  out = hf_io.export_hf(str(tmp_path / "export"), cfg, params)
+  with open(os.path.join(out, "config.json")) as f:
+    exported = json.load(f)
+  assert exported["model_type"] == family
+  assert exported["architectures"] == [f"{family.capitalize()}ForCausalLM"]
+  hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+  assert type(hf).__name__ == f"{family.capitalize()}ForCausalLM"
+  tokens, mask, positions = check_hf_parity.make_batch(cfg.vocab_size, 3, 12, 1)
+  with torch.no_grad():
+    ref = hf(input_ids=torch.from_numpy(tokens.astype(np.int64)),
+             attention_mask=torch.from_numpy(mask.astype(np.int64)),
+             position_ids=torch.from_numpy(positions.astype(np.int64))).logits.numpy()
+  ours = np.asarray(models.forward_logits(graphdef, params, tokens, mask, positions))
+  assert np.abs(ref - ours)[mask].max() <= 1e-4
+  cfg2, _, params2 = hf_io.load_hf(out)
+  assert cfg2 == cfg
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_mistral_sliding_window_is_enforced(tmp_path):
+  ckpt = make_tiny_llama_family(str(tmp_path / "win"), "mistral", sliding_window=16)
+  cfg, graphdef, params = hf_io.load_hf(ckpt)
+  assert cfg.sliding_window == 16
+  tokens, mask = _random_batch(cfg.vocab_size, 2, 16)
+  models.forward_logits(graphdef, params, tokens, mask)  # within the window: plain causal
+  tokens, mask = _random_batch(cfg.vocab_size, 2, 17)
+  with pytest.raises(ValueError, match="exceeds the model's sliding_window=16"):
+    models.forward_logits(graphdef, params, tokens, mask)
+
+
 def test_scan_unrolled_and_remat_agree():
   cfg = models.get_preset("tiny").model
   graphdef, params = models.init_params(cfg, seed=1)
@@ -221,9 +286,14 @@ def test_load_errors_name_the_problem(tmp_path):
   missing = {k: v for k, v in tensors.items() if k != "model.layers.1.mlp.up_proj.weight"}
   with pytest.raises(ValueError, match=r"missing .*model\.layers\.1\.mlp\.up_proj\.weight"):
     hf_io.load_hf(variant("missing", missing))
+  other = json.loads(config)
+  other["model_type"] = "qwen2"
+  with pytest.raises(ValueError, match="model_type='qwen2'"):
+    hf_io.load_hf(variant("qwen2", tensors, json.dumps(other)))
+  # A Qwen3 checkpoint relabelled as Llama: its q/k norm tensors have no Llama parameter.
   llama = json.loads(config)
   llama["model_type"] = "llama"
-  with pytest.raises(ValueError, match="model_type='llama'"):
+  with pytest.raises(ValueError, match=r"no entry in the llama key map.*q_norm"):
     hf_io.load_hf(variant("llama", tensors, json.dumps(llama)))
   with pytest.raises(FileNotFoundError, match="config.json"):
     hf_io.load_hf(str(tmp_path))
@@ -264,23 +334,25 @@ def test_mesh_and_divisibility_errors():
 
 def test_presets_match_transformers_param_counts_and_print_memory():
   import torch
-  from transformers import Qwen3Config as HFConfig, Qwen3ForCausalLM
+  from transformers import AutoConfig, AutoModelForCausalLM
   rows = []
   for name, preset in models.PRESETS.items():
     c = preset.model
-    hf_cfg = HFConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
-                      intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers,
-                      num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
-                      head_dim=c.head_dim, tie_word_embeddings=c.tie_word_embeddings)
+    # The preset as the Hugging Face config our export writes, built by transformers itself.
+    hf_dict = hf_io.config_to_hf(c)
+    hf_cfg = AutoConfig.for_model(**hf_dict)
+    assert type(hf_cfg).model_type == c.family
+    assert hf_io.config_from_hf(hf_dict, dtype=c.dtype, param_dtype=c.param_dtype).replace(
+        remat=c.remat) == c, name
     with torch.device("meta"):
-      hf_model = Qwen3ForCausalLM(hf_cfg)
+      hf_model = AutoModelForCausalLM.from_config(hf_cfg)
     hf_count = sum(p.numel() for p in hf_model.parameters())
     row = memory_table.preset_memory(name)
     assert row["params"] == hf_count == c.num_params(), name
     rows.append(row)
   # Published sizes (rounded) for the real presets.
   published = {"qwen3-0.6b": 0.6e9, "qwen3-1.7b": 1.7e9, "qwen3-4b": 4.0e9, "qwen3-8b": 8.2e9,
-               "qwen3-14b": 14.8e9, "qwen3-32b": 32.8e9}
+               "qwen3-14b": 14.8e9, "qwen3-32b": 32.8e9, "mistral-7b": 7.24e9}
   for r in rows:
     if r["preset"] in published:
       assert abs(r["params"] / published[r["preset"]] - 1) < 0.05, r

@@ -1,4 +1,4 @@
-"""Hugging Face Qwen3 checkpoints <-> real_jax parameters, through a declarative key map.
+"""Hugging Face checkpoints (Qwen3, Llama, Mistral) <-> real_jax parameters, through a key map.
 
 Loading reads a local directory (`config.json`, `model.safetensors` or sharded
 `model.safetensors.index.json`) tensor by tensor with `safe_open` and places each
@@ -28,24 +28,32 @@ from jax.sharding import Mesh
 
 from real_jax import sharding as shd
 from real_jax.models import abstract_model, param_path, param_shardings
-from real_jax.models.qwen3 import Qwen3Config
+from real_jax.models.qwen3 import FAMILIES, Qwen3Config
 
 # ---------------------------------------------------------------------------
 # Config
 
 
-_SUPPORTED_MODEL_TYPES = ("qwen3",)
+_SUPPORTED_MODEL_TYPES = tuple(FAMILIES)  # Hugging Face model_type = our family
+_ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM",
+                  "mistral": "MistralForCausalLM"}
+# Tensors some checkpoints carry that are not parameters (old Llama exports' RoPE buffers).
+_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
 def config_from_hf(hf: dict[str, Any], *, dtype: str | None = None,
                    param_dtype: str | None = None, **overrides) -> Qwen3Config:
-  """Qwen3Config from a Hugging Face `config.json` dict; rejects non-Qwen3-style configs."""
+  """Qwen3Config from a Hugging Face `config.json` dict (Qwen3, Llama or Mistral); rejects
+  what the decoder does not implement (biases, scaled RoPE, other architectures)."""
   model_type = hf.get("model_type")
   if model_type not in _SUPPORTED_MODEL_TYPES:
-    raise ValueError(f"config.json has model_type={model_type!r}; real_jax loads Qwen3-style "
-                     f"dense decoders only ({_SUPPORTED_MODEL_TYPES})")
-  if hf.get("attention_bias", False):
-    raise ValueError("config.json sets attention_bias=true; Qwen3-style attention has no biases")
+    raise ValueError(f"config.json has model_type={model_type!r}; real_jax loads the dense "
+                     f"decoders of {_SUPPORTED_MODEL_TYPES}")
+  for bias in ("attention_bias", "mlp_bias"):
+    if hf.get(bias, False):
+      raise ValueError(f"config.json sets {bias}=true; real_jax's decoder has no biases")
+  if hf.get("hidden_act", "silu") != "silu":
+    raise ValueError(f"config.json has hidden_act={hf['hidden_act']!r}; only silu (SwiGLU)")
   rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   if rope_type not in (None, "default"):
@@ -64,14 +72,20 @@ def config_from_hf(hf: dict[str, Any], *, dtype: str | None = None,
       tie_word_embeddings=hf.get("tie_word_embeddings", False),
       max_position_embeddings=hf.get("max_position_embeddings", 40960),
       dtype=dtype or ckpt_dtype, param_dtype=param_dtype or dtype or ckpt_dtype,
-      initializer_range=hf.get("initializer_range", 0.02))
+      initializer_range=hf.get("initializer_range", 0.02), family=model_type,
+      sliding_window=hf.get("sliding_window") if model_type == "mistral" else None)
   return cfg.replace(**overrides) if overrides else cfg
 
 
 def config_to_hf(cfg: Qwen3Config, dtype: str | None = None) -> dict[str, Any]:
-  """A transformers-v5 style Qwen3 `config.json` dict."""
+  """A transformers-v5 style `config.json` dict of the config's family."""
+  extra: dict[str, Any] = {}
+  if cfg.family == "llama":
+    extra = {"mlp_bias": False}
+  elif cfg.family == "mistral":
+    extra = {"sliding_window": cfg.sliding_window}
   return {
-      "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+      "architectures": [_ARCHITECTURES[cfg.family]], "model_type": cfg.family,
       "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
       "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
       "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
@@ -81,7 +95,7 @@ def config_to_hf(cfg: Qwen3Config, dtype: str | None = None) -> dict[str, Any]:
       "max_position_embeddings": cfg.max_position_embeddings,
       "attention_bias": False, "attention_dropout": 0.0, "use_cache": True,
       "initializer_range": cfg.initializer_range,
-      "dtype": dtype or cfg.param_dtype,
+      "dtype": dtype or cfg.param_dtype, **extra,
   }
 
 
@@ -192,7 +206,8 @@ def read_config(ckpt_dir: str) -> dict[str, Any]:
 def load_hf(ckpt_dir: str, *, mesh: Mesh | None = None, rules=shd.DEFAULT_RULES,
             dtype: str | None = None, param_dtype: str | None = None,
             **config_overrides) -> tuple[Qwen3Config, nnx.GraphDef, nnx.State]:
-  """Loads a local HF Qwen3 directory into (cfg, graphdef, params), sharded over `mesh`.
+  """Loads a local HF Qwen3 / Llama / Mistral directory into (cfg, graphdef, params), sharded
+  over `mesh`.
 
   `dtype`/`param_dtype` default to the checkpoint's dtype. Unknown or missing
   tensors raise ValueError listing them.
@@ -206,18 +221,22 @@ def load_hf(ckpt_dir: str, *, mesh: Mesh | None = None, rules=shd.DEFAULT_RULES,
   for name in index:
     m = _match(name)
     if m is None:
-      unknown.append(name)
+      if not _IGNORED.fullmatch(name):
+        unknown.append(name)
       continue
     rule, layer = m
     by_param.setdefault(rule.ours, {})[layer] = name
-  if unknown:
-    raise ValueError(f"{ckpt_dir}: {len(unknown)} tensors have no entry in the Qwen3 key map: "
-                     f"{sorted(unknown)[:10]}")
   if cfg.tie_word_embeddings and "lm_head" in by_param:
     # Some exports write a tied lm_head anyway; it must equal the embedding.
     by_param.pop("lm_head")
 
   graphdef, abstract = abstract_model(cfg)
+  # A tensor of a parameter this family lacks (q_norm in a Llama checkpoint) is unknown too.
+  ours = {param_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  unknown += [n for p in sorted(set(by_param) - ours) for n in by_param.pop(p).values()]
+  if unknown:
+    raise ValueError(f"{ckpt_dir}: {len(unknown)} tensors have no entry in the {cfg.family} "
+                     f"key map: {sorted(unknown)[:10]}")
   shardings = param_shardings(abstract, mesh, rules) if mesh is not None else None
   rules_by_param = {r.ours: r for r in KEY_MAP}
   reader = _Reader(index)
@@ -263,7 +282,8 @@ def load_hf(ckpt_dir: str, *, mesh: Mesh | None = None, rules=shd.DEFAULT_RULES,
 
 def export_hf(out_dir: str, cfg: Qwen3Config, params: nnx.State, *, dtype: str | None = None,
               max_shard_bytes: int = 4 << 30) -> str:
-  """Writes `params` as a Hugging Face Qwen3 directory (config.json + safetensors shards)."""
+  """Writes `params` as a Hugging Face directory of the config's family (config.json +
+  safetensors shards)."""
   os.makedirs(out_dir, exist_ok=True)
   dtype = dtype or cfg.param_dtype
   np_dtype = np.dtype(jax.numpy.dtype(dtype))

@@ -1,4 +1,5 @@
-"""Size presets: the exact Hugging Face hyperparameters of Qwen3, plus tiny CPU models.
+"""Size presets: the exact Hugging Face hyperparameters of Qwen3 and Mistral-7B-Instruct-v0.2,
+plus tiny CPU models.
 
 Each preset names the mesh it is meant for; configs may override it. Mesh entries
 are (data, fsdp, tensor) sizes, -1 meaning "all remaining devices".
@@ -58,6 +59,16 @@ PRESETS: dict[str, Preset] = {
     "qwen3-32b": Preset(_qwen3(5120, 25600, 64, 64, tied=False), mesh={"fsdp": 8, "tensor": 2},
                         hardware="16 GPUs/TPUs, FSDP x tensor", hf_name="Qwen/Qwen3-32B", num_devices=16),
 }
+
+# Mistral-7B-Instruct-v0.2 (the paper's other judge): Llama-style blocks without q/k norm, 32k
+# SentencePiece vocabulary, untied, theta 1e6, no sliding window (v0.1 had 4096).
+PRESETS["mistral-7b"] = Preset(
+    Qwen3Config(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_layers=32,
+                num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=1_000_000.0,
+                rms_norm_eps=1e-5, tie_word_embeddings=False, max_position_embeddings=32768,
+                dtype="bfloat16", param_dtype="float32", remat="full", family="mistral"),
+    mesh={"fsdp": -1}, hardware="4-8 GPUs/TPUs, FSDP",
+    hf_name="mistralai/Mistral-7B-Instruct-v0.2", num_devices=8)
 
 # Short names used by configs (`configs/prometheus.py:size=8b`).
 SIZE_ALIASES = {s: f"qwen3-{s}" for s in ("0.6b", "1.7b", "4b", "8b", "14b", "32b")}

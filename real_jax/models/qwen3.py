@@ -1,4 +1,9 @@
-"""Qwen3-style decoder in Flax NNX, used functionally.
+"""The decoder of the Qwen3 and Llama/Mistral families in Flax NNX, used functionally.
+
+One architecture covers both families (`Qwen3Config.family`): pre-norm RMSNorm blocks,
+grouped-query attention with half-split RoPE, a SwiGLU MLP. Qwen3 also RMS-normalises each
+query and key head before RoPE (`q_norm`/`k_norm`); Llama and Mistral do not, and usually untie
+the output projection. The names stay Qwen3's (`Qwen3`, `Qwen3Config`): it was the first family.
 
 Dimension letters used in einsums and shapes:
   B batch (rows), T query length, S key/value length, D hidden (embed),
@@ -44,6 +49,8 @@ _MASK_VALUE = -1e30  # finite, so a fully masked (padding) query row gives no Na
 
 
 REMATS = ("none", "full", "dots")  # no recompute | recompute each block | save matmul outputs
+# Model families and whether their attention normalises each q/k head (Hugging Face model_type).
+FAMILIES = {"qwen3": True, "llama": False, "mistral": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +79,14 @@ class Qwen3Config:
   # [B, N, attention_chunk, S] float32 at most (forward and backward).
   attention_chunk: int = 512
   initializer_range: float = 0.02
+  family: str = "qwen3"  # a key of FAMILIES: Hugging Face model_type, q/k norm or not
+  # Mistral's sliding-window attention: sequences up to this length only (the window is not
+  # implemented; within it, attention is plain causal). None: no window.
+  sliding_window: int | None = None
 
   def __post_init__(self):
+    if self.family not in FAMILIES:
+      raise ValueError(f"family={self.family!r}; expected one of {sorted(FAMILIES)}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
@@ -91,10 +104,28 @@ class Qwen3Config:
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
 
+  @property
+  def qk_norm(self) -> bool:
+    """Whether each query/key head is RMS-normalised before RoPE (Qwen3; not Llama/Mistral)."""
+    return FAMILIES[self.family]
+
+  @property
+  def layer_param_names(self) -> tuple[str, ...]:
+    """The per-layer parameters this family has (LAYER_PARAM_NAMES, less q/k norms for Llama)."""
+    return tuple(n for n in LAYER_PARAM_NAMES if self.qk_norm or n not in ("q_norm", "k_norm"))
+
+  def check_length(self, length: int) -> None:
+    """Raises if `length` tokens exceed the sliding window (which is not implemented)."""
+    if self.sliding_window is not None and length > self.sliding_window:
+      raise ValueError(f"sequence of {length} tokens exceeds the model's sliding_window="
+                       f"{self.sliding_window}; real_jax attends causally without a window, so "
+                       f"it only runs sequences up to the window (shorten the prompt/response)")
+
   def num_params(self) -> int:
     d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
     h, n, k = self.head_dim, self.num_heads, self.num_kv_heads
-    per_layer = d * n * h + 2 * d * k * h + n * h * d + 3 * d * f + 2 * d + 2 * h
+    per_layer = (d * n * h + 2 * d * k * h + n * h * d + 3 * d * f + 2 * d
+                 + (2 * h if self.qk_norm else 0))
     return v * d * (1 if self.tie_word_embeddings else 2) + self.num_layers * per_layer + d
 
 
@@ -138,15 +169,16 @@ class DecoderLayers(nnx.Module):
     self.k_proj = nnx.Param(_normal(rngs, (L, D, K, H), std, pd))
     self.v_proj = nnx.Param(_normal(rngs, (L, D, K, H), std, pd))
     self.o_proj = nnx.Param(_normal(rngs, (L, N, H, D), std, pd))
-    self.q_norm = nnx.Param(jnp.ones((L, H), pd))
-    self.k_norm = nnx.Param(jnp.ones((L, H), pd))
+    if cfg.qk_norm:
+      self.q_norm = nnx.Param(jnp.ones((L, H), pd))
+      self.k_norm = nnx.Param(jnp.ones((L, H), pd))
     self.mlp_norm = nnx.Param(jnp.ones((L, D), pd))
     self.gate_proj = nnx.Param(_normal(rngs, (L, D, F), std, pd))
     self.up_proj = nnx.Param(_normal(rngs, (L, D, F), std, pd))
     self.down_proj = nnx.Param(_normal(rngs, (L, F, D), std, pd))
 
   def arrays(self) -> dict[str, Array]:
-    return {name: getattr(self, name)[...] for name in LAYER_PARAM_NAMES}
+    return {name: getattr(self, name)[...] for name in LAYER_PARAM_NAMES if hasattr(self, name)}
 
 
 LAYER_PARAM_NAMES = tuple(k.split("/", 1)[1] for k in PARAM_AXES if k.startswith("layers/"))
@@ -267,9 +299,11 @@ def decoder_layer(cfg: Qwen3Config, x: Array, p: dict[str, Array], positions: Ar
   q = jnp.einsum("BTD,DNH->BTNH", h, w["q_proj"])
   k = jnp.einsum("BTD,DKH->BTKH", h, w["k_proj"])
   v = jnp.einsum("BTD,DKH->BTKH", h, w["v_proj"])
-  # Qwen3 normalises each head before RoPE.
-  q = apply_rope(rms_norm(q, w["q_norm"], cfg.rms_norm_eps), positions, cfg.rope_theta)
-  k = apply_rope(rms_norm(k, w["k_norm"], cfg.rms_norm_eps), positions, cfg.rope_theta)
+  if cfg.qk_norm:  # Qwen3 normalises each head before RoPE; Llama/Mistral do not.
+    q = rms_norm(q, w["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
+  q = apply_rope(q, positions, cfg.rope_theta)
+  k = apply_rope(k, positions, cfg.rope_theta)
   attn, aux = attend(q, k, v)
   x = x + jnp.einsum("BTNH,NHD->BTD", attn, w["o_proj"])
   h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
@@ -314,6 +348,7 @@ class Qwen3(nnx.Module):
         (see `decode_cache`).
     """
     cfg = self.cfg
+    cfg.check_length(tokens.shape[1])
     # Gather first, then cast: never copy the whole [V, D] table to the compute dtype.
     x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.compute_dtype)
     x = shd.constrain(x, ("batch", "length", "act_embed"))
