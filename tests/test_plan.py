@@ -55,3 +55,18 @@ def test_plan_rejects_an_unknown_topology_and_field(tmp_path):
   assert r.returncode == 2 and "topology 'v9z:1x1' unavailable" in r.stderr
   r, _ = _plan(tmp_path, "--set", "rl.no_such_field=3")
   assert r.returncode == 2 and "unknown config field 'rl.no_such_field'" in r.stderr
+
+
+def test_plan_suggest_bisects_to_the_largest_setting_that_fits(tmp_path):
+  """--suggest: the RL micro-batch among the accepted values (multiples of the 4 batch shards
+  dividing the 16-row mini-batch); every tried value up to the answer fits, none above it."""
+  r, rows = _plan(tmp_path, "--suggest", "--only=rl_step")
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+  (row,) = rows
+  assert row["program"] == "rl_step" and row["field"] == "rl.micro_batch_size"
+  limit = (1 - row["headroom"]) * row["hbm_bytes"]
+  tried = {int(v): p for v, p in row["tried"].items()}
+  assert row["best"] == 16 and set(tried) <= {4, 8, 16} and 16 in tried
+  assert all(p is not None and p <= limit for v, p in tried.items() if v <= row["best"])
+  assert tried[8] < tried[16]  # memory grows with the micro-batch (the search's premise)
+  assert "--config.rl.micro_batch_size=16" in r.stdout

@@ -17,6 +17,13 @@ chip's usable HBM is the compiler's own figure (read from the message of a compi
 fit). A program the compiler refuses is reported with the compiler's message. Exit status: 0
 when every program fits, 1 when one does not, 2 for a bad config or topology.
 
+With `--suggest` it searches, for each sized program, the largest setting that fits with the
+headroom: `rl.sample_prompts` (the rollout sampler), `rl.micro_batch_size` (the RL step),
+`train.micro_batch_size` (the SFT / RAFT / TRACT step), `warmup.micro_batch_size` (the warm-up
+step), among the values the config accepts (divisors of the batch, multiples of the mesh's batch
+shards); memory grows with each, so a bisection compiles a handful of programs (a program that
+cannot fit is refused by the compiler in seconds). It prints the `--config.*` overrides.
+
 Topology names are libtpu's: `v5e:2x2` (4 v5e chips), `v5p:2x2x1` (4 v5p chips = a "v5p-8"
 slice, whose name counts TensorCores), `v5p:2x2x2` (8 chips).
 """
@@ -241,6 +248,77 @@ def plan(config, topology: str, *, headroom: float = 0.1, only: tuple[str, ...] 
           "fits": all(r.fits for r in reports)}
 
 
+# program -> (the config field that sizes it, the field whose value it must divide)
+SIZED = {"rollout_sampler": ("rl.sample_prompts", "rl.prompts_per_step"),
+         "rl_step": ("rl.micro_batch_size", "rl.mini_batch_size"),
+         "sft_step": ("train.micro_batch_size", "train.batch_size"),
+         "raft_step": ("train.micro_batch_size", "train.batch_size"),
+         "tract_step": ("train.micro_batch_size", "train.batch_size"),
+         "warmup_step": ("warmup.micro_batch_size", "warmup.batch_size")}
+
+
+def _get(config, path: str):
+  node = config
+  for part in path.split("."):
+    node = node[part]
+  return node
+
+
+def suggest(config, topology: str, *, headroom: float = 0.1, only: tuple[str, ...] = ()
+            ) -> list[dict[str, Any]]:
+  """For each sized program of the run (SIZED), the largest accepted value of its field whose
+  program fits `topology` with `headroom`, by bisection over the accepted values."""
+  devices = topology_devices(topology)
+  mesh_shape = config_lib.validate(config, len(devices))
+  shards = mesh_shape["data"] * mesh_shape["fsdp"]
+  n = shards * mesh_shape["tensor"]
+  mesh = shd.make_mesh(mesh_shape, devices=devices[:n])
+  hbm = usable_hbm(devices)
+  out = []
+  for name in programs(config, mesh):
+    if name not in SIZED or (only and name not in only):
+      continue
+    field, total_field = SIZED[name]
+    total = int(_get(config, total_field))
+    values = [v for v in range(shards, total + 1, shards) if total % v == 0]
+    tried: dict[int, ProgramReport] = {}
+
+    def fits(v):
+      c = config.copy_and_resolve_references()
+      config_lib.set_field(c, field, str(v))
+      fn, args, shape = programs(c, mesh)[name]
+      tried[v] = compile_report(name, fn, args, shape, hbm, headroom)
+      return tried[v].fits
+
+    lo, hi = -1, len(values)  # values[:lo+1] fit (memory grows with the value); values[hi:] not
+    while hi - lo > 1:
+      mid = (lo + hi) // 2
+      if fits(values[mid]):
+        lo = mid
+      else:
+        hi = mid
+    best = values[lo] if lo >= 0 else None
+    out.append({"program": name, "field": field, "current": int(_get(config, field)) or total,
+                "best": best, "peak": tried[best].peak if best else 0,
+                "hbm_bytes": hbm, "headroom": headroom,
+                "tried": {v: (r.peak if not r.error else None) for v, r in sorted(tried.items())},
+                "seconds": sum(r.seconds for r in tried.values())})
+  return out
+
+
+def suggest_markdown(rows: list[dict[str, Any]]) -> str:
+  lines = ["| program | field | current | largest that fits | its peak / device | compiled |",
+           "|---|---|---:|---:|---:|---|"]
+  for r in rows:
+    tried = ", ".join(f"{v}: {'%.2f GiB' % (p / _GIB) if p is not None else 'refused'}"
+                      for v, p in r["tried"].items())
+    best = r["best"] if r["best"] is not None else "none"
+    lines.append(f"| {r['program']} | {r['field']} | {r['current']} | {best} | "
+                 f"{r['peak'] / _GIB:.2f} GiB | {tried} ({r['seconds']:.0f} s) |")
+  flags = [f"--config.{r['field']}={r['best']}" for r in rows if r["best"] is not None]
+  return "\n".join(lines + ["", "overrides: " + " ".join(flags)])
+
+
 def markdown(report: dict[str, Any]) -> str:
   hbm = report["hbm_bytes"] / _GIB
   lines = [f"{report['model']} {report['method']} on {report['topology']} "
@@ -291,6 +369,8 @@ def main(argv=None) -> int:
   p.add_argument("--headroom", type=float, default=0.1,
                  help="fraction of HBM a program must leave free to count as fitting")
   p.add_argument("--only", default="", help="comma-separated program names")
+  p.add_argument("--suggest", action="store_true",
+                 help="find the largest sample_prompts / micro-batch sizes that fit")
   p.add_argument("--json", default="", help="also write the report as JSON here")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="config override, e.g. --set rl.sample_prompts=32 (repeatable)")
@@ -315,11 +395,24 @@ def main(argv=None) -> int:
     for o in overrides:
       key, _, value = o.partition("=")
       config_lib.set_field(config, key, value)
-    report = plan(config, a.topology, headroom=a.headroom,
-                  only=tuple(x for x in a.only.split(",") if x))
+    only = tuple(x for x in a.only.split(",") if x)
+    if a.suggest:
+      rows = suggest(config, a.topology, headroom=a.headroom, only=only)
+    else:
+      report = plan(config, a.topology, headroom=a.headroom, only=only)
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
+  if a.suggest:
+    print(suggest_markdown(rows))
+    if a.json:
+      with open(a.json, "w") as f:
+        json.dump(rows, f, indent=2)
+    missing = [r["program"] for r in rows if r["best"] is None]
+    if missing:
+      print("no setting fits: " + ", ".join(missing), file=sys.stderr)
+      return 1
+    return 0
   print(markdown(report))
   if a.json:
     with open(a.json, "w") as f:
