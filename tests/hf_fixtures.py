@@ -5,6 +5,15 @@ from __future__ import annotations
 import os
 
 
+def _random_norms(model) -> None:
+  """Random norm weights too, so a transposed or skipped norm cannot pass."""
+  import torch
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.copy_(1.0 + 0.1 * torch.randn_like(p))
+
+
 def make_tiny_qwen3(out_dir: str, *, seed: int = 0, dtype: str = "float32", **overrides) -> str:
   """Saves a random Qwen3ForCausalLM with `save_pretrained` and returns its directory."""
   import torch
@@ -15,11 +24,7 @@ def make_tiny_qwen3(out_dir: str, *, seed: int = 0, dtype: str = "float32", **ov
   kw.update(overrides)
   torch.manual_seed(seed)
   model = Qwen3ForCausalLM(Qwen3Config(**kw))
-  # Random norm weights too, so a transposed or skipped norm cannot pass.
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name:
-        p.copy_(1.0 + 0.1 * torch.randn_like(p))
+  _random_norms(model)
   model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
   os.makedirs(out_dir, exist_ok=True)
   model.save_pretrained(out_dir, safe_serialization=True)
@@ -41,10 +46,7 @@ def make_tiny_llama_family(out_dir: str, family: str = "mistral", *, seed: int =
   kw.update(overrides)
   torch.manual_seed(seed)
   model = model_cls(config_cls(**kw))
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name:
-        p.copy_(1.0 + 0.1 * torch.randn_like(p))
+  _random_norms(model)
   os.makedirs(out_dir, exist_ok=True)
   model.save_pretrained(out_dir, safe_serialization=True)
   return out_dir

@@ -181,10 +181,7 @@ def test_llama_family_export_round_trip(tmp_path, family):
   hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
   assert type(hf).__name__ == f"{family.capitalize()}ForCausalLM"
   tokens, mask, positions = check_hf_parity.make_batch(cfg.vocab_size, 3, 12, 1)
-  with torch.no_grad():
-    ref = hf(input_ids=torch.from_numpy(tokens.astype(np.int64)),
-             attention_mask=torch.from_numpy(mask.astype(np.int64)),
-             position_ids=torch.from_numpy(positions.astype(np.int64))).logits.numpy()
+  ref = check_hf_parity.hf_logits(out, "float32", tokens, mask, positions)
   ours = np.asarray(models.forward_logits(graphdef, params, tokens, mask, positions))
   assert np.abs(ref - ours)[mask].max() <= 1e-4
   cfg2, _, params2 = hf_io.load_hf(out)
@@ -223,17 +220,11 @@ def test_scan_unrolled_and_remat_agree():
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_export_then_transformers_load_gives_same_logits(tmp_path, tied):
-  import torch
-  from transformers import AutoModelForCausalLM
   cfg = models.get_preset("tiny").model.replace(tie_word_embeddings=tied)
   graphdef, params = models.init_params(cfg, seed=4)
   out = hf_io.export_hf(str(tmp_path / "export"), cfg, params)
-  hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
   tokens, mask, positions = check_hf_parity.make_batch(cfg.vocab_size, 3, 12, 1)
-  with torch.no_grad():
-    ref = hf(input_ids=torch.from_numpy(tokens.astype(np.int64)),
-             attention_mask=torch.from_numpy(mask.astype(np.int64)),
-             position_ids=torch.from_numpy(positions.astype(np.int64))).logits.numpy()
+  ref = check_hf_parity.hf_logits(out, "float32", tokens, mask, positions)
   ours = np.asarray(models.forward_logits(graphdef, params, tokens, mask, positions))
   assert np.abs(ref - ours)[mask].max() <= 1e-4
 
