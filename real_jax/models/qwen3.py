@@ -109,11 +109,6 @@ class Qwen3Config:
     """Whether each query/key head is RMS-normalised before RoPE (Qwen3; not Llama/Mistral)."""
     return FAMILIES[self.family]
 
-  @property
-  def layer_param_names(self) -> tuple[str, ...]:
-    """The per-layer parameters this family has (LAYER_PARAM_NAMES, less q/k norms for Llama)."""
-    return tuple(n for n in LAYER_PARAM_NAMES if self.qk_norm or n not in ("q_norm", "k_norm"))
-
   def check_length(self, length: int) -> None:
     """Raises if `length` tokens exceed the sliding window (which is not implemented)."""
     if self.sliding_window is not None and length > self.sliding_window:

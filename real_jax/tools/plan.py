@@ -228,14 +228,19 @@ def compile_report(name: str, fn, args, shape: str, hbm: int, headroom: float) -
   return r
 
 
-def plan(config, topology: str, *, headroom: float = 0.1, only: tuple[str, ...] = ()
-         ) -> dict[str, Any]:
-  """Compiles the config's programs for `topology`; returns the report (JSON-able)."""
+def _target(config, topology: str):
+  """(the topology's devices, the config's mesh over them, one chip's usable HBM bytes)."""
   devices = topology_devices(topology)
   mesh_shape = config_lib.validate(config, len(devices))
   n = mesh_shape["data"] * mesh_shape["fsdp"] * mesh_shape["tensor"]
-  mesh = shd.make_mesh(mesh_shape, devices=devices[:n])
-  hbm = usable_hbm(devices)
+  return devices, shd.make_mesh(mesh_shape, devices=devices[:n]), usable_hbm(devices)
+
+
+def plan(config, topology: str, *, headroom: float = 0.1, only: tuple[str, ...] = ()
+         ) -> dict[str, Any]:
+  """Compiles the config's programs for `topology`; returns the report (JSON-able)."""
+  devices, mesh, hbm = _target(config, topology)
+  mesh_shape = dict(mesh.shape)
   reports = []
   for name, (fn, args, shape) in programs(config, mesh).items():
     if only and name not in only:
@@ -268,12 +273,8 @@ def suggest(config, topology: str, *, headroom: float = 0.1, only: tuple[str, ..
             ) -> list[dict[str, Any]]:
   """For each sized program of the run (SIZED), the largest accepted value of its field whose
   program fits `topology` with `headroom`, by bisection over the accepted values."""
-  devices = topology_devices(topology)
-  mesh_shape = config_lib.validate(config, len(devices))
-  shards = mesh_shape["data"] * mesh_shape["fsdp"]
-  n = shards * mesh_shape["tensor"]
-  mesh = shd.make_mesh(mesh_shape, devices=devices[:n])
-  hbm = usable_hbm(devices)
+  _, mesh, hbm = _target(config, topology)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
   out = []
   for name in programs(config, mesh):
     if name not in SIZED or (only and name not in only):
