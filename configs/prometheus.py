@@ -25,7 +25,9 @@ fit?"); slice names count v5p TensorCores (v5p-8 = 4 chips) and v5e chips:
   4b, 8b      4 v5p chips (v5p-8), or 8 v5p chips / 8 H100 80GB, FSDP (fsdp=-1)
   mistral-7b  4 v5p chips (v5p-8), or 8 v5p chips / 8 H100 80GB, FSDP (fsdp=-1)
   14b, 32b    16 v5p chips (v5p-32) or 16 H100, FSDP 8 x tensor 2   (fsdp=8, tensor=2)
-GPU memory is not compiled here (no GPU target without a GPU): the TPU figures are the guide.
+GPUs: `plan --gpu h100:8` (16 for 14b/32b) estimates each program per GPU (analytic, calibrated
+on the TPU compiles; JAX cannot compile for a GPU without one): every size fits the H100 count
+named above.
 
 Hyperparameters are the authors' (docs/architecture.md, A3): REAL/GRPO: 256 prompts per
 update, n=16 (8 at 32b), T=1.0, top-p 0.9, prompt <= 2048, response <= 1024, AdamW (0.9, 0.999),

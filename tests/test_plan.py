@@ -1,9 +1,13 @@
 """`python -m real_jax.tools.plan`: the run's programs compiled ahead of time for a TPU topology
-(libtpu from the test extra; no TPU needed), per-device memory against the chip's HBM."""
+(libtpu from the test extra; no TPU needed), per-device memory against the chip's HBM; the
+committed reports behind the README's tables; the GPU estimate and the GPU suite's smoke run."""
 import json
 import os
 import subprocess
 import sys
+
+from real_jax.tools import memory_table, plan
+from real_jax.train import config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = [sys.executable, "-m", "real_jax.tools.plan", "--config=configs/synthetic.py:runlocal",
@@ -12,7 +16,7 @@ BASE = [sys.executable, "-m", "real_jax.tools.plan", "--config=configs/synthetic
 
 def _plan(tmp_path, *extra):
   out = tmp_path / "plan.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", ALLOW_MULTIPLE_LIBTPU_LOAD="1")  # libtpu's lock
   r = subprocess.run(BASE + [f"--json={out}", *extra], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=600)
   return r, (json.loads(out.read_text()) if out.exists() else None)
@@ -70,3 +74,124 @@ def test_plan_suggest_bisects_to_the_largest_setting_that_fits(tmp_path):
   assert all(p is not None and p <= limit for v, p in tried.items() if v <= row["best"])
   assert tried[8] < tried[16]  # memory grows with the micro-batch (the search's premise)
   assert "--config.rl.micro_batch_size=16" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The committed TPU reports (docs/plan/*.json, `bash docs/plan/make.sh`), the README's tables made
+# from them, and the GPU estimate calibrated on them.
+
+PLAN_DIR = os.path.join(ROOT, "docs", "plan")
+
+
+def _reports(prefix):
+  names = sorted(n for n in os.listdir(PLAN_DIR) if n.startswith(prefix) and n.endswith(".json"))
+  out = []
+  for n in names:
+    with open(os.path.join(PLAN_DIR, n)) as f:
+      out.append(json.load(f))
+  return out
+
+
+def _readme_block(tag):
+  text = open(os.path.join(ROOT, "README.md")).read()
+  start, end = f"<!-- PLAN_TABLE:{tag} -->\n", f"\n<!-- /PLAN_TABLE:{tag} -->"
+  return text[text.index(start) + len(start):text.index(end)].strip()
+
+
+def test_readme_plan_tables_are_the_committed_reports():
+  """The README's tables are `plan --summarize` of the reports, every shipped config fits its
+  named slice with the headroom, and the reports cover every size and the SFT-family steps."""
+  rl, sup = _reports("rl-"), _reports("sup-")
+  assert _readme_block("rl") == plan.summary_table(rl)
+  assert _readme_block("sup") == plan.summary_table(sup)
+  sizes = ("0.6b", "1.7b", "4b", "8b", "14b", "32b", "mistral-7b")  # configs/prometheus.py
+  assert {r["model"] for r in rl} == {config_lib.load_config(
+      f"configs/prometheus.py:size={s}").model.preset for s in sizes}
+  assert {r["method"] for r in sup} == {"sft", "raft", "tract"}
+  for r in rl + sup:
+    assert r["fits"] and r["headroom"] >= 0.1, (r["model"], r["topology"])
+    assert all(p["peak"] > 0 and not p["error"] for p in r["programs"])
+
+
+def _analytic_vs_compiled():
+  for r in _reports("rl-") + _reports("sup-"):
+    c = config_lib.load_config(r["config"])
+    for o in r["overrides"]:
+      key, _, value = o.partition("=")
+      config_lib.set_field(c, key, value)
+    est = memory_table.program_estimate(c, r["mesh"])
+    for p in r["programs"]:
+      yield r, p["name"], sum(est[p["name"]].values()), p["peak"]
+
+
+def test_gpu_estimate_is_calibrated_on_the_tpu_compiles():
+  """The analytic model tracks the compiler (within 0.5x-2x on every program of every report);
+  CALIBRATION is the largest compiled/analytic ratio per program kind, rounded up, so the
+  calibrated estimate covers every compiled peak it was checked against."""
+  triples = list(_analytic_vs_compiled())
+  assert len(triples) >= 30
+  for r, name, analytic, compiled in triples:
+    assert 0.5 < compiled / analytic < 2.0, (r["model"], r["topology"], name, compiled / analytic)
+    assert memory_table.calibrated(name, analytic, memory_table.CALIBRATION) >= compiled
+  factors = memory_table.calibrate([(n, a, c) for _, n, a, c in triples])
+  assert set(factors) == set(memory_table.CALIBRATION)
+  for kind, f in factors.items():
+    assert f <= memory_table.CALIBRATION[kind] < f + 0.011, (kind, f)
+
+
+def test_gpu_plan_prints_a_labelled_estimate(tmp_path):
+  cmd = [sys.executable, "-m", "real_jax.tools.plan", "--config=configs/prometheus.py:size=8b"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_PYTHON_CLIENT_MEM_FRACTION", None)
+  r = subprocess.run(cmd + ["--gpu=h100:8", f"--json={tmp_path}/g.json"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.startswith("ESTIMATE") and "| rollout_sampler |" in r.stdout
+  rep = json.loads((tmp_path / "g.json").read_text())
+  assert rep["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1} and rep["mem_fraction"] == 0.75
+  assert abs(rep["usable_bytes"] - 0.75 * 81559 * 2**20) < 2**20
+  names = [p["name"] for p in rep["programs"]]
+  assert names == ["rl_step", "rollout_sampler", "rollout_scoring", "eval_sampler"]
+  # One H100 cannot hold the 8b REAL step (params + AdamW alone are 8.2e9 x 12 bytes).
+  r = subprocess.run(cmd + ["--gpu=h100:1"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1 and "does not fit: rl_step" in r.stderr
+  r = subprocess.run(cmd + ["--gpu=v100"], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert r.returncode == 2 and "expected KIND:COUNT" in r.stderr
+
+
+def test_gpu_suite_smoke_on_cpu(tmp_path):
+  """benchmarks/gpu_suite.sh --smoke: the GPU suite's code on the CPU, its JSON complete."""
+  env = dict(os.environ, OUT=str(tmp_path), JAX_PLATFORMS="cpu")
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--smoke"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+  res = json.loads((tmp_path / "gpu_suite.json").read_text())
+  assert res["smoke"] and [d["rows"] for d in res["decode"]] == [8]
+  assert all(d["tokens_per_s"] > 0 and d["decode_step_ms"] > 0 for d in res["decode"])
+  assert res["train_step"]["s"] > 0 and res["train_step"]["tflops"] > 0
+  assert [m["program"] for m in res["memory"]] == ["rollout_sampler (8 rows)", "rl_step"]
+  for m in res["memory"]:
+    assert 0.5 < m["ratio"] < 2.0, m  # the plan estimate against XLA's compiled peak
+  assert "REAL train step" in r.stdout and "plan estimate" in r.stdout
+
+
+def test_the_8b_rollout_sampler_holds_its_kv_cache_once():
+  """The compiled 8b rollout sampler (the committed TPU compiles, 4 and 8 v5p chips) leaves no
+  room for a second copy of any part of the KV cache: its peak minus the float32 parameters, the
+  bf16 weights and the KV cache (the prompt once per group plus each row's own slots) is less
+  than the prompt's KV bytes alone. The issue measured 88.5 GiB on 8 chips before the prompt
+  was shared and the prefill's attention chunked, and the KV cache held twice at the handoff."""
+  c = config_lib.load_config("configs/prometheus.py:size=8b")
+  cfg = config_lib.preset_model(c)
+  slot = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2  # k and v, bf16
+  g, n, p, r = c.rl.sample_prompts, c.rl.group_size, c.data.max_prompt_len, c.rl.max_response_len
+  for rep in _reports("rl-"):
+    if rep["model"] != "qwen3-8b":
+      continue
+    chips = rep["mesh"]["data"] * rep["mesh"]["fsdp"]
+    peak = next(q["peak"] for q in rep["programs"] if q["name"] == "rollout_sampler")
+    params = cfg.num_params() * (4 + 2) / chips  # float32 parameters + their bf16 copy
+    prompt_kv = g * p * slot / chips
+    kv = prompt_kv + g * n * r * slot / chips
+    assert 0 < peak - params - kv < prompt_kv, (rep["topology"], peak / 2**30, kv / 2**30)

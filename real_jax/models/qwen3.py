@@ -477,8 +477,8 @@ def decode_weights(model: "Qwen3") -> dict[str, Any]:
   """The model's weights for `decode_step`: per layer, cast to the compute dtype once
   (outside the decode loop), and the input/output embeddings."""
   dt = model.cfg.compute_dtype
-  stacked = {name: a.astype(dt) for name, a in model.layers.arrays().items()}
-  return {"layers": tuple({name: a[i] for name, a in stacked.items()}
+  stacked = model.layers.arrays()  # slice, then cast: one fused pass, no cast copy of the stack
+  return {"layers": tuple({name: a[i].astype(dt) for name, a in stacked.items()}
                           for i in range(model.cfg.num_layers)),
           "embedding": model.embedding[...], "final_norm": model.final_norm[...].astype(dt),
           "output": model.output_embedding()}

@@ -5,6 +5,7 @@ r"""Will it fit? Compiles a run's programs ahead of time for a TPU topology and 
   python -m real_jax.tools.plan --config configs/synthetic.py:runlocal --topology v5e:2x2 \
       --set model.preset=tiny --json plan.json
   python -m real_jax.tools.plan --summarize plan_*.json     # one table over several reports
+  python -m real_jax.tools.plan --config configs/prometheus.py:size=8b --gpu h100:8  # estimate
 
 Builds the run's real programs on the topology's devices with the config's mesh — the RL train
 step (REAL / standard RL) or the supervised step of the method, the warm-up SFT step when the
@@ -26,6 +27,11 @@ cannot fit is refused by the compiler in seconds). It prints the `--config.*` ov
 
 Topology names are libtpu's: `v5e:2x2` (4 v5e chips), `v5p:2x2x1` (4 v5p chips = a "v5p-8"
 slice, whose name counts TensorCores), `v5p:2x2x2` (8 chips).
+
+GPUs (`--gpu h100:8`, `h200:8`, `a100:8`): JAX compiles for a GPU only on a machine with one, so
+the GPU plan is an estimate: `memory_table.program_estimate`'s analytic parts times a per-program
+factor calibrated on the TPU compiles (`memory_table.CALIBRATION`), against the memory JAX lets a
+process take (`XLA_PYTHON_CLIENT_MEM_FRACTION`, 0.75 of the card unless set).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -49,6 +56,7 @@ from real_jax.judge.scores import ScoreTokens
 from real_jax.train import config_lib, data_utils, state as state_lib, steps as steps_lib
 from real_jax.train.batch import LMBatch, RLBatch
 from real_jax.train.rl import loss_config
+from real_jax.tools import memory_table
 
 # Stand-in score tokens: ids and values only shape the programs, never their memory.
 _SCORE_TOKENS = ScoreTokens(token_ids=(16, 17, 18, 19, 20), values=(1.0, 2.0, 3.0, 4.0, 5.0),
@@ -344,6 +352,7 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
   names = []
   for r in reports:
     names += [p["name"] for p in r["programs"] if p["name"] not in names]
+  names.sort(key=lambda n: n == "eval_sampler")  # the train steps first, evaluation last
   lines = ["| model | method | topology (chips) | mesh | " + " | ".join(names) + " | fits |",
            "|---|---|---|---|" + "---:|" * len(names) + "---|"]
   for r in reports:
@@ -361,10 +370,52 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+# nvidia-smi's total memory per card (MiB).
+GPUS = {"h100": 81559, "h200": 143771, "a100": 81920}
+
+
+def gpu_plan(config, gpu: str, *, headroom: float = 0.1) -> dict[str, Any]:
+  """The analytic, TPU-calibrated estimate of each program's bytes per GPU (labelled estimate)."""
+  kind, _, count = gpu.partition(":")
+  if kind not in GPUS or not count.isdigit() or int(count) < 1:
+    raise config_lib.ConfigError(f"--gpu {gpu!r}: expected KIND:COUNT with KIND one of "
+                                 f"{sorted(GPUS)}, e.g. h100:8")
+  chips = int(count)
+  mesh_shape = config_lib.validate(config, chips)
+  fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75"))
+  usable = int(GPUS[kind] * 2**20 * fraction)
+  programs = []
+  for name, parts in memory_table.program_estimate(config, mesh_shape).items():
+    analytic = sum(parts.values())
+    est = memory_table.calibrated(name, analytic, memory_table.CALIBRATION)
+    programs.append({"name": name, "parts": parts, "analytic": analytic, "estimate": est,
+                     "fits": est <= usable * (1.0 - headroom)})
+  return {"gpu": kind, "chips": chips, "mesh": mesh_shape, "usable_bytes": usable,
+          "mem_fraction": fraction, "headroom": headroom, "model": config.model.preset,
+          "method": config.method, "programs": programs,
+          "fits": all(p["fits"] for p in programs)}
+
+
+def gpu_markdown(report: dict[str, Any]) -> str:
+  lines = [f"ESTIMATE (analytic x TPU-calibrated factor; no GPU compiler without a GPU): "
+           f"{report['model']} {report['method']} on {report['chips']} x {report['gpu']}, mesh "
+           f"{report['mesh']}, {report['usable_bytes'] / _GIB:.1f} GiB usable per GPU "
+           f"(XLA_PYTHON_CLIENT_MEM_FRACTION={report['mem_fraction']}), headroom "
+           f"{100 * report['headroom']:.0f}%", "",
+           "| program | largest parts | analytic | estimate / GPU | fits |", "|---|---|---:|---:|---|"]
+  for p in report["programs"]:
+    top = sorted(p["parts"].items(), key=lambda kv: -kv[1])[:3]
+    parts = ", ".join(f"{k} {v / _GIB:.1f}" for k, v in top)
+    lines.append(f"| {p['name']} | {parts} | {p['analytic'] / _GIB:.1f} GiB | "
+                 f"{p['estimate'] / _GIB:.1f} GiB | {'yes' if p['fits'] else '**no**'} |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--config", help="configs/FILE.py[:ARG]")
   p.add_argument("--topology", help="libtpu topology, e.g. v5e:2x2, v5p:2x2x2")
+  p.add_argument("--gpu", default="", help="KIND:COUNT (h100:8, h200:8, a100:8): the estimate")
   p.add_argument("--summarize", nargs="+", metavar="JSON",
                  help="print one table (peak GiB per chip) of reports written with --json")
   p.add_argument("--headroom", type=float, default=0.1,
@@ -383,8 +434,9 @@ def main(argv=None) -> int:
         reports.append(json.load(f))
     print(summary_table(reports))
     return 0
-  if not (a.config and a.topology):
-    print("plan: --config and --topology are required (or --summarize JSON...)", file=sys.stderr)
+  if not (a.config and (a.topology or a.gpu)):
+    print("plan: --config and --topology (or --gpu) are required, or --summarize JSON...",
+          file=sys.stderr)
     return 2
   overrides = list(a.set) + [r[len("--config."):] for r in rest if r.startswith("--config.")]
   unknown = [r for r in rest if not r.startswith("--config.")]
@@ -397,7 +449,9 @@ def main(argv=None) -> int:
       key, _, value = o.partition("=")
       config_lib.set_field(config, key, value)
     only = tuple(x for x in a.only.split(",") if x)
-    if a.suggest:
+    if a.gpu:
+      report = gpu_plan(config, a.gpu, headroom=a.headroom)
+    elif a.suggest:
       rows = suggest(config, a.topology, headroom=a.headroom, only=only)
     else:
       report = plan(config, a.topology, headroom=a.headroom, only=only)
@@ -414,7 +468,8 @@ def main(argv=None) -> int:
       print("no setting fits: " + ", ".join(missing), file=sys.stderr)
       return 1
     return 0
-  print(markdown(report))
+  report["config"], report["overrides"] = a.config, overrides  # what the estimate is checked on
+  print(gpu_markdown(report) if a.gpu else markdown(report))
   if a.json:
     with open(a.json, "w") as f:
       json.dump(report, f, indent=2)
