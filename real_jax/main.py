@@ -38,6 +38,7 @@ from ml_collections import config_flags
 
 from real_jax import models
 from real_jax import sharding as shd
+from real_jax.data import batching
 from real_jax.evaluate import Evaluator
 from real_jax.judge import scores as scores_lib
 from real_jax.models import hf
@@ -45,7 +46,7 @@ from real_jax.train import checkpoint as ckpt_lib
 from real_jax.train import config_lib, data_utils, pretrain, tract
 from real_jax.train.metrics import MetricsWriter
 from real_jax.train.rl import run_rl
-from real_jax.train.runner import Run, Sources, StageRunner, Tokens
+from real_jax.train.runner import Run, Sources, StageRunner, Tokens, TooManySkippedSteps
 from real_jax.train.supervised import run_supervised
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -93,6 +94,23 @@ def _resolve_model(config, mesh, tokenizer):
   return cfg, graphdef, params
 
 
+def _check_response_room(config, stages, tokens: Tokens) -> None:
+  """A response limit that cannot hold the delimiter and a score token makes every row invalid
+  (loss 0, nothing reported): a config error before anything compiles."""
+  need = len(tokens.delim_start) + 1
+  limits = []
+  if "rl" in stages:
+    limits.append(("rl.max_response_len", config.rl.max_response_len))
+  if config.method != "pretrain" and (config.method == "eval" or config.eval.at_end
+                                      or config.eval.every):
+    limits.append(("eval.max_response_len", config.eval.max_response_len))
+  for name, v in limits:
+    if v < need:
+      raise config_lib.ConfigError(
+          f"config.{name}={v} cannot hold the delimiter ({need - 1} tokens) and a score token; "
+          f"use at least {need} (a CoT needs more)")
+
+
 def _first_process_first(fn):
   """Runs `fn` on process 0 first (it may build the tokenizer or prepare the data in the shared
   workdir), then on the other processes, which only read what it wrote."""
@@ -120,6 +138,7 @@ def setup(config, workdir: str) -> tuple[Run, Evaluator, Any]:
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else st.eos_id
   tokens = Tokens(tokenizer, tok_dir, st, int(pad_id),
                   data_utils.delimiter_at_start(tokenizer, st))
+  _check_response_room(config, config_lib.stages_for(config), tokens)
   model_cfg, graphdef, params = _resolve_model(config, mesh, tokenizer)
   stages = config_lib.stages_for(config)
   train_src, eval_srcs, val_src = _first_process_first(lambda: data_utils.load_sources(
@@ -222,7 +241,12 @@ STAGES: dict[str, Callable[[Run, Evaluator, Carry, bool], None]] = {
 
 def run(config, workdir: str) -> dict[str, Any] | None:
   """Runs the config's stages then the final evaluation; returns the final eval summary."""
-  r, evaluate, params = setup(config, workdir)
+  try:
+    r, evaluate, params = setup(config, workdir)
+  except (ValueError, FileNotFoundError) as e:  # bad files, tokenizer or checkpoint: one line
+    if isinstance(e, config_lib.ConfigError):
+      raise
+    raise config_lib.ConfigError(" ".join(str(e).split())) from e
   c = config
   t_start = time.time()
   try:
@@ -350,8 +374,44 @@ def main(argv):
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     sys.exit(2)
+  except batching.TooFewRowsError as e:
+    print(f"input error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except TooManySkippedSteps as e:
+    print(f"training stopped: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _flag_error_line(e: BaseException) -> str:
+  """One line for an error raised while parsing the flags (a config override or argument)."""
+  root = e
+  while (root.__cause__ is not None or root.__context__ is not None) and not isinstance(
+      root, (AttributeError, KeyError)):  # the outermost lookup error carries the hint
+    root = root.__cause__ or root.__context__
+  if isinstance(root, config_lib.ConfigError):
+    return str(root)
+  while isinstance(root, (AttributeError, KeyError)) and root.args and isinstance(
+      root.args[0], BaseException):
+    root = root.args[0]  # ml_collections wraps the KeyError in an AttributeError
+  bad = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
+  where = f" ({', '.join(bad)})" if bad else ""
+  if isinstance(root, (AttributeError, KeyError)):
+    text = root.args[0] if root.args and isinstance(root.args[0], str) else str(root)
+    name, _, hint = text.partition("\n")
+    return (f"unknown config field {name}{where}. {hint} `--helpfull` lists the fields").replace(
+        ".  ", ". ")
+  return " ".join(f"{root}{where}".split())
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with config errors as one line and exit status 2 (no traceback)."""
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - every parse failure is reported the same way
+    print(f"config error: {_flag_error_line(e)}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

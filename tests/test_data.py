@@ -362,3 +362,89 @@ def test_synthetic_builder_options_get_own_config(data_dir):
   assert [r["instruction"] for r in a] != [r["instruction"] for r in b]
   with pytest.raises(TypeError, match="unknown option"):
     load_split("synthetic", "test", data_dir=data_dir, sead=1)
+
+
+# --- bad data files: one clear error naming the file, or skipped and counted -------------------
+
+def _fc_rows():
+  with open(os.path.join(FIXTURES, "new_feedback_collection.json")) as f:
+    rows = json.load(f)
+  return [rows[0], rows[1], rows[6]]  # the three valid rows (scores 4, 1, 5)
+
+
+def _write(folder, name, content: bytes | str):
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / name
+  path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+  return str(path)
+
+
+def test_a_json_file_that_does_not_parse_names_the_file_and_position(tmp_path):
+  """Before: re-read as JSONL ("read 18 rows, skipped 18") and then a TFDS AssertionError."""
+  text = json.dumps(_fc_rows(), indent=1)
+  path = _write(tmp_path / "m", "new_feedback_collection.json", text[:-40])  # cut short
+  with pytest.raises(ValueError, match=re.escape(path) + r": not valid JSON: .* at line \d+ "
+                                       r"column \d+ \(char \d+\)"):
+    load_split("feedback_collection", data_dir=str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
+
+
+def test_a_split_with_no_usable_row_names_the_file_and_reasons(tmp_path):
+  """Before: TFDS's "Failed to finalize writing of split ...: No examples were yielded"."""
+  rows = [{k: v for k, v in r.items() if k != "orig_score"} for r in _fc_rows()]
+  path = _write(tmp_path / "m", "new_feedback_collection.json", json.dumps(rows))
+  with pytest.raises(records.NoUsableRowsError,
+                     match=rf"feedback_collection/train: none of the 3 rows of {re.escape(path)} "
+                           r"is usable \(missing_score 3\); first: .*row 0: missing_score: "
+                           r"neither orig_score"):
+    load_split("feedback_collection", data_dir=str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
+  _write(tmp_path / "e", "new_feedback_collection.json", "[]")
+  with pytest.raises(records.NoUsableRowsError, match=r"none of the 0 rows .*\(no rows\)"):
+    load_split("feedback_collection", data_dir=str(tmp_path / "d2"), manual_dir=str(tmp_path / "e"))
+
+
+def test_non_utf8_bytes_are_counted_in_jsonl_and_named_in_json(tmp_path):
+  """Before: a bare UnicodeDecodeError without a file name, even with on_invalid=skip."""
+  lines = [json.dumps(r).encode("utf-8") for r in _fc_rows()]
+  lines[1] = lines[1].replace(b"Feedback", b"Feedb\xffack", 1)
+  m = tmp_path / "m"
+  _write(m, "new_feedback_collection.jsonl", b"\n".join(lines) + b"\n")
+  src = load_split("feedback_collection", data_dir=str(tmp_path / "d"), manual_dir=str(m))
+  v = src.validation
+  assert (v["rows"], v["kept"], v["skipped"]) == (3, 2, {"malformed_row": 1})
+  assert re.search(r"row 1: malformed_row: not UTF-8 at byte offset \d+", v["examples"]["malformed_row"])
+  bad = json.dumps(_fc_rows()).encode("utf-8").replace(b"Feedback", b"Feedb\xffack", 1)
+  path = _write(tmp_path / "j", "new_feedback_collection.json", bad)
+  with pytest.raises(ValueError, match=re.escape(path) + r": not UTF-8 at byte offset "
+                                       + str(bad.index(b"\xff"))):
+    load_split("feedback_collection", data_dir=str(tmp_path / "d2"), manual_dir=str(tmp_path / "j"))
+
+
+def test_duplicates_are_counted_or_dropped_and_fractional_labels_rejected(tmp_path):
+  rows = _fc_rows()
+  frac = dict(rows[0], orig_score="3.5")
+  path = _write(tmp_path / "m", "new_feedback_collection.json",
+                json.dumps(rows + [rows[0], frac]))
+  kept = load_split("feedback_collection", data_dir=str(tmp_path / "d"),
+                    manual_dir=str(tmp_path / "m"))
+  v = kept.validation
+  assert (v["rows"], v["kept"], v["duplicates"]) == (5, 4, 1)
+  assert v["skipped"] == {"fractional_score": 1}
+  assert "orig_score='3.5' is not an integer" in v["examples"]["fractional_score"]
+  deduped = load_split("feedback_collection", data_dir=str(tmp_path / "d"),
+                       manual_dir=str(tmp_path / "m"), dedup=True)
+  v = deduped.validation
+  assert (v["kept"], v["duplicates"], v["skipped"]) == (3, 1, {"duplicate": 1,
+                                                              "fractional_score": 1})
+  assert path in v["examples"]["duplicate"]
+
+
+def test_an_edited_data_file_is_prepared_again(tmp_path):
+  """Before: the old prepared TFDS copy was reused after the file changed."""
+  m = tmp_path / "m"
+  path = _write(m, "new_feedback_collection.json", json.dumps(_fc_rows()))
+  assert len(load_split("feedback_collection", data_dir=str(tmp_path / "d"), manual_dir=str(m))) == 3
+  assert len(load_split("feedback_collection", data_dir=str(tmp_path / "d"), manual_dir=str(m))) == 3
+  _write(m, "new_feedback_collection.json", json.dumps(_fc_rows()[:2]))
+  os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+  again = load_split("feedback_collection", data_dir=str(tmp_path / "d"), manual_dir=str(m))
+  assert len(again) == 2 and again.validation["rows"] == 2

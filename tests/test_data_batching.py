@@ -168,3 +168,26 @@ def test_to_global_on_mesh(source, tok):
   bad = next(_batcher(source, tok, batch_size=6))
   with pytest.raises(ValueError, match="does not divide"):
     batching.to_global(bad, mesh)
+
+
+def test_a_source_that_cannot_fill_a_batch_raises_instead_of_hanging(source, tok):
+  """Every prompt over max_prompt_len, or fewer usable rows than one batch: an error naming the
+  counts and the skip reasons after one pass, never an endless loop over epochs."""
+  it = _batcher(source, tok, max_prompt_len=8)  # shorter than every prompt
+  with pytest.raises(batching.TooFewRowsError,
+                     match=rf"0 of {len(source)} records are usable \(skipped: prompt_too_long "
+                           rf"{len(source)}\), fewer than one batch of 4"):
+    next(it)
+  with pytest.raises(batching.TooFewRowsError, match=r"3 of 3 records are usable.*batch of 4"):
+    next(_batcher(source[:3], tok))
+  # The same 3 rows without drop_remainder (evaluation): one partial batch, then the end.
+  ev = _batcher(source[:3], tok, drop_remainder=False, num_epochs=1, shuffle=False)
+  assert int(next(ev)["valid"].sum()) == 3
+  with pytest.raises(StopIteration):
+    next(ev)
+  # Enough rows: many epochs pass without the check tripping, also after a mid-epoch resume.
+  ok = _batcher(source[:9], tok)
+  _take(ok, 5)
+  again = _batcher(source[:9], tok)
+  again.restore(ok.state())
+  _take(again, 5)

@@ -312,6 +312,28 @@ def test_non_finite_step_is_skipped_and_counted(real_rows):
   assert float(m["applied"]) == 1.0 and int(m["skipped"]) == 1 and int(state["step"]) == 2
 
 
+def test_non_finite_update_is_skipped(real_rows):
+  """A NaN update (what a NaN learning rate gives): the loss and gradient are finite but the
+  update is not. The step is skipped and counted, the parameters and AdamW moments unchanged,
+  and the next step applied."""
+  mesh = _mesh1()
+  graphdef, params = _params(mesh)
+  batch, tx, loss = _adamw_rows(real_rows)
+  state, sh = state_lib.init_state(params, tx, mesh, 0)
+  before = _host(state)
+  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, RLBatch(**batch), nan_update_at=1)
+  state, m = step(state, shd.put_batch(RLBatch(**batch), mesh))
+  assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
+  assert float(m["applied"]) == 0.0 and int(m["skipped"]) == 1
+  after = _host(state)
+  for a, b in zip(jax.tree.leaves(before["params"]) + jax.tree.leaves(before["opt_state"]),
+                  jax.tree.leaves(after["params"]) + jax.tree.leaves(after["opt_state"])):
+    np.testing.assert_array_equal(a, b)
+  state, m = step(state, shd.put_batch(RLBatch(**batch), mesh))
+  assert float(m["applied"]) == 1.0 and int(m["skipped"]) == 1
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(_host(state)["params"]))
+
+
 def test_checkpoint_round_trip(tmp_path):
   mesh = shd.make_mesh({"fsdp": 2, "tensor": 4})
   _, params = _params(mesh, seed=3)

@@ -104,6 +104,11 @@ class PromptTooLongError(ValueError):
   pass
 
 
+class TooFewRowsError(ValueError):
+  """A whole epoch of the source gave fewer usable rows than one batch: iterating would never
+  yield (or would loop forever skipping everything)."""
+
+
 def sft_score(record: Mapping[str, Any]) -> int | None:
   """The score an SFT target ends with: the demonstration's own score, else the integer label."""
   fs = int(record.get("feedback_score", -1))
@@ -141,6 +146,7 @@ class JudgeBatcher:
     self._cursor = 0
     self._order_epoch = -1
     self._order: np.ndarray | None = None
+    self._epoch_usable: int | None = 0  # usable rows seen this epoch (None: resumed mid-epoch)
 
   # --- position ------------------------------------------------------------------------------
   def state(self) -> dict[str, Any]:
@@ -160,6 +166,7 @@ class JudgeBatcher:
                          "it belongs to a different data order")
     self._epoch = int(state["epoch"])
     self._cursor = int(state["cursor"])
+    self._epoch_usable = 0 if self._cursor == 0 else None
     self.stats = collections.Counter({k: int(v) for k, v in state.get("skipped", {}).items()})
 
   def _order_for(self, epoch: int) -> np.ndarray:
@@ -209,6 +216,7 @@ class JudgeBatcher:
         break
       order = self._order_for(self._epoch)
       if self._cursor >= len(order):
+        self._check_epoch_yield()
         if rows and not cfg.drop_remainder:
           break  # emit the partial batch; the next call starts the next epoch
         if rows and cfg.drop_remainder:
@@ -222,10 +230,27 @@ class JudgeBatcher:
       enc = self._encode(index)
       if enc is not None:
         rows.append((index, *enc))
+        if self._epoch_usable is not None:
+          self._epoch_usable += 1
     if self._cursor >= len(self._order_for(self._epoch)) and not cfg.drop_remainder and rows:
       self._epoch += 1
       self._cursor = 0
+      self._epoch_usable = 0
     return rows
+
+  def _check_epoch_yield(self) -> None:
+    """At the end of an epoch: raise if the whole epoch could not fill one batch."""
+    usable, cfg = self._epoch_usable, self.config
+    self._epoch_usable = 0
+    need = cfg.batch_size if cfg.drop_remainder else 1
+    if usable is None or usable >= need:
+      return
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(self.stats.items())
+                        if k != "dropped_remainder") or "none"
+    raise TooFewRowsError(
+        f"{usable} of {len(self.source)} records are usable (skipped: {skipped}), fewer than one "
+        f"batch of {cfg.batch_size}: lower the batch size, or raise data.max_prompt_len / "
+        f"data.max_target_len (or set data.overlong=truncate) if prompts or targets are skipped")
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self

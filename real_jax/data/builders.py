@@ -27,6 +27,7 @@ becomes the configured one).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import tensorflow_datasets as tfds
 
@@ -50,8 +51,8 @@ class _RealJudgeBuilder(JudgeBuilderBase, skip_registration=True):
   SPLITS = ("test",)
   FILE_CANDIDATES: tuple[str, ...] = ()
 
-  def _data_file(self, dl_manager) -> str:
-    manual_dir = getattr(dl_manager, "_manual_dir", None)
+  def data_file(self, manual_dir) -> str:
+    """The local file this dataset is prepared from (FileNotFoundError naming what to put where)."""
     src = self.builder_config.source_file
     if src:
       path = src if os.path.isabs(src) else os.path.join(os.fspath(manual_dir or ""), src)
@@ -62,8 +63,17 @@ class _RealJudgeBuilder(JudgeBuilderBase, skip_registration=True):
     return records_lib.find_manual_file(manual_dir, self.name, self.FILE_CANDIDATES,
                                         self.MANUAL_DOWNLOAD_INSTRUCTIONS)
 
+  def source_fingerprint(self, manual_dir) -> dict[str, Any]:
+    """Path, size and modification time of the data file: a prepared copy is stale when they
+    differ from the ones recorded at preparation (`real_jax.data.load_split` re-prepares)."""
+    path = os.path.abspath(self.data_file(manual_dir))
+    st = os.stat(path)
+    return {"path": path, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
   def _split_generators(self, dl_manager):
-    path = self._data_file(dl_manager)
+    manual_dir = getattr(dl_manager, "_manual_dir", None)
+    path = self.data_file(manual_dir)
+    self.info.metadata["fingerprint"] = self.source_fingerprint(manual_dir)
     split = self.SPLITS[0]
     return {split: self._generate_from_rows(
         split, records_lib.read_rows(path), path=path,

@@ -15,10 +15,12 @@ prepared files.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from real_jax.data import builders as builders_lib
 from real_jax.data import synthetic as synthetic_lib
@@ -106,6 +108,20 @@ class JudgeSource(Sequence):
     return f"JudgeSource({self.name}/{self.split}, {len(self)} records)"
 
 
+def _is_stale(builder, manual_dir: str | None) -> bool:
+  """A prepared copy whose source file changed (size or mtime) since it was prepared."""
+  recorded = builder.info.metadata.get("fingerprint")
+  try:
+    now = builder.source_fingerprint(manual_dir)
+  except FileNotFoundError:
+    return False  # the prepared copy is all there is (the file moved away): keep using it
+  if recorded == now:
+    return False
+  logging.warning("%s: %s changed since it was prepared (%s -> %s); preparing it again",
+                  builder.name, now["path"], recorded, now)
+  return True
+
+
 def load_split(name: str, split: str | None = None, *, data_dir: str | os.PathLike,
                manual_dir: str | os.PathLike | None = None,
                output_format: prompts_lib.OutputFormat | str = prompts_lib.OutputFormat.SCORE_PHRASE,
@@ -129,12 +145,16 @@ def load_split(name: str, split: str | None = None, *, data_dir: str | os.PathLi
   base = split.split("[")[0]
   if base not in builder.SPLITS:
     raise ValueError(f"{name} has splits {list(builder.SPLITS)}, not {base!r}")
+  manual = (os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
+            if manual_dir is not None else None)
+  if (builder.is_prepared() and hasattr(builder, "source_fingerprint")
+      and _is_stale(builder, manual)):
+    shutil.rmtree(builder.data_dir)
+    builder = get_builder(name, data_dir=data_dir, output_format=output_format, **options)
   if not builder.is_prepared():
     if not prepare:
       raise FileNotFoundError(f"{name} ({builder.builder_config.name}) is not prepared in "
                               f"{builder.data_dir}; call with prepare=True")
-    dl_config = tfds.download.DownloadConfig(
-        manual_dir=(os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
-                    if manual_dir is not None else None))
+    dl_config = tfds.download.DownloadConfig(manual_dir=manual)
     builder.download_and_prepare(download_config=dl_config)
   return JudgeSource(builder.as_data_source(split), name=name, split=split, info=builder.info)

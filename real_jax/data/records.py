@@ -40,10 +40,16 @@ REASONS = (
     "missing_score",       # no ground-truth score field (or an empty list)
     "unparsable_score",    # a score that is not a number
     "score_out_of_range",  # a score outside [1, 5]
+    "fractional_score",    # orig_score (an integer label, 1..5) that is not an integer
     "prompt_too_long",     # over max_prompt_chars / max_prompt_tokens
+    "duplicate",           # the same prompt, response and score as an earlier row (dedup=True)
 )
 
 GROUND_TRUTHS = ("auto", "orig_score", "gpt4", "human")
+
+
+class NoUsableRowsError(ValueError):
+  """Every row of a split's file was rejected: names the file, the reasons and their counts."""
 
 
 class InvalidRowError(ValueError):
@@ -66,6 +72,7 @@ class ValidationReport:
   files: list[str] = dataclasses.field(default_factory=list)
   rows: int = 0
   kept: int = 0
+  duplicates: int = 0  # rows equal to an earlier one (kept unless dedup; then also skipped)
   skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   examples: dict[str, str] = dataclasses.field(default_factory=dict)  # first offender per reason
 
@@ -75,15 +82,25 @@ class ValidationReport:
 
   def to_dict(self) -> dict[str, Any]:
     return {"dataset": self.dataset, "split": self.split, "files": list(self.files),
-            "rows": self.rows, "kept": self.kept,
+            "rows": self.rows, "kept": self.kept, "duplicates": self.duplicates,
             "skipped": {r: int(self.skipped[r]) for r in REASONS if self.skipped[r]},
             "examples": dict(self.examples)}
 
   def summary(self) -> str:
     sk = ", ".join(f"{r}={n}" for r, n in self.to_dict()["skipped"].items()) or "none"
+    dup = f"; {self.duplicates} duplicate rows" if self.duplicates else ""
     return (f"[real_jax.data] {self.dataset}/{self.split}: read {self.rows} rows from "
             f"{', '.join(os.path.basename(f) for f in self.files) or '-'}; kept {self.kept}; "
-            f"skipped {sum(self.skipped.values())} ({sk})")
+            f"skipped {sum(self.skipped.values())} ({sk}){dup}")
+
+  def no_usable_rows(self) -> NoUsableRowsError:
+    counts = ", ".join(f"{r} {n}" for r, n in self.to_dict()["skipped"].items()) or "no rows"
+    first = next(iter(self.examples.values()), "")
+    files = ", ".join(self.files) or "-"
+    return NoUsableRowsError(
+        f"{self.dataset}/{self.split}: none of the {self.rows} rows of {files} is usable "
+        f"({counts}){'; first: ' + first if first else ''}. Fix the file, or check the "
+        "dataset's ground_truth option and the fields it reads")
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -120,13 +137,21 @@ def read_rows(path: str) -> Iterator[tuple[int, Any]]:
         yield i, row
         i += 1
     return
-  with open(path, "r", encoding="utf-8") as f:
-    text = f.read()
+  with open(path, "rb") as f:
+    raw = f.read()
   if not path.endswith(".jsonl"):
     try:
+      text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path}: not UTF-8 at byte offset {e.start} ({raw[e.start:e.start + 4]!r});"
+                       " re-save the file as UTF-8") from None
+    try:
       data = json.loads(text)
-    except json.JSONDecodeError:
-      data = None  # maybe JSONL with a .json name (some releases); fall through
+    except json.JSONDecodeError as e:
+      if not _looks_like_jsonl(text):
+        raise ValueError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno} "
+                         f"(char {e.pos})") from None
+      data = None  # JSONL with a .json name (some releases): read it line by line below
     if data is not None:
       if isinstance(data, dict):
         rows = data.get("data") or data.get("rows") or data.get("train") or data.get("test")
@@ -137,11 +162,27 @@ def read_rows(path: str) -> Iterator[tuple[int, Any]]:
         raise ValueError(f"{path}: expected a JSON array of rows, got {type(data).__name__}")
       yield from enumerate(data)
       return
-  for i, line in enumerate(l for l in text.splitlines() if l.strip()):
+  offset, i = 0, 0
+  for line in raw.splitlines(keepends=True):
+    start, offset = offset, offset + len(line)
+    if not line.strip():
+      continue
     try:
-      yield i, json.loads(line)
+      yield i, json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+      yield i, InvalidRowError("malformed_row", f"not UTF-8 at byte offset {start + e.start}")
     except json.JSONDecodeError as e:
       yield i, InvalidRowError("malformed_row", f"line does not parse as JSON ({e.msg})")
+    i += 1
+
+
+def _looks_like_jsonl(text: str) -> bool:
+  """A file whose first non-empty line is a whole JSON object (JSON Lines), not a broken array."""
+  first = next((l for l in text.splitlines() if l.strip()), "")
+  try:
+    return isinstance(json.loads(first), dict)
+  except json.JSONDecodeError:
+    return False
 
 
 # --- scores ------------------------------------------------------------------------------------
@@ -188,9 +229,16 @@ def ground_truth_scores(row: Mapping[str, Any], mode: str) -> list[float]:
   if mode not in GROUND_TRUTHS:
     raise ValueError(f"ground_truth must be one of {GROUND_TRUTHS}, got {mode!r}")
   if mode == "auto":
+    if row.get("orig_score") is None and row.get("gpt4_score") is None:
+      raise InvalidRowError("missing_score", "neither orig_score (Feedback Collection / Bench) "
+                            "nor gpt4_score (the benchmarks) is present")
     mode = "orig_score" if row.get("orig_score") is not None else "gpt4"
   field = {"orig_score": "orig_score", "gpt4": "gpt4_score", "human": "human_score"}[mode]
-  return parse_scores(row.get(field), field)
+  scores = parse_scores(row.get(field), field)
+  if field == "orig_score" and any(abs(v - round(v)) > 1e-6 for v in scores):
+    raise InvalidRowError("fractional_score", f"orig_score={row.get(field)!r} is not an "
+                          "integer (this source's labels are the integers 1..5)")
+  return scores
 
 
 # --- the common record -------------------------------------------------------------------------
@@ -258,10 +306,14 @@ def make_record(row: Any, *, source: str, row_id: str, options: RecordOptions) -
 
 def validated_records(rows: Iterator[tuple[int, Any]], *, source: str, split: str, path: str,
                       options: RecordOptions, report: ValidationReport, on_invalid: str = "skip",
-                      id_fn=None) -> Iterator[dict[str, Any]]:
-  """Validates rows, counting skips in `report` (or raising with on_invalid="raise")."""
+                      id_fn=None, dedup: bool = False) -> Iterator[dict[str, Any]]:
+  """Validates rows, counting skips in `report` (or raising with on_invalid="raise").
+
+  A row equal to an earlier one (same prompt, response and target) is counted in
+  `report.duplicates`; with `dedup` it is also skipped (reason "duplicate")."""
   if on_invalid not in ("skip", "raise"):
     raise ValueError(f"on_invalid must be 'skip' or 'raise', got {on_invalid!r}")
+  seen: set[int] = set()
   for i, row in rows:
     report.rows += 1
     row_id = id_fn(i, row) if id_fn else f"{source}-{i:06d}"
@@ -274,5 +326,13 @@ def validated_records(rows: Iterator[tuple[int, Any]], *, source: str, split: st
         raise
       report.skip(e)
       continue
+    key = hash((rec["prompt"], rec["target"]))
+    if key in seen:
+      report.duplicates += 1
+      if dedup:
+        report.skip(InvalidRowError("duplicate", "same prompt and score as an earlier row",
+                                    where=f"{path} row {i}"))
+        continue
+    seen.add(key)
     report.kept += 1
     yield rec

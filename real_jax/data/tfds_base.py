@@ -40,6 +40,8 @@ class JudgeBuilderConfig(tfds.core.BuilderConfig):
     tokenizer_dir: Hugging Face tokenizer directory used for max_prompt_tokens.
     source_file: explicit data file (absolute, or a name inside manual_dir) instead of the
       default file names.
+    dedup: skip rows equal to an earlier one (same prompt and score; reason "duplicate");
+      without it they are kept and counted.
   """
 
   output_format: str = prompts_lib.OutputFormat.SCORE_PHRASE.value
@@ -49,6 +51,7 @@ class JudgeBuilderConfig(tfds.core.BuilderConfig):
   max_prompt_tokens: int | None = None
   tokenizer_dir: str | None = None
   source_file: str | None = None
+  dedup: bool = False
 
   def options_dict(self) -> dict[str, Any]:
     """The config's data-relevant fields (everything but the TFDS bookkeeping fields)."""
@@ -144,10 +147,13 @@ class JudgeBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     for rec in records_lib.validated_records(
         keep_raw(rows), source=self.SOURCE, split=split, path=path, options=options, report=report,
-        on_invalid=self.builder_config.on_invalid, id_fn=self._row_id):
+        on_invalid=self.builder_config.on_invalid, id_fn=self._row_id,
+        dedup=self.builder_config.dedup):
       rec["scores"] = np.asarray(rec["scores"], np.float32)
       rec.update(self._extra_values(raw["row"]))
       yield rec["id"], rec
+    if report.kept == 0:
+      raise report.no_usable_rows()
     self.info.metadata.setdefault("validation", {})[split] = report.to_dict()
     self.info.metadata["config"] = json.loads(
         json.dumps(self.builder_config.options_dict(), default=str))

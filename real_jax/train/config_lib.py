@@ -127,6 +127,16 @@ def preset_model(config: ConfigDict, tokenizer_size: int | None = None) -> qwen3
   return get_preset(mc.preset).model.replace(**over)
 
 
+def _get_field(config: ConfigDict, path: str) -> Any:
+  """`config.<path>`, or None when the config has no such field."""
+  node = config
+  for part in path.split("."):
+    if part not in node:
+      return None
+    node = node[part]
+  return node
+
+
 def set_field(config: ConfigDict, path: str, value: str) -> None:
   """`config.<path> = value`, the string parsed as the field's type (tools' `--set a.b=v`)."""
   *parents, leaf = path.split(".")
@@ -229,6 +239,9 @@ def base_config() -> ConfigDict:
   c.optim.grad_clip = 1.0  # global-norm clip; 0 disables
   c.optim.schedule = "constant"  # constant | cosine | linear (decay to 0 over the stage)
   c.optim.warmup_steps = 0
+  # Stop the run (the last checkpoint kept) after this many consecutive skipped steps (a
+  # non-finite loss, gradient or update; an RL update counts when all its steps were); 0: never.
+  c.optim.max_skipped_in_a_row = 20
 
   # Supervised stages: sft, raft and both TRACT stages.
   c.train = ConfigDict()
@@ -354,6 +367,7 @@ def base_config() -> ConfigDict:
   # Testing hooks.
   c.debug = ConfigDict()
   c.debug.stop_after = 0  # simulate a kill: exit after this many steps of the main stage
+  c.debug.nan_update_step = 0  # make the update of this optimiser step (1-based) NaN, every stage
   return c
 
 
@@ -498,6 +512,17 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
       v = v[part]
     if v < lo or (hi is not None and v > hi):
       raise ConfigError(f"config.{name}={v} must be in [{lo}, {hi if hi is not None else 'inf'}]")
+  # Counts: a negative one would run "successfully" doing nothing (a stage of -3 steps).
+  for name in ("optim.max_skipped_in_a_row", "debug.nan_update_step", "rl.steps", "warmup.steps", "train.steps", "pretrain.steps", "tract.stage1_steps",
+               "rl.epochs", "eval.every", "checkpoint.every", "eval.max_items",
+               "rl.max_response_len", "eval.max_response_len", "data.max_prompt_len",
+               "rl.buffer_size", "rl.prompts_per_step", "rl.sample_prompts",
+               "rl.mini_batch_size", "rl.micro_batch_size", "rl.score_batch_size",
+               "train.batch_size", "train.micro_batch_size", "warmup.batch_size",
+               "warmup.micro_batch_size", "eval.batch_size"):
+    v = _get_field(config, name)
+    if v is not None and v < 0:
+      raise ConfigError(f"config.{name}={v} is negative; use 0 or more")
   if config.rl.group_size < 2 and config.method in ("grpo", "real"):
     raise ConfigError(f"config.rl.group_size={config.rl.group_size}: group advantages need at "
                       "least 2 samples per prompt")

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any, Mapping, Sequence
 
@@ -33,13 +34,14 @@ class MetricsWriter:
     self.path = os.path.join(workdir, filename)
     self.enabled = enabled  # False on every process but the first of a multi-process run
     self._tb = None
+    self._tb_dir = os.path.join(workdir, "tb")
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self._tb = SummaryWriter(self._tb_dir)
       except Exception as e:  # tensorboardX missing or unusable: JSONL only
         logging.info("TensorBoard summaries off (%s)", e)
 
@@ -60,6 +62,27 @@ class MetricsWriter:
       kept.append(line if line.endswith("\n") else line + "\n")
     with open(self.path, "w") as f:
       f.writelines(kept)
+    self._rebuild_tensorboard()
+
+  def _rebuild_tensorboard(self) -> None:
+    """Rewrites the TensorBoard events from metrics.jsonl (after a resume truncated it): the
+    events then agree with the JSONL exactly, with no rows twice and none lost unflushed."""
+    if self._tb is None:
+      return
+    from tensorboardX import SummaryWriter
+    self._tb.close()
+    shutil.rmtree(self._tb_dir, ignore_errors=True)
+    self._tb = SummaryWriter(self._tb_dir)
+    for row in read_metrics(os.path.dirname(self.path), filename=os.path.basename(self.path)):
+      self._add_scalars(row)
+    self._tb.flush()
+
+  def _add_scalars(self, row: Mapping[str, Any]) -> None:
+    for k, v in row.items():
+      if k in ("stage", "step", "time"):
+        continue
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        self._tb.add_scalar(f"{row['stage']}/{k}", v, int(row["step"]))
 
   def drop_stage(self, stage: str) -> None:
     self.truncate(stage, -1)
@@ -72,11 +95,7 @@ class MetricsWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
     if self._tb is not None:
-      for k, v in row.items():
-        if k in ("stage", "step", "time"):
-          continue
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-          self._tb.add_scalar(f"{stage}/{k}", v, int(step))
+      self._add_scalars(row)
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -88,15 +107,19 @@ class MetricsWriter:
       self._tb = None
 
 
-def read_metrics(workdir: str, stage: str | None = None) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, "metrics.jsonl")
+def read_metrics(workdir: str, stage: str | None = None, *, filename: str = "metrics.jsonl"
+                 ) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, filename)
   if not os.path.exists(path):
     return []
   out = []
   with open(path) as f:
     for line in f:
       if line.strip():
-        r = json.loads(line)
+        try:
+          r = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut by a kill (truncate drops it on resume)
         if stage is None or r.get("stage") == stage:
           out.append(r)
   return out

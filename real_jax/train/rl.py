@@ -369,7 +369,8 @@ def run_rl(run: Run, params_in, *, method: str, main: bool = True):
       if width not in step_fns:
         step_fns[width] = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh,
                                                     stage.shardings, data.take(slice(0, mini)),
-                                                    num_micro=num_micro)
+                                                    num_micro=num_micro,
+                                                    nan_update_at=c.debug.nan_update_step)
       step_fn = step_fns[width]
       for e in range(rl.epochs):
         order = (np.random.default_rng([c.seed, u, e]).permutation(rows_per_update)

@@ -44,6 +44,10 @@ class SimulatedKill(RuntimeError):
   """Raised by `config.debug.stop_after` (tests of exact resume)."""
 
 
+class TooManySkippedSteps(RuntimeError):
+  """`optim.max_skipped_in_a_row` consecutive steps were non-finite: the run stops."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Tokens:
   """The run's tokenizer and what is read from it once: the score tokens, the pad id and the
@@ -166,6 +170,8 @@ class Stage:
     self.state, self.shardings, self.start, self.meta = state, shardings, start, meta
     self.total, self.main = total, main
     self.best = meta.get("best")
+    self._counts = (int(state["step"]), int(state["skipped"]))  # optimiser steps, skipped
+    self.skipped_in_a_row = 0
 
   @property
   def finished(self) -> bool:
@@ -182,6 +188,7 @@ class Stage:
     (main stage only), a checkpoint every `checkpoint.every` steps and at the end (with the data
     position `data`), then the kill hook of the resume tests."""
     c = self.runner.config
+    self._check_skipped(done)
     self.best = self._maybe_eval(done)
     if done % c.checkpoint.every == 0 or done == self.total:
       self.ck.save(done, self.state, {"data": data, "done": done == self.total,
@@ -190,6 +197,24 @@ class Stage:
     if self.main and n and done - self.start >= n:
       self.ck.close()
       raise SimulatedKill(f"debug.stop_after={n}: stopping after {done - self.start} steps")
+
+  def _check_skipped(self, done: int) -> None:
+    """Counts steps (RL updates) whose every optimiser step was skipped as non-finite; stops the
+    run after `optim.max_skipped_in_a_row` of them in a row, keeping the last checkpoint."""
+    steps, skipped = int(self.state["step"]), int(self.state["skipped"])
+    d_steps, d_skipped = steps - self._counts[0], skipped - self._counts[1]
+    self._counts = (steps, skipped)
+    self.skipped_in_a_row = self.skipped_in_a_row + 1 if d_steps and d_skipped == d_steps else 0
+    limit = self.runner.config.optim.max_skipped_in_a_row
+    if limit and self.skipped_in_a_row >= limit:
+      self.ck.wait()
+      last = self.ck.latest_step()
+      self.ck.close()
+      raise TooManySkippedSteps(
+          f"stage {self.name}: {self.skipped_in_a_row} steps in a row up to step {done} had a "
+          f"non-finite loss, gradient or update ({skipped} skipped in all); stopping (the last "
+          f"checkpoint{f', step {last},' if last is not None else ''} is kept). Lower the "
+          f"learning rate or check the data; optim.max_skipped_in_a_row={limit} sets the limit")
 
   def close(self):
     """Waits for the last checkpoint; returns the final parameters."""

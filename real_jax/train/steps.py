@@ -290,7 +290,7 @@ def _split_micro(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
 
 def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     mesh: Mesh, state_shardings: Any, batch_example: Batch, *,
-                    num_micro: int = 1, donate: bool = True):
+                    num_micro: int = 1, donate: bool = True, nan_update_at: int = 0):
   """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and donation.
 
   Args:
@@ -301,6 +301,8 @@ def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransf
     batch_example: a typed batch (arrays or ShapeDtypeStructs) giving the fields and ranks.
     num_micro: micro-batches per step (gradient accumulation); must divide the batch.
     donate: donate the input state's buffers.
+    nan_update_at: tests only (`debug.nan_update_step`): the update of this 1-based step is NaN,
+      as a NaN learning rate makes it (finite loss and gradient).
 
   Returns:
     The jitted step. metrics (replicated scalars): the loss's metrics, "grad_norm" (before
@@ -330,13 +332,21 @@ def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransf
         zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
                  jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape))
         (grads, l, metrics), _ = jax.lax.scan(body, zeros, micro)
-      grad_norm = optax.global_norm(grads)
+      grad_norm = optax.tree.norm(grads)
       ok = jnp.isfinite(l) & jnp.isfinite(grad_norm)
       # Zero non-finite gradients before the optimizer so no NaN reaches its state; the where
       # below then keeps the old state anyway.
       safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
       updates, new_opt = tx.update(safe_grads, state["opt_state"], params)
+      if nan_update_at:
+        updates = jax.tree.map(
+            lambda u: jnp.where(state["step"] == nan_update_at - 1, jnp.nan, u), updates)
       new_params = optax.apply_updates(params, updates)
+      # The update itself must be finite too (a NaN learning rate gives a finite loss and
+      # gradient but NaN parameters): check the updates and the new optimizer state.
+      floats = lambda t: [x for x in jax.tree.leaves(t) if jnp.issubdtype(x.dtype, jnp.floating)]
+      ok = ok & jnp.isfinite(optax.tree.norm(updates)) & jnp.isfinite(
+          optax.tree.norm(floats(new_opt)))
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
       new_state = {
           "params": keep(new_params, params),
