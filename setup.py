@@ -18,7 +18,6 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "scipy==1.17.1",
     "jinja2==3.1.6",  # chat templates; transformers only pulls it in through torch
-    "tqdm==4.70.1",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",  # plots of experiments and notebooks (PNG, headless Agg backend)
 ]
@@ -27,6 +26,7 @@ LIBTPU = "libtpu==0.0.42.1"  # the TPU compiler (what jax[tpu]==0.10.2 pins): pl
 
 EXTRAS = {
     "tpu": [LIBTPU],
+    "tensorboard": ["tensorboard==2.21.0"],  # the viewer: tensorboard --logdir WORKDIR/tb
     "test": [
         LIBTPU,  # tests/test_plan.py compiles for a TPU topology
         "pytest==9.2.0",
