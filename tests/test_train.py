@@ -294,20 +294,29 @@ def test_sharded_step_equals_single_device(real_rows):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_non_finite_step_is_skipped_and_counted(real_rows):
+def _skip_setup(real_rows, **step_kw):
+  """(batch rows, state, its host copy, the AdamW REAL step with `step_kw`) on one device."""
   mesh = _mesh1()
   graphdef, params = _params(mesh)
   batch, tx, loss = _adamw_rows(real_rows)
   state, sh = state_lib.init_state(params, tx, mesh, 0)
-  before = _host(state)
-  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, RLBatch(**batch), num_micro=2)
-  bad = dict(batch, target=np.full_like(batch["target"], np.nan))
-  state, m = step(state, shd.put_batch(RLBatch(**bad), mesh))
-  assert float(m["applied"]) == 0.0 and int(m["skipped"]) == 1
+  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, RLBatch(**batch), **step_kw)
+  return batch, state, _host(state), step, mesh
+
+
+def _assert_unchanged(before, state):
   after = _host(state)
   for a, b in zip(jax.tree.leaves(before["params"]) + jax.tree.leaves(before["opt_state"]),
                   jax.tree.leaves(after["params"]) + jax.tree.leaves(after["opt_state"])):
     np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_step_is_skipped_and_counted(real_rows):
+  batch, state, before, step, mesh = _skip_setup(real_rows, num_micro=2)
+  bad = dict(batch, target=np.full_like(batch["target"], np.nan))
+  state, m = step(state, shd.put_batch(RLBatch(**bad), mesh))
+  assert float(m["applied"]) == 0.0 and int(m["skipped"]) == 1
+  _assert_unchanged(before, state)
   state, m = step(state, shd.put_batch(RLBatch(**batch), mesh))  # a good step is applied
   assert float(m["applied"]) == 1.0 and int(m["skipped"]) == 1 and int(state["step"]) == 2
 
@@ -316,19 +325,11 @@ def test_non_finite_update_is_skipped(real_rows):
   """A NaN update (what a NaN learning rate gives): the loss and gradient are finite but the
   update is not. The step is skipped and counted, the parameters and AdamW moments unchanged,
   and the next step applied."""
-  mesh = _mesh1()
-  graphdef, params = _params(mesh)
-  batch, tx, loss = _adamw_rows(real_rows)
-  state, sh = state_lib.init_state(params, tx, mesh, 0)
-  before = _host(state)
-  step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, RLBatch(**batch), nan_update_at=1)
+  batch, state, before, step, mesh = _skip_setup(real_rows, nan_update_at=1)
   state, m = step(state, shd.put_batch(RLBatch(**batch), mesh))
   assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
   assert float(m["applied"]) == 0.0 and int(m["skipped"]) == 1
-  after = _host(state)
-  for a, b in zip(jax.tree.leaves(before["params"]) + jax.tree.leaves(before["opt_state"]),
-                  jax.tree.leaves(after["params"]) + jax.tree.leaves(after["opt_state"])):
-    np.testing.assert_array_equal(a, b)
+  _assert_unchanged(before, state)
   state, m = step(state, shd.put_batch(RLBatch(**batch), mesh))
   assert float(m["applied"]) == 1.0 and int(m["skipped"]) == 1
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(_host(state)["params"]))

@@ -85,6 +85,8 @@ def program_estimate(config, mesh_shape: dict[str, int]) -> dict[str, dict[str, 
                                   cfg.num_layers)
   heads = max(n_h // tensor, 1)
   params = _param_bytes(cfg, mesh, cfg.param_dtype)
+  f32_copy = _param_bytes(cfg, mesh, np.float32)  # one AdamW moment, or one gradient buffer
+  compute_copy = _param_bytes(cfg, mesh, cfg.dtype)
   gathered = 2 * _layer_bytes(cfg, cb, tensor)  # this layer's and the next one's (prefetch)
   chunk = cfg.attention_chunk
   lp = max(data_utils.prompt_buckets(c))
@@ -99,8 +101,8 @@ def program_estimate(config, mesh_shape: dict[str, int]) -> dict[str, dict[str, 
 
   def train(rows, width, micro):
     rows_dev = max(micro // shards, 1)
-    return {"params": params, "adam moments": 2 * _param_bytes(cfg, mesh, np.float32),
-            "gradients": 2 * _param_bytes(cfg, mesh, np.float32),  # accumulated + this micro
+    return {"params": params, "adam moments": 2 * f32_copy,
+            "gradients": 2 * f32_copy,  # accumulated + this micro-batch's
             "gathered layers": gathered,
             "residual stream (remat)": layers * rows_dev * width * d * cb,
             "layer activations": layer_activations(rows_dev, width, True),
@@ -111,7 +113,7 @@ def program_estimate(config, mesh_shape: dict[str, int]) -> dict[str, dict[str, 
     g_dev = max(prompts // shards, 1)
     kv_heads = max(k_h // tensor, 1)
     slots = g_dev * lp + g_dev * n * new_tokens
-    return {"params": params, "compute-dtype weights": _param_bytes(cfg, mesh, cfg.dtype),
+    return {"params": params, "compute-dtype weights": compute_copy,
             "KV cache": slots * layers * 2 * kv_heads * h * cb,
             "prefill activations": layer_activations(g_dev, lp, False),
             "decode logits": 4 * g_dev * n * v * f32}
@@ -154,16 +156,19 @@ CALIBRATION = {"eval_sampler": 1.05, "rollout_sampler": 1.03, "rollout_scoring":
 def calibrate(pairs: list[tuple[str, int, int]]) -> dict[str, float]:
   """program kind -> the largest compiled / analytic ratio over (program, analytic, compiled)
   triples: the factor that makes the estimate cover every compile it was checked against."""
-  kind = lambda name: "train_step" if name.endswith("_step") else name
   factors: dict[str, float] = {}
   for name, analytic, compiled in pairs:
-    factors[kind(name)] = max(factors.get(kind(name), 0.0), compiled / analytic)
+    factors[_kind(name)] = max(factors.get(_kind(name), 0.0), compiled / analytic)
   return factors
 
 
 def calibrated(name: str, analytic: int, factors: dict[str, float]) -> int:
-  kind = "train_step" if name.endswith("_step") else name
-  return int(analytic * factors.get(kind, max(factors.values(), default=1.0)))
+  return int(analytic * factors.get(_kind(name), max(factors.values(), default=1.0)))
+
+
+def _kind(name: str) -> str:
+  """The calibration group of a program: every *_step shares one factor."""
+  return "train_step" if name.endswith("_step") else name
 
 
 def main():
