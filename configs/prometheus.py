@@ -10,7 +10,15 @@ and a workdir on a filesystem all hosts share, e.g. NFS or a gcsfuse mount):
 
 `:arg` keys: size=0.6b|1.7b|4b|8b|14b|32b|mistral-7b (default 8b), method=sft|raft|tract|grpo|real|eval
 (default real), beta=<float> (REAL's refinement weight; default 0.01, the authors' README best;
-their scripts ship 0), hf_dir=, manual_dir= (same as the --config.* overrides).
+their scripts ship 0), hf_dir=, manual_dir= (same as the --config.* overrides), runlocal.
+
+`runlocal`: the real-data path on one CPU in about a minute — the same datasets, prompt
+template, readouts and tables, with the committed synthetic base (tiny-1m and its word-level
+tokenizer, which reads most real words as <unk>, so the numbers mean nothing) unless hf_dir= names
+a small Hugging Face model, 2 steps of every stage, 4 items per evaluation split:
+
+  python -m real_jax.main --config configs/prometheus.py:runlocal --workdir workdirs/prometheus_local \
+      --config.data.manual_dir=tests/fixtures/judge_data
 
 Inputs (local files, nothing is downloaded): `model.hf_dir` a Hugging Face Qwen3 or Mistral
 directory (for REAL, the RAFT/TRACT-initialised judge, as the authors do: Qwen3 from RAFT,
@@ -53,7 +61,13 @@ base 52.7 -> RAFT 62.6 -> REAL 71.0; Mistral-7B RAFT 55.6, TRACT 63.2 -> standar
 here (no accelerator in this project's CI).
 """
 
+import os
+
 from real_jax.train import config_lib
+
+# runlocal's model when no hf_dir is given: the committed synthetic base (configs/synthetic.py).
+SYNTHETIC_BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "assets", "synthetic_base")
 
 SIZES = ("0.6b", "1.7b", "4b", "8b", "14b", "32b", "mistral-7b")
 MICRO_BATCH = {"0.6b": 32, "1.7b": 16, "4b": 16, "8b": 16, "14b": 8, "32b": 8, "mistral-7b": 16}
@@ -69,7 +83,8 @@ SFT_EPOCHS = {"mistral-7b": 2}
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, size="8b", method="real", beta=0.01, hf_dir="", manual_dir="")
+  a = config_lib.parse_arg(arg, size="8b", method="real", beta=0.01, hf_dir="", manual_dir="",
+                           runlocal=False)
   if a.size not in SIZES:
     raise config_lib.ConfigError(f"size={a.size!r}; expected one of {SIZES}")
   c = config_lib.base_config()
@@ -138,4 +153,44 @@ def get_config(arg=None):
   c.eval.before_training = a.method in ("grpo", "real")
   c.checkpoint.every = 10 if a.method in ("grpo", "real") else 200
   c.log.every = 10
+  if a.runlocal:
+    _runlocal(c, a)
   return c
+
+
+def _runlocal(c, a):
+  """A few steps of every stage on one CPU device, with small batches (see the docstring)."""
+  c.model.preset = "tiny-1m"
+  c.model.hf_dir = a.hf_dir or SYNTHETIC_BASE
+  c.data.tokenizer = "" if a.hf_dir else SYNTHETIC_BASE
+  c.model.dtype = c.model.param_dtype = "float32"
+  c.model.remat = "none"
+  c.mesh.data = c.mesh.fsdp = c.mesh.tensor = 1
+  c.data.max_prompt_len = 1024
+  c.data.max_target_len = 256
+  c.data.val_size = 0  # the fixtures hold 3 usable training rows (their other 5 are bad on purpose)
+  c.optim.lr = 1e-4
+  c.optim.warmup_steps = 0
+  c.train.steps = 2
+  c.train.batch_size = 2
+  c.train.micro_batch_size = 1
+  c.train.lr = 1e-4
+  c.tract.stage1_steps = c.tract.stage2_steps = 2
+  c.rl.steps = 2
+  c.rl.prompts_per_step = 2
+  c.rl.group_size = 4
+  c.rl.buffer_size = 2
+  c.rl.max_rounds = 1
+  c.rl.filter = "all"  # too few prompts for the authors' "partial" filter
+  c.rl.epochs = 1
+  c.rl.mini_batch_size = 8
+  c.rl.micro_batch_size = 4
+  c.rl.sample_prompts = 0
+  c.rl.max_response_len = 32
+  c.eval.max_items = 4
+  c.eval.batch_size = 4
+  c.eval.max_response_len = 32
+  c.eval.every = 0
+  c.eval.before_training = False
+  c.checkpoint.every = 1
+  c.log.every = 1

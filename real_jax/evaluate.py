@@ -109,30 +109,67 @@ def _fmt(x: float, scale: float = 100.0, digits: int = 1) -> str:
   return f"{x * scale:.{digits}f}"
 
 
-def results_table(rows: Sequence[tuple[str, Mapping[str, Any]]], *, metric: str = "pearson",
-                  readouts: Sequence[str] = READOUTS) -> str:
-  """Markdown table like the paper's Table 2: one row per (model, readout), one column per
-  evaluation split plus their average, `metric` x 100.
+# A correlation over fewer items is flagged in the tables (at n = 30 the 95% interval of r = 0.5
+# is about [0.17, 0.73]).
+MIN_ITEMS = 30
+FEW_ITEMS_MARK = "†"
+FEW_ITEMS_NOTE = (f"{FEW_ITEMS_MARK} computed on fewer than {MIN_ITEMS} items: the correlation's "
+                  "confidence interval is wide.")
 
-  Args:
-    rows: (model name, `summarize` output) pairs, in display order.
-    metric: pearson | spearman | kendall.
-    readouts: which readouts to show as rows.
-  """
+
+def _splits_of(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
   splits: list[str] = []
   for _, s in rows:
     for sp in s["splits"]:
       if sp not in splits:
         splits.append(sp)
-  head = ["Model", "Readout"] + [SPLIT_TITLES.get(sp, sp) for sp in splits] + ["Avg"]
+  return splits
+
+
+def split_title(split: str, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+  """The column title of `split`: its name and the number of items, "FLASK (n=200)" (a range
+  when the rows differ)."""
+  ns = sorted({int(s["splits"][split]["n"]) for _, s in rows if split in s["splits"]})
+  n = "" if not ns else f" (n={ns[0]})" if len(ns) == 1 else f" (n={ns[0]}–{ns[-1]})"
+  return SPLIT_TITLES.get(split, split) + n
+
+
+def metric_cell(split_summary: Mapping[str, Any], readout: str, metric: str) -> str:
+  """`metric` x 100 (MSE raw), marked when the correlation rests on fewer than MIN_ITEMS items."""
+  value = split_summary[readout][metric]
+  if metric in ("mse", "l1"):
+    return _fmt(value, 1.0, 3)
+  few = split_summary[readout].get("n", MIN_ITEMS) < MIN_ITEMS and _fmt(value) != "–"
+  return _fmt(value) + (f" {FEW_ITEMS_MARK}" if few else "")
+
+
+def results_table(rows: Sequence[tuple[str, Mapping[str, Any]]], *, metric: str = "pearson",
+                  readouts: Sequence[str] = READOUTS) -> str:
+  """Markdown table like the paper's Table 2: one row per (model, readout), one column per
+  evaluation split (its title gives the number of items) plus their average, `metric` x 100;
+  a value computed on fewer than MIN_ITEMS items is marked †.
+
+  Args:
+    rows: (model name, `summarize` output) pairs, in display order.
+    metric: pearson | spearman | kendall (x 100) | mse (raw).
+    readouts: which readouts to show as rows.
+  """
+  splits = _splits_of(rows)
+  head = ["Model", "Readout"] + [split_title(sp, rows) for sp in splits] + ["Avg"]
   lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(splits) + 1)) + "|"]
   for name, s in rows:
     for r in readouts:
       cells = [name, "RAIL (ŷ)" if r == "rail" else "standard (sampled)"]
-      cells += [_fmt(s["splits"][sp][r][metric]) if sp in s["splits"] else "–" for sp in splits]
-      cells.append(_fmt(s["avg"][r][metric]))
+      cells += [metric_cell(s["splits"][sp], r, metric) if sp in s["splits"] else "–"
+                for sp in splits]
+      cells.append(_fmt(s["avg"][r][metric], *((1.0, 3) if metric in ("mse", "l1") else ())))
       lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def has_few_items(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> bool:
+  return any(v[r].get("n", MIN_ITEMS) < MIN_ITEMS for _, s in rows for v in s["splits"].values()
+             for r in READOUTS)
 
 
 def summary_table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
@@ -168,9 +205,11 @@ def render_results(rows: Sequence[tuple], *, note: str = "") -> str:
   full = [(r[0], r[1], r[2] if len(r) > 2 else {}) for r in rows]
   pairs = [(n, s) for n, s, _ in full]
   parts = ["## Pearson r x 100 per evaluation split (Table 2 layout)", "",
-           results_table(pairs, metric="pearson"), "",
-           "## Averages over splits (x 100; MSE raw)", "", summary_table(pairs), "",
-           "## Rows", "", rows_table(full)]
+           results_table(pairs, metric="pearson"), ""]
+  if has_few_items(pairs):
+    parts += [FEW_ITEMS_NOTE, ""]
+  parts += ["## Averages over splits (x 100; MSE raw)", "", summary_table(pairs), "",
+            "## Rows", "", rows_table(full)]
   if note:
     parts += ["", note]
   return "\n".join(parts) + "\n"
@@ -284,27 +323,28 @@ def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str
                                       batch_size=settings.batch_size, with_targets=False,
                                       shuffle=False, num_epochs=1, drop_remainder=False)
     n_batches = -(-len(source) // settings.batch_size)
-    prog = Progress(f"{progress_name}:{split}", n_batches, every=max(1, n_batches // 4),
-                    unit="batch")
     cols = {k: [] for k in ("index", "target", "rail", "standard", "valid", "standard_valid",
                             "y_hat", "length", "status", "score_probs")}
     texts = []
-    for b_i, b in enumerate(batcher):
-      k = jax.random.fold_in(jax.random.fold_in(key, s_i), b_i)
-      r = read_batch(graphdef, params, b["prompt_tokens"], b["prompt_mask"], k,
-                     settings=settings, score_tokens=score_tokens, score_fn=score_fn, mesh=mesh,
-                     pad_id=pad_id, delim_start=delim_start,
-                     prompt_buckets=data_utils.prompt_buckets(config))
-      keep = b["valid"].astype(bool)
-      cols["index"].append(b["index"][keep])
-      cols["target"].append(b["target"][keep])
-      for name in ("rail", "y_hat", "standard", "valid", "standard_valid", "length", "status",
-                   "score_probs"):
-        cols[name].append(r[name][keep])
-      if r["response"] is not None:
-        for i in np.nonzero(keep)[0]:
-          texts.append(tokenizer.decode(r["response"][i, :int(r["cot_length"][i])].tolist()))
-      prog.update(b_i + 1)
+    with Progress(f"{progress_name}:{split}", n_batches, every=max(1, n_batches // 4),
+                  unit="batch") as prog:
+      prog.phase = f"sampling {settings.batch_size} CoTs and reading their scores"
+      for b_i, b in enumerate(batcher):
+        k = jax.random.fold_in(jax.random.fold_in(key, s_i), b_i)
+        r = read_batch(graphdef, params, b["prompt_tokens"], b["prompt_mask"], k,
+                       settings=settings, score_tokens=score_tokens, score_fn=score_fn, mesh=mesh,
+                       pad_id=pad_id, delim_start=delim_start,
+                       prompt_buckets=data_utils.prompt_buckets(config))
+        keep = b["valid"].astype(bool)
+        cols["index"].append(b["index"][keep])
+        cols["target"].append(b["target"][keep])
+        for name in ("rail", "y_hat", "standard", "valid", "standard_valid", "length", "status",
+                     "score_probs"):
+          cols[name].append(r[name][keep])
+        if r["response"] is not None:
+          for i in np.nonzero(keep)[0]:
+            texts.append(tokenizer.decode(r["response"][i, :int(r["cot_length"][i])].tolist()))
+        prog.update(b_i + 1)
     d = {k: (np.concatenate(v) if v else np.zeros((0,), np.float32)) for k, v in cols.items()}
     if not cols["score_probs"]:
       d["score_probs"] = np.zeros((0, len(score_tokens.values)), np.float32)
@@ -362,6 +402,10 @@ def eval_settings(config, periodic: bool = False) -> EvalSettings:
                       invalid=e.invalid)
 
 
+# The method behind a results row, by its evaluation tag (the final row is the run's method).
+_ROW_METHOD = {"initial": "none", "warmup": "sft"}
+
+
 class Evaluator:
   """Evaluates parameters on a run's evaluation splits (or its validation split) with the
   config's `eval` settings, writes eval/<tag>.json, and adds named rows to results.md.
@@ -397,17 +441,18 @@ class Evaluator:
             "temperature": settings.temperature, "top_p": settings.top_p,
             "renormalize": settings.renormalize, "invalid": settings.invalid,
             "seconds": round(time.time() - t0, 1), "checkpoint": checkpoint,
-            "training": training,
+            "training": training, "method": _ROW_METHOD.get(tag, self.config.method),
             "counts": {sp: v.get("counts") for sp, v in summary["splits"].items()}}
     if shd.is_main_process():
       write_eval(self.workdir, tag, summary, None if periodic else preds, extra=info)
     a = summary["avg"]
-    logging.info("[eval %s] avg RAIL pearson %.3f spearman %.3f kendall %.3f | standard pearson "
-                 "%.3f | no valid score %.1f%% (%.0fs)", tag, a["rail"]["pearson"],
-                 a["rail"]["spearman"], a["rail"]["kendall"], a["standard"]["pearson"],
-                 100 * a["invalid_frac"], time.time() - t0)
+    logging.info("[eval %s] avg x 100: RAIL pearson %s spearman %s kendall %s | standard "
+                 "pearson %s | no valid score %.1f%% (%.0fs)", tag, _fmt(a["rail"]["pearson"]),
+                 _fmt(a["rail"]["spearman"]), _fmt(a["rail"]["kendall"]),
+                 _fmt(a["standard"]["pearson"]), 100 * a["invalid_frac"], time.time() - t0)
     for sp, v in summary["splits"].items():
-      logging.info("[eval %s] %s: %s", tag, sp, describe_counts(v["counts"]))
+      logging.info("[eval %s] %s: RAIL pearson x 100 %s; %s", tag, sp,
+                   metric_cell(v, "rail", "pearson"), describe_counts(v["counts"]))
     if name and shd.is_main_process():
       update_results(self.workdir, name, summary, info=info, note=self._table_note(settings))
     return summary

@@ -16,8 +16,10 @@ r"""Train and evaluate LLM judges: REAL and its baselines, from one config.
   pretrain  the synthetic task's base model: next-token training on its corpus
          (configs/synthetic_base.py), then knowledge probes; no judge evaluation
 
-Everything is checked before compilation (unknown fields, bad values, a mesh or batch size that
-does not divide). Re-running the same command after a kill resumes from the last checkpoint of
+`--print_config` prints a config's resolved values with what each field means and what the
+config file or an override changed; `--help` lists every field with its default. Everything is
+checked before compilation (unknown fields, bad values, a mesh or batch size that does not
+divide). Re-running the same command after a kill resumes from the last checkpoint of
 the current stage and continues exactly as an uninterrupted run. Results: <workdir>/results.md
 (Table-2 layout), results.json, eval/*.json, metrics.jsonl, tb/.
 """
@@ -25,6 +27,7 @@ the current stage and continues exactly as an uninterrupted run. Results: <workd
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging as pylogging
 import os
@@ -33,7 +36,9 @@ import time
 from typing import Any, Callable
 
 import jax
+import tensorflow_datasets as tfds
 from absl import app, flags, logging
+from jax._src import hardware_utils  # jax's own TPU probe (cloud_tpu_init uses it)
 from ml_collections import config_flags
 
 from real_jax import models
@@ -44,7 +49,7 @@ from real_jax.judge import scores as scores_lib
 from real_jax.models import hf
 from real_jax.train import checkpoint as ckpt_lib
 from real_jax.train import config_lib, data_utils, pretrain, tract
-from real_jax.train.metrics import MetricsWriter
+from real_jax.train.metrics import MetricsWriter, set_heartbeat
 from real_jax.train.rl import run_rl
 from real_jax.train.runner import Run, Sources, StageRunner, Tokens, TooManySkippedSteps
 from real_jax.train.supervised import run_supervised
@@ -126,6 +131,7 @@ def setup(config, workdir: str) -> tuple[Run, Evaluator, Any]:
   """Validates the config, builds mesh, tokenizer, data, model, metrics writer, evaluator and
   stage runner. Returns (the run, its evaluator, the initial parameters)."""
   mesh_shape = config_lib.validate(config, jax.device_count())
+  set_heartbeat(config.log.heartbeat)
   os.makedirs(workdir, exist_ok=True)
   n_mesh = mesh_shape["data"] * mesh_shape["fsdp"] * mesh_shape["tensor"]
   if n_mesh < jax.device_count():
@@ -349,21 +355,54 @@ flags.DEFINE_bool("multihost", False,
                   "the same command; the workdir must be on storage all hosts share). On TPU "
                   "slices and SLURM/Open MPI GPU clusters the addresses are detected; elsewhere "
                   "pass the three flags below.")
+flags.DEFINE_bool("print_config", False,
+                  "Print the resolved config (the file, its :arg and every --config.* override), "
+                  "one `field = value  # meaning` line per field, then exit without running.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --multihost).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --multihost).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --multihost).")
 
 
-class _QuietOrbax:
-  """Drops orbax's INFO chatter (dozens of lines per checkpoint) from the absl log."""
+class _QuietConsole:
+  """Drops what tells the user nothing from the absl log: orbax's and TFDS's INFO chatter
+  (dozens of lines per checkpoint and per prepared split) and TFDS's warnings about our own
+  dataset configs ("Using custom data configuration", "Variant folder ... has no
+  dataset_info.json" before a split is first prepared). Every other warning is kept."""
+
+  _TFDS_NOISE = ("Using custom data configuration", "has no dataset_info.json")
 
   def filter(self, record) -> bool:
-    return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+    library = "orbax" in record.pathname or "tensorflow_datasets" in record.pathname
+    if record.levelno < pylogging.WARNING:
+      return not library
+    if "tensorflow_datasets" in record.pathname and record.levelno == pylogging.WARNING:
+      return not any(s in record.getMessage() for s in self._TFDS_NOISE)
+    return True
+
+
+def _skip_absent_tpu() -> None:
+  """With libtpu installed (the `tpu` and `test` extras) jax tries a TPU backend first and
+  libtpu prints a screen of errors on a machine without one. With no TPU chip and no GPU
+  plugin, the CPU is all there is: say so before jax looks. JAX_PLATFORMS still decides."""
+  if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms:
+    return
+  if importlib.util.find_spec("jax_plugins") is not None:  # a GPU (or other) PJRT plugin
+    return
+  if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0:
+    jax.config.update("jax_platforms", "cpu")
 
 
 def main(argv):
   del argv
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  if FLAGS.print_config:
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    print(f"# --config {FLAGS['config'].serialize().partition('=')[2]} {' '.join(overrides)}"
+          .rstrip() + "\n# `default X`: a value the config file or an override changed")
+    print(config_lib.describe(_CONFIG.value))
+    return
+  logging.get_absl_handler().addFilter(_QuietConsole())
+  tfds.disable_progress_bar()  # our own report follows each prepared split
+  _skip_absent_tpu()
   if FLAGS.multihost:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
@@ -398,13 +437,31 @@ def _flag_error_line(e: BaseException) -> str:
   if isinstance(root, (AttributeError, KeyError)):
     text = root.args[0] if root.args and isinstance(root.args[0], str) else str(root)
     name, _, hint = text.partition("\n")
-    return (f"unknown config field {name}{where}. {hint} `--helpfull` lists the fields").replace(
+    return (f"unknown config field {name}{where}. {hint} `--help` lists the fields").replace(
         ".  ", ". ")
   return " ".join(f"{root}{where}".split())
 
 
+_HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
+
+
+def _help(argv) -> str:
+  """`--help`: this module's docstring and flags, then every config field with its default and
+  meaning; `--helpfull` also lists the flags of every imported module."""
+  flag_help = FLAGS.get_help() if "--helpfull" in argv else FLAGS.main_module_help()
+  return "\n".join([
+      __doc__.strip(), "", "Flags:", flag_help, "",
+      "Config fields (--config.FIELD=VALUE; defaults of config_lib.base_config, which configs/*.py "
+      "change; `--print_config` shows a config's values):", "",
+      config_lib.describe(config_lib.base_config())])
+
+
 def _parse_flags(argv):
-  """absl's flag parsing, with config errors as one line and exit status 2 (no traceback)."""
+  """absl's flag parsing, with config errors as one line and exit status 2 (no traceback);
+  help exits 0."""
+  if any(a in _HELP_FLAGS for a in argv[1:]):
+    print(_help(argv))
+    sys.exit(0)
   try:
     return FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - every parse failure is reported the same way

@@ -151,7 +151,7 @@ def test_cli_errors_are_one_line_with_status_2():
   assert rc == 2 and lines[-1] == "config error: config.rl.steps=-3 is negative; use 0 or more"
   rc, lines = _cli("--config.rl.bta=0.1")
   assert rc == 2 and lines[-1] == ('config error: unknown config field \'bta\' (--config.rl.bta). '
-                                   'Did you mean "beta" instead of "bta"? `--helpfull` lists the '
+                                   'Did you mean "beta" instead of "bta"? `--help` lists the '
                                    'fields'), lines[-3:]
   assert sum("config error" in l for l in lines) == 1 and not any("Traceback" in l for l in lines)
 

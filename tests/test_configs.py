@@ -191,3 +191,44 @@ def test_exactness_conditions_are_listed():
   c.rl.policy_loss = "ppo"
   c.rl.epochs = 3  # several steps are fine with the ratio
   assert config_lib.exactness_gaps(c) == []
+
+
+def test_every_field_has_a_meaning():
+  """`--print_config` and `--help` read each field's meaning from base_config's comments."""
+  docs = config_lib.field_docs()
+  fields = config_lib._flatten(config_lib.base_config())
+  assert [f for f in fields if not docs.get(f)] == []
+  assert docs["rl.beta"].startswith("weight of the refinement term")
+  assert docs["data.overlong"].startswith("Prompts longer than max_prompt_len: skip")  # block above
+  assert docs["rl"] == "RL (grpo and real)."  # a group's comment
+
+
+def _main_cli(*args):
+  import subprocess
+  import sys
+  return subprocess.run([sys.executable, "-m", "real_jax.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_the_config_fields_and_exits_0():
+  for flag in ("--help", "--helpfull"):
+    r = _main_cli(flag)
+    assert r.returncode == 0, (flag, r.stderr[-2000:])
+    assert "--print_config" in r.stdout and "--workdir" in r.stdout
+    line = next(l for l in r.stdout.splitlines() if l.startswith("rl.beta = "))
+    assert line.split("#", 1)[1].strip().startswith("weight of the refinement term"), line
+  assert "absl.app:" in r.stdout and "only_check_args" in r.stdout  # --helpfull: every module
+
+
+def test_print_config_shows_values_defaults_and_meanings():
+  r = _main_cli("--config", "configs/prometheus.py:size=8b", "--config.rl.beta=0.25",
+                "--print_config")
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = {l.split(" = ")[0]: l for l in r.stdout.splitlines() if " = " in l and l[0] != "#"}
+  assert set(lines) == set(config_lib._flatten(config_lib.base_config()))
+  assert lines["rl.beta"].startswith("rl.beta = 0.25 ") and "default 0.0" in lines["rl.beta"]
+  assert "weight of the refinement term" in lines["rl.beta"]
+  assert lines["model.preset"].startswith("model.preset = 'qwen3-8b'")
+  assert "default" not in lines["rl.lam"]  # unchanged from base_config
+  assert "--config.rl.beta=0.25" in r.stdout.splitlines()[0]
+  assert not os.path.exists(os.path.join(ROOT, "workdirs", "default"))  # nothing ran

@@ -63,7 +63,8 @@ def test_tables_are_well_formed(tmp_path):
   rows = [("warm-up (SFT)", a), ("REAL", b)]
   table = ev.results_table(rows)
   cells = ev.check_markdown_table(table)
-  assert cells[0] == ["Model", "Readout", "Test (ID)", "OOD hard", "OOD rubric", "Avg"]
+  assert cells[0] == ["Model", "Readout", "Test (ID) (n=50)", "OOD hard (n=50)",
+                      "OOD rubric (n=50)", "Avg"]
   assert len(cells) == 1 + 2 * 2
   assert cells[1][:2] == ["warm-up (SFT)", "RAIL (ŷ)"]
   assert cells[1][-1] == f"{100 * a['avg']['rail']['pearson']:.1f}"
@@ -80,6 +81,22 @@ def test_tables_are_well_formed(tmp_path):
       "warm-up (SFT)", "REAL"]
   with pytest.raises(ValueError, match="cells"):
     ev.check_markdown_table("| a | b |\n|---|---|\n| 1 |")
+  assert ev.FEW_ITEMS_NOTE not in md  # every split has 50 items
+
+
+def test_tables_give_n_per_split_and_flag_small_ones(tmp_path):
+  """A correlation on fewer than MIN_ITEMS (30) items is marked, and results.md says why."""
+  rng = np.random.default_rng(4)
+  big = ev.summarize({"test": _split(rng, 40), "flask": _split(rng, 29)})
+  other = ev.summarize({"test": _split(rng, 35), "flask": _split(rng, 29)})
+  cells = ev.check_markdown_table(ev.results_table([("A", big), ("B", other)]))
+  assert cells[0][2:4] == ["Test (ID) (n=35–40)", "FLASK (n=29)"]
+  assert cells[1][2] == f"{100 * big['splits']['test']['rail']['pearson']:.1f}"
+  assert cells[1][3] == f"{100 * big['splits']['flask']['rail']['pearson']:.1f} †"
+  md = ev.update_results(str(tmp_path), "A", big)
+  assert ev.FEW_ITEMS_NOTE in md and "fewer than 30 items" in md
+  mse = ev.check_markdown_table(ev.results_table([("A", big)], metric="mse"))
+  assert mse[1][3] == f"{big['splits']['flask']['rail']['mse']:.3f}"  # raw, and not flagged
 
 
 def test_write_eval(tmp_path):
@@ -92,3 +109,34 @@ def test_write_eval(tmp_path):
   assert data["tag"] == "final" and data["readout"] == "cot"
   lines = (tmp_path / "eval" / "final_predictions.jsonl").read_text().splitlines()
   assert len(lines) == 5 and json.loads(lines[0])["split"] == "test"
+
+
+def test_progress_says_a_long_step_is_still_running(monkeypatch):
+  """A loop silent for longer than its heartbeat (a first compile, a large rollout) logs what
+  it is doing; a loop that logs often prints no heartbeat; the thread stops with the loop."""
+  import threading
+  import time
+
+  from real_jax.train import metrics
+  lines = []
+  monkeypatch.setattr(metrics.logging, "info", lambda fmt, *a: lines.append(fmt % a if a else fmt))
+  with metrics.Progress("rl", 3, every=1, unit="update", heartbeat=0.05) as prog:
+    prog.phase = "rollout round 1 (at most 2)"
+    time.sleep(0.32)
+    prog.update(1)
+    time.sleep(0.02)
+  beats = [l for l in lines if "still running" in l]
+  assert 3 <= len(beats) <= 7, lines
+  assert beats[0].startswith("[rl] update 1/3 still running after 0:00:00: rollout round 1 "
+                             "(at most 2) (the first update after a start includes compilation)")
+  assert not any(t.name == "heartbeat:rl" for t in threading.enumerate())
+  lines.clear()
+  with metrics.Progress("sft", 20, every=1, heartbeat=0.05) as prog:
+    for step in range(1, 11):
+      time.sleep(0.01)
+      prog.update(step)
+  assert lines and not any("still running" in l for l in lines)
+  p = metrics.Progress("eval", 1, heartbeat=0.05)
+  p.update(1)  # the last step stops the heartbeat without a `with`
+  p._thread.join(timeout=1)
+  assert not p._thread.is_alive()

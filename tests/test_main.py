@@ -123,6 +123,51 @@ def test_eval_of_checkpoint_and_of_exported_hf_dir(shared, warm, tmp_path):
   assert results["rows"][0]["name"] == "exported"
 
 
+def test_exported_judge_stops_in_transformers_where_ours_does(shared, warm, tmp_path):
+  """Before: no generation_config.json and no eos_token_id, so `generate` ran past <|im_end|>
+  ("So the overall score is 4 <|im_end|> . 4 + 4 ="); model.safetensors was written 0600."""
+  import stat
+
+  import torch
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+
+  from real_jax import sampling
+  from real_jax.data import load_split
+  from real_jax.judge import prompts as prompts_lib
+  from real_jax.models import hf as hf_io
+  from real_jax.tools import export_hf
+  out = str(tmp_path / "hf")
+  assert export_hf.main(["--workdir", warm[0], "--out", out]) == 0
+  tok = AutoTokenizer.from_pretrained(out)
+  gen = json.load(open(os.path.join(out, "generation_config.json")))
+  eos = tok.convert_tokens_to_ids("<|im_end|>")
+  assert gen["eos_token_id"] == eos == json.load(open(os.path.join(out, "config.json")))[
+      "eos_token_id"]
+  assert gen["do_sample"] and gen["top_p"] == 0.9 and gen["max_new_tokens"] == 48  # eval.*
+  modes = {n: stat.S_IMODE(os.stat(os.path.join(out, n)).st_mode) for n in os.listdir(out)}
+  assert len(set(modes.values())) == 1 and modes["model.safetensors"] & 0o044, modes
+
+  src = load_split("synthetic", "test", data_dir=shared["data_dir"], train_size=64, test_size=8,
+                   ood_size=8)
+  prompts = [prompts_lib.render_chat(tok, src[i]["prompt"]) for i in range(4)]
+  hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  _, graphdef, params = hf_io.load_hf(out)
+  cfg = sampling.SamplingConfig(max_new_tokens=64, greedy=True, eos_ids=(eos,),
+                                pad_id=tok.pad_token_id)
+  ended = 0
+  for prompt in prompts:
+    ids = np.asarray([prompt], np.int32)
+    ours = sampling.sample(graphdef, params, ids, np.ones_like(ids), jax.random.key(0), cfg)
+    n = int(np.asarray(ours.lengths)[0])
+    mine = np.asarray(ours.tokens)[0, :n].tolist()
+    with torch.no_grad():  # generation_config.json's defaults, but greedy
+      theirs = hf.generate(torch.tensor(ids, dtype=torch.long), do_sample=False,
+                           max_new_tokens=64)[0, ids.shape[1]:].tolist()
+    assert theirs == mine, (tok.decode(theirs), tok.decode(mine))
+    ended += mine[-1] == eos
+  assert ended >= 2, "the fixture's judge should end most answers with <|im_end|>"
+
+
 def test_bad_configs_fail_before_building_anything(shared, tmp_path, monkeypatch):
   import real_jax.models as models
 

@@ -3,7 +3,8 @@
 # (run the README's first command first: it trains that warm-up and REAL with beta = 0).
 #   standard RL (GRPO as published) | the authors' binary-RLOO recipe | REAL with the exact
 #   estimator | REAL beta in {0.01, 0.05, 1} | 160 more SFT steps
-# About 3 minutes per run on 2 CPU cores. Results: $W/*/results.md (experiments/synthetic/README.md).
+# About 3 minutes per run on 2 CPU cores. Results: $W/*/results.md, side by side in $W/compare.md
+# and $W/compare.csv (experiments/synthetic/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DEMO=${DEMO:-workdirs/synthetic}
@@ -26,4 +27,4 @@ done
 python -m real_jax.main --config configs/synthetic.py:method=sft --workdir "$W/sft_more" \
     --config.init.checkpoint="$DEMO" --config.init.stage=warmup --config.train.steps=160 \
     --config.optim.warmup_steps=0 --config.name="warm-up + 160 SFT steps"
-for d in "$W"/*/; do sed -n 5,6p "$d/results.md"; done
+python -m real_jax.tools.compare "$DEMO" "$W"/*/ --readouts rail --out "$W/compare"  # $W/compare.md, .csv

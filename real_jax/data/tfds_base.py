@@ -99,6 +99,16 @@ class JudgeBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def code_path(cls):
     return epath.Path(inspect.getfile(cls))
 
+  # tfds announces "Downloading and preparing dataset Unknown size (download: Unknown size, ...)":
+  # nothing is downloaded here, so say what happens instead.
+  def _log_download_bytes(self) -> None:
+    print(f"[real_jax.data] preparing {self.name} ({self.builder_config.name}) from "
+          f"{'local files' if self.SOURCE != 'synthetic' else 'the generator'} into "
+          f"{self.data_dir}", flush=True)
+
+  def _log_download_done(self) -> None:
+    pass  # the validation report (printed per split) says what was prepared
+
   def _extra_features(self) -> dict[str, Any]:
     return {}
 

@@ -281,9 +281,10 @@ def load_hf(ckpt_dir: str, *, mesh: Mesh | None = None, rules=shd.DEFAULT_RULES,
 
 
 def export_hf(out_dir: str, cfg: Qwen3Config, params: nnx.State, *, dtype: str | None = None,
-              max_shard_bytes: int = 4 << 30) -> str:
+              max_shard_bytes: int = 4 << 30, token_ids: dict[str, int] | None = None) -> str:
   """Writes `params` as a Hugging Face directory of the config's family (config.json +
-  safetensors shards)."""
+  safetensors shards). `token_ids` (`eos_token_id`, `pad_token_id`, `bos_token_id`) go into
+  config.json."""
   os.makedirs(out_dir, exist_ok=True)
   dtype = dtype or cfg.param_dtype
   np_dtype = np.dtype(jax.numpy.dtype(dtype))
@@ -323,5 +324,39 @@ def export_hf(out_dir: str, cfg: Qwen3Config, params: nnx.State, *, dtype: str |
     with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
       json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
   with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(config_to_hf(cfg, dtype), f, indent=2)
+    json.dump({**config_to_hf(cfg, dtype), **(token_ids or {})}, f, indent=2)
+  _readable_by_all(out_dir)
   return out_dir
+
+
+def write_generation_config(out_dir: str, *, eos_token_id: int, pad_token_id: int | None,
+                            bos_token_id: int | None = None, do_sample: bool = True,
+                            temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                            max_new_tokens: int | None = None) -> str:
+  """`generation_config.json`: the stop token and sampling settings `transformers`' `generate`
+  uses by default, so an exported judge ends where ours does (at EOS, `<|im_end|>` for Qwen3)."""
+  gen: dict[str, Any] = {"eos_token_id": int(eos_token_id), "do_sample": bool(do_sample)}
+  if pad_token_id is not None:
+    gen["pad_token_id"] = int(pad_token_id)
+  if bos_token_id is not None:
+    gen["bos_token_id"] = int(bos_token_id)
+  if do_sample:
+    gen.update(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
+  if max_new_tokens:
+    gen["max_new_tokens"] = int(max_new_tokens)
+  path = os.path.join(out_dir, "generation_config.json")
+  with open(path, "w") as f:
+    json.dump(gen, f, indent=2)
+  _readable_by_all(out_dir)
+  return path
+
+
+def _readable_by_all(out_dir: str) -> None:
+  """Gives every file of an export the same mode, the one `open` gives under the umask
+  (safetensors writes its files 0600)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in os.listdir(out_dir):
+    path = os.path.join(out_dir, name)
+    if os.path.isfile(path):
+      os.chmod(path, 0o666 & ~umask)

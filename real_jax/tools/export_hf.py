@@ -4,8 +4,10 @@ r"""Writes a trained model of a run as a Hugging Face directory.
   python -m real_jax.tools.export_hf --workdir W --stage warmup --out DIR    # an earlier stage
   python -m real_jax.tools.export_hf --workdir W --best --out DIR            # best-by-eval
 
-The directory holds config.json + model.safetensors (Qwen3ForCausalLM) and the run's tokenizer,
-so `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer` load it.
+The directory holds config.json + model.safetensors (Qwen3ForCausalLM, MistralForCausalLM, ...),
+the run's tokenizer and generation_config.json (the run's EOS and its evaluation sampling
+settings), so `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer` load
+it and `generate` stops at the EOS our sampler stops at.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from jax.sharding import SingleDeviceSharding
 from real_jax.data.synthetic_corpus import PROBES_FILE
 from real_jax.judge import load_tokenizer
 from real_jax.models import abstract_model
-from real_jax.models.hf import export_hf
+from real_jax.models.hf import export_hf, write_generation_config
 from real_jax.models.qwen3 import Qwen3Config
 from real_jax.train import checkpoint as ckpt_lib
 
@@ -41,10 +43,18 @@ def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = Fals
   ck = ckpt_lib.Checkpointer(d, async_save=False, items=items)
   params = ck.restore_params(step, target)
   ck.close()
-  export_hf(out_dir, cfg, params, dtype=dtype)
+  ids = _token_ids(run)
+  export_hf(out_dir, cfg, params, dtype=dtype, token_ids=ids)
   tok_dir = run.get("tokenizer")
   if tok_dir and os.path.exists(tok_dir):
     load_tokenizer(tok_dir).save_pretrained(out_dir)
+  if "eos_token_id" in ids:
+    ev = run.get("config", {}).get("eval", {})
+    write_generation_config(
+        out_dir, eos_token_id=ids["eos_token_id"], pad_token_id=ids.get("pad_token_id"),
+        bos_token_id=ids.get("bos_token_id"), do_sample=not ev.get("greedy", False),
+        temperature=ev.get("temperature", 1.0), top_p=ev.get("top_p", 1.0),
+        max_new_tokens=ev.get("max_response_len"))
   with open(os.path.join(out_dir, "real_jax_export.json"), "w") as f:
     json.dump({"workdir": os.path.basename(os.path.abspath(workdir)),
                "checkpoint": os.path.relpath(d, workdir), "step": step,
@@ -53,6 +63,26 @@ def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = Fals
   if run.get("config", {}).get("method") == "pretrain":  # a base keeps its training record
     _copy_pretrain_record(workdir, out_dir)
   return out_dir
+
+
+def _token_ids(run: dict) -> dict[str, int]:
+  """The run's EOS (the token its sampler stops at), pad and BOS ids, for config.json and
+  generation_config.json; empty for a run.json without them."""
+  out: dict[str, int] = {}
+  eos = (run.get("score_tokens") or {}).get("eos_id")
+  tok_dir = run.get("tokenizer")
+  tok = load_tokenizer(tok_dir) if tok_dir and os.path.exists(tok_dir) else None
+  if eos is None and tok is not None:
+    eos = tok.eos_token_id
+  if eos is not None:
+    out["eos_token_id"] = int(eos)
+  if tok is not None:
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    if pad is not None:
+      out["pad_token_id"] = int(pad)
+    if tok.bos_token_id is not None:
+      out["bos_token_id"] = int(tok.bos_token_id)
+  return out
 
 
 def _copy_pretrain_record(workdir: str, out_dir: str) -> None:

@@ -16,8 +16,12 @@ of that size (and of the micro-batch count): `train.batch_size`, `warmup.batch_s
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import io
 import math
 import os
+import re
+import tokenize
 from typing import Any, Iterable
 
 import ml_collections
@@ -168,38 +172,41 @@ def base_config() -> ConfigDict:
   """Every field of a run config, with its default. Configs override values, never add fields."""
   c = ConfigDict()
   c.method = "real"  # sft | raft | tract | grpo | real | eval | pretrain (synthetic base)
-  c.seed = 0
+  c.seed = 0  # model init, data order, rollouts and evaluation draws
   c.name = ""  # row label in result tables ("" -> method)
 
   # Model: a preset (random init) or a Hugging Face directory.
   c.model = ConfigDict()
+  # a models.presets name: tiny, tiny-1m, cpu-29m, qwen3-0.6b ... qwen3-32b, mistral-7b
   c.model.preset = "tiny-1m"
   c.model.hf_dir = ""  # load weights + architecture from here (overrides the preset)
   c.model.vocab_size = 0  # 0: the preset's; -1: the tokenizer's size rounded up to 64
   c.model.dtype = ""  # "" keeps the preset's / checkpoint's (float32 | bfloat16)
-  c.model.param_dtype = ""
+  c.model.param_dtype = ""  # master weights: "" keeps the preset's / checkpoint's
   c.model.remat = ""  # "" keeps the preset's; none | full | dots
-  c.model.scan_layers = True
+  c.model.scan_layers = True  # lax.scan over the layers (flat compile time); False unrolls
 
   # Device mesh: sizes of the (data, fsdp, tensor) axes; -1 = all remaining devices.
   c.mesh = ConfigDict()
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
+  c.mesh.data = -1  # data-parallel replicas (the batch is split over data x fsdp)
+  c.mesh.fsdp = 1  # parameters, gradients and optimizer state sharded over these
+  c.mesh.tensor = 1  # heads / MLP / vocabulary split over these (Megatron-style)
 
   # Where to start from (besides model.hf_dir): a previous run's workdir or checkpoint
   # directory (its final parameters). Used by method=eval and to chain runs.
   c.init = ConfigDict()
-  c.init.checkpoint = ""
+  c.init.checkpoint = ""  # a workdir or a ckpt/<stage> directory ("" = none)
   c.init.stage = ""  # which stage of that workdir ("" = its last)
   c.init.best = False  # take that run's best-by-eval parameters instead of its last
 
   # Data.
   c.data = ConfigDict()
-  c.data.name = "synthetic"  # synthetic | prometheus
+  # synthetic | feedback_collection (the Prometheus data, from data.manual_dir)
+  c.data.name = "synthetic"
   c.data.manual_dir = ""  # local files of the real datasets
   c.data.data_dir = ""  # TFDS data_dir ("" -> <workdir>/tfds)
   c.data.tokenizer = ""  # HF tokenizer dir ("" -> synthetic: built in the workdir; else model.hf_dir)
+  # score_phrase (the judge ends "So the overall score is N") | result ("[RESULT] N")
   c.data.output_format = "score_phrase"
   # Qwen3 chat template switch: "" = not passed (the template's default; the authors never set
   # it, so their prompts have no <think></think> block) | "false" (empty think block) | "true".
@@ -212,61 +219,61 @@ def base_config() -> ConfigDict:
   # checkpoint on; 0 = no validation split (then no best checkpoint is kept).
   c.data.val_size = 256
   c.data.max_target_len = 1024  # tokens of an SFT/TRACT target (feedback + score + EOS)
-  c.data.train_split = "train"
+  c.data.train_split = "train"  # split of data.name trained on
   c.data.eval_splits = ""  # comma-separated; "" -> the dataset's default evaluation splits
   c.data.ground_truth = "auto"  # auto | orig_score | gpt4 | human (FLASK)
   c.data.prompt_buckets = ""  # comma-separated prompt lengths ("" -> powers of two)
   c.data.synthetic = ConfigDict()
-  c.data.synthetic.seed = 0
-  c.data.synthetic.difficulty = 1
-  c.data.synthetic.label_noise = 0.2
-  c.data.synthetic.n_eval_graders = 3
-  c.data.synthetic.cot_error_rate = 0.1
-  c.data.synthetic.near_miss_rate = 0.5
+  c.data.synthetic.seed = 0  # the generator's seed (items, labels, demonstrations)
+  c.data.synthetic.difficulty = 1  # 0-4: operand count and range (1: two operands in 0..9)
+  c.data.synthetic.label_noise = 0.2  # each grader label moves +-1 with this probability
+  c.data.synthetic.n_eval_graders = 3  # test targets average this many noisy labels
+  c.data.synthetic.cot_error_rate = 0.1  # demonstrations with one wrong sum
+  c.data.synthetic.near_miss_rate = 0.5  # wrong answers that are off by one
   c.data.synthetic.near_miss_credit = 0.0  # > 0: graders credit an off-by-one answer w.p. this
-  c.data.synthetic.reference_has_answers = False
-  c.data.synthetic.train_size = 8192
-  c.data.synthetic.test_size = 512
-  c.data.synthetic.ood_size = 512
+  c.data.synthetic.reference_has_answers = False  # the reference lists the correct sums
+  c.data.synthetic.train_size = 8192  # records in train
+  c.data.synthetic.test_size = 512  # records in test (in domain)
+  c.data.synthetic.ood_size = 512  # records in each OOD split
 
   # AdamW (authors' REAL defaults: b1 0.9, b2 0.999, wd 0.01, constant LR, clip 1.0).
   c.optim = ConfigDict()
-  c.optim.lr = 1e-6
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.eps = 1e-8
-  c.optim.weight_decay = 0.01
+  c.optim.lr = 1e-6  # peak learning rate (each stage's own lr overrides it when > 0)
+  c.optim.b1 = 0.9  # AdamW first-moment decay
+  c.optim.b2 = 0.999  # AdamW second-moment decay
+  c.optim.eps = 1e-8  # AdamW epsilon
+  c.optim.weight_decay = 0.01  # decoupled (AdamW) weight decay
   c.optim.grad_clip = 1.0  # global-norm clip; 0 disables
   c.optim.schedule = "constant"  # constant | cosine | linear (decay to 0 over the stage)
-  c.optim.warmup_steps = 0
+  c.optim.warmup_steps = 0  # linear LR warm-up steps at the start of a stage
   # Stop the run (the last checkpoint kept) after this many consecutive skipped steps (a
   # non-finite loss, gradient or update; an RL update counts when all its steps were); 0: never.
   c.optim.max_skipped_in_a_row = 20
 
   # Supervised stages: sft, raft and both TRACT stages.
   c.train = ConfigDict()
-  c.train.steps = 1000
+  c.train.steps = 1000  # optimiser steps
   c.train.batch_size = 32  # rows per optimiser step
   c.train.micro_batch_size = 0  # rows per micro-batch (gradient accumulation); 0 = no split
   c.train.lr = 0.0  # 0 -> optim.lr
-  c.train.shuffle = True
+  c.train.shuffle = True  # reshuffle the training rows every epoch (seeded)
 
-  # Optional warm-up SFT stage before the method (raft/tract/grpo/real), on the demonstrations.
   # Pretraining a base model on the synthetic task's corpus (method=pretrain;
   # real_jax.data.synthetic_corpus): next-token cross-entropy on packed documents.
   c.pretrain = ConfigDict()
-  c.pretrain.steps = 0
+  c.pretrain.steps = 0  # optimiser steps
   c.pretrain.batch_size = 32  # packed rows per step
   c.pretrain.seq_len = 128  # tokens per row
   c.pretrain.lr = 0.0  # 0 -> optim.lr
-  c.pretrain.lr_warmup = 50
+  c.pretrain.lr_warmup = 50  # linear LR warm-up steps
   c.pretrain.schedule = ""  # "" -> optim.schedule
   c.pretrain.probes = 256  # held-out knowledge probes per kind, checked at the end
 
+  # Optional warm-up SFT stage before the method (raft/tract/grpo/real), on the demonstrations.
   c.warmup = ConfigDict()
   c.warmup.steps = 0  # 0 = no warm-up
-  c.warmup.batch_size = 32
-  c.warmup.micro_batch_size = 0
+  c.warmup.batch_size = 32  # rows per optimiser step
+  c.warmup.micro_batch_size = 0  # rows per micro-batch; 0 = no split
   c.warmup.lr = 0.0  # 0 -> optim.lr
   c.warmup.schedule = ""  # "" -> optim.schedule
   c.warmup.lr_warmup = -1  # linear LR warm-up steps of this stage (-1 -> optim.warmup_steps)
@@ -279,8 +286,8 @@ def base_config() -> ConfigDict:
   c.tract.stage1_steps = 0  # 0 -> train.steps
   c.tract.stage2_steps = 0  # 0 -> train.steps
   c.tract.num_prompts = 0  # training prompts given a self-generated CoT (0 = all)
-  c.tract.temperature = 1.0
-  c.tract.top_p = 0.9
+  c.tract.temperature = 1.0  # self-CoT sampling temperature
+  c.tract.top_p = 0.9  # self-CoT nucleus
   c.tract.repetition_penalty = 1.0  # self-CoT sampling (TRACT's own generation used 1.03)
 
   # RL (grpo and real).
@@ -292,15 +299,15 @@ def base_config() -> ConfigDict:
   c.rl.sample_prompts = 0  # prompts per sampler call (0 = a whole generation round)
   c.rl.max_rounds = 8  # generation rounds per update before training on a partial buffer
   c.rl.filter = "partial"  # partial | all | not_all_correct | not_all_wrong
-  c.rl.epochs = 3
+  c.rl.epochs = 3  # passes over each update's rows
   c.rl.mini_batch_size = 1024  # rows per optimiser step
   c.rl.micro_batch_size = 0  # rows per micro-batch; 0 = no split
   c.rl.score_batch_size = 0  # rows per no-grad scoring call (0 -> micro or mini-batch size)
   c.rl.shuffle = False  # shuffle rows between epochs (authors: no)
-  c.rl.temperature = 1.0
-  c.rl.top_p = 0.9
-  c.rl.top_k = 0
-  c.rl.max_response_len = 1024
+  c.rl.temperature = 1.0  # rollout sampling temperature
+  c.rl.top_p = 0.9  # rollout nucleus (1 = off)
+  c.rl.top_k = 0  # rollout top-k (0 = off)
+  c.rl.max_response_len = 1024  # tokens per rollout CoT (longer: truncated, no score)
   c.rl.score_temperature = 1.0  # divides the logits at the score position (authors: rollout T)
   c.rl.reward = ""  # "" -> real: regression, grpo: binary
   c.rl.beta = 0.0  # weight of the refinement term (authors' scripts: 0; README: 0.01)
@@ -322,32 +329,32 @@ def base_config() -> ConfigDict:
   # "" = the method's default (real: reinforce, the authors; grpo: ppo) | reinforce | ppo (clipped
   # ratio vs the rollout policy: on-policy equal to reinforce, safe for several epochs)
   c.rl.policy_loss = ""
-  c.rl.clip_eps = 0.2
+  c.rl.clip_eps = 0.2  # PPO ratio clip (policy_loss=ppo)
   c.rl.invalid = "penalize"  # rows without the delimiter: penalize | drop
   # Reward of an invalid row under "penalize" is -format_penalty; -1 = the worst squared error of
   # a valid row for the score range in use (objectives.worst_squared_error: 25 for scores 1..5
   # with the full-vocabulary y_hat, 16 renormalised), so an invalid row is never preferred.
   c.rl.format_penalty = -1.0
-  c.rl.kl_coef = 0.0
-  c.rl.kl_estimator = "k3"
-  c.rl.entropy_coef = 0.0
+  c.rl.kl_coef = 0.0  # weight of the KL to the initial policy (0 = off, no reference model)
+  c.rl.kl_estimator = "k3"  # k1 | k2 | k3
+  c.rl.entropy_coef = 0.0  # entropy bonus weight (subtracted from the loss)
   c.rl.lr = 0.0  # 0 -> optim.lr
 
   # Evaluation.
   c.eval = ConfigDict()
   c.eval.every = 0  # evaluate every K steps of the main stage (0: only at the end)
-  c.eval.at_end = True
+  c.eval.at_end = True  # evaluate the final model on the eval splits (a row of the table)
   c.eval.after_warmup = True  # also evaluate the warm-up model (a row of the table)
   c.eval.before_training = False  # also evaluate the initial model
   c.eval.splits = ""  # "" -> data.eval_splits
   c.eval.max_items = 0  # per split (0 = all)
   c.eval.periodic_max_items = 0  # per split for the every-K evaluations (0 = max_items)
-  c.eval.batch_size = 64
+  c.eval.batch_size = 64  # items per sampler call
   c.eval.readout = ""  # cot | direct ("" -> direct for raft, else cot)
-  c.eval.greedy = False
-  c.eval.temperature = 1.0
-  c.eval.top_p = 0.9
-  c.eval.max_response_len = 1024
+  c.eval.greedy = False  # greedy CoTs instead of sampled ones
+  c.eval.temperature = 1.0  # CoT sampling temperature
+  c.eval.top_p = 0.9  # CoT nucleus
+  c.eval.max_response_len = 1024  # tokens per CoT before it counts as truncated
   c.eval.renormalize = False  # RAIL y_hat over the score tokens only
   c.eval.invalid = "force"  # no delimiter: force (append it, read there) | midpoint
   # Keep the best checkpoint by this metric of the VALIDATION split (data.val_size records of
@@ -358,17 +365,70 @@ def base_config() -> ConfigDict:
   # Checkpoints, logging.
   c.checkpoint = ConfigDict()
   c.checkpoint.every = 50  # steps (RL: updates)
-  c.checkpoint.max_to_keep = 2
-  c.checkpoint.async_save = True
+  c.checkpoint.max_to_keep = 2  # checkpoints kept per stage (plus <stage>_best)
+  c.checkpoint.async_save = True  # write checkpoints in the background
   c.log = ConfigDict()
-  c.log.every = 10
-  c.log.tensorboard = True
+  c.log.every = 10  # steps between metrics.jsonl / TensorBoard / progress lines
+  c.log.tensorboard = True  # also write TensorBoard events to <workdir>/tb
+  # Seconds without a progress line after which a running step, rollout or evaluation batch logs
+  # "still running" with what it is doing (a first compile, a large model's rollout); 0 = off.
+  c.log.heartbeat = 60.0
 
   # Testing hooks.
   c.debug = ConfigDict()
   c.debug.stop_after = 0  # simulate a kill: exit after this many steps of the main stage
   c.debug.nan_update_step = 0  # make the update of this optimiser step (1-based) NaN, every stage
   return c
+
+
+_FIELD_LINE = re.compile(r"c\.([A-Za-z_][\w.]*)\s*=")
+
+
+def field_docs() -> dict[str, str]:
+  """`{"rl.beta": "weight of the refinement term ...", "rl": "RL (grpo and real).", ...}`: the
+  meaning of every field and group, read from the comments of `base_config`'s source (the
+  comment block right above a line, then the comment at its end)."""
+  docs: dict[str, str] = {}
+  block: list[str] = []
+  for line in inspect.getsource(base_config).splitlines():
+    text = line.strip()
+    if text.startswith("#"):
+      block.append(text[1:].strip())
+      continue
+    m = _FIELD_LINE.match(text)
+    if m is None:
+      block = []  # a blank line or other code ends a comment block
+      continue
+    trailing = [t.string[1:].strip() for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                if t.type == tokenize.COMMENT]
+    docs[m.group(1)] = " ".join(block + trailing)
+    block = []
+  return docs
+
+
+def describe(config: ConfigDict, *, defaults: ConfigDict | None = None) -> str:
+  """The config as `path = value  # meaning` lines, one group after another; values that differ
+  from `defaults` (the base config) say the default. What `main --print_config` prints."""
+  docs = field_docs()
+  defaults = _flatten(defaults if defaults is not None else base_config())
+  order = {path: i for i, path in enumerate(docs)}  # base_config's own order
+  lines: list[str] = []
+  group = None
+  for path, value in sorted(_flatten(config).items(), key=lambda kv: order.get(kv[0], 1 << 30)):
+    head = path.rsplit(".", 1)[0] if "." in path else ""
+    if head != group:
+      group = head
+      if head:
+        lines.append("")
+        lines.append(f"# [{head}] {docs.get(head, '')}".rstrip())
+    text = f"{path} = {value!r}"
+    notes = []
+    if path in defaults and defaults[path] != value:
+      notes.append(f"default {defaults[path]!r}")
+    if docs.get(path):
+      notes.append(docs[path])
+    lines.append(f"{text:<40}  # {'; '.join(notes)}" if notes else text)
+  return "\n".join(lines)
 
 
 def _flatten(c: ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -513,8 +573,9 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
     if v < lo or (hi is not None and v > hi):
       raise ConfigError(f"config.{name}={v} must be in [{lo}, {hi if hi is not None else 'inf'}]")
   # Counts: a negative one would run "successfully" doing nothing (a stage of -3 steps).
-  for name in ("optim.max_skipped_in_a_row", "debug.nan_update_step", "rl.steps", "warmup.steps", "train.steps", "pretrain.steps", "tract.stage1_steps",
-               "rl.epochs", "eval.every", "checkpoint.every", "eval.max_items",
+  for name in ("optim.max_skipped_in_a_row", "debug.nan_update_step", "rl.steps",
+               "warmup.steps", "train.steps", "pretrain.steps", "tract.stage1_steps",
+               "log.heartbeat", "rl.epochs", "eval.every", "checkpoint.every", "eval.max_items",
                "rl.max_response_len", "eval.max_response_len", "data.max_prompt_len",
                "rl.buffer_size", "rl.prompts_per_step", "rl.sample_prompts",
                "rl.mini_batch_size", "rl.micro_batch_size", "rl.score_batch_size",

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from typing import Any, Mapping, Sequence
 
@@ -134,21 +135,70 @@ def format_duration(seconds: float) -> str:
   return f"{h}:{m:02d}:{s:02d}"
 
 
+# Seconds without a progress line after which a running loop says it is still working (a first
+# compile, the first rollout of a large model); 0 turns it off. main sets it from log.heartbeat.
+HEARTBEAT_SECS = 60.0
+
+
+def set_heartbeat(seconds: float) -> None:
+  global HEARTBEAT_SECS
+  HEARTBEAT_SECS = float(seconds)
+
+
 class Progress:
-  """Logs `name step/total (pct) rate, elapsed, ETA | extra` every `every` steps.
+  """Logs `name step/total (pct) rate, elapsed, ETA | extra` every `every` steps, and, while a
+  step runs for longer than `heartbeat` seconds (default HEARTBEAT_SECS) without a line, a
+  "still running" line with the current `phase` every `heartbeat` seconds. Use it as a context
+  manager (the heartbeat thread stops on exit, and after the last step).
 
   The rate excludes the first step after (re)start, which includes compilation.
   """
 
-  def __init__(self, name: str, total: int, *, start: int = 0, every: int = 10, unit: str = "step"):
+  def __init__(self, name: str, total: int, *, start: int = 0, every: int = 10, unit: str = "step",
+               heartbeat: float | None = None):
     self.name, self.total, self.every, self.unit = name, int(total), max(int(every), 1), unit
     self.start = int(start)
     self.t0 = time.time()
     self._t_first = None
     self._n_first = None
+    self.phase = ""  # what the running step is doing, for the heartbeat line
+    self._step, self._t_step, self._t_line = self.start, self.t0, self.t0
+    self._stop = threading.Event()
+    secs = HEARTBEAT_SECS if heartbeat is None else float(heartbeat)
+    self._thread = None
+    if secs > 0:
+      self._thread = threading.Thread(target=self._beat, args=(secs,), daemon=True,
+                                      name=f"heartbeat:{name}")
+      self._thread.start()
+
+  def __enter__(self) -> "Progress":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    self._stop.set()
+    if self._thread is not None and self._thread is not threading.current_thread():
+      self._thread.join()
+
+  def _beat(self, secs: float) -> None:
+    while not self._stop.wait(max(0.01, secs - (time.time() - self._t_line))):
+      now = time.time()
+      if now - self._t_line < secs:
+        continue
+      first = (f" (the first {self.unit} after a start includes compilation)"
+               if self._t_first is None else "")
+      logging.info("[%s] %s %d/%d still running after %s%s%s, elapsed %s", self.name, self.unit,
+                   self._step + 1, self.total, format_duration(now - self._t_step),
+                   f": {self.phase}" if self.phase else "", first, format_duration(now - self.t0))
+      self._t_line = now
 
   def update(self, step: int, extra: str = "", force: bool = False) -> None:
     now = time.time()
+    self._step, self._t_step = step, now
+    if step >= self.total:
+      self._stop.set()
     if self._t_first is None:
       self._t_first, self._n_first = now, step
     done = step - self._n_first
@@ -164,6 +214,7 @@ class Progress:
     if extra:
       msg += " | " + extra
     logging.info(msg)
+    self._t_line = now
 
 
 def fmt_metrics(m: Mapping[str, Any], keys: tuple[str, ...]) -> str:

@@ -345,50 +345,55 @@ def run_rl(run: Run, params_in, *, method: str, main: bool = True):
   num_micro = mini // rl.micro_batch_size if rl.micro_batch_size else 1
   step_fns: dict[int, Any] = {}
   base_key = jax.random.PRNGKey(c.seed)
-  prog = Progress("rl", rl.steps, start=stage.start, every=1, unit="update")
-  for u in range(stage.start, rl.steps):
-    key_u = jax.random.fold_in(base_key, u)
-    buffer, rounds = Buffer(n), 0
-    stats = RolloutStats()
-    t_roll = t_score = 0.0
-    while buffer.kept_prompts < rl.buffer_size and rounds < rl.max_rounds:
-      r = rollout_round(run.graphdef, stage.state["params"], ref_params, next(batcher),
-                        jax.random.fold_in(key_u, rounds), settings=settings,
-                        advantages=advantages, score_fn=score_fn, score_tokens=st,
-                        mesh=run.mesh, pad_id=run.tokens.pad_id)
-      t_roll += r.t_rollout
-      t_score += r.t_scoring
-      stats = stats + r.stats
-      buffer.add(r)
-      rounds += 1
-    t2 = time.time()
-    step_metrics = []
-    if buffer:
-      data = buffer.assemble(rows_per_update)
-      width = data.tokens.shape[1]
-      if width not in step_fns:
-        step_fns[width] = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh,
-                                                    stage.shardings, data.take(slice(0, mini)),
-                                                    num_micro=num_micro,
-                                                    nan_update_at=c.debug.nan_update_step)
-      step_fn = step_fns[width]
-      for e in range(rl.epochs):
-        order = (np.random.default_rng([c.seed, u, e]).permutation(rows_per_update)
-                 if rl.shuffle else np.arange(rows_per_update))
-        for m in range(rows_per_update // mini):
-          mb = data.take(order[m * mini:(m + 1) * mini])
-          if not (mb.pg_keep.any() or mb.refine_keep.any()):
-            continue  # only padding rows (buffer not full): no step, not even AdamW momentum
-          stage.state, met = step_fn(stage.state, shd.put_batch(mb, run.mesh))
-          step_metrics.append(met)
-      step_metrics = [{k: float(v) for k, v in s.items()} for s in shd.to_host(step_metrics)]
-    done = u + 1
-    metrics = rl_update_metrics(stats, step_metrics, rounds=rounds,
-                                kept_prompts=buffer.kept_prompts, t_rollout=t_roll,
-                                t_scoring=t_score, t_update=time.time() - t2)
-    run.writer.write("rl", done, metrics)
-    prog.update(done, fmt_metrics(metrics, ("reward_mean", "abs_err_rollout", "keep_rate",
-                                            "truncated_frac", "loss", "pg_loss", "grad_norm")),
-                force=True)
-    stage.end_step(done, data=batcher.state())
+  with Progress("rl", rl.steps, start=stage.start, every=1, unit="update") as prog:
+    for u in range(stage.start, rl.steps):
+      key_u = jax.random.fold_in(base_key, u)
+      buffer, rounds = Buffer(n), 0
+      stats = RolloutStats()
+      t_roll = t_score = 0.0
+      while buffer.kept_prompts < rl.buffer_size and rounds < rl.max_rounds:
+        prog.phase = (f"rollout round {rounds + 1} (at most {rl.max_rounds}): "
+                      f"{rl.prompts_per_step} prompts x {n} CoTs, then the scoring pass; "
+                      f"{buffer.kept_prompts}/{rl.buffer_size} prompts kept so far")
+        r = rollout_round(run.graphdef, stage.state["params"], ref_params, next(batcher),
+                          jax.random.fold_in(key_u, rounds), settings=settings,
+                          advantages=advantages, score_fn=score_fn, score_tokens=st,
+                          mesh=run.mesh, pad_id=run.tokens.pad_id)
+        t_roll += r.t_rollout
+        t_score += r.t_scoring
+        stats = stats + r.stats
+        buffer.add(r)
+        rounds += 1
+      t2 = time.time()
+      step_metrics = []
+      if buffer:
+        data = buffer.assemble(rows_per_update)
+        width = data.tokens.shape[1]
+        if width not in step_fns:
+          step_fns[width] = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh,
+                                                      stage.shardings, data.take(slice(0, mini)),
+                                                      num_micro=num_micro,
+                                                      nan_update_at=c.debug.nan_update_step)
+        step_fn = step_fns[width]
+        prog.phase = (f"{rl.epochs} epoch(s) of {rows_per_update // mini} optimiser steps on "
+                      f"{rows_per_update} rows")
+        for e in range(rl.epochs):
+          order = (np.random.default_rng([c.seed, u, e]).permutation(rows_per_update)
+                   if rl.shuffle else np.arange(rows_per_update))
+          for m in range(rows_per_update // mini):
+            mb = data.take(order[m * mini:(m + 1) * mini])
+            if not (mb.pg_keep.any() or mb.refine_keep.any()):
+              continue  # only padding rows (buffer not full): no step, not even AdamW momentum
+            stage.state, met = step_fn(stage.state, shd.put_batch(mb, run.mesh))
+            step_metrics.append(met)
+        step_metrics = [{k: float(v) for k, v in s.items()} for s in shd.to_host(step_metrics)]
+      done = u + 1
+      metrics = rl_update_metrics(stats, step_metrics, rounds=rounds,
+                                  kept_prompts=buffer.kept_prompts, t_rollout=t_roll,
+                                  t_scoring=t_score, t_update=time.time() - t2)
+      run.writer.write("rl", done, metrics)
+      prog.update(done, fmt_metrics(metrics, ("reward_mean", "abs_err_rollout", "keep_rate",
+                                              "truncated_frac", "loss", "pg_loss", "grad_norm")),
+                  force=True)
+      stage.end_step(done, data=batcher.state())
   return stage.close()

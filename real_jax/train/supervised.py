@@ -117,25 +117,26 @@ def run_supervised(run: Run, stage: str, params_in, *, kind: str, steps: int, ba
   loss = objective_for(kind, run)
   num_micro = batch_size // micro_batch_size if micro_batch_size else 1
   step_fn = None
-  prog = Progress(stage, steps, start=st.start, every=c.log.every)
-  schedule_fn = state_lib.make_schedule(lr or c.optim.lr, steps, schedule or c.optim.schedule,
-                                        c.optim.warmup_steps if lr_warmup < 0 else lr_warmup)
-  t_last, n_tok = time.time(), 0.0
-  for step in range(st.start, steps):
-    batch = next(source)
-    if step_fn is None:
-      step_fn = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh, st.shardings, batch,
-                                          num_micro=num_micro,
-                                          nan_update_at=c.debug.nan_update_step)
-    n_tok += float(batch.mask.sum())
-    st.state, m = step_fn(st.state, shd.put_batch(batch, run.mesh))
-    done = step + 1
-    if done % c.log.every == 0 or done == steps or done == st.start + 1:
-      m = {k: float(v) for k, v in shd.to_host(m).items()}
-      dt = time.time() - t_last
-      m.update(lr=float(schedule_fn(step)), tokens_per_s=n_tok / max(dt, 1e-9))
-      t_last, n_tok = time.time(), 0.0
-      run.writer.write(stage, done, m)
-      prog.update(done, fmt_metrics(m, ("loss", "ce", "mse", "grad_norm", "skipped")), force=True)
-    st.end_step(done, data=source.state())
+  with Progress(stage, steps, start=st.start, every=c.log.every) as prog:
+    schedule_fn = state_lib.make_schedule(lr or c.optim.lr, steps, schedule or c.optim.schedule,
+                                          c.optim.warmup_steps if lr_warmup < 0 else lr_warmup)
+    t_last, n_tok = time.time(), 0.0
+    for step in range(st.start, steps):
+      batch = next(source)
+      if step_fn is None:
+        step_fn = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh, st.shardings, batch,
+                                            num_micro=num_micro,
+                                            nan_update_at=c.debug.nan_update_step)
+      n_tok += float(batch.mask.sum())
+      st.state, m = step_fn(st.state, shd.put_batch(batch, run.mesh))
+      done = step + 1
+      if done % c.log.every == 0 or done == steps or done == st.start + 1:
+        m = {k: float(v) for k, v in shd.to_host(m).items()}
+        dt = time.time() - t_last
+        m.update(lr=float(schedule_fn(step)), tokens_per_s=n_tok / max(dt, 1e-9))
+        t_last, n_tok = time.time(), 0.0
+        run.writer.write(stage, done, m)
+        prog.update(done, fmt_metrics(m, ("loss", "ce", "mse", "grad_norm", "skipped")),
+                    force=True)
+      st.end_step(done, data=source.state())
   return st.close()

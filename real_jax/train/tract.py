@@ -96,25 +96,25 @@ def run_tract_gen(run: Run, params) -> dict[str, np.ndarray]:
   key = jax.random.PRNGKey(c.seed + 7)
   prompts, resps, targets = [], [], []
   counts = {"generated": 0, "kept": 0, "truncated": 0, "eos_before_delimiter": 0}
-  prog = Progress("tract_gen", -(-n // batch_size), every=max(1, n // batch_size // 5),
-                  unit="batch")
-  for i, b in enumerate(batcher):
-    g = readout.sample_cots(run.graphdef, params, b["prompt_tokens"], b["prompt_mask"],
-                            jax.random.fold_in(key, i), settings, st, num_samples=1,
-                            mesh=run.mesh, pad_id=run.tokens.pad_id,
-                            prompt_buckets=data_utils.prompt_buckets(c))
-    for r in range(len(b["valid"])):
-      if not b["valid"][r]:
-        continue
-      counts["generated"] += 1
-      if not g["found"][r]:
-        counts["eos_before_delimiter" if g["eos"][r] else "truncated"] += 1
-        continue
-      counts["kept"] += 1
-      prompts.append(b["prompt_tokens"][r][b["prompt_mask"][r].astype(bool)])
-      resps.append(g["response"][r, :g["length"][r]])
-      targets.append(b["target"][r])
-    prog.update(i + 1)
+  with Progress("tract_gen", -(-n // batch_size), every=max(1, n // batch_size // 5),
+                unit="batch") as prog:
+    for i, b in enumerate(batcher):
+      g = readout.sample_cots(run.graphdef, params, b["prompt_tokens"], b["prompt_mask"],
+                              jax.random.fold_in(key, i), settings, st, num_samples=1,
+                              mesh=run.mesh, pad_id=run.tokens.pad_id,
+                              prompt_buckets=data_utils.prompt_buckets(c))
+      for r in range(len(b["valid"])):
+        if not b["valid"][r]:
+          continue
+        counts["generated"] += 1
+        if not g["found"][r]:
+          counts["eos_before_delimiter" if g["eos"][r] else "truncated"] += 1
+          continue
+        counts["kept"] += 1
+        prompts.append(b["prompt_tokens"][r][b["prompt_mask"][r].astype(bool)])
+        resps.append(g["response"][r, :g["length"][r]])
+        targets.append(b["target"][r])
+      prog.update(i + 1)
   counts.update(prompts_read=n, prompts_skipped={k: int(v) for k, v in
                                                  sorted(batcher.stats.items()) if v},
                 temperature=c.tract.temperature, top_p=c.tract.top_p,

@@ -1,0 +1,184 @@
+r"""One Table-2 layout over several runs: `python -m real_jax.tools.compare WORKDIR...`.
+
+  python -m real_jax.tools.compare workdirs/synthetic workdirs/synthetic_controls/*
+  python -m real_jax.tools.compare W1 W2 --metrics pearson,mse --readouts rail --out cmp
+      # also writes cmp.md and cmp.csv
+
+Reads each workdir's `results.json` (every evaluated model of that run) and `run.json` (its
+method) and prints, per metric, one table: a row per (run, model, readout), a column per
+evaluation split (its title gives the number of items; a correlation on fewer than 30 items is
+marked †) plus the average. Then a table of what each row is: its method, the checkpoint
+evaluated, the items per split and the share without a valid score. The CSV has one line per
+(run, model, readout, split) with every metric, the average as split "avg".
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from real_jax import evaluate as ev
+
+METRICS = ("pearson", "spearman", "kendall", "mse")
+TITLES = {"pearson": "Pearson r x 100", "spearman": "Spearman ρ x 100",
+          "kendall": "Kendall τ_b x 100", "mse": "MSE of the prediction (raw)"}
+READOUT_TITLES = {"rail": "RAIL (ŷ)", "standard": "standard (sampled)"}
+
+
+class CompareError(ValueError):
+  """A workdir that cannot be compared (no results yet, an unreadable file)."""
+
+
+def load_rows(workdir: str) -> list[dict[str, Any]]:
+  """The evaluated models of one run: dicts with run, workdir, name, method, summary, info."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    raise CompareError(f"{workdir} has no results.json (no model of that run was evaluated yet)")
+  try:
+    with open(path) as f:
+      data = json.load(f)
+    run_method = ""
+    if os.path.exists(os.path.join(workdir, "run.json")):
+      with open(os.path.join(workdir, "run.json")) as f:
+        run_method = json.load(f).get("config", {}).get("method", "")
+  except (OSError, json.JSONDecodeError) as e:
+    raise CompareError(f"{path}: {e}") from None
+  run = os.path.basename(os.path.normpath(workdir))
+  return [{"run": run, "workdir": workdir, "name": r["name"],
+           "method": r.get("info", {}).get("method") or run_method or "?",
+           "summary": r["summary"], "info": r.get("info", {})} for r in data.get("rows", [])]
+
+
+def name_runs(rows: list[dict[str, Any]]) -> None:
+  """Runs are named by their directory's name, or by the path given where two names collide."""
+  names: dict[str, set[str]] = {}
+  for r in rows:
+    names.setdefault(r["run"], set()).add(os.path.normpath(r["workdir"]))
+  for r in rows:
+    if len(names[r["run"]]) > 1:
+      r["run"] = os.path.normpath(r["workdir"])
+
+
+def _label(row: dict[str, Any]) -> str:
+  return f"{row['run']} / {row['name']}"
+
+
+def metric_table(rows: Sequence[dict[str, Any]], metric: str, readouts: Sequence[str]) -> str:
+  """Markdown: run, model, method, readout, one column per split (n in its title) and Avg."""
+  pairs = [(_label(r), r["summary"]) for r in rows]
+  splits = ev._splits_of(pairs)
+  head = (["Run", "Model", "Method", "Readout"] + [ev.split_title(sp, pairs) for sp in splits]
+          + ["Avg"])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(splits) + 1)]
+  scale = (1.0, 3) if metric == "mse" else ()
+  for r in rows:
+    s = r["summary"]
+    for ro in readouts:
+      cells = [r["run"], r["name"], r["method"], READOUT_TITLES[ro]]
+      cells += [ev.metric_cell(s["splits"][sp], ro, metric) if sp in s["splits"] else "–"
+                for sp in splits]
+      cells.append(ev._fmt(s["avg"][ro][metric], *scale))
+      lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+  return "\n".join(lines)
+
+
+def rows_table(rows: Sequence[dict[str, Any]]) -> str:
+  """Markdown: which checkpoint each row is, the items per split and the share without a score."""
+  lines = ["| Run | Model | Method | Checkpoint | Items per split (n) | No valid score |",
+           "|---|---|---|---|---|---:|"]
+  for r in rows:
+    s = r["summary"]
+    items = "; ".join(f"{ev.SPLIT_TITLES.get(sp, sp)} {v['n']}" for sp, v in s["splits"].items())
+    cells = [r["run"], r["name"], r["method"], r["info"].get("checkpoint") or "–", items,
+             f"{ev._fmt(s['avg'].get('invalid_frac'))}%"]
+    lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+  return "\n".join(lines)
+
+
+def render(rows: Sequence[dict[str, Any]], *, metrics: Sequence[str] = METRICS,
+           readouts: Sequence[str] = ev.READOUTS) -> str:
+  """The whole markdown report."""
+  parts = []
+  for m in metrics:
+    parts += [f"## {TITLES[m]} per evaluation split", "", metric_table(rows, m, readouts), ""]
+  if ev.has_few_items([(_label(r), r["summary"]) for r in rows]):
+    parts += [ev.FEW_ITEMS_NOTE, ""]
+  parts += ["## Rows", "", rows_table(rows)]
+  return "\n".join(parts) + "\n"
+
+
+CSV_FIELDS = ("run", "model", "method", "readout", "split", "n", "pearson", "spearman", "kendall",
+              "mse", "invalid_frac", "checkpoint", "workdir")
+
+
+def to_csv(rows: Sequence[dict[str, Any]], readouts: Sequence[str] = ev.READOUTS) -> str:
+  """One line per (run, model, readout, split) with every metric; split "avg" is the average."""
+  out = io.StringIO()
+  w = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+  w.writeheader()
+  for r in rows:
+    s = r["summary"]
+    parts = list(s["splits"].items()) + [("avg", {**s["avg"], "n": ""})]
+    for ro in readouts:
+      inv_key = "invalid_frac" if ro == "rail" else "standard_invalid_frac"
+      for sp, v in parts:
+        w.writerow({"run": r["run"], "model": r["name"], "method": r["method"], "readout": ro,
+                    "split": sp, "n": v.get("n", ""),
+                    **{m: _num(v[ro].get(m)) for m in METRICS},
+                    "invalid_frac": _num(v.get(inv_key)),
+                    "checkpoint": r["info"].get("checkpoint", ""), "workdir": r["workdir"]})
+  return out.getvalue()
+
+
+def _num(x) -> str:
+  return "" if x is None or x != x else repr(float(x))
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="real_jax.main run directories")
+  p.add_argument("--metrics", default=",".join(METRICS),
+                 help=f"comma-separated, of {', '.join(METRICS)} (default: all)")
+  p.add_argument("--readouts", default="rail,standard", help="rail, standard or both")
+  p.add_argument("--models", default="",
+                 help="comma-separated model (row) names to keep, e.g. 'REAL,warm-up (SFT)'")
+  p.add_argument("--out", default="", help="also write OUT.md and OUT.csv")
+  a = p.parse_args(argv)
+  metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
+  readouts = [r.strip() for r in a.readouts.split(",") if r.strip()]
+  bad = [m for m in metrics if m not in METRICS] + [r for r in readouts if r not in ev.READOUTS]
+  if bad:
+    print(f"compare: unknown metric or readout {bad}; metrics: {', '.join(METRICS)}; readouts: "
+          f"{', '.join(ev.READOUTS)}", file=sys.stderr)
+    return 2
+  try:
+    rows = [r for w in a.workdirs for r in load_rows(w)]
+  except CompareError as e:
+    print(f"compare: {e}", file=sys.stderr)
+    return 2
+  name_runs(rows)
+  if a.models:
+    keep = {m.strip() for m in a.models.split(",")}
+    rows = [r for r in rows if r["name"] in keep]
+  if not rows:
+    print("compare: no rows to compare (check --models against the names in results.md)",
+          file=sys.stderr)
+    return 2
+  md = render(rows, metrics=metrics, readouts=readouts)
+  print(md, end="")
+  if a.out:
+    with open(a.out + ".md", "w") as f:
+      f.write(md)
+    with open(a.out + ".csv", "w") as f:
+      f.write(to_csv(rows, readouts))
+    print(f"wrote {a.out}.md and {a.out}.csv")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
