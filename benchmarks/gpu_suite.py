@@ -199,6 +199,7 @@ def main(argv=None) -> int:
   p.add_argument("--peak-tflops", type=float, default=0.0)
   p.add_argument("--hbm-tbs", type=float, default=0.0)
   a = p.parse_args(argv)
+  shd.use_cpu_without_accelerator()
   if not a.smoke and jax.devices()[0].platform != "gpu":
     print("gpu_suite: no GPU here (use --smoke on a CPU)", file=sys.stderr)
     return 2

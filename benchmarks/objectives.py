@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from real_jax import objectives as obj
+from real_jax import sharding as shd
 
 MIB = 1024 * 1024
 
@@ -92,6 +93,7 @@ def main():
   p.add_argument("--dtypes", default="fp32,bf16")
   p.add_argument("--repeats", type=int, default=5)
   a = p.parse_args()
+  shd.use_cpu_without_accelerator()
   dev = jax.devices()[0]
   print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
         f"device={dev.platform}:{dev.device_kind} jax={jax.__version__}")

@@ -33,12 +33,13 @@ import numpy as np  # noqa: E402
 
 from common import best_time, matmul_peak_gflops, profile_ops  # noqa: E402
 
+from real_jax import sharding as shd  # noqa: E402
+
 
 def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens: int,
           epochs: int, mini_batch: int, dtype: str, peak_tflops: float, step_repeats: int = 3,
           profile: str = "", seed: int = 0) -> dict:
   from real_jax import readout
-  from real_jax import sharding as shd
   from real_jax.data import build_synthetic_tokenizer
   from real_jax.judge import load_tokenizer
   from real_jax.judge.scores import resolve_score_tokens
@@ -165,6 +166,7 @@ def main():
   p.add_argument("--profile", default="", metavar="DIR",
                  help="also trace one train step into DIR and print its largest XLA ops")
   a = p.parse_args()
+  shd.use_cpu_without_accelerator()
   print(f"devices: {jax.devices()}  backend: {jax.default_backend()}")
   results = [bench(pr, prompts=a.prompts, group=a.group, prompt_len=a.prompt_len,
                    new_tokens=a.new_tokens, epochs=a.epochs, mini_batch=a.mini_batch,

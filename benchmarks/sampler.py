@@ -217,6 +217,8 @@ def main(argv=None):
   import jax
   _listen()
   from real_jax import models, sampling
+  from real_jax import sharding as shd
+  shd.use_cpu_without_accelerator()
   from real_jax.models import hf as hf_io
 
   preset = models.get_preset(args.preset)

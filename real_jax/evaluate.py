@@ -117,7 +117,8 @@ FEW_ITEMS_NOTE = (f"{FEW_ITEMS_MARK} computed on fewer than {MIN_ITEMS} items: t
                   "confidence interval is wide.")
 
 
-def _splits_of(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+def splits_of(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+  """The evaluation splits of all rows, in first-seen order."""
   splits: list[str] = []
   for _, s in rows:
     for sp in s["splits"]:
@@ -143,6 +144,16 @@ def metric_cell(split_summary: Mapping[str, Any], readout: str, metric: str) -> 
   return _fmt(value) + (f" {FEW_ITEMS_MARK}" if few else "")
 
 
+def avg_cell(summary: Mapping[str, Any], readout: str, metric: str) -> str:
+  """The average over splits of `metric` x 100 (MSE raw), as the tables print it."""
+  return _fmt(summary["avg"][readout][metric], *((1.0, 3) if metric in ("mse", "l1") else ()))
+
+
+def percent_cell(fraction: float | None) -> str:
+  """A fraction as the tables print it: "12.5%" ("–%" when absent)."""
+  return f"{_fmt(fraction)}%"
+
+
 def results_table(rows: Sequence[tuple[str, Mapping[str, Any]]], *, metric: str = "pearson",
                   readouts: Sequence[str] = READOUTS) -> str:
   """Markdown table like the paper's Table 2: one row per (model, readout), one column per
@@ -154,7 +165,7 @@ def results_table(rows: Sequence[tuple[str, Mapping[str, Any]]], *, metric: str 
     metric: pearson | spearman | kendall (x 100) | mse (raw).
     readouts: which readouts to show as rows.
   """
-  splits = _splits_of(rows)
+  splits = splits_of(rows)
   head = ["Model", "Readout"] + [split_title(sp, rows) for sp in splits] + ["Avg"]
   lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(splits) + 1)) + "|"]
   for name, s in rows:
@@ -162,7 +173,7 @@ def results_table(rows: Sequence[tuple[str, Mapping[str, Any]]], *, metric: str 
       cells = [name, "RAIL (ŷ)" if r == "rail" else "standard (sampled)"]
       cells += [metric_cell(s["splits"][sp], r, metric) if sp in s["splits"] else "–"
                 for sp in splits]
-      cells.append(_fmt(s["avg"][r][metric], *((1.0, 3) if metric in ("mse", "l1") else ())))
+      cells.append(avg_cell(s, r, metric))
       lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -183,7 +194,7 @@ def summary_table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
       lines.append("| " + " | ".join([
           name, "RAIL (ŷ)" if r == "rail" else "standard (sampled)", _fmt(a["pearson"]),
           _fmt(a["spearman"]), _fmt(a["kendall"]), _fmt(a["mse"], 1.0, 3),
-          f"{_fmt(inv, 100.0, 1)}%"]) + " |")
+          percent_cell(inv)]) + " |")
   return "\n".join(lines)
 
 

@@ -27,7 +27,6 @@ the current stage and continues exactly as an uninterrupted run. Results: <workd
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging as pylogging
 import os
@@ -38,7 +37,6 @@ from typing import Any, Callable
 import jax
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
-from jax._src import hardware_utils  # jax's own TPU probe (cloud_tpu_init uses it)
 from ml_collections import config_flags
 
 from real_jax import models
@@ -380,18 +378,6 @@ class _QuietConsole:
     return True
 
 
-def _skip_absent_tpu() -> None:
-  """With libtpu installed (the `tpu` and `test` extras) jax tries a TPU backend first and
-  libtpu prints a screen of errors on a machine without one. With no TPU chip and no GPU
-  plugin, the CPU is all there is: say so before jax looks. JAX_PLATFORMS still decides."""
-  if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms:
-    return
-  if importlib.util.find_spec("jax_plugins") is not None:  # a GPU (or other) PJRT plugin
-    return
-  if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0:
-    jax.config.update("jax_platforms", "cpu")
-
-
 def main(argv):
   del argv
   if FLAGS.print_config:
@@ -402,7 +388,7 @@ def main(argv):
     return
   logging.get_absl_handler().addFilter(_QuietConsole())
   tfds.disable_progress_bar()  # our own report follows each prepared split
-  _skip_absent_tpu()
+  shd.use_cpu_without_accelerator()
   if FLAGS.multihost:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import glob
+import importlib.util
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -24,6 +27,34 @@ from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
+
+GOOGLE_PCI_VENDOR = "0x1ae0"  # the PCI vendor id of TPU chips
+
+
+def has_tpu_chip(pci_devices: str = "/sys/bus/pci/devices") -> bool:
+  """Whether a Google PCI device (a TPU chip) is attached to this host (the PCI vendor check
+  that jax's own TPU probe makes, without importing jax internals)."""
+  for vendor in glob.glob(os.path.join(pci_devices, "*", "vendor")):
+    try:
+      with open(vendor) as f:
+        if f.read().strip() == GOOGLE_PCI_VENDOR:
+          return True
+    except OSError:
+      continue
+  return False
+
+
+def use_cpu_without_accelerator() -> None:
+  """With libtpu installed (the `tpu` and `test` extras) jax tries a TPU backend first, and
+  libtpu prints a screen of errors on a host without one. With no TPU chip and no GPU (or
+  other) PJRT plugin the CPU is all there is: select it before jax looks. JAX_PLATFORMS and
+  `jax_platforms` still decide when set. Call before the first jax computation."""
+  if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms:
+    return
+  if importlib.util.find_spec("jax_plugins") is not None:
+    return
+  if not has_tpu_chip():
+    jax.config.update("jax_platforms", "cpu")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None for replicated).
 Rules = Mapping[str, Any]

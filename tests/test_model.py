@@ -323,6 +323,43 @@ def test_mesh_and_divisibility_errors():
     models.init_params(cfg, mesh=mesh)
 
 
+def test_tpu_chip_probe_reads_pci_vendors(tmp_path):
+  for i, vendor in enumerate(("0x10de\n", "0x8086\n")):  # an NVIDIA GPU, an Intel bridge
+    (tmp_path / f"0000:0{i}:00.0").mkdir()
+    (tmp_path / f"0000:0{i}:00.0" / "vendor").write_text(vendor)
+  (tmp_path / "0000:09:00.0").mkdir()  # a device without a readable vendor file
+  assert not shd.has_tpu_chip(str(tmp_path))
+  (tmp_path / "0000:05:00.0").mkdir()
+  (tmp_path / "0000:05:00.0" / "vendor").write_text("0x1ae0\n")  # Google: a TPU chip
+  assert shd.has_tpu_chip(str(tmp_path))
+
+
+@pytest.mark.parametrize("tpu_present", [False, True])
+def test_cpu_is_selected_only_without_an_accelerator(tpu_present):
+  """With libtpu installed (the test extra) and no TPU chip, jax would try the TPU backend and
+  libtpu would print a screen of errors: the entry points select the CPU first. With a chip
+  (probe faked) nothing is forced."""
+  import subprocess
+  import sys
+  code = ("from real_jax import sharding as shd\n"
+          f"shd.has_tpu_chip = lambda *a: {tpu_present}\n"
+          "shd.use_cpu_without_accelerator()\n"
+          "import jax\n"
+          "print('platforms', jax.config.jax_platforms)\n")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip() == ("platforms None" if tpu_present else "platforms cpu")
+  # A platform chosen in code (or by JAX_PLATFORMS) is never overridden.
+  code = code.replace(f"lambda *a: {tpu_present}", "lambda *a: False").replace(
+      "shd.use_cpu_without_accelerator()", "import jax\njax.config.update('jax_platforms', "
+      "'cpu,tpu')\nshd.use_cpu_without_accelerator()")
+  r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                     timeout=120)
+  assert r.stdout.strip() == "platforms cpu,tpu", r.stderr[-2000:]
+
+
 def test_presets_match_transformers_param_counts_and_print_memory():
   import torch
   from transformers import AutoConfig, AutoModelForCausalLM

@@ -9,7 +9,8 @@ from __future__ import annotations
 import enum
 import os
 
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+import transformers  # AutoTokenizer is looked up only when needed: it imports torch (~1 s)
+from transformers import PreTrainedTokenizerFast
 
 
 class OutputFormat(str, enum.Enum):
@@ -42,12 +43,12 @@ def as_output_format(output_format: OutputFormat | str) -> OutputFormat:
 def load_tokenizer(path: str):
   """A Hugging Face tokenizer from a local directory (tokenizer.json + tokenizer_config.json).
 
-  Uses `PreTrainedTokenizerFast` directly (AutoTokenizer imports torch, ~5 s); falls back to
-  AutoTokenizer for tokenizers without a tokenizer.json.
+  Uses `PreTrainedTokenizerFast` directly (AutoTokenizer imports torch when it is installed);
+  falls back to AutoTokenizer for tokenizers without a tokenizer.json (e.g. SentencePiece).
   """
   if os.path.isfile(os.path.join(os.fspath(path), "tokenizer.json")):
     return PreTrainedTokenizerFast.from_pretrained(os.fspath(path))
-  return AutoTokenizer.from_pretrained(os.fspath(path))
+  return transformers.AutoTokenizer.from_pretrained(os.fspath(path))
 
 
 def encode_text(tokenizer, text: str) -> list[int]:

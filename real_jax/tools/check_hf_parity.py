@@ -17,6 +17,7 @@ import sys
 import jax
 import numpy as np
 
+from real_jax import sharding as shd
 from real_jax.layout import positions_from_mask
 from real_jax.models import forward_logits
 from real_jax.models.hf import load_hf
@@ -84,6 +85,7 @@ def main(argv=None) -> int:
   parser.add_argument("--length", type=int, default=24)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
+  shd.use_cpu_without_accelerator()
   diff, tol = check(args.checkpoint_dir, args.dtype, args.batch, args.length, args.seed)
   print(f"max_abs_diff={diff:.3e}")
   print(f"tolerance={tol:.3e} dtype={args.dtype} -> {'OK' if diff <= tol else 'FAIL'}")

@@ -71,18 +71,17 @@ def _label(row: dict[str, Any]) -> str:
 def metric_table(rows: Sequence[dict[str, Any]], metric: str, readouts: Sequence[str]) -> str:
   """Markdown: run, model, method, readout, one column per split (n in its title) and Avg."""
   pairs = [(_label(r), r["summary"]) for r in rows]
-  splits = ev._splits_of(pairs)
+  splits = ev.splits_of(pairs)
   head = (["Run", "Model", "Method", "Readout"] + [ev.split_title(sp, pairs) for sp in splits]
           + ["Avg"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(splits) + 1)]
-  scale = (1.0, 3) if metric == "mse" else ()
   for r in rows:
     s = r["summary"]
     for ro in readouts:
       cells = [r["run"], r["name"], r["method"], READOUT_TITLES[ro]]
       cells += [ev.metric_cell(s["splits"][sp], ro, metric) if sp in s["splits"] else "–"
                 for sp in splits]
-      cells.append(ev._fmt(s["avg"][ro][metric], *scale))
+      cells.append(ev.avg_cell(s, ro, metric))
       lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
   return "\n".join(lines)
 
@@ -95,7 +94,7 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> str:
     s = r["summary"]
     items = "; ".join(f"{ev.SPLIT_TITLES.get(sp, sp)} {v['n']}" for sp, v in s["splits"].items())
     cells = [r["run"], r["name"], r["method"], r["info"].get("checkpoint") or "–", items,
-             f"{ev._fmt(s['avg'].get('invalid_frac'))}%"]
+             ev.percent_cell(s["avg"].get("invalid_frac"))]
     lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
   return "\n".join(lines)
 

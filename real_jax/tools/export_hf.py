@@ -21,6 +21,7 @@ import sys
 import jax
 from jax.sharding import SingleDeviceSharding
 
+from real_jax import sharding as shd
 from real_jax.data.synthetic_corpus import PROBES_FILE
 from real_jax.judge import load_tokenizer
 from real_jax.models import abstract_model
@@ -105,6 +106,7 @@ def main(argv=None) -> int:
   p.add_argument("--best", action="store_true", help="the best-by-eval parameters")
   p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: param dtype)")
   a = p.parse_args(argv)
+  shd.use_cpu_without_accelerator()
   try:
     out = export_run(a.workdir, a.out, stage=a.stage, best=a.best, dtype=a.dtype)
   except FileNotFoundError as e:
