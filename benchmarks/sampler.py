@@ -144,10 +144,9 @@ def compiled_peak_bytes(graphdef, params, prompts, mask, cfg, n) -> int:
   """The sampler program's peak per the compiler: arguments + outputs + temporaries."""
   import jax
   from real_jax import sampling
-  fn = sampling._compiled_sampler(graphdef, cfg, n, None, sampling._rules_key({}))
-  tokens, pmask = sampling._bucket_prompts(prompts, mask, cfg)
-  ids = np.arange(tokens.shape[0], dtype=np.int32)
-  ma = fn.lower(params, tokens, pmask, jax.random.key(0), ids).compile().memory_analysis()
+  lowered, _ = sampling.lower(graphdef, params, prompts, mask, jax.random.key(0), cfg,
+                              num_samples=n)
+  ma = lowered.compile().memory_analysis()
   return ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
 
 

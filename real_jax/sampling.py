@@ -538,9 +538,23 @@ def _compiled_sampler(graphdef, cfg: SamplingConfig, n: int, mesh: Mesh | None, 
   return jax.jit(run)
 
 
-def _bucket_prompts(tokens: np.ndarray, mask: np.ndarray, cfg: SamplingConfig
+def sampler_program(graphdef: nnx.GraphDef, config: SamplingConfig, *, num_samples: int = 1,
+                    mesh: Mesh | None = None, rules=shd.DEFAULT_RULES):
+  """The jitted sampler that `sample` runs: `fn(params, prompt_tokens, prompt_mask, key,
+  prompt_ids) -> SampleOutput`, memoised per (model structure, config, n, mesh, rules).
+
+  For ahead-of-time work: `fn.lower(...)` with arrays or `jax.ShapeDtypeStruct`s (shardings
+  included: `tools/plan.py` compiles for a TPU topology this way) shaped as `prepare_prompts`
+  leaves them, then `.compile()` for `memory_analysis()`. With concrete arrays, `lower` below
+  prepares them exactly as `sample` does.
+  """
+  return _compiled_sampler(graphdef, config, int(num_samples), mesh, _rules_key(rules))
+
+
+def prepare_prompts(tokens: np.ndarray, mask: np.ndarray, cfg: SamplingConfig
                     ) -> tuple[np.ndarray, np.ndarray]:
-  """Checks left padding and cuts/left-pads the prompts to their bucket width."""
+  """Checks left padding and cuts/left-pads the prompts to their bucket width; padding
+  positions get `cfg.pad_id`. Returns int32 tokens and bool mask, `[B, bucket width]`."""
   if tokens.ndim != 2 or tokens.shape != mask.shape:
     raise ValueError(f"prompt_tokens {tokens.shape} and prompt_mask {mask.shape} must be equal "
                      f"[batch, length] shapes")
@@ -585,13 +599,36 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens, prompt_mask
   n = int(num_samples)
   if n < 1:
     raise ValueError(f"num_samples={num_samples} must be >= 1")
-  tokens, mask = _bucket_prompts(np.asarray(prompt_tokens), np.asarray(prompt_mask).astype(bool),
+  fn, args = _program_and_args(graphdef, params, prompt_tokens, prompt_mask, key, config, n,
+                               mesh, prompt_ids, rules)
+  return fn(*args)
+
+
+def lower(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens, prompt_mask, key: Array,
+          config: SamplingConfig, *, num_samples: int = 1, mesh: Mesh | None = None,
+          prompt_ids=None, rules=shd.DEFAULT_RULES) -> tuple[jax.stages.Lowered, tuple]:
+  """`sample`'s program for these arguments, lowered and not yet compiled, and the prepared
+  arguments it takes. `lowered.compile()` gives the memory analysis and a callable:
+  `compiled(*args)` returns what `sample` would, with one compilation in all (a `jax.jit`
+  call and an ahead-of-time `.compile()` do not share their caches)."""
+  n = int(num_samples)
+  if n < 1:
+    raise ValueError(f"num_samples={num_samples} must be >= 1")
+  fn, args = _program_and_args(graphdef, params, prompt_tokens, prompt_mask, key, config, n,
+                               mesh, prompt_ids, rules)
+  return fn.lower(*args), args
+
+
+def _program_and_args(graphdef, params, prompt_tokens, prompt_mask, key, config, n, mesh,
+                      prompt_ids, rules):
+  """The jitted sampler and its arguments: prompts bucketed, ids checked, inputs placed."""
+  tokens, mask = prepare_prompts(np.asarray(prompt_tokens), np.asarray(prompt_mask).astype(bool),
                                  config)
   b = tokens.shape[0]
   ids = np.arange(b, dtype=np.int32) if prompt_ids is None else np.asarray(prompt_ids, np.int32)
   if ids.shape != (b,):
     raise ValueError(f"prompt_ids has shape {ids.shape}; expected ({b},)")
-  fn = _compiled_sampler(graphdef, config, n, mesh, _rules_key(rules))
+  fn = sampler_program(graphdef, config, num_samples=n, mesh=mesh, rules=rules)
   if mesh is not None:
     batch_axes = shd.logical_to_spec(("batch",), rules)[0]
     divides = b % shd._axis_size(mesh, batch_axes) == 0
@@ -599,7 +636,7 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens, prompt_mask
         x, shd.batch_sharding(mesh, x.ndim, rules) if divides else shd.replicated(mesh))
     tokens, mask, ids = place(tokens), place(mask), place(ids)
     key = shd.put_global(key, shd.replicated(mesh))
-  return fn(params, tokens, mask, key, ids)
+  return fn, (params, tokens, mask, key, ids)
 
 
 def scoring_inputs(out: SampleOutput) -> tuple[Array, Array, Array]:

@@ -169,6 +169,8 @@ def test_gpu_suite_smoke_on_cpu(tmp_path):
   res = json.loads((tmp_path / "gpu_suite.json").read_text())
   assert res["smoke"] and [d["rows"] for d in res["decode"]] == [8]
   assert all(d["tokens_per_s"] > 0 and d["decode_step_ms"] > 0 for d in res["decode"])
+  # Each sampler program (the full run, the prefill) is compiled once: timed and measured alike.
+  assert [d["compiles"] for d in res["decode"]] == [2]
   assert res["train_step"]["s"] > 0 and res["train_step"]["tflops"] > 0
   assert [m["program"] for m in res["memory"]] == ["rollout_sampler (8 rows)", "rl_step"]
   for m in res["memory"]:

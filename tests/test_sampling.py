@@ -336,6 +336,31 @@ def test_shared_prompt_cache_equals_per_row_cache(model, prompts, sampled_out):
                              atol=1e-5)
 
 
+def test_ahead_of_time_sampler_is_the_program_sample_runs(model, prompts, sampled_out):
+  """`sampling.lower` (what the plan tool and the GPU suite compile) prepares the prompts as
+  `sample` does (widths cut to the bucket, padding set to pad_id): its compiled program returns
+  `sample`'s output, and `sampler_program` is the jitted function `sample` calls."""
+  _, graphdef, params = model
+  tokens, mask = prompts
+  wide = np.concatenate([np.full((len(tokens), 3), 5, np.int32), tokens], 1)  # junk under padding
+  wide_mask = np.concatenate([np.zeros((len(mask), 3), bool), mask], 1)
+  lowered, args = S.lower(graphdef, params, wide, wide_mask, jax.random.key(7), SAMPLED,
+                          num_samples=3)
+  compiled = lowered.compile()
+  assert compiled.memory_analysis() is not None
+  out = compiled(*args)
+  for f in ("tokens", "lengths", "status", "stop_lengths", "prompt_tokens", "prompt_mask"):
+    np.testing.assert_array_equal(_np(getattr(out, f)), _np(getattr(sampled_out, f)), err_msg=f)
+  np.testing.assert_allclose(_np(out.policy_log_probs), _np(sampled_out.policy_log_probs),
+                             atol=1e-6)
+  assert S.sampler_program(graphdef, SAMPLED, num_samples=3) is S.sampler_program(
+      graphdef, SAMPLED, num_samples=3)
+  tok, msk = S.prepare_prompts(wide, wide_mask, SAMPLED)
+  assert tok.shape == (len(tokens), P) and not tok[~msk].any()  # pad_id 0 under the padding
+  with pytest.raises(ValueError, match="num_samples"):
+    S.lower(graphdef, params, *prompts, jax.random.key(0), SAMPLED, num_samples=0)
+
+
 @pytest.mark.parametrize("finish_k", [32, 4096])
 @pytest.mark.parametrize("kind", ["gauss0.5", "gauss3", "zipf", "peaked", "ties"])
 def test_nucleus_threshold_matches_sort(kind, finish_k):

@@ -197,7 +197,7 @@ def programs(config, mesh) -> dict[str, tuple[Any, tuple, str]]:
 
 def _sampler(graphdef, params, settings, prompts: int, n: int, lp: int, mesh):
   cfg = readout.sampling_config(settings, _SCORE_TOKENS, 0, (lp,))
-  fn = sampling._compiled_sampler(graphdef, cfg, n, mesh, sampling._rules_key(shd.DEFAULT_RULES))
+  fn = sampling.sampler_program(graphdef, cfg, num_samples=n, mesh=mesh)
   b = lambda shape, dt: _input(shape, dt, mesh)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=shd.replicated(mesh))
   args = (params, b((prompts, lp), jnp.int32), b((prompts, lp), bool), key,
