@@ -351,10 +351,9 @@ def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str
         cols["target"].append(b["target"][keep])
         for name in ("rail", "y_hat", "standard", "valid", "standard_valid", "length", "status",
                      "score_probs"):
-          cols[name].append(r[name][keep])
-        if r["response"] is not None:
-          for i in np.nonzero(keep)[0]:
-            texts.append(tokenizer.decode(r["response"][i, :int(r["cot_length"][i])].tolist()))
+          cols[name].append(getattr(r, name)[keep])
+        if r.response is not None:
+          texts += [tokenizer.decode(r.cot_tokens(i)) for i in np.nonzero(keep)[0]]
         prog.update(b_i + 1)
     d = {k: (np.concatenate(v) if v else np.zeros((0,), np.float32)) for k, v in cols.items()}
     if not cols["score_probs"]:

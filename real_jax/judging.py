@@ -160,11 +160,11 @@ class Judge:
                         score_tokens=self.score_tokens, score_fn=score_fn, mesh=self.mesh,
                         pad_id=self.pad_id, prompt_buckets=(width,))
       for i in range(len(chunk)):
-        cot = self.tokenizer.decode(r["response"][i, :int(r["cot_length"][i])].tolist())
+        cot = self.tokenizer.decode(r.cot_tokens(i))
         out.append(Grade(
-            cot=cot, score_probs={float(v): float(p) for v, p in zip(values, r["score_probs"][i])},
-            score_mass=float(r["score_mass"][i]), y_hat=float(r["y_hat"][i]),
-            sampled_score=float(r["standard"][i]) if r["standard_valid"][i] else None,
-            status=readout.STATUS_NAMES[int(r["status"][i])]))
+            cot=cot, score_probs={float(v): float(p) for v, p in zip(values, r.score_probs[i])},
+            score_mass=float(r.score_mass[i]), y_hat=float(r.y_hat[i]),
+            sampled_score=float(r.standard[i]) if r.standard_valid[i] else None,
+            status=readout.STATUS_NAMES[int(r.status[i])]))
     return out
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from real_jax import layout
 from real_jax import objectives as obj
 from real_jax import sampling
 from real_jax import sharding as shd
@@ -50,17 +51,31 @@ class SamplerSettings:
 # Sampling (adapter over real_jax.sampling)
 
 
+@dataclasses.dataclass(frozen=True)
+class Samples:
+  """CoTs from `sample_cots`: host arrays over N = P * n rows, row i*n+j = sample j of prompt i."""
+  prompt_tokens: np.ndarray  # [N, Lp] int32, left-padded to the prompts' bucket
+  prompt_mask: np.ndarray  # [N, Lp] int32
+  response: np.ndarray  # [N, R] int32, right-padded with pad_id; ends with the delimiter if found
+  length: np.ndarray  # [N] int32 tokens kept: through the delimiter if found, else EOS / max
+  found: np.ndarray  # [N] bool: the delimiter was reached
+  eos: np.ndarray  # [N] bool: EOS before any delimiter
+  truncated: np.ndarray  # [N] bool: neither
+
+  @classmethod
+  def concatenate(cls, parts: Sequence[Samples], pad_id: int) -> Samples:
+    """The rows of several sampling calls in order; prompts left-widened to the widest bucket."""
+    width = max(p.prompt_tokens.shape[1] for p in parts)
+    cols = {f.name: [getattr(p, f.name) for p in parts] for f in dataclasses.fields(cls)}
+    cols["prompt_tokens"] = [layout.widen_left(x, width, pad_id) for x in cols["prompt_tokens"]]
+    cols["prompt_mask"] = [layout.widen_left(x, width, 0) for x in cols["prompt_mask"]]
+    return cls(**{k: np.concatenate(v) for k, v in cols.items()})
+
+
 def sample_cots(graphdef, params, prompt_tokens, prompt_mask, key, settings: SamplerSettings,
                 score_tokens: ScoreTokens, *, num_samples: int, mesh: Mesh | None,
-                pad_id: int, prompt_buckets: tuple[int, ...] | None = None
-                ) -> dict[str, np.ndarray]:
-  """n CoTs per prompt, stopped at the delimiter. Host numpy results (rows grouped by prompt):
-
-    prompt_tokens [N, Lp], prompt_mask [N, Lp] (N = P * n, row i*n+j = sample j of prompt i),
-    response [N, R] (right-padded with pad_id; ends with the delimiter if it was reached),
-    length [N] (tokens kept: through the delimiter if found, else through EOS / max tokens),
-    found [N] bool (delimiter reached), eos [N] bool (EOS before any delimiter),
-    truncated [N] bool (neither).
+                pad_id: int, prompt_buckets: tuple[int, ...] | None = None) -> Samples:
+  """n CoTs per prompt, stopped at the delimiter, as host arrays (`Samples`).
 
   Every tokenisation of the delimiter the parser accepts (`score_tokens.variants`) is a stop
   sequence, so the sampler's first stop is the parser's first delimiter.
@@ -78,10 +93,9 @@ def sample_cots(graphdef, params, prompt_tokens, prompt_mask, key, settings: Sam
   tokens = np.asarray(out.tokens)
   cols = np.arange(tokens.shape[1])[None, :]
   response = np.where(cols < keep[:, None], tokens, pad_id).astype(np.int32)
-  return {"prompt_tokens": np.asarray(out.prompt_tokens).astype(np.int32),
-          "prompt_mask": np.asarray(out.prompt_mask).astype(np.int32),
-          "response": response, "length": keep, "found": found, "eos": eos,
-          "truncated": truncated}
+  return Samples(prompt_tokens=np.asarray(out.prompt_tokens).astype(np.int32),
+                 prompt_mask=np.asarray(out.prompt_mask).astype(np.int32),
+                 response=response, length=keep, found=found, eos=eos, truncated=truncated)
 
 
 def sampling_config(settings: SamplerSettings, score_tokens: ScoreTokens, pad_id: int,
@@ -100,14 +114,22 @@ def sampling_config(settings: SamplerSettings, score_tokens: ScoreTokens, pad_id
 # Teacher-forced sequences
 
 
+@dataclasses.dataclass(frozen=True)
+class Sequences:
+  """Rows for a teacher-forced pass: host arrays over N rows of L tokens."""
+  tokens: np.ndarray  # [N, L] int32
+  mask: np.ndarray  # [N, L] bool: padding only, nothing else is masked
+  score_pos: np.ndarray  # [N] int32: the position whose logits predict the score token
+  cot_mask: np.ndarray | None = None  # [N, L] f32: the kept response tokens (None: no CoT)
+
+
 def build_sequences(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, response: np.ndarray,
-                    length: np.ndarray, *, pad_id: int, extra: int = 1) -> dict[str, np.ndarray]:
+                    length: np.ndarray, *, pad_id: int, extra: int = 1) -> Sequences:
   """prompt ⊕ response[:length] as one left/right-padded sequence of length Lp + R + extra.
 
-  Returns tokens [N, L], mask [N, L] (padding only; nothing else is masked), score_pos [N]
-  (position of the last kept response token: for a delimiter-stopped row the last delimiter
-  token, whose logits predict the score) and cot_mask [N, L] f32 (the kept response tokens).
-  `extra` free slots at the end leave room for a sampled score token (standard RL).
+  score_pos is the last kept response token (for a delimiter-stopped row the last delimiter
+  token, whose logits predict the score); cot_mask marks the kept response tokens. `extra` free
+  slots at the end leave room for a sampled score token (standard RL).
   """
   n, lp = prompt_tokens.shape
   r = response.shape[1]
@@ -122,19 +144,19 @@ def build_sequences(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, response
   mask = np.concatenate([prompt_mask.astype(bool), resp_mask], axis=1)
   cot_mask = np.concatenate([np.zeros((n, lp), np.float32), resp_mask.astype(np.float32)], 1)
   score_pos = (lp + np.maximum(length, 1) - 1).astype(np.int32)
-  return {"tokens": tokens, "mask": mask, "score_pos": score_pos, "cot_mask": cot_mask}
+  return Sequences(tokens=tokens, mask=mask, score_pos=score_pos, cot_mask=cot_mask)
 
 
 def append_delimiter(prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
-                     delimiter: Sequence[int]) -> dict[str, np.ndarray]:
-  """prompt ⊕ delimiter (no CoT: RAFT's direct readout). Returns tokens [N, Lp + D], mask and
-  score_pos [N] (the last delimiter token)."""
+                     delimiter: Sequence[int]) -> Sequences:
+  """prompt ⊕ delimiter (no CoT: RAFT's direct readout): tokens [N, Lp + D], score_pos the last
+  delimiter token, no cot_mask."""
   n = prompt_tokens.shape[0]
   d = np.tile(np.asarray(delimiter, np.int32)[None, :], (n, 1))
   tokens = np.concatenate([prompt_tokens, d], axis=1)
   mask = np.concatenate([prompt_mask.astype(bool), np.ones(d.shape, bool)], axis=1)
-  return {"tokens": tokens, "mask": mask,
-          "score_pos": np.full((n,), tokens.shape[1] - 1, np.int32)}
+  return Sequences(tokens=tokens, mask=mask,
+                   score_pos=np.full((n,), tokens.shape[1] - 1, np.int32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,24 +216,38 @@ def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
   return jax.jit(fn, in_shardings=(None, in_b, rep), out_shardings=out_b)
 
 
-def run_scoring(score_fn, params, seqs: dict[str, np.ndarray], target_id: np.ndarray, key,
-                mesh: Mesh, chunk: int, probe: np.ndarray | None = None) -> dict[str, np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class Scores:
+  """What the scoring pass (`make_score_fn`) reads from each row: host arrays over N rows."""
+  lp: np.ndarray  # [N, L] token log-probs at T = 1 (0 before `response_width`'s columns)
+  y_hat: np.ndarray  # [N] sum_k v_k pi(k | x, c)
+  target_logp: np.ndarray  # [N] log pi(y* | x, c)
+  score_mass: np.ndarray  # [N] the probability mass on the score tokens
+  score_probs: np.ndarray  # [N, K] pi(k | x, c), renormalised or not as y_hat
+  sampled: np.ndarray  # [N] a token drawn at the score position as the sampler would
+  sampled_is_score: np.ndarray  # [N] bool: that token is a score token
+  sampled_logp: np.ndarray  # [N] its log pi at T = 1
+  probe_logp: np.ndarray  # [N] log pi at T = 1 of the `probe` token
+
+
+def run_scoring(score_fn, params, seqs: Sequences, target_id: np.ndarray, key, mesh: Mesh,
+                chunk: int, probe: np.ndarray | None = None) -> Scores:
   """`score_fn` over the rows in chunks of `chunk` rows (padded to full chunks); host arrays."""
-  n = seqs["tokens"].shape[0]
+  n = seqs.tokens.shape[0]
   chunk = min(chunk, n)
   probe = np.zeros((n,), np.int32) if probe is None else np.asarray(probe, np.int32)
   outs = []
   for i, start in enumerate(range(0, n, chunk)):
     sl = slice(start, start + chunk)
-    b = {"tokens": seqs["tokens"][sl], "mask": seqs["mask"][sl],
-         "score_pos": seqs["score_pos"][sl], "target_id": target_id[sl], "probe": probe[sl]}
+    b = {"tokens": seqs.tokens[sl], "mask": seqs.mask[sl], "score_pos": seqs.score_pos[sl],
+         "target_id": target_id[sl], "probe": probe[sl]}
     short = chunk - b["tokens"].shape[0]
     if short:
       b = {k: np.concatenate([v, np.repeat(v[-1:], short, 0)], 0) for k, v in b.items()}
     o = score_fn(params, shd.put_batch(b, mesh), jax.random.fold_in(key, i))
     o = shd.to_host(o)
     outs.append({k: np.asarray(v)[:chunk - short] for k, v in o.items()})
-  return {k: np.concatenate([o[k] for o in outs], 0) for k in outs[0]}
+  return Scores(**{k: np.concatenate([o[k] for o in outs], 0) for k in outs[0]})
 
 
 def target_token_ids(target: np.ndarray, score_tokens: ScoreTokens) -> np.ndarray:
@@ -245,9 +281,31 @@ class EvalSettings:
                          top_p=self.top_p, top_k=0, greedy=self.greedy)
 
 
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """What `read_batch` reads from one CoT per prompt: host arrays over N prompts."""
+  rail: np.ndarray  # [N] the RAIL prediction after the `invalid` rule
+  y_hat: np.ndarray  # [N] sum_k v_k pi(k) as read at the score position
+  score_probs: np.ndarray  # [N, K] pi(k | x, c) of each score token
+  score_mass: np.ndarray  # [N] the probability mass on the score tokens
+  standard: np.ndarray  # [N] the sampled score value (the midpoint when not a score token)
+  standard_valid: np.ndarray  # [N] bool: the sampled token is a score and the CoT is valid
+  valid: np.ndarray  # [N] bool: the CoT reached the delimiter
+  status: np.ndarray  # [N] int, index into STATUS_NAMES
+  length: np.ndarray  # [N] tokens read: the CoT, plus the delimiter appended under "force"
+  cot_length: np.ndarray  # [N] tokens of the sampled CoT
+  response: np.ndarray | None  # [N, R] the sampled CoTs (None for the direct readout)
+
+  def cot_tokens(self, i: int) -> list[int]:
+    """The sampled CoT of row `i` (empty for the direct readout)."""
+    if self.response is None:
+      return []
+    return self.response[i, :int(self.cot_length[i])].tolist()
+
+
 def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: EvalSettings,
                score_tokens: ScoreTokens, score_fn, mesh, pad_id: int, delim_start=None,
-               prompt_buckets=None) -> dict[str, Any]:
+               prompt_buckets=None) -> Reading:
   """One CoT per prompt and both readouts: the judging step shared by evaluation and `Judge`.
 
   Args:
@@ -257,12 +315,7 @@ def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: E
     score_fn: `settings.score_fn(...)` (`make_score_fn` with the same sampling settings).
     delim_start: the delimiter's ids at the start of a response (direct readout).
 
-  Returns host arrays: rail [N] (the RAIL prediction after the `invalid` rule), y_hat [N] (as
-  read), score_probs [N, K], score_mass [N], standard [N] (the sampled score value; the midpoint
-  when not a score token), standard_valid [N], valid [N] (the CoT reached the delimiter),
-  status [N] (index into STATUS_NAMES), length [N] (tokens read: the CoT, plus the delimiter
-  appended under "force"), cot_length [N] and response [N, R] (the sampled CoT; None for the
-  direct readout).
+  Returns a `Reading` (host arrays).
   """
   values = np.asarray(score_tokens.values, np.float32)
   midpoint = float(values.mean())
@@ -280,9 +333,9 @@ def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: E
     g = sample_cots(graphdef, params, prompt_tokens, prompt_mask, jax.random.fold_in(key, 0),
                     sampler, score_tokens, num_samples=1, mesh=mesh, pad_id=pad_id,
                     prompt_buckets=prompt_buckets)
-    found, length = g["found"], g["length"].copy()
-    status = np.where(found, 0, np.where(g["eos"], 1, 2)).astype(np.int32)
-    response = g["response"]
+    found, length = g.found, g.length.copy()
+    status = np.where(found, 0, np.where(g.eos, 1, 2)).astype(np.int32)
+    response = g.response
     resp_tokens = response
     if settings.invalid == "force":
       # No delimiter: append it to the CoT (replacing a final EOS) and read the score there.
@@ -290,21 +343,21 @@ def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: E
       extra = len(delim)
       response = np.concatenate([response, np.full((n, extra), pad_id, np.int32)], 1)
       for r in np.nonzero(~found)[0]:
-        m = int(length[r]) - (1 if g["eos"][r] else 0)
+        m = int(length[r]) - (1 if g.eos[r] else 0)
         response[r, m:] = pad_id
         response[r, m:m + extra] = delim
         length[r] = m + extra
-    seqs = build_sequences(g["prompt_tokens"], g["prompt_mask"], response, length,
+    seqs = build_sequences(g.prompt_tokens, g.prompt_mask, response, length,
                            pad_id=pad_id, extra=0)
-  cot_length = length if resp_tokens is None else np.asarray(g["length"])
+  cot_length = length if resp_tokens is None else np.asarray(g.length)
   out = run_scoring(score_fn, params, seqs, np.zeros(n, np.int32), jax.random.fold_in(key, 1),
                     mesh, chunk=n)
-  std_valid = out["sampled_is_score"] & found
-  std = np.where(std_valid, score_tokens.values_of(out["sampled"], midpoint), midpoint)
-  rail = out["y_hat"].astype(np.float32)
+  std_valid = out.sampled_is_score & found
+  std = np.where(std_valid, score_tokens.values_of(out.sampled, midpoint), midpoint)
+  rail = out.y_hat.astype(np.float32)
   if settings.invalid == "midpoint":
     rail = np.where(found, rail, midpoint)
-  return {"rail": rail, "y_hat": out["y_hat"], "score_probs": out["score_probs"],
-          "score_mass": out["score_mass"], "standard": std, "standard_valid": std_valid,
-          "valid": found, "status": status, "length": np.asarray(length),
-          "cot_length": cot_length, "response": resp_tokens}
+  return Reading(rail=rail, y_hat=out.y_hat, score_probs=out.score_probs,
+                 score_mass=out.score_mass, standard=std, standard_valid=std_valid,
+                 valid=found, status=status, length=np.asarray(length),
+                 cot_length=np.asarray(cot_length), response=resp_tokens)

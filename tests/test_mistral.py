@@ -98,17 +98,17 @@ def test_mistral_readout_equals_transformers(mistral_dir, kind):
     if kind == "direct":
       seqs.append(p + delim)
       continue
-    n, status = int(r["cot_length"][i]), readout.STATUS_NAMES[int(r["status"][i])]
-    cot = r["response"][i, :n].tolist()
-    assert n > 0
+    status = readout.STATUS_NAMES[int(r.status[i])]
+    cot = r.cot_tokens(i)
+    assert len(cot) > 0
     if status == "delimiter":
       seqs.append(p + cot)
     else:  # "force": the delimiter replaces a final EOS
       seqs.append(p + (cot[:-1] if status == "eos_before_delimiter" else cot) + delim)
   if kind == "cot":
-    statuses = {readout.STATUS_NAMES[int(x)] for x in r["status"]}
-    assert {"eos_before_delimiter", "truncated"} <= statuses, (statuses, r["cot_length"])
+    statuses = {readout.STATUS_NAMES[int(x)] for x in r.status}
+    assert {"eos_before_delimiter", "truncated"} <= statuses, (statuses, r.cot_length)
   ref = _hf_probs(mistral_dir, seqs, st.token_ids)
-  np.testing.assert_allclose(r["score_probs"], ref, atol=2e-5)
+  np.testing.assert_allclose(r.score_probs, ref, atol=2e-5)
   assert not judge.renormalize  # y_hat = sum_k v_k pi(k) under the full-vocabulary softmax
-  np.testing.assert_allclose(r["y_hat"], (ref * np.arange(1, 6)).sum(1), atol=1e-4)
+  np.testing.assert_allclose(r.y_hat, (ref * np.arange(1, 6)).sum(1), atol=1e-4)

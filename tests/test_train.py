@@ -75,9 +75,9 @@ def _crafted_rollout(rng, prompts=3, n=4, lp=12, r=10):
       response[j, k:k + 3] = ST.delimiter_ids
       length[j] = k + 3
       found[j] = True
-  gen = {"prompt_tokens": np.repeat(pt, n, 0), "prompt_mask": np.repeat(pm, n, 0),
-         "response": response, "length": length, "found": found, "eos": eos,
-         "truncated": ~found & ~eos}
+  gen = readout.Samples(prompt_tokens=np.repeat(pt, n, 0), prompt_mask=np.repeat(pm, n, 0),
+                        response=response, length=length, found=found, eos=eos,
+                        truncated=~found & ~eos)
   batch = {"prompt_tokens": pt, "prompt_mask": pm,
            "target": np.array([2.0, 4.0, 5.0], np.float32)[:prompts],
            "target_int": np.array([2, 4, 5], np.int32)[:prompts]}
@@ -126,7 +126,7 @@ def test_real_update_equals_objectives_by_hand(real_rows):
   that micro-batching gives the exact full-batch token means and gradient."""
   beta, lam, invalid = 0.7, 0.5, "penalize"
   mesh, graphdef, params, c, rows, gen = real_rows
-  valid = gen["found"]
+  valid = gen.found
   n = 4
   ids, values = jnp.asarray(ST.token_ids), jnp.asarray(ST.values)
 
@@ -145,9 +145,9 @@ def test_real_update_equals_objectives_by_hand(real_rows):
   assert np.all(rows["refine_keep"] == valid)
   assert np.all(rows["pg_keep"] == (valid if invalid == "drop" else 1.0))
   # The CoT mask covers exactly the kept generated tokens (delimiter included, no score token).
-  lp_w = gen["prompt_tokens"].shape[1]
-  np.testing.assert_array_equal(rows["cot_mask"][:, lp_w:].sum(1), gen["length"])
-  np.testing.assert_array_equal(rows["score_pos"], lp_w + gen["length"] - 1)
+  lp_w = gen.prompt_tokens.shape[1]
+  np.testing.assert_array_equal(rows["cot_mask"][:, lp_w:].sum(1), gen.length)
+  np.testing.assert_array_equal(rows["score_pos"], lp_w + gen.length - 1)
   np.testing.assert_array_equal(
       rows["tokens"][valid, rows["score_pos"][valid]], ST.delimiter_ids[-1])
 
@@ -179,7 +179,7 @@ def test_real_update_equals_objectives_by_hand(real_rows):
   # The trainer's step (2 micro-batches, SGD lr 1: the update is minus the gradient), with
   # log-probs computed on the response columns only, as run_rl sets it (the response and the
   # free score slot, `build_sequences(extra=1)`).
-  width = gen["response"].shape[1] + 1
+  width = gen.response.shape[1] + 1
   assert rows["tokens"].shape[1] == lp_w + width
   loss = steps_lib.real_objective(ST, steps_lib.RLLossConfig(beta=beta, lam=lam,
                                                              response_width=width))
@@ -216,7 +216,7 @@ def test_ppo_kl_entropy_update_equals_hand_computation(real_rows):
   assert (ratio > 1 + eps).any() and (ratio < 1 - eps).any()
 
   ids, values = jnp.asarray(ST.token_ids), jnp.asarray(ST.values)
-  valid = jnp.asarray(gen["found"])
+  valid = jnp.asarray(gen.found)
   tid = np.asarray(obj.target_token_ids_for(rows["target"], ids, values))
   w_tok = jnp.asarray(cot * rows["pg_keep"][:, None])  # token-mean over the kept CoT tokens
 
@@ -246,7 +246,7 @@ def test_ppo_kl_entropy_update_equals_hand_computation(real_rows):
   want_loss, want_grad = jax.value_and_grad(hand_loss)(params)
   cfg = steps_lib.RLLossConfig(beta=beta, lam=lam, policy_loss="ppo", clip_eps=eps,
                                kl_coef=kl_coef, kl_estimator="k3", entropy_coef=ent_coef,
-                               response_width=gen["response"].shape[1] + 1)
+                               response_width=gen.response.shape[1] + 1)
   loss = steps_lib.real_objective(ST, cfg)
   tx = optax.sgd(1.0)
   state, shardings = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mesh, 0)
@@ -390,10 +390,10 @@ def test_rollout_helpers():
   pm = np.array([[0, 1, 1], [1, 1, 1]], np.int32)
   resp = np.array([[3, 20, 21, 22], [4, 4, 0, 0]], np.int32)
   seqs = readout.build_sequences(pt, pm, resp, np.array([4, 2]), pad_id=0, extra=1)
-  assert seqs["tokens"].shape == (2, 8)
-  np.testing.assert_array_equal(seqs["score_pos"], [6, 4])
-  np.testing.assert_array_equal(seqs["mask"][0], [0, 1, 1, 1, 1, 1, 1, 0])
-  np.testing.assert_array_equal(seqs["cot_mask"][1], [0, 0, 0, 1, 1, 0, 0, 0])
+  assert seqs.tokens.shape == (2, 8)
+  np.testing.assert_array_equal(seqs.score_pos, [6, 4])
+  np.testing.assert_array_equal(seqs.mask[0], [0, 1, 1, 1, 1, 1, 1, 0])
+  np.testing.assert_array_equal(seqs.cot_mask[1], [0, 0, 0, 1, 1, 0, 0, 0])
   # group filter
   b = np.array([[1, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]], np.float32)
   np.testing.assert_array_equal(rl.group_filter(b, "partial"), [True, False, False])
@@ -413,16 +413,16 @@ def test_sample_cots_marks_delimiter_eos_and_truncation():
   settings = readout.SamplerSettings(max_new_tokens=6, temperature=1.0, top_p=1.0)
   g = readout.sample_cots(graphdef, params, pt, pm, jax.random.PRNGKey(0), settings, ST,
                           num_samples=3, mesh=mesh, pad_id=PAD)
-  assert g["response"].shape == (6, 6)
-  assert np.all(g["found"] + g["eos"] + g["truncated"] == 1)
+  assert g.response.shape == (6, 6)
+  assert np.all(g.found + g.eos + g.truncated == 1)
   for r in range(6):
-    L = g["length"][r]
-    assert np.all(g["response"][r, L:] == PAD)
-    if g["truncated"][r]:
+    L = g.length[r]
+    assert np.all(g.response[r, L:] == PAD)
+    if g.truncated[r]:
       assert L == 6
-    if g["eos"][r]:
-      assert g["response"][r, L - 1] == ST.eos_id
-  np.testing.assert_array_equal(g["prompt_tokens"][::3, -8:], pt)  # left-padded to a bucket
+    if g.eos[r]:
+      assert g.response[r, L - 1] == ST.eos_id
+  np.testing.assert_array_equal(g.prompt_tokens[::3, -8:], pt)  # left-padded to a bucket
 
 
 def test_advantages_for_invalid_rows():
@@ -489,10 +489,10 @@ def _enumerated_rollout(n):
   found = last == EX_ST.delimiter_ids[0]
   eos = last == EX_ST.eos_id
   flat = groups.reshape(-1)
-  gen = {"prompt_tokens": np.repeat(prompt, len(flat), 0),
-         "prompt_mask": np.repeat(pmask, len(flat), 0), "response": resp[flat],
-         "length": length[flat], "found": found[flat], "eos": eos[flat],
-         "truncated": (~found & ~eos)[flat]}
+  gen = readout.Samples(prompt_tokens=np.repeat(prompt, len(flat), 0),
+                        prompt_mask=np.repeat(pmask, len(flat), 0), response=resp[flat],
+                        length=length[flat], found=found[flat], eos=eos[flat],
+                        truncated=(~found & ~eos)[flat])
   g = len(groups)
   prompts = {"prompt_tokens": np.repeat(prompt, g, 0), "prompt_mask": np.repeat(pmask, g, 0),
              "target": np.full((g,), 4.0, np.float32), "target_int": np.full((g,), 4, np.int32)}
@@ -511,9 +511,9 @@ def _exact_minus_grad_J(graphdef, params, uniq, lam, penalty):
   valid = jnp.asarray(uniq["found"])
 
   def J(p):
-    o = score_sequences(graphdef, p, jnp.asarray(seqs["tokens"]), jnp.asarray(seqs["mask"]),
-                        jnp.asarray(seqs["score_pos"]))
-    log_pi = jnp.sum(o.token_log_probs * seqs["cot_mask"], axis=1)
+    o = score_sequences(graphdef, p, jnp.asarray(seqs.tokens), jnp.asarray(seqs.mask),
+                        jnp.asarray(seqs.score_pos))
+    log_pi = jnp.sum(o.token_log_probs * seqs.cot_mask, axis=1)
     y_hat = obj.expected_score(o.score_logits, ids, values)
     logp_y = jnp.maximum(obj.score_log_prob(o.score_logits, tid), rl.LOG_PROB_FLOOR)
     r = jnp.where(valid, -(y_hat - 4.0) ** 2 + lam * logp_y,
@@ -712,7 +712,7 @@ def test_grpo_rows_train_the_sampled_score_token_real_rows_do_not():
         "grpo" if method == "grpo" else "authors",
         reward="binary" if method == "grpo" else "regression")
     out[method] = _round(c, method, mesh, graphdef, params, batch, score_fn, adv, gen)[0]
-  valid = gen["found"]
+  valid = gen.found
   after = out["real"]["score_pos"] + 1
   rows = np.arange(len(after))
   np.testing.assert_array_equal(out["real"]["cot_mask"][rows, after], 0.0)

@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from real_jax import layout, readout
+from real_jax import readout
 from real_jax import objectives as obj
 from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
@@ -171,12 +171,12 @@ class Round(NamedTuple):
 def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], key, *,
                   settings: RolloutSettings, advantages: AdvantageSettings, score_fn,
                   score_tokens: ScoreTokens, mesh: Mesh, pad_id: int,
-                  gen: dict[str, np.ndarray] | None = None) -> Round:
+                  gen: readout.Samples | None = None) -> Round:
   """Samples n CoTs per prompt, scores them (with `score_fn`, and `ref_params` when given: the
   reference log-probs of a KL term), and computes rewards, advantages and the group filter.
 
   `prompts` is a `JudgeBatcher` batch (prompt_tokens, prompt_mask, target, target_int); `gen`
-  (the output format of `readout.sample_cots`) replaces sampling, e.g. in tests.
+  (`readout.Samples`, what `readout.sample_cots` returns) replaces sampling, e.g. in tests.
   """
   n = settings.group_size
   st = score_tokens
@@ -191,64 +191,60 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
           prompts["prompt_mask"][s:s + chunk], jax.random.fold_in(key, 2 * j), settings.sampler,
           st, num_samples=n, mesh=mesh, pad_id=pad_id, prompt_buckets=settings.prompt_buckets))
     # Prompts of different chunks share one bucket width only if their longest prompts do.
-    width = max(g["prompt_tokens"].shape[1] for g in gens)
-    for g in gens:
-      g["prompt_tokens"] = layout.widen_left(g["prompt_tokens"], width, pad_id)
-      g["prompt_mask"] = layout.widen_left(g["prompt_mask"], width, 0)
-    gen = {k: np.concatenate([g[k] for g in gens]) for k in gens[0]}
+    gen = readout.Samples.concatenate(gens, pad_id)
   t_roll = time.time() - t0
 
   t1 = time.time()
-  seqs = readout.build_sequences(gen["prompt_tokens"], gen["prompt_mask"], gen["response"],
-                                 gen["length"], pad_id=pad_id, extra=1)
+  seqs = readout.build_sequences(gen.prompt_tokens, gen.prompt_mask, gen.response,
+                                 gen.length, pad_id=pad_id, extra=1)
   target = np.repeat(prompts["target"], n).astype(np.float32)
   target_int = np.repeat(prompts["target_int"], n)
   target_id = readout.target_token_ids(target, st)
   sc = readout.run_scoring(score_fn, params, seqs, target_id, jax.random.fold_in(key, 1), mesh,
                            chunk=settings.score_rows)
-  valid = gen["found"]
-  sampled = np.where(valid & sc["sampled_is_score"], st.values_of(sc["sampled"], -1.0), -1.0)
+  valid = gen.found
+  sampled = np.where(valid & sc.sampled_is_score, st.values_of(sc.sampled, -1.0), -1.0)
   binary = np.asarray(obj.binary_reward(sampled, target_int)).astype(np.float32)
-  adv = compute_advantages(sc["y_hat"], sc["target_logp"], target, binary, valid, n, advantages)
+  adv = compute_advantages(sc.y_hat, sc.target_logp, target, binary, valid, n, advantages)
   g = len(target) // n
   keep_g = group_filter(binary.reshape(g, n), settings.filter)
-  tokens, mask, cot_mask = seqs["tokens"], seqs["mask"], seqs["cot_mask"]
-  old_lp = sc["lp"].astype(np.float32)
+  tokens, mask, cot_mask = seqs.tokens, seqs.mask, seqs.cot_mask
+  old_lp = sc.lp.astype(np.float32)
   if settings.standard_rl:
     # The sampled score token is part of the standard-RL action: append it to valid rows.
     r_idx = np.nonzero(valid)[0]
-    pos = gen["prompt_tokens"].shape[1] + gen["length"][r_idx]
+    pos = gen.prompt_tokens.shape[1] + gen.length[r_idx]
     tokens, mask, cot_mask = tokens.copy(), mask.copy(), cot_mask.copy()
-    tokens[r_idx, pos] = sc["sampled"][r_idx]
+    tokens[r_idx, pos] = sc.sampled[r_idx]
     mask[r_idx, pos] = True
     cot_mask[r_idx, pos] = 1.0
-    old_lp[r_idx, pos] = sc["sampled_logp"][r_idx]
+    old_lp[r_idx, pos] = sc.sampled_logp[r_idx]
   if ref_params is not None:
-    ref = readout.run_scoring(
-        score_fn, ref_params, {"tokens": tokens, "mask": mask, "score_pos": seqs["score_pos"]},
-        target_id, jax.random.fold_in(key, 3), mesh, chunk=settings.score_rows,
-        probe=sc["sampled"])
-    ref_lp = ref["lp"].astype(np.float32)
+    with_score = readout.Sequences(tokens=tokens, mask=mask, score_pos=seqs.score_pos)
+    ref = readout.run_scoring(score_fn, ref_params, with_score, target_id,
+                              jax.random.fold_in(key, 3), mesh, chunk=settings.score_rows,
+                              probe=sc.sampled)
+    ref_lp = ref.lp.astype(np.float32)
     if settings.standard_rl:
-      ref_lp[r_idx, pos] = ref["probe_logp"][r_idx]
+      ref_lp[r_idx, pos] = ref.probe_logp[r_idx]
   else:
     ref_lp = np.zeros_like(old_lp)
-  batch = RLBatch(tokens=tokens, mask=mask, score_pos=seqs["score_pos"], cot_mask=cot_mask,
+  batch = RLBatch(tokens=tokens, mask=mask, score_pos=seqs.score_pos, cot_mask=cot_mask,
                   old_lp=old_lp, ref_lp=ref_lp, target=target,
                   target_id=target_id.astype(np.int32), adv=adv["adv"], pg_keep=adv["pg_keep"],
                   refine_keep=adv["refine_keep"])
   t_score = time.time() - t1
-  y_hat = sc["y_hat"]
+  y_hat = sc.y_hat
   stats = RolloutStats(
       rows=float(len(target)), groups=float(g), kept_groups=float(keep_g.sum()),
       reward_sum=float(adv["reward"].sum()), reward_sq=float((adv["reward"] ** 2).sum()),
       binary_sum=float(binary.sum()),
       y_hat_sum=float(y_hat[valid].sum()), y_hat_sq=float((y_hat[valid] ** 2).sum()),
       abs_err_sum=float(np.abs(y_hat - target)[valid].sum()),
-      score_mass_sum=float(sc["score_mass"][valid].sum()),
-      valid=float(valid.sum()), truncated=float(gen["truncated"].sum()),
-      eos=float(gen["eos"].sum()), length_sum=float(gen["length"].astype(np.float32).sum()),
-      gen_tokens=float(np.minimum(gen["length"], settings.sampler.max_new_tokens).sum()),
+      score_mass_sum=float(sc.score_mass[valid].sum()),
+      valid=float(valid.sum()), truncated=float(gen.truncated.sum()),
+      eos=float(gen.eos.sum()), length_sum=float(gen.length.astype(np.float32).sum()),
+      gen_tokens=float(np.minimum(gen.length, settings.sampler.max_new_tokens).sum()),
       adv_abs_sum=float(np.abs(adv["adv"]).sum()), adv_sum=float(adv["adv"].sum()),
       signal_binary_groups=float(groups_with_signal(binary, n).sum()),
       signal_regression_groups=float(groups_with_signal(

@@ -52,9 +52,9 @@ def raft_batch(b: Mapping[str, np.ndarray], delim: Sequence[int], target_ids: np
                ) -> LMBatch:
   """prompt ⊕ delimiter (no CoT); y_hat is read at the last delimiter token."""
   seqs = readout.append_delimiter(b["prompt_tokens"], b["prompt_mask"], delim)
-  return LMBatch(tokens=seqs["tokens"], mask=seqs["mask"],
-                 loss_mask=np.zeros(seqs["tokens"].shape, np.float32),
-                 score_pos=seqs["score_pos"], target=b["target"].astype(np.float32),
+  return LMBatch(tokens=seqs.tokens, mask=seqs.mask,
+                 loss_mask=np.zeros(seqs.tokens.shape, np.float32),
+                 score_pos=seqs.score_pos, target=b["target"].astype(np.float32),
                  target_id=target_ids.astype(np.int32), sample_mask=b["valid"].astype(np.float32))
 
 

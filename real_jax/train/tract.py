@@ -43,8 +43,8 @@ class SelfCotBatches:
     length = np.array([len(r) for r in resps], np.int32)
     seqs = readout.build_sequences(pt, pm, rt, length, pad_id=pad, extra=0)
     target = d["target"][idx].astype(np.float32)
-    return LMBatch(tokens=seqs["tokens"], mask=seqs["mask"], loss_mask=seqs["cot_mask"],
-                   score_pos=seqs["score_pos"], target=target,
+    return LMBatch(tokens=seqs.tokens, mask=seqs.mask, loss_mask=seqs.cot_mask,
+                   score_pos=seqs.score_pos, target=target,
                    target_id=readout.target_token_ids(target, self.tokens.score_tokens),
                    sample_mask=np.ones(len(idx), np.float32))
 
@@ -107,12 +107,12 @@ def run_tract_gen(run: Run, params) -> dict[str, np.ndarray]:
         if not b["valid"][r]:
           continue
         counts["generated"] += 1
-        if not g["found"][r]:
-          counts["eos_before_delimiter" if g["eos"][r] else "truncated"] += 1
+        if not g.found[r]:
+          counts["eos_before_delimiter" if g.eos[r] else "truncated"] += 1
           continue
         counts["kept"] += 1
         prompts.append(b["prompt_tokens"][r][b["prompt_mask"][r].astype(bool)])
-        resps.append(g["response"][r, :g["length"][r]])
+        resps.append(g.response[r, :g.length[r]])
         targets.append(b["target"][r])
       prog.update(i + 1)
   counts.update(prompts_read=n, prompts_skipped={k: int(v) for k, v in
