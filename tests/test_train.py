@@ -394,6 +394,28 @@ def test_rollout_helpers():
   np.testing.assert_array_equal(seqs.score_pos, [6, 4])
   np.testing.assert_array_equal(seqs.mask[0], [0, 1, 1, 1, 1, 1, 1, 0])
   np.testing.assert_array_equal(seqs.cot_mask[1], [0, 0, 0, 1, 1, 0, 0, 0])
+  # Samples.concatenate: the chunks of a rollout (rl.sample_prompts) in order, prompts
+  # left-widened to the widest chunk's bucket (pad_id under the new padding, mask 0).
+  def part(width, first):
+    rows = 2
+    return readout.Samples(
+        prompt_tokens=np.full((rows, width), first, np.int32),
+        prompt_mask=np.ones((rows, width), np.int32), response=np.full((rows, 3), first, np.int32),
+        length=np.full(rows, first, np.int32), found=np.array([True, False]),
+        eos=np.array([False, True]), truncated=np.zeros(rows, bool))
+  both = readout.Samples.concatenate([part(2, 1), part(4, 2)], pad_id=9)
+  np.testing.assert_array_equal(both.prompt_tokens, [[9, 9, 1, 1]] * 2 + [[2, 2, 2, 2]] * 2)
+  np.testing.assert_array_equal(both.prompt_mask, [[0, 0, 1, 1]] * 2 + [[1, 1, 1, 1]] * 2)
+  np.testing.assert_array_equal(both.length, [1, 1, 2, 2])
+  np.testing.assert_array_equal(both.found, [True, False, True, False])
+  assert both.response.shape == (4, 3) and both.eos.tolist() == [False, True, False, True]
+  # Reading.cot_tokens: the sampled CoT up to its length; none for the direct readout.
+  z = np.zeros(2, np.float32)
+  reading = readout.Reading(rail=z, y_hat=z, score_probs=np.zeros((2, 5)), score_mass=z,
+                            standard=z, standard_valid=z > 0, valid=z > 0, status=z.astype(int),
+                            length=np.array([3, 1]), cot_length=np.array([2, 1]), response=resp)
+  assert reading.cot_tokens(0) == [3, 20] and reading.cot_tokens(1) == [4]
+  assert dataclasses.replace(reading, response=None).cot_tokens(0) == []
   # group filter
   b = np.array([[1, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]], np.float32)
   np.testing.assert_array_equal(rl.group_filter(b, "partial"), [True, False, False])
