@@ -65,6 +65,8 @@ class Samples:
   @classmethod
   def concatenate(cls, parts: Sequence[Samples], pad_id: int) -> Samples:
     """The rows of several sampling calls in order; prompts left-widened to the widest bucket."""
+    if len(parts) == 1:
+      return parts[0]
     width = max(p.prompt_tokens.shape[1] for p in parts)
     cols = {f.name: [getattr(p, f.name) for p in parts] for f in dataclasses.fields(cls)}
     cols["prompt_tokens"] = [layout.widen_left(x, width, pad_id) for x in cols["prompt_tokens"]]

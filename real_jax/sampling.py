@@ -596,11 +596,8 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens, prompt_mask
   Returns:
     SampleOutput (see its docstring). Host arrays are not fetched; call np.asarray as needed.
   """
-  n = int(num_samples)
-  if n < 1:
-    raise ValueError(f"num_samples={num_samples} must be >= 1")
-  fn, args = _program_and_args(graphdef, params, prompt_tokens, prompt_mask, key, config, n,
-                               mesh, prompt_ids, rules)
+  fn, args = _program_and_args(graphdef, params, prompt_tokens, prompt_mask, key, config,
+                               num_samples, mesh, prompt_ids, rules)
   return fn(*args)
 
 
@@ -609,19 +606,20 @@ def lower(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens, prompt_mask,
           prompt_ids=None, rules=shd.DEFAULT_RULES) -> tuple[jax.stages.Lowered, tuple]:
   """`sample`'s program for these arguments, lowered and not yet compiled, and the prepared
   arguments it takes. `lowered.compile()` gives the memory analysis and a callable:
-  `compiled(*args)` returns what `sample` would, with one compilation in all (a `jax.jit`
-  call and an ahead-of-time `.compile()` do not share their caches)."""
-  n = int(num_samples)
-  if n < 1:
-    raise ValueError(f"num_samples={num_samples} must be >= 1")
-  fn, args = _program_and_args(graphdef, params, prompt_tokens, prompt_mask, key, config, n,
-                               mesh, prompt_ids, rules)
+  `compiled(*args)` returns what `sample` would, and the program is compiled once however it
+  is then run (it is the same jitted function `sample` calls)."""
+  fn, args = _program_and_args(graphdef, params, prompt_tokens, prompt_mask, key, config,
+                               num_samples, mesh, prompt_ids, rules)
   return fn.lower(*args), args
 
 
-def _program_and_args(graphdef, params, prompt_tokens, prompt_mask, key, config, n, mesh,
-                      prompt_ids, rules):
-  """The jitted sampler and its arguments: prompts bucketed, ids checked, inputs placed."""
+def _program_and_args(graphdef, params, prompt_tokens, prompt_mask, key, config, num_samples,
+                      mesh, prompt_ids, rules):
+  """The jitted sampler and its arguments: n checked, prompts bucketed, ids checked, inputs
+  placed."""
+  n = int(num_samples)
+  if n < 1:
+    raise ValueError(f"num_samples={num_samples} must be >= 1")
   tokens, mask = prepare_prompts(np.asarray(prompt_tokens), np.asarray(prompt_mask).astype(bool),
                                  config)
   b = tokens.shape[0]
