@@ -30,6 +30,32 @@ def matmul_peak_gflops(n: int = 2048) -> float:
   return 2 * n ** 3 / best_time(lambda: f(a).block_until_ready()) / 1e9
 
 
+def train_step_flops(cfg, rows: int, seq: int, scored_columns: int) -> dict[str, float]:
+  """Model FLOPs one train step executes (forward + backward = 3 x forward), by part.
+
+  Args:
+    cfg: the model's `Qwen3Config`.
+    rows, seq: the step's batch, `[rows, seq]` tokens through every decoder layer.
+    scored_columns: the columns on which the output projection runs (the response columns plus
+      the score position when the step takes `response_width`; `seq` when every column is
+      scored).
+
+  Counts: decoder matmuls 6 x (matmul weights per layer x layers) x rows x seq; the output
+  projection 6 x V x D x rows x scored_columns (the embedding lookup is no matmul); attention
+  12 x layers x heads x head_dim x seq^2 per row (QK^T and AV, 2 FLOPs a multiply-add, over the
+  whole seq x seq square: our kernels mask the upper triangle, they do not skip it). Recomputation
+  (remat, the chunked attention's backward) is not counted: this is the MFU numerator.
+  """
+  d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+  h, n, k = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+  per_layer = d * n * h + 2 * d * k * h + n * h * d + 3 * d * f  # q, k, v, o, gate, up, down
+  parts = {"decoder": 6.0 * cfg.num_layers * per_layer * rows * seq,
+           "output": 6.0 * v * d * rows * scored_columns,
+           "attention": 12.0 * cfg.num_layers * n * h * rows * seq * seq}
+  parts["total"] = sum(parts.values())
+  return parts
+
+
 def profile_ops(fn, args, trace_dir: str, top: int = 15) -> list[tuple[float, str, str]]:
   """Traces one call of the jitted `fn(*args)` with `jax.profiler` and returns the `top` XLA ops
   by total time as (ms, result shape, JAX op name), grouping ops by their op-name metadata."""

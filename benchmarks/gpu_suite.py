@@ -10,7 +10,8 @@ Writes `gpu_suite.json` to $OUT (or --out) and prints each figure with its refer
   cache it reads, over the card's bandwidth): the fraction of the bound reached;
 * the REAL train step (the trainer's own `steps.make_train_step` with `real_objective`, float32
   master weights, bf16 compute, remat, 16 rows x 768 tokens): model FLOPs utilisation against the
-  card's dense bf16 peak (6 x params x tokens + causal attention, over the best step time);
+  card's dense bf16 peak (the FLOPs the step executes, `common.train_step_flops`: the output
+  layer on the scored response columns only, attention over the full square; best step time);
 * memory: per program, the plan tool's GPU estimate (`memory_table.program_estimate` x the
   TPU-calibrated factor), XLA's compiled peak, and the device's measured peak bytes in use.
 
@@ -33,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import best_time  # noqa: E402
+from common import best_time, train_step_flops  # noqa: E402
 from real_jax import models, sampling  # noqa: E402
 from real_jax import sharding as shd  # noqa: E402
 from real_jax.judge.scores import ScoreTokens  # noqa: E402
@@ -181,8 +182,7 @@ def run(smoke: bool, out_dir: str, peak_tflops: float, hbm_tbs: float) -> dict:
   jax.block_until_ready(fn(state, b))
   compile_s = time.perf_counter() - t0
   t = best_time(lambda: jax.block_until_ready(fn(state, b)), 3)
-  attn = 6 * cfg.num_layers * rows * width * width * cfg.num_heads * cfg.head_dim / 2  # causal
-  flops = 6 * cfg.num_params() * rows * width + attn
+  flops = train_step_flops(cfg, rows, width, scored_columns=resp + 1)["total"]
   res["train_step"] = {"rows": rows, "width": width, "s": t, "tflops": flops / t / 1e12,
                        "mfu": flops / t / 1e12 / peak_tflops if peak_tflops else None,
                        "compile_s": compile_s}

@@ -3,8 +3,9 @@ r"""One REAL update, timed: rollout (sampling), scoring pass, train steps.
 The train step is then timed alone (best of --step_repeats), side by side in one process with
 log-probs on every column (`response_width=0`, the step before issue 12) and on the response
 columns only (`response_width = new_tokens + 1`, what `run_rl` uses), against a float32 matmul
-peak measured in the same process. FLOPs are those each variant executes: 6 x (decoder
-weights) x tokens + 6 x (output projection) x (columns scored) + causal attention.
+peak measured in the same process. FLOPs are those each variant executes
+(`common.train_step_flops`, shared with the GPU suite): the decoder on every column, the output
+projection on the columns scored, attention over the full square.
 
   python benchmarks/real_update.py                        # tiny-1m and cpu-29m on this CPU
   python benchmarks/real_update.py --presets cpu-29m --prompts 8 --group 8 --new_tokens 128
@@ -14,8 +15,8 @@ Each update = `prompts` prompts x `group` CoTs of up to `new_tokens` tokens (ran
 models rarely reach the delimiter, so rows run to the token limit: the worst case), one no-grad
 scoring pass over all rows, then `epochs` x (rows / mini_batch) optimiser steps of the REAL loss.
 The first update compiles; the second is timed. Prints prompts/s, generated tokens/s, the time
-split, and (with --peak_tflops) the train step's model FLOPs utilisation
-(6 x params x tokens + attention, over the measured step time).
+split, and (with --peak_tflops) the train step's model FLOPs utilisation (the executed FLOPs of
+`common.train_step_flops` over the measured step time).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import best_time, matmul_peak_gflops, profile_ops  # noqa: E402
+from common import best_time, matmul_peak_gflops, profile_ops, train_step_flops  # noqa: E402
 
 from real_jax import sharding as shd  # noqa: E402
 
@@ -110,8 +111,6 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
   # The train step alone: all columns scored vs the response columns only, interleaved.
   mb = shd.put_batch(rows.take(slice(0, mini_batch)), mesh)
   seq = int(rows.tokens.shape[1])
-  body = cfg.num_params() - cfg.vocab_size * cfg.hidden_size
-  attn = 6 * cfg.num_layers * mini_batch * seq * seq * cfg.num_heads * cfg.head_dim
   variants = {"all columns": 0, "response only": new_tokens + 1}
   fns, times = {}, {k: [] for k in variants}
   for name, width in variants.items():
@@ -126,11 +125,9 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
   peak = matmul_peak_gflops()
   out.update(seq_len=seq, matmul_peak_gflops=peak, step={})
   for name, width in variants.items():
-    cols = width if width else seq
-    flops = 6 * body * mini_batch * seq + 6 * cfg.vocab_size * cfg.hidden_size * mini_batch * cols + attn
+    flops = train_step_flops(cfg, mini_batch, seq, scored_columns=width or seq)["total"]
     t = min(times[name])
-    out["step"][name] = {"s": t, "gflops": flops / t / 1e9, "frac": flops / t / 1e9 / peak,
-                         "conventional_gflops": (6 * cfg.num_params() * mini_batch * seq + attn) / t / 1e9}
+    out["step"][name] = {"s": t, "gflops": flops / t / 1e9, "frac": flops / t / 1e9 / peak}
     print(f"[{preset}] train step ({mini_batch} rows x {seq} tokens), {name:13s}: {t:.2f} s, "
           f"{flops / 1e9:.0f} GFLOP executed -> {flops / t / 1e9:.0f} GFLOP/s = "
           f"{flops / t / 1e9 / peak:.0%} of the measured {peak:.0f} GFLOP/s matmul peak", flush=True)
@@ -140,10 +137,7 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
     print(f"[{preset}] largest XLA ops of one response-only train step (trace in {profile}):")
     for ms, shape, op in profile_ops(fns["response only"], (state, mb), profile):
       print(f"  {ms:8.1f} ms  {shape:28s} {op[:100]}")
-  seq = out["seq_len"]
-  tokens = n_steps * mini_batch * seq
-  flops = 6 * cfg.num_params() * tokens + 6 * cfg.num_layers * mini_batch * n_steps * (
-      seq * seq * cfg.num_heads * cfg.head_dim)  # causal attention, fwd + bwd
+  flops = n_steps * train_step_flops(cfg, mini_batch, seq, scored_columns=new_tokens + 1)["total"]
   out["train_tflops_per_s"] = flops / t_train / 1e12
   if peak_tflops:
     out["mfu"] = out["train_tflops_per_s"] / peak_tflops

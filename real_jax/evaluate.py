@@ -5,12 +5,13 @@ Readouts (the paper's §2; docs/architecture.md):
   * RAIL: y_hat = sum_k v_k pi(k | x, c) at the position right after the delimiter (full
     vocabulary softmax by default, `renormalize=True` for the score tokens only).
   * standard: the score token sampled at that position (argmax when greedy); a token that is not
-    a score digit counts as "no valid score".
+    a score digit counts as "no valid score" and predicts the midpoint.
 
 Items whose CoT never reached the delimiter (truncated, or EOS first) have no valid score; they
-are counted (`invalid_frac`) and, by default (`invalid="force"`), read after appending the
-delimiter to their CoT so every item still has a prediction (`invalid="midpoint"` predicts the
-middle score instead). With `readout="direct"` (RAFT models) there is no CoT: the delimiter
+are counted (`invalid_frac`) and, by default (`invalid="force"`), read by both readouts after
+appending the delimiter to their CoT so every item still has a prediction (`invalid="midpoint"`
+predicts the middle score for both readouts instead). `results.md` also compares the readouts on
+the items whose CoT reached the delimiter only. With `readout="direct"` (RAFT models) there is no CoT: the delimiter
 follows the prompt directly.
 
 Outputs in the workdir: `eval/<tag>.json` (metrics), `eval/<tag>_predictions.jsonl` (one line
@@ -74,8 +75,12 @@ def summarize(per_split: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, An
       score was produced), "standard_valid" [N] bool (the sampled token was a score digit)}.
 
   Returns:
-    {"splits": {split: {"rail": {...}, "standard": {...}, "invalid_frac", "n"}},
-     "avg": {"rail": {pearson, spearman, kendall, mse, l1}, "standard": {...}, "invalid_frac"}}
+    {"splits": {split: {"rail": {...}, "standard": {...}, "invalid_frac", "n",
+                        "valid_only": {"rail", "standard", "n"}}},
+     "avg": {"rail": {pearson, spearman, kendall, mse, l1}, "standard": {...}, "invalid_frac",
+             "valid_only": {"rail", "standard"}}}
+    "valid_only" are the same metrics on the items whose CoT reached the delimiter (the rule for
+    the others, force or midpoint, then plays no part in the comparison of the readouts).
   """
   out: dict[str, Any] = {"splits": {}, "avg": {}}
   for split, d in per_split.items():
@@ -84,10 +89,17 @@ def summarize(per_split: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, An
     s["invalid_frac"] = float(1.0 - np.mean(d["valid"])) if len(d["valid"]) else float("nan")
     s["standard_invalid_frac"] = (float(1.0 - np.mean(d["standard_valid"]))
                                   if len(d["standard_valid"]) else float("nan"))
+    valid = np.asarray(d["valid"], bool)
+    s["valid_only"] = {r: correlations(np.asarray(d[r])[valid], np.asarray(d["target"])[valid])
+                       for r in READOUTS}
+    s["valid_only"]["n"] = int(valid.sum())
     out["splits"][split] = s
   for r in READOUTS:
     out["avg"][r] = {m: _mean([out["splits"][s][r][m] for s in out["splits"]])
                      for m in METRICS + ("mse", "l1")}
+  out["avg"]["valid_only"] = {
+      r: {m: _mean([v["valid_only"][r][m] for v in out["splits"].values()])
+          for m in METRICS + ("mse", "l1")} for r in READOUTS}
   out["avg"]["invalid_frac"] = _mean([v["invalid_frac"] for v in out["splits"].values()])
   out["avg"]["standard_invalid_frac"] = _mean(
       [v["standard_invalid_frac"] for v in out["splits"].values()])
@@ -210,6 +222,18 @@ def rows_table(rows: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]])
   return "\n".join(lines)
 
 
+def valid_only_rows(rows: Sequence[tuple[str, Mapping[str, Any]]]
+                    ) -> list[tuple[str, Mapping[str, Any]]]:
+  """The rows restricted to the items whose CoT reached the delimiter, in `results_table`'s
+  layout (rows of results written before this comparison existed are left out)."""
+  out = []
+  for name, s in rows:
+    if all("valid_only" in v for v in s["splits"].values()) and "valid_only" in s["avg"]:
+      out.append((name, {"splits": {sp: v["valid_only"] for sp, v in s["splits"].items()},
+                         "avg": s["avg"]["valid_only"]}))
+  return out
+
+
 def render_results(rows: Sequence[tuple], *, note: str = "") -> str:
   """The markdown written to `results.md`: the Table-2-style Pearson table, the summary, and per
   row its checkpoint, training settings and item counts. `rows`: (name, summary[, info])."""
@@ -219,8 +243,13 @@ def render_results(rows: Sequence[tuple], *, note: str = "") -> str:
            results_table(pairs, metric="pearson"), ""]
   if has_few_items(pairs):
     parts += [FEW_ITEMS_NOTE, ""]
-  parts += ["## Averages over splits (x 100; MSE raw)", "", summary_table(pairs), "",
-            "## Rows", "", rows_table(full)]
+  parts += ["## Averages over splits (x 100; MSE raw)", "", summary_table(pairs), ""]
+  valid = valid_only_rows(pairs)
+  if valid:
+    parts += ["## Pearson r x 100 on the items whose CoT reached the delimiter", "",
+              "Both readouts on the same items, none of them read by the rule for invalid CoTs.",
+              "", results_table(valid, metric="pearson"), ""]
+  parts += ["## Rows", "", rows_table(full)]
   if note:
     parts += ["", note]
   return "\n".join(parts) + "\n"
@@ -476,6 +505,9 @@ class Evaluator:
     how = "greedy" if settings.greedy else f"T={settings.temperature}, top-p={settings.top_p}"
     norm = ("renormalised over the score tokens" if settings.renormalize else
             "full-vocabulary softmax, not renormalised (authors' choice)")
+    invalid = ("read by both readouts at the delimiter appended to the CoT" if
+               settings.invalid == "force" else "given the midpoint score by both readouts")
     return (f"One {'greedy' if settings.greedy else 'sampled'} CoT per item ({how}); RAIL ŷ = "
             f"Σ k·p(k) at the score position, {norm}; standard = the sampled score token. "
+            f"CoTs without the delimiter are {invalid} (eval.invalid={settings.invalid}). "
             f"Data: {self.config.data.name}.")

@@ -22,8 +22,9 @@ grad r_i]`, and the expected gradient equals `-grad J` exactly, for CoTs of any 
 with: leave-one-out advantages (`estimator="rloo"`, `normalize=False`, `clip=None`); beta = 1;
 the shaping reward consistent with the refinement term (`shaping="log_prob"` with
 `shaping_weight = lam`, or `shaping="none"` with lam = 0), so that J = E[-(y_hat - y*)^2 +
-lam * log pi(y*|x,c)]; every group kept (filter "all"); one on-policy pass (one optimiser step
-per batch, or the PPO ratio); rollouts at temperature 1 without top-p / top-k; score logits at
+lam * log pi(y*|x,c)]; every group kept (filter "all"); one on-policy step (one optimiser step
+per rollout batch: after it the samples are off-policy, and no per-token ratio restores the
+exact gradient); rollouts at temperature 1 without top-p / top-k; score logits at
 temperature 1. tests/test_objectives.py checks this by exact enumeration of every group of a
 tabular policy with CoTs of lengths 1-3, and tests/test_train.py through the trainer's step.
 

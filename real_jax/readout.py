@@ -291,7 +291,7 @@ class Reading:
   score_probs: np.ndarray  # [N, K] pi(k | x, c) of each score token
   score_mass: np.ndarray  # [N] the probability mass on the score tokens
   standard: np.ndarray  # [N] the sampled score value (the midpoint when not a score token)
-  standard_valid: np.ndarray  # [N] bool: the sampled token is a score and the CoT is valid
+  standard_valid: np.ndarray  # [N] bool: a score token was sampled where the rule reads one
   valid: np.ndarray  # [N] bool: the CoT reached the delimiter
   status: np.ndarray  # [N] int, index into STATUS_NAMES
   length: np.ndarray  # [N] tokens read: the CoT, plus the delimiter appended under "force"
@@ -303,6 +303,30 @@ class Reading:
     if self.response is None:
       return []
     return self.response[i, :int(self.cot_length[i])].tolist()
+
+
+def apply_invalid_rule(invalid: str, found: np.ndarray, y_hat: np.ndarray,
+                       sampled_value: np.ndarray, sampled_is_score: np.ndarray, midpoint: float
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Both readouts under one rule for CoTs that did not reach the delimiter.
+
+  Args:
+    invalid: "force" (both readouts read the position after the delimiter appended to the CoT:
+      RAIL its y_hat, the standard readout the score token sampled there) or "midpoint" (both
+      predict `midpoint`).
+    found: [N] bool, the CoT reached the delimiter.
+    y_hat: [N] sum_k v_k pi(k) read at the (possibly forced) score position.
+    sampled_value, sampled_is_score: [N] the token sampled there, as a score value, and whether it
+      is a score token at all.
+
+  Returns (rail [N] f32, standard [N] f32, standard_valid [N] bool): the standard readout is the
+  midpoint wherever the sampled token is not a score.
+  """
+  read = found if invalid == "midpoint" else np.ones_like(found, bool)
+  std_valid = np.asarray(sampled_is_score, bool) & read
+  std = np.where(std_valid, sampled_value, midpoint).astype(np.float32)
+  rail = np.where(read, y_hat, midpoint).astype(np.float32)
+  return rail, std, std_valid
 
 
 def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: EvalSettings,
@@ -354,11 +378,9 @@ def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: E
   cot_length = length if resp_tokens is None else np.asarray(g.length)
   out = run_scoring(score_fn, params, seqs, np.zeros(n, np.int32), jax.random.fold_in(key, 1),
                     mesh, chunk=n)
-  std_valid = out.sampled_is_score & found
-  std = np.where(std_valid, score_tokens.values_of(out.sampled, midpoint), midpoint)
-  rail = out.y_hat.astype(np.float32)
-  if settings.invalid == "midpoint":
-    rail = np.where(found, rail, midpoint)
+  rail, std, std_valid = apply_invalid_rule(
+      settings.invalid, found, out.y_hat, score_tokens.values_of(out.sampled, midpoint),
+      out.sampled_is_score, midpoint)
   return Reading(rail=rail, y_hat=out.y_hat, score_probs=out.score_probs,
                  score_mass=out.score_mass, standard=std, standard_valid=std_valid,
                  valid=found, status=status, length=np.asarray(length),

@@ -189,8 +189,13 @@ def test_exactness_conditions_are_listed():
     assert len(gaps) == 1, (field, gaps)
     c.rl[field] = old
   c.rl.policy_loss = "ppo"
-  c.rl.epochs = 3  # several steps are fine with the ratio
-  assert config_lib.exactness_gaps(c) == []
+  assert config_lib.exactness_gaps(c) == []  # one on-policy step: the ratio is 1, still exact
+  c.rl.epochs = 3  # several steps are off-policy after the first, with or without the ratio
+  gaps = config_lib.exactness_gaps(c)
+  assert len(gaps) == 1 and "3 optimiser steps per rollout batch" in gaps[0], gaps
+  c.rl.epochs, c.rl.mini_batch_size = 1, 8  # two mini-batches: the second step is off-policy too
+  gaps = config_lib.exactness_gaps(c)
+  assert len(gaps) == 1 and "2 optimiser steps" in gaps[0], gaps
 
 
 def test_every_field_has_a_meaning():

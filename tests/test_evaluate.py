@@ -1,13 +1,14 @@
-"""Evaluation metrics equal scipy's; result tables are well-formed markdown."""
+"""Evaluation metrics equal hand-computed values and independent formulas; both readouts follow
+one rule for invalid CoTs; result tables are well-formed markdown."""
 
 import json
 import math
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from real_jax import evaluate as ev
+from real_jax import readout
 from real_jax.train import metrics
 
 
@@ -20,20 +21,68 @@ def _split(rng, n=50, noise=0.7):
           "standard_valid": valid & (rng.random(n) > 0.1)}
 
 
-def test_correlations_equal_scipy():
+def _pearson(x, y):
+  x, y = np.asarray(x, float) - np.mean(x), np.asarray(y, float) - np.mean(y)
+  return float((x * y).sum() / math.sqrt((x * x).sum() * (y * y).sum()))
+
+
+def _average_ranks(x):
+  """1-based ranks, ties sharing the mean of their positions (written out, no scipy)."""
+  x = list(x)
+  return [sum(1 for v in x if v < xi) + (sum(1 for v in x if v == xi) + 1) / 2 for xi in x]
+
+
+def _kendall_tau_b(x, y):
+  """tau-b by enumerating every pair: (C - D) / sqrt((n0 - n1)(n0 - n2))."""
+  n = len(x)
+  c = d = tx = ty = 0
+  for i in range(n):
+    for j in range(i + 1, n):
+      sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+      tx += sx == 0
+      ty += sy == 0
+      c += sx * sy > 0
+      d += sx * sy < 0
+  n0 = n * (n - 1) / 2
+  return (c - d) / math.sqrt((n0 - tx) * (n0 - ty))
+
+
+def test_correlations_on_hand_computed_values():
+  # No ties: Pearson = Spearman = 0.8 (ranks are the values), Kendall (8 - 2) / 10 = 0.6.
+  got = ev.correlations([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
+  assert (got["pearson"], got["spearman"], got["kendall"]) == pytest.approx((0.8, 0.8, 0.6))
+  assert got["mse"] == pytest.approx(4 / 5) and got["l1"] == pytest.approx(4 / 5)
+  # Ties on both sides: C = 4, D = 0, one tied pair each side -> tau-b = 4 / sqrt(5 * 5) = 0.8;
+  # Spearman is Pearson of the average ranks (1.5, 1.5, 3, 4) and (1, 2.5, 2.5, 4).
+  got = ev.correlations([1, 1, 2, 3], [1, 2, 2, 3])
+  assert got["kendall"] == pytest.approx(0.8)
+  assert got["spearman"] == pytest.approx(_pearson([1.5, 1.5, 3, 4], [1, 2.5, 2.5, 4]))
+
+
+def test_correlations_equal_independent_formulas():
+  """Against formulas written out here (not scipy, which `correlations` calls): Pearson by
+  definition, Spearman as Pearson of average ranks, Kendall tau-b by pair enumeration, on data
+  with many ties (integer targets, rounded predictions) as the standard readout has."""
   rng = np.random.default_rng(0)
   d = _split(rng)
-  got = ev.correlations(d["rail"], d["target"])
-  assert got["pearson"] == pytest.approx(stats.pearsonr(d["rail"], d["target"])[0], abs=1e-12)
-  assert got["spearman"] == pytest.approx(stats.spearmanr(d["rail"], d["target"])[0], abs=1e-12)
-  assert got["kendall"] == pytest.approx(stats.kendalltau(d["rail"], d["target"])[0], abs=1e-12)
-  assert got["mse"] == pytest.approx(np.mean((d["rail"] - d["target"]) ** 2))
-  assert got["n"] == 50
+  for pred, target in ((d["rail"], d["target"]), (d["standard"], np.round(d["target"]))):
+    got = ev.correlations(pred, target)
+    assert got["pearson"] == pytest.approx(_pearson(pred, target), abs=1e-12)
+    assert got["spearman"] == pytest.approx(
+        _pearson(_average_ranks(pred), _average_ranks(target)), abs=1e-12)
+    assert got["kendall"] == pytest.approx(_kendall_tau_b(pred, target), abs=1e-12)
+    assert got["mse"] == pytest.approx(np.mean((pred - target) ** 2))
+    assert got["n"] == 50
 
 
-def test_constant_predictions_give_nan_not_an_error():
-  got = ev.correlations([3.0] * 5, [1, 2, 3, 4, 5])
-  assert all(math.isnan(got[m]) for m in ("pearson", "spearman", "kendall"))
+def test_degenerate_inputs_give_nan_not_an_error():
+  for pred, target in (([3.0] * 5, [1, 2, 3, 4, 5]), ([1, 2, 3], [4, 4, 4]), ([2.0], [3.0]),
+                       ([], [])):
+    got = ev.correlations(pred, target)
+    assert all(math.isnan(got[m]) for m in ("pearson", "spearman", "kendall")), (pred, got)
+    assert got["n"] == len(pred)
+  got = ev.correlations([1.0, float("nan"), 3.0, 4.0], [1, 2, 3, 4])  # a NaN prediction
+  assert math.isnan(got["pearson"]) and math.isnan(got["mse"])
 
 
 def test_summarize_per_split_and_average():
@@ -44,9 +93,9 @@ def test_summarize_per_split_and_average():
   for name, d in splits.items():
     for r in ("rail", "standard"):
       assert s["splits"][name][r]["pearson"] == pytest.approx(
-          stats.pearsonr(d[r], d["target"])[0], abs=1e-12)
+          _pearson(d[r], d["target"]), abs=1e-12)
       assert s["splits"][name][r]["kendall"] == pytest.approx(
-          stats.kendalltau(d[r], d["target"])[0], abs=1e-12)
+          _kendall_tau_b(d[r], d["target"]), abs=1e-12)
     assert s["splits"][name]["invalid_frac"] == pytest.approx(1 - d["valid"].mean())
   for r in ("rail", "standard"):
     for m in ("pearson", "spearman", "kendall"):
@@ -140,3 +189,43 @@ def test_progress_says_a_long_step_is_still_running(monkeypatch):
   p.update(1)  # the last step stops the heartbeat without a `with`
   p._thread.join(timeout=1)
   assert not p._thread.is_alive()
+
+
+@pytest.mark.parametrize("invalid", ["force", "midpoint"])
+def test_both_readouts_follow_one_rule_for_invalid_cots(invalid):
+  """Rows: a valid CoT with a score sampled; an invalid CoT (no delimiter) with a score sampled
+  at the forced delimiter; an invalid CoT with a non-score token sampled there; a valid CoT with
+  a non-score token sampled."""
+  found = np.array([True, False, False, True])
+  y_hat = np.array([4.2, 2.6, 1.9, 3.3])
+  sampled = np.array([4.0, 2.0, 3.0, 3.0])  # values_of(...): the midpoint where not a score
+  is_score = np.array([True, True, False, False])
+  rail, std, std_valid = readout.apply_invalid_rule(invalid, found, y_hat, sampled, is_score,
+                                                    3.0)
+  if invalid == "force":  # both read the forced position; the standard midpoint only off-score
+    np.testing.assert_allclose(rail, y_hat.astype(np.float32))
+    np.testing.assert_array_equal(std, [4.0, 2.0, 3.0, 3.0])
+    np.testing.assert_array_equal(std_valid, [True, True, False, False])
+  else:  # both give the midpoint where the CoT did not reach the delimiter
+    np.testing.assert_allclose(rail, np.float32([4.2, 3.0, 3.0, 3.3]))
+    np.testing.assert_array_equal(std, [4.0, 3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(std_valid, [True, False, False, False])
+
+
+def test_results_compare_the_readouts_on_valid_items_only(tmp_path):
+  rng = np.random.default_rng(5)
+  d = _split(rng, 60)
+  s = ev.summarize({"test": d})
+  v = d["valid"]
+  vo = s["splits"]["test"]["valid_only"]
+  assert vo["n"] == int(v.sum()) < 60
+  for r in ("rail", "standard"):
+    assert vo[r]["pearson"] == pytest.approx(_pearson(d[r][v], d["target"][v]), abs=1e-12)
+    assert s["avg"]["valid_only"][r]["pearson"] == vo[r]["pearson"]  # one split
+  md = ev.update_results(str(tmp_path), "REAL", s)
+  block = md.split("## Pearson r x 100 on the items whose CoT reached the delimiter")[1]
+  table = ev.check_markdown_table("\n".join(l for l in block.splitlines() if l.startswith("|")
+                                             ).split("\n\n")[0])
+  assert table[0][2] == f"Test (ID) (n={int(v.sum())})"
+  assert table[1][2] == f"{100 * vo['rail']['pearson']:.1f}"
+  assert table[2][2] == f"{100 * vo['standard']['pearson']:.1f}"

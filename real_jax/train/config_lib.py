@@ -691,9 +691,12 @@ def exactness_gaps(config: ConfigDict) -> list[str]:
   if rl.filter != "all":
     gaps.append(f"rl.filter={rl.filter} (needs all: a filter on the sampled scores selects groups)")
   steps_per_batch = rl.epochs * (rl.buffer_size * rl.group_size // max(rl.mini_batch_size, 1))
-  if steps_per_batch > 1 and s["policy_loss"] != "ppo":
-    gaps.append(f"{steps_per_batch} optimiser steps per rollout batch with plain REINFORCE "
-                "(needs rl.epochs=1 and one mini-batch, or rl.policy_loss=ppo)")
+  if steps_per_batch > 1:
+    # After the first step the samples are off-policy: clipped per-token PPO ratios are not the
+    # sequence-level importance weight, the refinement term is averaged over the old policy's
+    # samples with no weight, and the leave-one-out baselines are stale.
+    gaps.append(f"{steps_per_batch} optimiser steps per rollout batch (needs one on-policy step: "
+                "rl.epochs=1 and one mini-batch, whatever rl.policy_loss)")
   if rl.top_p < 1.0 or rl.top_k or rl.temperature != 1.0:
     gaps.append(f"rollouts at T={rl.temperature:g}, top-p {rl.top_p:g}, top-k {rl.top_k} "
                 "(needs T=1, top-p 1, top-k 0: samples from the policy itself)")
