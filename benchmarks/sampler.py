@@ -13,7 +13,9 @@ samplers alternate call by call in one process:
   * transformers `generate(num_return_sequences=n)` (eager, torch threads = cores).
 
 tokens/s = rows x new tokens / wall time of one full call (prefill + decode + fetching the
-tokens), median over --repeats calls. Compile time is reported separately. Memory: the
+tokens), median over --repeats (>= 3) timed calls; every side first makes one untimed call
+(real_jax's compiles, transformers' warms its allocator and kernels). Compile time is reported
+separately. Memory: the
 compiled sampler's peak (XLA memory analysis: arguments + outputs + temporaries) and, for all
 three, the growth of the process's resident memory during a call (sampled every 5 ms).
 
@@ -210,6 +212,8 @@ def main(argv=None):
   ap.add_argument("--devices", type=int, default=8, help="devices for --kv-plan")
   ap.add_argument("--hbm-gib", type=float, default=95.7, help="HBM per device for --kv-plan")
   args = ap.parse_args(argv)
+  if args.repeats < 3:
+    ap.error(f"--repeats {args.repeats}: need at least 3 timed calls per side (the median)")
   if args.kv_plan:
     return kv_plan(args.kv_plan, args.devices, args.hbm_gib)
 
@@ -264,6 +268,10 @@ def main(argv=None):
     print(f"[real_jax {name}] compile {compile_s:.2f}s, first call {t_first:.2f}s, prefill+1 "
           f"token {1e3 * pre:.0f} ms, compiled peak {peak / 2**20:.0f} MiB", flush=True)
 
+  if not args.no_hf:  # one untimed call, as real_jax's first (compiling) call above
+    dt, _, _ = run_hf(ckpt, prompts, args.samples, args.new_tokens, args.top_p,
+                      args.temperature, seed=99)
+    print(f"[transformers] first call (untimed): {dt:.2f}s", flush=True)
   hf_times, hf_rss = [], []
   for r in range(args.repeats):
     if not args.no_hf:
