@@ -33,7 +33,6 @@ EXTRAS = {
         "hypothesis==6.170.17",  # property-based tests of record validation and the parser
         "pytest-xdist==3.8.0",  # the suite runs on both cores (-n 2, one test file per worker)
         "torch==2.13.0",  # CPU wheel; reference implementation for parity tests only
-        "nbmake==1.5.5",
         "nbclient==0.11.0",
         "nbformat==5.11.1",
         "ipykernel==7.4.0",

@@ -30,12 +30,12 @@ Hardware and mesh (per size; override with --config.mesh.*). Every row fits its 
 with at least 10% of HBM free per chip, by `python -m real_jax.tools.plan` (README, "Will it
 fit?"); slice names count v5p TensorCores (v5p-8 = 4 chips) and v5e chips:
   0.6b, 1.7b  8 v5e chips (v5e-8) or 8 GPUs, FSDP over all chips    (fsdp=-1)
-  4b, 8b      4 v5p chips (v5p-8), or 8 v5p chips / 8 H100 80GB, FSDP (fsdp=-1)
-  mistral-7b  4 v5p chips (v5p-8), or 8 v5p chips / 8 H100 80GB, FSDP (fsdp=-1)
+  4b, 8b      4 v5p chips (v5p-8), or 8 v5p chips / 8 H100 80GB (GPU: estimated), FSDP (fsdp=-1)
+  mistral-7b  4 v5p chips (v5p-8), or 8 v5p chips / 8 H100 80GB (GPU: estimated), FSDP (fsdp=-1)
   14b, 32b    16 v5p chips (v5p-32) or 16 H100, FSDP 8 x tensor 2   (fsdp=8, tensor=2)
-GPUs: `plan --gpu h100:8` (16 for 14b/32b) estimates each program per GPU (analytic, calibrated
-on the TPU compiles; JAX cannot compile for a GPU without one): every size fits the H100 count
-named above.
+GPUs: `plan --gpu h100:8` (16 for 14b/32b) estimates each program per GPU (analytic, with factors
+calibrated on the TPU compiles, not on any GPU; JAX cannot compile for a GPU without one): by that
+estimate, not calibrated for GPU, every size fits the H100 count named above.
 
 Hyperparameters are the authors' (docs/architecture.md, A3): REAL/GRPO: 256 prompts per
 update, n=16 (8 at 32b), T=1.0, top-p 0.9, prompt <= 2048, response <= 1024, AdamW (0.9, 0.999),

@@ -430,16 +430,28 @@ def test_sample_cots_marks_delimiter_eos_and_truncation():
   rng = np.random.default_rng(5)
   pt = rng.integers(30, 256, size=(2, 8)).astype(np.int32)
   pm = np.ones((2, 8), np.int32)
-  # A stop "delimiter" made of frequent tokens is hard to arrange with random weights, so check
-  # the bookkeeping on whatever comes out: lengths, padding and flags are consistent.
   settings = readout.SamplerSettings(max_new_tokens=6, temperature=1.0, top_p=1.0)
-  g = readout.sample_cots(graphdef, params, pt, pm, jax.random.PRNGKey(0), settings, ST,
-                          num_samples=3, mesh=mesh, pad_id=PAD)
+  key = jax.random.PRNGKey(0)
+  first = readout.sample_cots(graphdef, params, pt, pm, key, settings, ST, num_samples=3,
+                              mesh=mesh, pad_id=PAD)
+  # Random weights never sample the 3-token delimiter; make the delimiter two tokens that a
+  # truncated row drew at steps 2-3. The same key draws the same tokens up to the stop, so that
+  # row now stops there, found.
+  r0 = int(np.nonzero(first.truncated)[0][0])
+  delim = tuple(int(t) for t in first.response[r0, 1:3])
+  st = dataclasses.replace(ST, delimiter_ids=delim)
+  g = readout.sample_cots(graphdef, params, pt, pm, key, settings, st, num_samples=3, mesh=mesh,
+                          pad_id=PAD)
   assert g.response.shape == (6, 6)
   assert np.all(g.found + g.eos + g.truncated == 1)
+  assert g.found[r0] and g.length[r0] <= 3
   for r in range(6):
     L = g.length[r]
     assert np.all(g.response[r, L:] == PAD)
+    np.testing.assert_array_equal(g.response[r, :L], first.response[r, :L])  # same draws
+    if g.found[r]:
+      assert tuple(g.response[r, L - 2:L]) == delim
+      assert delim not in {tuple(g.response[r, i:i + 2]) for i in range(L - 2)}  # the first
     if g.truncated[r]:
       assert L == 6
     if g.eos[r]:
@@ -740,7 +752,15 @@ def test_grpo_rows_train_the_sampled_score_token_real_rows_do_not():
   np.testing.assert_array_equal(out["real"]["cot_mask"][rows, after], 0.0)
   np.testing.assert_array_equal(out["grpo"]["cot_mask"][rows, after], valid.astype(np.float32))
   g_tok = out["grpo"]["tokens"][rows, after]
-  assert set(g_tok[valid]) <= set(range(CFG.vocab_size)) and (g_tok[~valid] == PAD).all()
+  assert (g_tok[~valid] == PAD).all()
+  # With a greedy draw at the score position, the appended token is the argmax there.
+  adv = rl.AdvantageSettings.from_recipe("grpo", reward="binary")
+  greedy = _round(c, "grpo", mesh, graphdef, params, batch,
+                  readout.make_score_fn(graphdef, ST, mesh, greedy=True), adv, gen)[0]
+  o = score_sequences(graphdef, params, jnp.asarray(greedy["tokens"]),
+                      jnp.asarray(greedy["mask"]), jnp.asarray(greedy["score_pos"]))
+  np.testing.assert_array_equal(greedy["tokens"][rows, after][valid],
+                                np.argmax(np.asarray(o.score_logits), -1)[valid])
   # the old log-prob at that slot is the policy's own log-prob of the sampled token
   o = score_sequences(graphdef, params, jnp.asarray(out["grpo"]["tokens"]),
                       jnp.asarray(out["grpo"]["mask"]), jnp.asarray(out["grpo"]["score_pos"]))

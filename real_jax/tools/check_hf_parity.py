@@ -1,4 +1,4 @@
-"""Checks real_jax against transformers (PyTorch, CPU) on a local Qwen3 checkpoint.
+"""Checks real_jax against transformers (PyTorch, CPU) on a local Qwen3, Llama or Mistral checkpoint.
 
   python -m real_jax.tools.check_hf_parity CHECKPOINT_DIR [--dtype float32|bfloat16]
 
