@@ -137,23 +137,24 @@ def test_tensorboard_agrees_with_metrics_jsonl_after_a_resume(shared, tmp_path):
   assert _tb_scalars(os.path.join(wd, "tb")) == want
 
 
-def _cli(*args):
+def _cli(workdir, *args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-m", "real_jax.main", "--workdir=/tmp/real_jax_bad_cli",
+  r = subprocess.run([sys.executable, "-m", "real_jax.main", f"--workdir={workdir}",
                       "--config=configs/synthetic.py:runlocal", *args], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=300)
   return r.returncode, r.stderr.strip().splitlines()
 
 
-def test_cli_errors_are_one_line_with_status_2():
-  """Before: a typo printed a 55-line chained traceback (AttributeError / KeyError), status 1."""
-  rc, lines = _cli("--config.rl.steps=-3")
+def test_cli_errors_are_one_line_with_status_2(tmp_path):
+  """A typo or a bad value is one `config error:` line with status 2, not a traceback."""
+  rc, lines = _cli(tmp_path / "run", "--config.rl.steps=-3")
   assert rc == 2 and lines[-1] == "config error: config.rl.steps=-3 is negative; use 0 or more"
-  rc, lines = _cli("--config.rl.bta=0.1")
+  rc, lines = _cli(tmp_path / "run", "--config.rl.bta=0.1")
   assert rc == 2 and lines[-1] == ('config error: unknown config field \'bta\' (--config.rl.bta). '
                                    'Did you mean "beta" instead of "bta"? `--help` lists the '
                                    'fields'), lines[-3:]
   assert sum("config error" in l for l in lines) == 1 and not any("Traceback" in l for l in lines)
+  assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_a_missing_model_directory_is_a_config_error(shared, tmp_path):

@@ -31,16 +31,29 @@ def prometheus_local(tmp_path_factory):
              JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2")
   wd = str(tmp / "run")
-  r = subprocess.run([sys.executable, "-m", "real_jax.main",
+  # -X importtime lists every module the run imports (on stderr, "import time: ... | name").
+  r = subprocess.run([sys.executable, "-X", "importtime", "-m", "real_jax.main",
                       "--config=configs/prometheus.py:runlocal", f"--workdir={wd}",
                       f"--config.data.manual_dir={FIXTURES}"],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-  return wd, r.stdout + r.stderr
+  imported = [l.rsplit("|", 1)[1].strip() for l in r.stderr.splitlines()
+              if l.startswith("import time:") and "|" in l]
+  stderr = "\n".join(l for l in r.stderr.splitlines() if not l.startswith("import time:"))
+  assert r.returncode == 0, r.stdout[-3000:] + stderr[-3000:]
+  return wd, r.stdout + stderr, imported
+
+
+def test_a_run_does_not_import_torch_or_tensorflow(prometheus_local):
+  """torch is the tests' reference only (transformers.AutoTokenizer, or any transformers config
+  class, imports it when installed: ~1 s and ~190 MiB in every run); TFDS runs without
+  TensorFlow. Checked on a whole run, as a user starts it."""
+  _, _, imported = prometheus_local
+  assert "real_jax.main" in imported and "jax" in imported  # the listing is complete
+  assert not [m for m in imported if m.split(".")[0] in ("torch", "tensorflow")]
 
 
 def test_prometheus_runlocal_runs_the_real_data_path_on_the_fixtures(prometheus_local):
-  wd, log = prometheus_local
+  wd, log, _ = prometheus_local
   md = open(os.path.join(wd, "results.md")).read()
   head = ev.check_markdown_table(md.split("\n\n")[1])[0]
   assert head == ["Model", "Readout", "FB Bench (n=3)", "FLASK (n=3)", "Vicuna Bench (n=2)",
@@ -56,7 +69,7 @@ def test_prometheus_runlocal_runs_the_real_data_path_on_the_fixtures(prometheus_
 
 
 def test_the_console_is_quiet(prometheus_local):
-  _, log = prometheus_local
+  _, log, _ = prometheus_local
   assert [l for l in log.splitlines() if any(n in l for n in NOISE)] == []
   assert "[real_jax.data] preparing feedback_bench (score_phrase) from local files into" in log
 
@@ -78,7 +91,7 @@ def _other_run(tmp_path):
 
 
 def test_compare_two_workdirs(prometheus_local, tmp_path):
-  wd, _ = prometheus_local
+  wd, _, _ = prometheus_local
   other = _other_run(tmp_path)
   cmd = [sys.executable, "-m", "real_jax.tools.compare", wd, other, "--out",
          str(tmp_path / "cmp")]

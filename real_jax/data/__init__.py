@@ -1,7 +1,7 @@
 """Judge datasets (TFDS builders for the real data and the synthetic task) and batching.
 
   from real_jax.data import load_split
-  src = load_split("synthetic", "train", data_dir="/tmp/tfds")   # random access, common schema
+  src = load_split("synthetic", "train", data_dir="data/tfds")   # random access, common schema
   from real_jax.data import batching                              # tokenise, bucket, shuffle, resume
 
 Submodules: records (schema, validation, readers), tfds_base, builders (real datasets),

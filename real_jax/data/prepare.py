@@ -2,7 +2,7 @@
 
   python -m real_jax.data.prepare --data_dir ~/tensorflow_datasets --manual_dir ~/prometheus_data \
       --datasets feedback_collection,feedback_bench,flask,vicuna_bench,mt_bench
-  python -m real_jax.data.prepare --data_dir /tmp/tfds --datasets synthetic --option label_noise=0.1
+  python -m real_jax.data.prepare --data_dir data/tfds --datasets synthetic --option label_noise=0.1
 
 Run it once before a multi-process job (processes must not prepare the same data_dir at once).
 `--option key=value` sets builder config options (ints, floats, booleans, None and strings).
