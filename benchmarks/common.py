@@ -36,9 +36,9 @@ def train_step_flops(cfg, rows: int, seq: int, scored_columns: int) -> dict[str,
   Args:
     cfg: the model's `Qwen3Config`.
     rows, seq: the step's batch, `[rows, seq]` tokens through every decoder layer.
-    scored_columns: the columns on which the output projection runs (the response columns plus
-      the score position when the step takes `response_width`; `seq` when every column is
-      scored).
+    scored_columns: the columns on which the output projection runs per row
+      (`models.output_columns`: the token log-prob columns padded to whole chunks, plus the
+      score position).
 
   Counts: decoder matmuls 6 x (matmul weights per layer x layers) x rows x seq; the output
   projection 6 x V x D x rows x scored_columns (the embedding lookup is no matmul); attention

@@ -182,7 +182,7 @@ def run(smoke: bool, out_dir: str, peak_tflops: float, hbm_tbs: float) -> dict:
   jax.block_until_ready(fn(state, b))
   compile_s = time.perf_counter() - t0
   t = best_time(lambda: jax.block_until_ready(fn(state, b)), 3)
-  flops = train_step_flops(cfg, rows, width, scored_columns=resp + 1)["total"]
+  flops = train_step_flops(cfg, rows, width, models.output_columns(width, resp + 1))["total"]
   res["train_step"] = {"rows": rows, "width": width, "s": t, "tflops": flops / t / 1e12,
                        "mfu": flops / t / 1e12 / peak_tflops if peak_tflops else None,
                        "compile_s": compile_s}

@@ -1,7 +1,7 @@
 r"""One REAL update, timed: rollout (sampling), scoring pass, train steps.
 
 The train step is then timed alone (best of --step_repeats), side by side in one process with
-log-probs on every column (`response_width=0`, the step before issue 12) and on the response
+log-probs on every column (`response_width=0`, the step without `response_width`) and on the response
 columns only (`response_width = new_tokens + 1`, what `run_rl` uses), against a float32 matmul
 peak measured in the same process. FLOPs are those each variant executes
 (`common.train_step_flops`, shared with the GPU suite): the decoder on every column, the output
@@ -44,7 +44,7 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
   from real_jax.data import build_synthetic_tokenizer
   from real_jax.judge import load_tokenizer
   from real_jax.judge.scores import resolve_score_tokens
-  from real_jax.models import get_preset, init_params
+  from real_jax.models import get_preset, init_params, output_columns
   from real_jax.train import config_lib, rl, state as state_lib, steps as steps_lib
 
   tok_dir = os.path.join(tempfile.mkdtemp(), "tok")
@@ -125,7 +125,7 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
   peak = matmul_peak_gflops()
   out.update(seq_len=seq, matmul_peak_gflops=peak, step={})
   for name, width in variants.items():
-    flops = train_step_flops(cfg, mini_batch, seq, scored_columns=width or seq)["total"]
+    flops = train_step_flops(cfg, mini_batch, seq, output_columns(seq, width))["total"]
     t = min(times[name])
     out["step"][name] = {"s": t, "gflops": flops / t / 1e9, "frac": flops / t / 1e9 / peak}
     print(f"[{preset}] train step ({mini_batch} rows x {seq} tokens), {name:13s}: {t:.2f} s, "
@@ -137,7 +137,8 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
     print(f"[{preset}] largest XLA ops of one response-only train step (trace in {profile}):")
     for ms, shape, op in profile_ops(fns["response only"], (state, mb), profile):
       print(f"  {ms:8.1f} ms  {shape:28s} {op[:100]}")
-  flops = n_steps * train_step_flops(cfg, mini_batch, seq, scored_columns=new_tokens + 1)["total"]
+  flops = n_steps * train_step_flops(cfg, mini_batch, seq,
+                                     output_columns(seq, new_tokens + 1))["total"]
   out["train_tflops_per_s"] = flops / t_train / 1e12
   if peak_tflops:
     out["mfu"] = out["train_tflops_per_s"] / peak_tflops

@@ -33,7 +33,7 @@ step time ((call - prefill) / (new tokens - 1)).
 (rl.sample_prompts x rl.group_size rows, data.max_prompt_len + rl.max_response_len slots, the
 model's compute dtype, the batch split over --devices) in both layouts, and the largest
 rl.sample_prompts whose KV cache plus the bf16 weights fit 90% of --hbm-gib. It is the KV part
-only (the compiled peak of the whole program needs the plan tool of the scale issue).
+only (the compiled peak of the whole program is the plan tool's: `python -m real_jax.tools.plan`).
 """
 
 from __future__ import annotations

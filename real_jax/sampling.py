@@ -228,10 +228,8 @@ def _nucleus_threshold(e: Array, z: Array, top_p: float, max_iters: int,
   passes the search stops once every unresolved row's bracket holds at most `finish_k` elements
   (they weigh >= lo each, so (M(lo) - M(hi)) / lo bounds their count): one `top_k` then lists
   them in order and the threshold is the largest of them whose mass M(hi) + (their sum down to
-  it) reaches the target. Measured on 64 x 32k rows (this CPU): a top_k costs about 5 passes, so
-  this pays on long tails (std-3 Gaussian logits: 11.2 -> 7.6 ms) and costs on fast ones (the
-  benchmark's random-model logits: 5.2 -> 7.6 ms). (Searching only the unresolved rows in later
-  passes was measured: no gain on CPU.)
+  it) reaches the target. `benchmarks/top_p.py` times the search with and without the finish on
+  64 x 32k rows (docs: README, "Sampling").
   """
   bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.int32)
   floats = lambda b: jax.lax.bitcast_convert_type(b, jnp.float32)

@@ -1,6 +1,7 @@
-"""The benchmarks' MFU numerator (`benchmarks/common.train_step_flops`) equals the matmul FLOPs
-of the model's own gradient program, counted independently from its jaxpr: every dot_general
-(2 x output elements x contracted size), through scans and sub-jaxprs."""
+"""The benchmarks' MFU numerator (`benchmarks/common.train_step_flops` with
+`models.output_columns`) equals the matmul FLOPs of the gradient program, counted independently
+from its jaxpr: every dot_general (2 x output elements x contracted size), through scans and
+sub-jaxprs; both for a plain loss over the model and for the trainer's own REAL objective."""
 import math
 import os
 import sys
@@ -11,7 +12,11 @@ import pytest
 from flax import nnx
 from jax.extend import core as jcore
 
+from real_jax.judge.scores import ScoreTokens
+from real_jax.models import output_columns
 from real_jax.models.qwen3 import Qwen3, Qwen3Config
+from real_jax.train import steps as steps_lib
+from real_jax.train.batch import RLBatch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
@@ -57,3 +62,31 @@ def test_train_step_flops_equal_the_gradient_programs_matmuls(tied, scan, cols):
   parts = train_step_flops(cfg, rows, seq, scored_columns=cols)
   assert parts["total"] == counted
   assert parts["output"] == 6 * 4096 * 256 * rows * cols
+
+
+@pytest.mark.parametrize("response_width", [0, 65])
+def test_train_step_flops_equal_the_real_objectives_matmuls(response_width):
+  """The trainer's REAL loss (`steps.real_objective`): the output projection runs on the
+  response's log-prob columns padded to whole chunks (65 -> 2 x 33) plus the score position."""
+  cfg = Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
+                    num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=1e4)
+  graphdef, params = nnx.split(Qwen3(cfg, rngs=nnx.Rngs(0)))
+  rows, seq = 4, 160
+  f32 = lambda *shape: jnp.zeros(shape, jnp.float32)
+  batch = RLBatch(tokens=jnp.ones((rows, seq), jnp.int32), mask=jnp.ones((rows, seq), bool),
+                  score_pos=jnp.full((rows,), seq - 2, jnp.int32), cot_mask=f32(rows, seq),
+                  old_lp=f32(rows, seq), ref_lp=f32(rows, seq), target=f32(rows),
+                  target_id=jnp.full((rows,), 13, jnp.int32), adv=f32(rows),
+                  pg_keep=jnp.ones((rows,), jnp.float32), refine_keep=jnp.ones((rows,), jnp.float32))
+  st = ScoreTokens(token_ids=(11, 12, 13, 14, 15), values=(1.0, 2.0, 3.0, 4.0, 5.0),
+                   delimiter_ids=(20, 21), eos_id=1)
+  loss = steps_lib.real_objective(st, steps_lib.RLLossConfig(beta=1.0, lam=1.0,
+                                                             response_width=response_width))
+  den = loss.denominators(batch)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss.fn(graphdef, p, batch, den)[0]))(params)
+  cols = output_columns(seq, response_width)
+  assert cols == (66 + 1 if response_width else 159 + 1)  # 159 columns: 3 chunks of 53
+  # The program also recomputes each log-prob chunk's logits in the backward pass (they are
+  # never saved): 2 x V x D per log-prob column, which model FLOPs (the MFU numerator) leave out.
+  remat = 2 * 512 * 64 * rows * (cols - 1)
+  assert train_step_flops(cfg, rows, seq, cols)["total"] + remat == _dot_flops(jaxpr.jaxpr)

@@ -223,9 +223,9 @@ def test_results_compare_the_readouts_on_valid_items_only(tmp_path):
     assert vo[r]["pearson"] == pytest.approx(_pearson(d[r][v], d["target"][v]), abs=1e-12)
     assert s["avg"]["valid_only"][r]["pearson"] == vo[r]["pearson"]  # one split
   md = ev.update_results(str(tmp_path), "REAL", s)
-  block = md.split("## Pearson r x 100 on the items whose CoT reached the delimiter")[1]
-  table = ev.check_markdown_table("\n".join(l for l in block.splitlines() if l.startswith("|")
-                                             ).split("\n\n")[0])
+  section = md.split("## Pearson r x 100 on the items whose CoT reached the delimiter")[1]
+  section = section.split("\n## ")[0]  # up to the next heading
+  table = ev.check_markdown_table("\n".join(l for l in section.splitlines() if l.startswith("|")))
   assert table[0][2] == f"Test (ID) (n={int(v.sum())})"
   assert table[1][2] == f"{100 * vo['rail']['pearson']:.1f}"
   assert table[2][2] == f"{100 * vo['standard']['pearson']:.1f}"

@@ -24,13 +24,13 @@ from real_jax.models.presets import PRESETS, Preset, get_preset
 from real_jax.models.qwen3 import (CACHE_AXES, PARAM_AXES, DecodeCache, Qwen3, Qwen3Config,
                                    decode_cache, decode_step, decode_weights, forward_logits,
                                    positions_from_mask)
-from real_jax.models.scoring import ScoreOutput, score_sequences
+from real_jax.models.scoring import ScoreOutput, output_columns, score_sequences
 
 __all__ = [
     "CACHE_AXES", "PARAM_AXES", "PRESETS", "DecodeCache", "Preset", "Qwen3", "Qwen3Config",
     "ScoreOutput", "abstract_model", "decode_cache", "decode_step", "decode_weights",
-    "forward_logits", "get_preset", "init_params", "param_path", "param_shardings",
-    "positions_from_mask", "score_sequences",
+    "forward_logits", "get_preset", "init_params", "output_columns", "param_path",
+    "param_shardings", "positions_from_mask", "score_sequences",
 ]
 
 

@@ -38,8 +38,7 @@ def _chunked_token_log_probs(model: qwen3.Qwen3, hidden: Array, targets: Array,
   rematerialised in the backward pass instead of saving its logits).
   """
   b, t, d = hidden.shape
-  nc = -(-t // max(1, chunk))  # as few chunks as `chunk` allows, of even width (little padding)
-  c = -(-t // nc)
+  nc, c = _chunking(t, chunk)
   pad = nc * c - t
   h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, nc, c, d).swapaxes(0, 1)
   y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, nc, c).swapaxes(0, 1)
@@ -59,6 +58,25 @@ def _chunked_token_log_probs(model: qwen3.Qwen3, hidden: Array, targets: Array,
   return out.swapaxes(0, 1).reshape(b, nc * c)[:, :t]
 
 
+def _chunking(t: int, chunk: int) -> tuple[int, int]:
+  """(chunks, columns per chunk) of `_chunked_token_log_probs` over t columns."""
+  nc = -(-t // max(1, chunk))  # as few chunks as `chunk` allows, of even width (little padding)
+  return nc, -(-t // nc)
+
+
+def _first_scored(t: int, response_width: int) -> int:
+  """The first column whose token log-prob `score_sequences` computes."""
+  return min(max(t - response_width if response_width else 1, 1), t - 1)
+
+
+def output_columns(seq_len: int, response_width: int = 0, chunk_size: int = 64) -> int:
+  """Columns per row on which `score_sequences` runs the output projection: the token log-prob
+  columns padded to whole chunks, plus the score position (FLOP counts of the benchmarks)."""
+  t = seq_len - _first_scored(seq_len, response_width)
+  nc, c = _chunking(t, chunk_size)
+  return nc * c + 1
+
+
 @functools.partial(jax.jit, static_argnums=(0,),
                    static_argnames=("temperature", "chunk_size", "response_width"))
 def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: float,
@@ -71,7 +89,7 @@ def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: 
   idx = score_positions.astype(jnp.int32)[:, None, None]
   score_logits = model.logits(jnp.take_along_axis(hidden, idx, axis=1)[:, 0])
   t = tokens.shape[1]
-  s = min(max(t - response_width if response_width else 1, 1), t - 1)  # first entry computed
+  s = _first_scored(t, response_width)
   lp = _chunked_token_log_probs(model, hidden[:, s - 1:-1], tokens[:, s:].astype(jnp.int32),
                                 temperature, chunk_size)
   lp = jnp.where(mask[:, s:] & mask[:, s - 1:-1], lp, 0.0)
