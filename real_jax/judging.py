@@ -97,13 +97,8 @@ class Judge:
     cfg = models.Qwen3Config(**run["model"])
     mesh = mesh if mesh is not None else shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
     graphdef, abstract = models.abstract_model(cfg)
-    d, step = ckpt_lib.find_params_checkpoint(workdir, stage, best)
-    ck = ckpt_lib.Checkpointer(d, async_save=False, items=("params", "meta") if best
-                               else ckpt_lib.ITEMS)
-    try:
-      params = ck.restore_params(step, abstract, models.param_shardings(abstract, mesh))
-    finally:
-      ck.close()
+    d, step, params = ckpt_lib.restore_run_params(
+        workdir, abstract, models.param_shardings(abstract, mesh), stage=stage, best=best)
     data = run["config"]["data"]
     thinking = data.get("enable_thinking", "")
     return cls(graphdef, params, prompts_lib.load_tokenizer(run["tokenizer"]),
@@ -137,13 +132,24 @@ class Judge:
     """Grades `records` in batches: one CoT each (T / top-p as the paper's evaluation, or
     greedy), both readouts. The same seed gives the same grades. A prompt longer than the
     judge's max_prompt_len raises (grade it with a larger one; nothing is dropped)."""
+    for i, r in enumerate(records):
+      if not isinstance(r, Mapping):
+        raise TypeError(f"records[{i}] is a {type(r).__name__}, not a mapping: pass dicts with a "
+                        "\"prompt\" (or the Prometheus fields: instruction, response, "
+                        "reference_answer, rubric)")
     settings = readout.EvalSettings(batch_size=batch_size, greedy=greedy,
                                     temperature=temperature, top_p=top_p,
                                     max_response_len=max_new_tokens,
                                     renormalize=self.renormalize, invalid=invalid)
     score_fn = settings.score_fn(self.graphdef, self.score_tokens, self.mesh)
-    ids = [prompts_lib.render_chat(self.tokenizer, self.prompt_text(r),
-                                   enable_thinking=self.enable_thinking) for r in records]
+    ids = []
+    for i, r in enumerate(records):
+      try:
+        ids.append(prompts_lib.render_chat(self.tokenizer, self.prompt_text(r),
+                                           enable_thinking=self.enable_thinking))
+      except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"records[{i}] cannot be made into a judge prompt ({e}); give it a "
+                         "\"prompt\" or the Prometheus fields") from None
     too_long = [i for i, x in enumerate(ids) if len(x) > self.max_prompt_len]
     if too_long:
       raise ValueError(f"records {too_long[:5]} have prompts longer than max_prompt_len="

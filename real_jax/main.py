@@ -47,6 +47,7 @@ from real_jax.judge import scores as scores_lib
 from real_jax.models import hf
 from real_jax.train import checkpoint as ckpt_lib
 from real_jax.train import config_lib, data_utils, pretrain, tract
+from real_jax.train import workdir as workdir_lib
 from real_jax.train.metrics import MetricsWriter, set_heartbeat
 from real_jax.train.rl import run_rl
 from real_jax.train.runner import Run, Sources, StageRunner, Tokens, TooManySkippedSteps
@@ -87,12 +88,8 @@ def _resolve_model(config, mesh, tokenizer):
   else:
     graphdef, params = models.init_params(cfg, mesh=mesh, seed=config.seed)
   if config.init.checkpoint:
-    d, step = ckpt_lib.find_params_checkpoint(config.init.checkpoint, config.init.stage,
-                                              config.init.best)
-    ck = ckpt_lib.Checkpointer(d, async_save=False, items=("params", "meta") if
-                               d.endswith("_best") else ckpt_lib.ITEMS)
-    params = ck.restore_params(step, params)
-    ck.close()
+    d, step, params = ckpt_lib.restore_run_params(config.init.checkpoint, params,
+                                                  stage=config.init.stage, best=config.init.best)
     logging.info("initial parameters from %s step %d", d, step)
   return cfg, graphdef, params
 
@@ -125,9 +122,11 @@ def _first_process_first(fn):
   return out
 
 
-def setup(config, workdir: str) -> tuple[Run, Evaluator, Any]:
+def setup(config, workdir: str, identity: dict[str, Any] | None = None
+          ) -> tuple[Run, Evaluator, Any]:
   """Validates the config, builds mesh, tokenizer, data, model, metrics writer, evaluator and
-  stage runner. Returns (the run, its evaluator, the initial parameters)."""
+  stage runner; records `identity` (`claim_workdir`) in run.json. Returns (the run, its
+  evaluator, the initial parameters)."""
   mesh_shape = config_lib.validate(config, jax.device_count())
   set_heartbeat(config.log.heartbeat)
   os.makedirs(workdir, exist_ok=True)
@@ -150,6 +149,9 @@ def setup(config, workdir: str) -> tuple[Run, Evaluator, Any]:
       evaluation=config.method != "pretrain" and (
           config.method == "eval" or config.eval.at_end or config.eval.every > 0
           or config.eval.after_warmup or config.eval.before_training)))
+  data_utils.check_eval_sources(config, eval_srcs, tokenizer, st)
+  if config.method != "pretrain":
+    data_utils.check_context_length(config, model_cfg.max_position_embeddings, stages)
   writer = MetricsWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process)
   evaluator = Evaluator(config, workdir, graphdef=graphdef, mesh=mesh, tokenizer=tokenizer,
                         score_tokens=st, delim_start=tokens.delim_start, eval_sources=eval_srcs,
@@ -161,7 +163,8 @@ def setup(config, workdir: str) -> tuple[Run, Evaluator, Any]:
             writer=writer, runner=runner)
   if main_process:
     with open(os.path.join(workdir, "run.json"), "w") as f:
-      json.dump({"config": config.to_dict(), "stages": stages, "mesh": dict(mesh.shape),
+      json.dump({"identity": identity, "config": config.to_dict(), "stages": stages,
+                 "mesh": dict(mesh.shape),
                  "model": dataclasses.asdict(model_cfg), "tokenizer": tok_dir,
                  "score_tokens": dataclasses.asdict(st), "devices": jax.device_count(),
                  "processes": jax.process_count(), "backend": jax.default_backend()},
@@ -243,10 +246,53 @@ STAGES: dict[str, Callable[[Run, Evaluator, Carry, bool], None]] = {
 }
 
 
-def run(config, workdir: str) -> dict[str, Any] | None:
+def claim_workdir(config, workdir: str, *, force_unlock: bool = False
+                  ) -> tuple[workdir_lib.WorkdirLock | None, dict[str, Any]]:
+  """Before anything is written: the workdir's lock (process 0) and the run's identity checked
+  against the one the workdir records. Returns (the lock or None, the identity); raises
+  WorkdirBusy or ConfigError (identity mismatch, an unwritable workdir), changing no file."""
+  config_lib.validate(config, jax.device_count())
+  identity = workdir_lib.run_identity(
+      config, config_lib.stages_for(config), model_dir=config.model.hf_dir,
+      tokenizer_dir=config.data.tokenizer or config.model.hf_dir,
+      init_checkpoint=config.init.checkpoint)
+  lock, refused = None, None
+  if shd.is_main_process():
+    try:
+      lock = workdir_lib.WorkdirLock.acquire(workdir, force=force_unlock)
+      workdir_lib.check_identity(workdir, identity)
+    except workdir_lib.WorkdirBusy as e:
+      refused = e
+    except workdir_lib.IdentityMismatch as e:
+      refused = config_lib.ConfigError(str(e))
+    except OSError as e:  # permission denied, a file in the way, a read-only file system
+      refused = config_lib.ConfigError(f"cannot write to workdir {workdir} ({e.strerror}); "
+                                       "choose a writable --workdir")
+    except BaseException:
+      if lock is not None:
+        lock.release()
+      raise
+    if refused is not None and lock is not None:
+      lock.release()
+      lock = None
+  if shd.agree(refused is not None):  # every process stops, not only process 0
+    raise refused or config_lib.ConfigError("process 0 refused the workdir (see its log)")
+  return lock, identity
+
+
+def run(config, workdir: str, *, force_unlock: bool = False) -> dict[str, Any] | None:
   """Runs the config's stages then the final evaluation; returns the final eval summary."""
+  lock, identity = claim_workdir(config, workdir, force_unlock=force_unlock)
   try:
-    r, evaluate, params = setup(config, workdir)
+    return _run(config, workdir, identity)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config, workdir: str, identity: dict[str, Any]) -> dict[str, Any] | None:
+  try:
+    r, evaluate, params = setup(config, workdir, identity)
   except (ValueError, FileNotFoundError) as e:  # bad files, tokenizer or checkpoint: one line
     if isinstance(e, config_lib.ConfigError):
       raise
@@ -319,6 +365,18 @@ def _stage_steps(config, stage: str) -> int:
 
 
 def _training_label(run: Run, base_label: str) -> str:
+  """How the final row's model was trained, and how many of its optimiser steps were skipped
+  as non-finite (when any were)."""
+  label = _method_label(run, base_label)
+  stage = config_lib.stages_for(run.config)[-1]
+  skipped, opt_steps = run.runner.skipped_steps.get(stage, (0, 0))
+  if skipped:
+    label += (f"; {skipped} of {opt_steps} optimiser steps of stage {stage} SKIPPED (non-finite "
+              "loss, gradient or update)")
+  return label
+
+
+def _method_label(run: Run, base_label: str) -> str:
   """How the final row's model was trained (method settings; for TRACT the stage-2 start)."""
   c = run.config
   if c.method in ("grpo", "real"):
@@ -348,6 +406,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Config file (configs/FILE.py[:ARG]); fields can be overridden with --config.x=...",
     lock_config=True)
 flags.DEFINE_string("workdir", "workdirs/default", "Run directory: checkpoints, metrics, results.")
+flags.DEFINE_bool("force_unlock", False,
+                  "Take the workdir's lock (run.lock) even if its holder looks alive: for a lock "
+                  "left by a process on another host that is known to be gone. Two live runs in "
+                  "one workdir mix their results.")
 flags.DEFINE_bool("multihost", False,
                   "Call jax.distributed.initialize() first (every host of a multi-host slice runs "
                   "the same command; the workdir must be on storage all hosts share). On TPU "
@@ -395,9 +457,15 @@ def main(argv):
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
   try:
-    run(_CONFIG.value, os.path.abspath(FLAGS.workdir))
+    run(_CONFIG.value, os.path.abspath(FLAGS.workdir), force_unlock=FLAGS.force_unlock)
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except workdir_lib.WorkdirBusy as e:
+    print(f"workdir error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except ckpt_lib.NoRestorableCheckpoint as e:
+    print(f"checkpoint error: {e}", file=sys.stderr)
     sys.exit(2)
   except batching.TooFewRowsError as e:
     print(f"input error: {e}", file=sys.stderr)
@@ -448,6 +516,13 @@ def _parse_flags(argv):
   if any(a in _HELP_FLAGS for a in argv[1:]):
     print(_help(argv))
     sys.exit(0)
+  for i, a in enumerate(argv[1:], 1):
+    spec = a.partition("=")[2] if a.startswith("--config=") else (
+        argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
+    if spec is not None and not os.path.isfile(spec.split(":", 1)[0]):
+      print(f"config error: config file {spec.split(':', 1)[0]!r} not found (from --config="
+            f"{spec}); pass a file such as configs/synthetic.py", file=sys.stderr)
+      sys.exit(2)
   try:
     return FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - every parse failure is reported the same way

@@ -22,7 +22,7 @@ RANKS = {
     "real_jax.readout": 5, "real_jax.mechanism": 5,
     "real_jax.train.batch": 6, "real_jax.train.state": 6, "real_jax.train.metrics": 6,
     "real_jax.train.checkpoint": 7, "real_jax.train.config_lib": 7,
-    "real_jax.train.data_utils": 8, "real_jax.train.steps": 8,
+    "real_jax.train.data_utils": 8, "real_jax.train.steps": 8, "real_jax.train.workdir": 8,
     "real_jax.train.runner": 9,
     "real_jax.train.supervised": 10, "real_jax.train.tract": 10, "real_jax.train.rl": 10,
     "real_jax.train.pretrain": 11,
@@ -153,3 +153,16 @@ def test_no_reference_outside_the_repository(folder):
         bad.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
   assert not bad, ("point into the repository (docs/architecture.md), not to files a clone "
                    "does not have:\n" + "\n".join(bad))
+
+
+def test_the_entry_modules_do_not_import_torch():
+  """Importing the entry points (the tools too) pulls in neither torch nor tensorflow; a whole
+  run is checked in tests/test_cli.py (`-X importtime`)."""
+  import subprocess
+  import sys
+  code = ("import sys\nimport real_jax.main, real_jax.tools.export_hf, real_jax.tools.compare\n"
+          "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                     cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip() == "[]"

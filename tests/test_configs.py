@@ -201,7 +201,7 @@ def test_exactness_conditions_are_listed():
 def test_every_field_has_a_meaning():
   """`--print_config` and `--help` read each field's meaning from base_config's comments."""
   docs = config_lib.field_docs()
-  fields = config_lib._flatten(config_lib.base_config())
+  fields = config_lib.flatten(config_lib.base_config())
   assert [f for f in fields if not docs.get(f)] == []
   assert docs["rl.beta"].startswith("weight of the refinement term")
   assert docs["data.overlong"].startswith("Prompts longer than max_prompt_len: skip")  # block above
@@ -230,7 +230,7 @@ def test_print_config_shows_values_defaults_and_meanings():
                 "--print_config")
   assert r.returncode == 0, r.stderr[-2000:]
   lines = {l.split(" = ")[0]: l for l in r.stdout.splitlines() if " = " in l and l[0] != "#"}
-  assert set(lines) == set(config_lib._flatten(config_lib.base_config()))
+  assert set(lines) == set(config_lib.flatten(config_lib.base_config()))
   assert lines["rl.beta"].startswith("rl.beta = 0.25 ") and "default 0.0" in lines["rl.beta"]
   assert "weight of the refinement term" in lines["rl.beta"]
   assert lines["model.preset"].startswith("model.preset = 'qwen3-8b'")

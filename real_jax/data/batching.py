@@ -100,6 +100,13 @@ class BatchConfig:
             else self.completion_buckets[-1])
 
 
+# A prompt of more than this many characters per token of max_prompt_len is rejected (counted as
+# "prompt_far_too_long") before it is tokenised, so a runaway row (a 50 MB line) is not tokenised
+# on every pass. Natural text runs at 3-5 characters per token; only text with very long
+# repeated runs (whitespace, a repeated character) could fit at more than 16, and is rejected.
+CHARS_PER_TOKEN = 16
+
+
 class PromptTooLongError(ValueError):
   pass
 
@@ -169,6 +176,12 @@ class JudgeBatcher:
     self._epoch_usable = 0 if self._cursor == 0 else None
     self.stats = collections.Counter({k: int(v) for k, v in state.get("skipped", {}).items()})
 
+  def skipped_rows(self) -> int:
+    """Records skipped so far (every reason but left-truncation and an epoch's dropped
+    remainder), cumulative over epochs and resumes."""
+    return int(sum(v for k, v in self.stats.items()
+                   if k not in ("prompt_truncated", "dropped_remainder")))
+
   def _order_for(self, epoch: int) -> np.ndarray:
     if self._order_epoch != epoch:
       n = len(self.source)
@@ -182,7 +195,17 @@ class JudgeBatcher:
     """(prompt ids, completion ids or None) for a record, or None if it is skipped."""
     rec = self.source[index]
     cfg = self.config
-    ids = prompts_lib.render_chat(self.tokenizer, rec["prompt"], enable_thinking=cfg.enable_thinking)
+    text = rec["prompt"]
+    if len(text) > CHARS_PER_TOKEN * cfg.prompt_limit:  # far too long: never tokenised
+      if cfg.overlong == "error":
+        raise PromptTooLongError(f"record {index} ({rec.get('id', '?')}): prompt has {len(text)} "
+                                 f"characters > {CHARS_PER_TOKEN} x max_prompt_len "
+                                 f"{cfg.prompt_limit}")
+      if cfg.overlong == "skip":
+        self.stats["prompt_far_too_long"] += 1
+        return None
+      text = text[len(text) - CHARS_PER_TOKEN * cfg.prompt_limit:]  # truncate keeps the end
+    ids = prompts_lib.render_chat(self.tokenizer, text, enable_thinking=cfg.enable_thinking)
     if len(ids) > cfg.prompt_limit:
       if cfg.overlong == "error":
         raise PromptTooLongError(f"record {index} ({rec.get('id', '?')}): prompt has {len(ids)} "

@@ -39,11 +39,7 @@ def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = Fals
   _, abstract = abstract_model(cfg)
   dev = SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), abstract)
-  d, step = ckpt_lib.find_params_checkpoint(workdir, stage, best)
-  items = ("params", "meta") if d.endswith("_best") else ckpt_lib.ITEMS
-  ck = ckpt_lib.Checkpointer(d, async_save=False, items=items)
-  params = ck.restore_params(step, target)
-  ck.close()
+  d, step, params = ckpt_lib.restore_run_params(workdir, target, stage=stage, best=best)
   ids = _token_ids(run)
   export_hf(out_dir, cfg, params, dtype=dtype, token_ids=ids)
   tok_dir = run.get("tokenizer")

@@ -9,19 +9,52 @@ Layout of a run's workdir::
 with `StandardSave` and restored into abstract targets that carry the wanted shardings (so a
 restore can also reshard); `meta` is JSON: the data iterator position, the RL buffer state, the
 best eval value so far, and anything else the loop needs to continue exactly.
+
+A step is visible only when complete: orbax writes it under a temporary name and renames it when
+every item is written, and `latest_step` / `find_params_checkpoint` list only finished steps.
+`Checkpointer.restore_newest` fails over: a step that cannot be read gets one line and the
+previous step is tried; the run that owns the workdir moves the bad step to
+`<stage>.unreadable/` (never deleted), readers of another run leave it in place. With no
+readable step left it raises `NoRestorableCheckpoint` naming the directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
 import orbax.checkpoint as ocp
+from absl import logging
 
+from real_jax import sharding as shd
 from real_jax.train.state import abstract_like
 
 ITEMS = ("params", "opt_state", "scalars", "meta")
+T = TypeVar("T")
+
+
+class NoRestorableCheckpoint(RuntimeError):
+  """A stage's checkpoints exist but none of them can be read."""
+
+
+def unreadable_dir(directory: str) -> str:
+  """Where the unreadable steps of a checkpoint directory are moved: `<directory>.unreadable`."""
+  return os.path.abspath(directory).rstrip("/") + ".unreadable"
+
+
+def move_aside(directory: str, step: int) -> str:
+  """Moves step `step` of `directory` to `unreadable_dir(directory)/<step>-<time>`; returns it."""
+  dst = os.path.join(unreadable_dir(directory), f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  os.rename(os.path.join(directory, str(step)), dst)
+  return dst
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split()) or type(e).__name__
+  return f"{type(e).__name__}: {text[:200]}"
 
 
 class Checkpointer:
@@ -31,10 +64,52 @@ class Checkpointer:
                items: tuple[str, ...] = ITEMS):
     self.directory = os.path.abspath(directory)
     self.items = items
-    options = ocp.CheckpointManagerOptions(
+    self._options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True,
         enable_async_checkpointing=async_save)
-    self._mngr = ocp.CheckpointManager(self.directory, item_names=items, options=options)
+    self._mngr = ocp.CheckpointManager(self.directory, item_names=items, options=self._options)
+
+  def restore_newest(self, restore: Callable[[int], T], *, move_aside_unreadable: bool = True
+                     ) -> tuple[int, T] | None:
+    """`(step, restore(step))` for the newest step that `restore` can read, or None when the
+    directory has no step (and, when moving aside, never had an unreadable one).
+
+    An unreadable step gets one warning line and the previous step is tried. The run that owns
+    the directory (`move_aside_unreadable`; process 0 only) moves it to `<dir>.unreadable/`, so
+    that the run continues from the step it restored; readers of another run's workdir (`Judge`,
+    `export_hf`, `init.checkpoint`) leave it in place. Raises NoRestorableCheckpoint when steps
+    exist but none can be read, or when only moved-aside steps are left (restarting the stage
+    from scratch is then the user's decision).
+    """
+    tried, moved_any = [], False
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        found = step, restore(step)
+      except (KeyboardInterrupt, SystemExit):
+        raise
+      except Exception as e:  # noqa: BLE001 - any unreadable step fails over the same way
+        tried.append(step)
+        where = "left in place"
+        if move_aside_unreadable and shd.is_main_process():
+          try:
+            where, moved_any = f"moved to {move_aside(self.directory, step)}", True
+          except OSError as oe:
+            where = f"could not be moved aside ({oe.strerror})"
+        logging.warning("checkpoint %s step %d is unreadable (%s); %s; trying the previous step",
+                        self.directory, step, _one_line(e), where)
+        continue
+      if moved_any:  # the manager's step list still names the moved steps
+        self._mngr.close()
+        self._mngr = ocp.CheckpointManager(self.directory, item_names=self.items,
+                                           options=self._options)
+      return found
+    moved = unreadable_dir(self.directory)
+    if tried or (move_aside_unreadable and os.path.isdir(moved) and os.listdir(moved)):
+      raise NoRestorableCheckpoint(
+          f"no readable checkpoint in {self.directory} (steps tried: {tried or 'none left'}; "
+          f"unreadable steps moved aside are in {moved}); to restart this stage from scratch, "
+          f"remove {moved} and the stage's directory; to resume, copy a readable step back")
+    return None
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -84,6 +159,25 @@ class Checkpointer:
   def close(self) -> None:
     self._mngr.wait_until_finished()
     self._mngr.close()
+
+
+def restore_run_params(path: str, abstract: Any, shardings: Any | None = None, *,
+                       stage: str = "", best: bool = False) -> tuple[str, int, Any]:
+  """(checkpoint dir, step, params) of a run's newest readable parameters (`find_params_checkpoint`
+  picks the directory; `Checkpointer.restore_newest` fails over to older steps)."""
+  d, step = find_params_checkpoint(path, stage, best)
+  ck = Checkpointer(d, async_save=False, items=("params", "meta") if d.endswith("_best")
+                    else ITEMS)
+  try:
+    if os.path.basename(os.path.abspath(path).rstrip("/")).isdigit():  # that step, as asked
+      return d, step, ck.restore_params(step, abstract, shardings)
+    found = ck.restore_newest(lambda s: ck.restore_params(s, abstract, shardings),
+                              move_aside_unreadable=False)
+  finally:
+    ck.close()
+  if found is None:
+    raise FileNotFoundError(f"no parameter checkpoint left in {d}")
+  return d, found[0], found[1]
 
 
 def stage_dir(workdir: str, stage: str, best: bool = False) -> str:

@@ -377,6 +377,8 @@ def base_config() -> ConfigDict:
   # Testing hooks.
   c.debug = ConfigDict()
   c.debug.stop_after = 0  # simulate a kill: exit after this many steps of the main stage
+  c.debug.kill_at_step = 0  # SIGKILL this process after step N of the main stage (before saving)
+  c.debug.kill_in_save = 0  # SIGKILL this process while the checkpoint of step N is being written
   c.debug.nan_update_step = 0  # make the update of this optimiser step (1-based) NaN, every stage
   return c
 
@@ -410,11 +412,11 @@ def describe(config: ConfigDict, *, defaults: ConfigDict | None = None) -> str:
   """The config as `path = value  # meaning` lines, one group after another; values that differ
   from `defaults` (the base config) say the default. What `main --print_config` prints."""
   docs = field_docs()
-  defaults = _flatten(defaults if defaults is not None else base_config())
+  defaults = flatten(defaults if defaults is not None else base_config())
   order = {path: i for i, path in enumerate(docs)}  # base_config's own order
   lines: list[str] = []
   group = None
-  for path, value in sorted(_flatten(config).items(), key=lambda kv: order.get(kv[0], 1 << 30)):
+  for path, value in sorted(flatten(config).items(), key=lambda kv: order.get(kv[0], 1 << 30)):
     head = path.rsplit(".", 1)[0] if "." in path else ""
     if head != group:
       group = head
@@ -431,12 +433,13 @@ def describe(config: ConfigDict, *, defaults: ConfigDict | None = None) -> str:
   return "\n".join(lines)
 
 
-def _flatten(c: ConfigDict, prefix: str = "") -> dict[str, Any]:
+def flatten(c: ConfigDict, prefix: str = "") -> dict[str, Any]:
+  """{"group.field": value} of every leaf field."""
   out = {}
   for k, v in c.items():
     path = f"{prefix}{k}"
     if isinstance(v, (ConfigDict, ml_collections.FrozenConfigDict)):
-      out.update(_flatten(v, path + "."))
+      out.update(flatten(v, path + "."))
     else:
       out[path] = v
   return out
@@ -445,9 +448,9 @@ def _flatten(c: ConfigDict, prefix: str = "") -> dict[str, Any]:
 def check_fields(config: ConfigDict, schema: ConfigDict | None = None) -> None:
   """Raises ConfigError for fields the schema does not know (e.g. a typo in a config file)."""
   schema = schema or base_config()
-  known = _flatten(schema)
+  known = flatten(schema)
   known_groups = {k.rsplit(".", 1)[0] for k in known if "." in k}
-  for path in _flatten(config):
+  for path in flatten(config):
     if path in known:
       continue
     group = path.rsplit(".", 1)[0] if "." in path else ""
@@ -517,6 +520,46 @@ def stages_for(config: ConfigDict) -> list[str]:
   return []
 
 
+# Numeric fields with a range: (low, low included, high, high included); None = unbounded. Every
+# float field must also be finite (NaN compares false with any bound).
+RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "optim.lr": (0.0, False, None, False),
+    "warmup.lr": (0.0, True, None, False), "train.lr": (0.0, True, None, False),  # 0: optim.lr
+    "rl.lr": (0.0, True, None, False), "pretrain.lr": (0.0, True, None, False),
+    "optim.b1": (0.0, True, 1.0, False), "optim.b2": (0.0, True, 1.0, False),
+    "optim.eps": (0.0, True, None, False), "optim.weight_decay": (0.0, True, None, False),
+    "optim.grad_clip": (0.0, True, None, False),
+    "rl.temperature": (0.0, False, None, False), "rl.score_temperature": (0.0, False, None, False),
+    "eval.temperature": (0.0, False, None, False), "tract.temperature": (0.0, False, None, False),
+    "rl.top_p": (0.0, False, 1.0, True), "eval.top_p": (0.0, False, 1.0, True),
+    "tract.top_p": (0.0, False, 1.0, True), "tract.repetition_penalty": (0.0, False, None, False),
+    "rl.beta": (0.0, True, None, False), "rl.lam": (0.0, True, None, False),
+    "rl.shaping_weight": (0.0, True, None, False), "rl.clip_eps": (0.0, False, None, False),
+    "rl.kl_coef": (0.0, True, None, False), "rl.entropy_coef": (0.0, True, None, False),
+    "tract.lam": (0.0, True, None, False), "log.heartbeat": (0.0, True, None, False),
+    "checkpoint.every": (1, True, None, False),
+    "data.synthetic.label_noise": (0.0, True, 1.0, True),
+    "data.synthetic.cot_error_rate": (0.0, True, 1.0, True),
+    "data.synthetic.near_miss_rate": (0.0, True, 1.0, True),
+    "data.synthetic.near_miss_credit": (0.0, True, 1.0, True),
+}
+
+
+def check_ranges(config: ConfigDict) -> None:
+  """Raises ConfigError for a non-finite float field or a value outside `RANGES`."""
+  for name, v in flatten(config).items():
+    if isinstance(v, float) and not math.isfinite(v):
+      raise ConfigError(f"config.{name}={v} is not a finite number")
+  for name, (lo, lo_in, hi, hi_in) in RANGES.items():
+    v = _get_field(config, name)
+    low_ok = lo is None or (v >= lo if lo_in else v > lo)
+    high_ok = hi is None or (v <= hi if hi_in else v < hi)
+    if not (low_ok and high_ok):
+      span = (f"{'[' if lo_in else '('}{lo if lo is not None else '-inf'}, "
+              f"{hi if hi is not None else 'inf'}{']' if hi_in else ')'}")
+      raise ConfigError(f"config.{name}={v} must be in {span}")
+
+
 def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
   """Checks a config before anything is built or compiled; returns the resolved mesh shape.
 
@@ -564,14 +607,7 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
   if config.method == "eval" and not (config.init.checkpoint or config.model.hf_dir):
     raise ConfigError("method=eval needs config.init.checkpoint (a workdir or checkpoint dir) "
                       "or config.model.hf_dir (a Hugging Face directory)")
-  for name, lo, hi in (("rl.temperature", 1e-6, None), ("rl.top_p", 1e-6, 1.0),
-                       ("eval.top_p", 1e-6, 1.0), ("tract.top_p", 1e-6, 1.0),
-                       ("rl.score_temperature", 1e-6, None)):
-    v = config
-    for part in name.split("."):
-      v = v[part]
-    if v < lo or (hi is not None and v > hi):
-      raise ConfigError(f"config.{name}={v} must be in [{lo}, {hi if hi is not None else 'inf'}]")
+  check_ranges(config)
   # Counts: a negative one would run "successfully" doing nothing (a stage of -3 steps).
   for name in ("optim.max_skipped_in_a_row", "debug.nan_update_step", "rl.steps",
                "warmup.steps", "train.steps", "pretrain.steps", "tract.stage1_steps",

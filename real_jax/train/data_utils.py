@@ -124,6 +124,40 @@ def load_sources(config, workdir: str, *, train: bool, evaluation: bool):
   return train_src, evals, val_src
 
 
+def check_eval_sources(config, evals: Mapping[str, Any], tokenizer, score_tokens) -> None:
+  """Before training: every evaluation split has at least one usable item among the ones
+  evaluation reads (eval.max_items), else a ConfigError naming the split and why."""
+  for name, source in evals.items():
+    if config.eval.max_items and len(source) > config.eval.max_items:
+      source = [source[i] for i in range(config.eval.max_items)]
+    batcher = make_batcher(config, source, tokenizer, score_tokens, batch_size=1,
+                           with_targets=False, shuffle=False, num_epochs=1,
+                           drop_remainder=False)
+    try:
+      next(batcher)
+    except (batching.TooFewRowsError, StopIteration):
+      why = ", ".join(f"{k} {v}" for k, v in sorted(batcher.stats.items())) or "none read"
+      raise ConfigError(
+          f"evaluation split {name!r} has no usable item of {len(source)} ({why}); raise "
+          "data.max_prompt_len, set data.overlong=truncate, or leave the split out of "
+          "eval.splits / data.eval_splits") from None
+
+
+def check_context_length(config, max_positions: int, stages: Sequence[str]) -> None:
+  """The longest sequence a run builds (prompt + response, or prompt + SFT target) fits the
+  model's context (`max_position_embeddings`), else a ConfigError naming the fields."""
+  longest = {"data.max_prompt_len + eval.max_response_len": config.eval.max_response_len}
+  if "rl" in stages:
+    longest["data.max_prompt_len + rl.max_response_len"] = config.rl.max_response_len
+  if any(s in stages for s in ("warmup", "sft", "tract1", "tract2")):
+    longest["data.max_prompt_len + data.max_target_len"] = config.data.max_target_len
+  for name, response in longest.items():
+    total = int(config.data.max_prompt_len) + int(response) + 1  # + the score token
+    if total > max_positions:
+      raise ConfigError(f"{name} (+1 for the score) = {total} tokens exceeds the model's context "
+                        f"of {max_positions} (max_position_embeddings); lower them")
+
+
 def prompt_buckets(config) -> tuple[int, ...]:
   """Prompt widths (`data.prompt_buckets`, default powers of two up to data.max_prompt_len)."""
   if config.data.prompt_buckets:

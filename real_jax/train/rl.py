@@ -387,9 +387,11 @@ def run_rl(run: Run, params_in, *, method: str, main: bool = True):
       metrics = rl_update_metrics(stats, step_metrics, rounds=rounds,
                                   kept_prompts=buffer.kept_prompts, t_rollout=t_roll,
                                   t_scoring=t_score, t_update=time.time() - t2)
+      metrics["rows_skipped"] = float(batcher.skipped_rows())
       run.writer.write("rl", done, metrics)
       prog.update(done, fmt_metrics(metrics, ("reward_mean", "abs_err_rollout", "keep_rate",
-                                              "truncated_frac", "loss", "pg_loss", "grad_norm")),
+                                              "truncated_frac", "loss", "pg_loss", "grad_norm",
+                                              "skipped", "rows_skipped")),
                   force=True)
       stage.end_step(done, data=batcher.state())
   return stage.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from typing import Any, Callable, Mapping
 
 import jax
@@ -32,6 +33,7 @@ from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
 from real_jax.models import Qwen3Config
 from real_jax.train import checkpoint as ckpt_lib
+from real_jax.train import config_lib
 from real_jax.train import data_utils
 from real_jax.train import state as state_lib
 from real_jax.train.metrics import MetricsWriter, eval_metrics, lookup
@@ -100,6 +102,7 @@ class StageRunner:
                evaluate: PeriodicEval | None, has_validation: bool):
     self.config, self.workdir, self.mesh, self.writer = config, workdir, mesh, writer
     self.evaluate, self.has_validation = evaluate, has_validation
+    self.skipped_steps: dict[str, tuple[int, int]] = {}  # stage -> (skipped, optimiser steps)
 
   def open(self, stage: str, params_in, tx, *, total: int, main: bool,
            copy_params: bool = False) -> "Stage":
@@ -110,9 +113,10 @@ class StageRunner:
                                max_to_keep=c.checkpoint.max_to_keep,
                                async_save=c.checkpoint.async_save)
     shardings = state_lib.state_shardings(params_in, tx, self.mesh)
-    latest = ck.latest_step()
-    if latest is not None:
-      state, meta = ck.restore(latest, state_lib.abstract_state(params_in, tx), shardings)
+    abstract = state_lib.abstract_state(params_in, tx)
+    found = ck.restore_newest(lambda step: ck.restore(step, abstract, shardings))
+    if found is not None:
+      latest, (state, meta) = found
       logging.info("[%s] resuming from step %d (%s)", stage, latest, ck.directory)
       self.writer.truncate(stage, latest)
       return Stage(self, stage, ck, state, shardings, int(latest), meta, total, main)
@@ -181,7 +185,12 @@ class Stage:
   def restore_data(self, source) -> None:
     """Puts a resumable data source (`state()` / `restore()`) at the checkpoint's position."""
     if self.meta.get("data"):
-      source.restore(self.meta["data"])
+      try:
+        source.restore(self.meta["data"])
+      except ValueError as e:
+        raise config_lib.ConfigError(
+            f"stage {self.name}: the training data changed since this workdir's checkpoint "
+            f"({e}); resume with the same data, or use a new --workdir") from None
 
   def end_step(self, done: int, *, data) -> None:
     """After optimiser step (or RL update) `done`: periodic evaluation and the best checkpoint
@@ -190,9 +199,13 @@ class Stage:
     c = self.runner.config
     self._check_skipped(done)
     self.best = self._maybe_eval(done)
+    if self.main and c.debug.kill_at_step == done:  # a real kill, between two checkpoints
+      os.kill(os.getpid(), signal.SIGKILL)
     if done % c.checkpoint.every == 0 or done == self.total:
       self.ck.save(done, self.state, {"data": data, "done": done == self.total,
                                       "best": self.best, "stage": self.name})
+      if self.main and c.debug.kill_in_save == done:  # the asynchronous save is in flight
+        os.kill(os.getpid(), signal.SIGKILL)
     n = c.debug.stop_after
     if self.main and n and done - self.start >= n:
       self.ck.close()
@@ -218,6 +231,7 @@ class Stage:
 
   def close(self):
     """Waits for the last checkpoint; returns the final parameters."""
+    self.runner.skipped_steps[self.name] = (int(self.state["skipped"]), int(self.state["step"]))
     self.ck.close()
     self.runner.writer.flush()
     return self.state["params"]

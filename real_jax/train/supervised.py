@@ -74,6 +74,9 @@ class RecordBatches:
       return raft_batch(b, self.tokens.delim_start, tid)
     return lm_batch(b, self.kind, tid)
 
+  def skipped_rows(self) -> int:
+    return self.batcher.skipped_rows()
+
   def state(self):
     return self.batcher.state()
 
@@ -134,9 +137,11 @@ def run_supervised(run: Run, stage: str, params_in, *, kind: str, steps: int, ba
         m = {k: float(v) for k, v in shd.to_host(m).items()}
         dt = time.time() - t_last
         m.update(lr=float(schedule_fn(step)), tokens_per_s=n_tok / max(dt, 1e-9))
+        if hasattr(source, "skipped_rows"):
+          m["rows_skipped"] = float(source.skipped_rows())
         t_last, n_tok = time.time(), 0.0
         run.writer.write(stage, done, m)
-        prog.update(done, fmt_metrics(m, ("loss", "ce", "mse", "grad_norm", "skipped")),
-                    force=True)
+        prog.update(done, fmt_metrics(m, ("loss", "ce", "mse", "grad_norm", "skipped",
+                                          "rows_skipped")), force=True)
       st.end_step(done, data=source.state())
   return st.close()
