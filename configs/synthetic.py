@@ -14,14 +14,14 @@ demonstrations), so the OOD splits test content the base knows and the judge nev
 Task: difficulty 0 (operands 0..4; OOD hard: 0..9), graded near misses (graders credit an
 off-by-one answer with probability 0.5), 30% of the demonstrations with one wrong sum.
 
-Expected (measured 2026-12-06 on this project's 2-core AVX-512 EPYC, nothing else running):
-3 min 34 s, then a Table-2-style results table with rows for the base (no training: no valid
-score, Pearson ~0), the warm-up (300 SFT steps, LR 3e-3) and
-REAL (20 updates of 16 prompts x 8 CoTs, beta = 0 as in the authors' scripts; the RL settings
-were picked on the in-domain test split in earlier from-scratch runs, not on validation). RAIL Pearson x
-100 (ID / OOD hard / OOD rubric): warm-up 81.7 / 21.3 / 16.5, REAL 81.9 / 22.5 / 19.6 — one
-seed, deterministic per machine but not across machines (the 2-core AVX2 host gave 75.1 / 12.1 /
-26.4 and 72.7 / 11.4 / 13.3 in 5 min 57 s; README, "What to expect on your machine"). Across 3
+Expected (measured 2026-12-06 on a 2-core Intel Xeon @ 2.80GHz, nothing else running): 5 min
+32 s, then a Table-2-style results table with rows for the base (no training: RAIL Pearson ~0),
+the warm-up (300 SFT steps, LR 3e-3) and REAL (20 updates of 16 prompts x 8 CoTs, beta = 0 as
+in the authors' scripts; the RL settings were picked on the in-domain test split in earlier
+from-scratch runs, not on validation). RAIL Pearson x 100 (ID / OOD hard / OOD rubric): warm-up
+84.9 / 24.9 / 38.1, REAL 86.4 / 19.1 / 34.2 — one seed, deterministic per machine but not
+across machines (2-core AMD EPYC hosts gave 81.7 / 21.3 / 16.5 and 81.9 / 22.5 / 19.6 (AVX-512),
+75.1 / 12.1 / 26.4 and 72.7 / 11.4 / 13.3 (AVX2); README, "What to expect on your machine"). Across 3
 seeds of the same recipe the warm-up reads 86.8 +- 2.8 / 23.1 +- 7.1 / 43.3 +- 4.3 and REAL's
 rows do not differ from it beyond that spread (experiments/synthetic_table/README.md, where every
 method and the reasons are measured). 192 training records are held out as the validation
