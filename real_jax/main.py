@@ -268,6 +268,8 @@ def claim_workdir(config, workdir: str, *, force_unlock: bool = False
     except OSError as e:  # permission denied, a file in the way, a read-only file system
       refused = config_lib.ConfigError(f"cannot write to workdir {workdir} ({e.strerror}); "
                                        "choose a writable --workdir")
+    except Exception as e:  # noqa: BLE001 - refused on every process, not only process 0
+      refused = config_lib.ConfigError(f"cannot claim workdir {workdir}: {type(e).__name__}: {e}")
     except BaseException:
       if lock is not None:
         lock.release()

@@ -81,7 +81,7 @@ class Checkpointer:
     exist but none can be read, or when only moved-aside steps are left (restarting the stage
     from scratch is then the user's decision).
     """
-    tried, moved_any = [], False
+    tried = []
     for step in sorted(self.all_steps(), reverse=True):
       try:
         found = step, restore(step)
@@ -92,13 +92,13 @@ class Checkpointer:
         where = "left in place"
         if move_aside_unreadable and shd.is_main_process():
           try:
-            where, moved_any = f"moved to {move_aside(self.directory, step)}", True
+            where = f"moved to {move_aside(self.directory, step)}"
           except OSError as oe:
             where = f"could not be moved aside ({oe.strerror})"
         logging.warning("checkpoint %s step %d is unreadable (%s); %s; trying the previous step",
                         self.directory, step, _one_line(e), where)
         continue
-      if moved_any:  # the manager's step list still names the moved steps
+      if tried:  # the manager's cached step list still names the unreadable steps
         self._mngr.close()
         self._mngr = ocp.CheckpointManager(self.directory, item_names=self.items,
                                            options=self._options)
@@ -169,7 +169,7 @@ def restore_run_params(path: str, abstract: Any, shardings: Any | None = None, *
   ck = Checkpointer(d, async_save=False, items=("params", "meta") if d.endswith("_best")
                     else ITEMS)
   try:
-    if os.path.basename(os.path.abspath(path).rstrip("/")).isdigit():  # that step, as asked
+    if os.path.abspath(path).rstrip("/") == os.path.join(d, str(step)):  # a step dir: that step
       return d, step, ck.restore_params(step, abstract, shardings)
     found = ck.restore_newest(lambda s: ck.restore_params(s, abstract, shardings),
                               move_aside_unreadable=False)

@@ -91,21 +91,26 @@ def _pid_alive(pid: int) -> bool:
 def _read_lock(path: str) -> dict[str, Any] | None:
   try:
     with open(path) as f:
-      return json.load(f)
+      out = json.load(f)
   except FileNotFoundError:
     return None
   except (OSError, ValueError):
-    return {}  # half-written or damaged: treated as stale
+    return {}  # damaged: treated as stale
+  return out if isinstance(out, dict) else {}
 
 
 def _stale_reason(holder: Mapping[str, Any], now: float) -> str | None:
   """Why a lock's holder is gone, or None when it may still run."""
+  try:
+    host, pid = holder.get("host"), int(holder.get("pid", -1))
+    heartbeat = float(holder.get("heartbeat", 0.0))
+  except (AttributeError, TypeError, ValueError):
+    return "an unreadable lock file"
   if not holder:
     return "an unreadable lock file"
-  host, pid = holder.get("host"), int(holder.get("pid", -1))
   if host == socket.gethostname():
     return None if _pid_alive(pid) else f"pid {pid} on this host no longer runs"
-  age = now - float(holder.get("heartbeat", 0.0))
+  age = now - heartbeat
   if age > STALE_AFTER_S:
     return f"its heartbeat from host {host} is {age:.0f} s old (> {STALE_AFTER_S:.0f} s)"
   return None
@@ -128,6 +133,14 @@ def _write_new(path: str, info: Mapping[str, Any]) -> bool:
     return True
   except FileExistsError:
     return False
+  except OSError:  # a file system without hard links (e.g. gcsfuse): exclusive create, then write
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      json.dump(dict(info), f)
+    return True
   finally:
     os.remove(tmp)
 
@@ -135,7 +148,7 @@ def _write_new(path: str, info: Mapping[str, Any]) -> bool:
 def _remove_if_same(path: str, holder: Mapping[str, Any]) -> None:
   """Removes the lock file only if it still holds `holder` (another taker may have replaced it
   meanwhile): it is renamed away first, checked, and put back if it changed."""
-  aside = f"{path}.{os.getpid()}.stale"
+  aside = f"{path}.{socket.gethostname()}.{os.getpid()}.stale"
   try:
     os.rename(path, aside)
   except FileNotFoundError:
@@ -189,13 +202,14 @@ class WorkdirLock:
     def beat():
       while not self._stop.wait(HEARTBEAT_S):
         current = _read_lock(self.path)
-        if not current or current.get("pid") != self.info["pid"] or (
-            current.get("host") != self.info["host"]):
+        if current is None:
+          continue  # briefly missing (another process checking it): beat next time
+        if current.get("pid") != self.info["pid"] or current.get("host") != self.info["host"]:
           logging.warning("the lock %s was taken by another process (%s); this run no longer "
                           "holds its workdir", self.path, describe_holder(current or {}))
           return
         self.info["heartbeat"] = time.time()
-        tmp = f"{self.path}.{os.getpid()}.tmp"
+        tmp = f"{self.path}.{socket.gethostname()}.{os.getpid()}.tmp"
         try:
           with open(tmp, "w") as f:
             json.dump(self.info, f)
