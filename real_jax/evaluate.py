@@ -280,6 +280,20 @@ def check_markdown_table(text: str) -> list[list[str]]:
 # Result files
 
 
+def read_predictions(workdir: str, tag: str) -> dict[str, dict[str, np.ndarray]]:
+  """split -> {index, target, rail, standard, valid, ...} [N] arrays from
+  <workdir>/eval/<tag>_predictions.jsonl (what `write_eval` wrote), rows in file order."""
+  cols: dict[str, dict[str, list]] = {}
+  with open(os.path.join(workdir, "eval", f"{tag}_predictions.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      c = cols.setdefault(r.pop("split"), {})
+      for k in ("index", "target", "rail", "standard", "valid"):
+        v = r.get(k)
+        c.setdefault(k, []).append(np.nan if v is None else v)
+  return {sp: {k: np.asarray(v, np.float64) for k, v in c.items()} for sp, c in cols.items()}
+
+
 def write_eval(workdir: str, tag: str, summary: Mapping[str, Any], predictions: Mapping[str, Any]
                | None = None, extra: Mapping[str, Any] | None = None) -> str:
   """Writes eval/<tag>.json (and eval/<tag>_predictions.jsonl); returns the JSON path."""
@@ -479,7 +493,7 @@ class Evaluator:
     info = {"readout": settings.readout, "greedy": settings.greedy,
             "temperature": settings.temperature, "top_p": settings.top_p,
             "renormalize": settings.renormalize, "invalid": settings.invalid,
-            "seconds": round(time.time() - t0, 1), "checkpoint": checkpoint,
+            "seconds": round(time.time() - t0, 1), "tag": tag, "checkpoint": checkpoint,
             "training": training, "method": _ROW_METHOD.get(tag, self.config.method),
             "counts": {sp: v.get("counts") for sp, v in summary["splits"].items()}}
     if shd.is_main_process():

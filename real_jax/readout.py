@@ -177,7 +177,8 @@ def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
   `build_sequences`' layout; 0 before them), see `models.score_sequences`.
 
   `fn(params, batch, key)` with batch {tokens, mask, score_pos, target_id, probe} returns
-  {lp [N, L] (token log-probs at T=1), y_hat [N], target_logp [N] (log pi(y*|x,c)),
+  {lp [N, L] (token log-probs at T=1), entropy [N, L] (the policy's entropy at T=1 at each
+  column of lp, from the same chunked logits), y_hat [N], target_logp [N] (log pi(y*|x,c)),
   score_mass [N], score_probs [N, K] (pi(k|x,c) of each score token, renormalised or not as
   y_hat), sampled [N] (a token sampled at the score position), sampled_is_score [N],
   sampled_logp [N] and probe_logp [N] (log pi at T=1 of the sampled / the `probe` token)}.
@@ -190,7 +191,7 @@ def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
   def fn(params, batch, key):
     with shd.activation_sharding(mesh):
       out = score_sequences(graphdef, params, batch["tokens"], batch["mask"], batch["score_pos"],
-                            temperature=1.0, response_width=response_width)
+                            temperature=1.0, response_width=response_width, with_entropy=True)
       logits = out.score_logits
       y_hat = obj.expected_score(logits, spec.ids, spec.values, renormalize=renormalize,
                                  temperature=score_temperature)
@@ -204,14 +205,15 @@ def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
       is_score = jnp.any(tok[:, None] == spec.ids[None, :], axis=-1)
       logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # policy, T = 1
       at = lambda t: jnp.take_along_axis(logp, t[:, None].astype(jnp.int32), axis=-1)[:, 0]
-      return {"lp": out.token_log_probs, "y_hat": y_hat, "target_logp": tlp,
+      return {"lp": out.token_log_probs, "entropy": out.token_entropy, "y_hat": y_hat, "target_logp": tlp,
               "score_mass": mass, "score_probs": probs, "sampled": tok,
               "sampled_is_score": is_score,
               "sampled_logp": at(tok), "probe_logp": at(batch["probe"])}
 
   in_b = {k: shd.batch_sharding(mesh, nd) for k, nd in
           (("tokens", 2), ("mask", 2), ("score_pos", 1), ("target_id", 1), ("probe", 1))}
-  out_b = {"lp": shd.batch_sharding(mesh, 2), "score_probs": shd.batch_sharding(mesh, 2),
+  out_b = {"lp": shd.batch_sharding(mesh, 2), "entropy": shd.batch_sharding(mesh, 2),
+           "score_probs": shd.batch_sharding(mesh, 2),
            **{k: shd.batch_sharding(mesh, 1) for k in (
       "y_hat", "target_logp", "score_mass", "sampled", "sampled_is_score", "sampled_logp",
       "probe_logp")}}
@@ -222,6 +224,7 @@ def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
 class Scores:
   """What the scoring pass (`make_score_fn`) reads from each row: host arrays over N rows."""
   lp: np.ndarray  # [N, L] token log-probs at T = 1 (0 before `response_width`'s columns)
+  entropy: np.ndarray  # [N, L] the policy's entropy (T = 1) at each column of lp (0 where lp is)
   y_hat: np.ndarray  # [N] sum_k v_k pi(k | x, c)
   target_logp: np.ndarray  # [N] log pi(y* | x, c)
   score_mass: np.ndarray  # [N] the probability mass on the score tokens

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from real_jax import evaluate as ev
+from real_jax import bootstrap
 from real_jax.tools import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,6 +117,7 @@ def test_compare_two_workdirs(prometheus_local, tmp_path):
   assert pearson[1][4].endswith(" †") and "†" not in pearson[5][4]  # 3 items vs 40
   assert pearson[5][6] == "–"  # a split that run did not evaluate
   assert [len(ev.check_markdown_table(b)) for b in blocks] == [7, 7, 7, 7, 4]  # 4 metrics, rows
+  assert md.rstrip().endswith("(paired differences need them; re-run its evaluation)")
   rows = ev.check_markdown_table(blocks[-1])
   assert rows[1][3] == "rl stage, last step (2)" and rows[3][3] == "REAL ckpt"
   assert rows[1][4] == "FB Bench 3; FLASK 3; Vicuna Bench 2; MT Bench 2"
@@ -125,6 +127,48 @@ def test_compare_two_workdirs(prometheus_local, tmp_path):
            and l["readout"] == "rail" and l["split"] == "flask")
   assert float(x["pearson"]) == real["splits"]["flask"]["rail"]["pearson"]
   assert float(x["mse"]) == real["splits"]["flask"]["rail"]["mse"] and x["n"] == "40"
+
+
+def _paired_run(path, items, rail, name="REAL", tag="final", info_tag=True):
+  """A workdir whose final model has per-item predictions on one split."""
+  path.mkdir()
+  target, valid = items["target"], np.ones(len(items["target"]), bool)
+  d = {"index": items["index"], "target": target, "rail": rail, "standard": np.round(rail),
+       "valid": valid, "standard_valid": valid}
+  s = ev.summarize({"test": d})
+  ev.write_eval(str(path), tag, s, {"test": d})
+  ev.update_results(str(path), name, s, info={"method": "real", **({"tag": tag} if info_tag else {})})
+  return str(path)
+
+
+def test_compare_prints_the_paired_difference_of_two_runs(tmp_path, capsys):
+  rng = np.random.default_rng(5)
+  n = 80
+  target = rng.integers(3, 16, n) / 3.0
+  items = {"index": np.arange(n), "target": target}
+  rail_a = target + rng.normal(0, 0.4, n)
+  rail_b = target + rng.normal(0, 0.9, n)
+  a = _paired_run(tmp_path / "a", items, rail_a)
+  # B wrote its rows in another order and under an older results format (no tag in the row).
+  perm = rng.permutation(n)
+  b = _paired_run(tmp_path / "b", {k: v[perm] for k, v in items.items()}, rail_b[perm],
+                  info_tag=False)
+  assert compare.main([a, b, "--metrics", "pearson,mse", "--n_boot", "400"]) == 0
+  out = capsys.readouterr().out
+  table = ev.check_markdown_table(out.split("## Paired difference")[1].split("\n\n", 2)[2])
+  assert table[0] == ["Split (n)", "Readout", "Pearson r x 100", "MSE of the prediction (raw)"]
+  assert [r[:2] for r in table[1:]] == [["Test (ID) (80)", "RAIL (ŷ)"],
+                                        ["Test (ID) (80)", "standard (sampled)"]]
+  want = bootstrap.paired_difference("pearson", rail_a, rail_b, target, n_boot=400)
+  assert table[1][2] == (f"{100 * want.estimate:+.1f} [{100 * want.low:+.1f}, "
+                         f"{100 * want.high:+.1f}]*")  # A is the better judge, clearly
+  mse = bootstrap.paired_difference("mse", rail_a, rail_b, target, n_boot=400)
+  assert table[1][3].startswith(f"{mse.estimate:+.3f} [") and mse.high < 0
+  # Different items: the report says so instead of pairing them.
+  c = _paired_run(tmp_path / "c", {"index": items["index"][:70], "target": target[:70]},
+                  rail_b[:70])
+  assert compare.main([a, c]) == 0
+  assert "No paired difference: split 'test':" in capsys.readouterr().out
 
 
 def test_compare_names_what_is_wrong(tmp_path):

@@ -20,6 +20,7 @@ from real_jax.train import checkpoint as ckpt_lib
 from real_jax import readout
 from real_jax.train import config_lib, rl
 from real_jax.train.batch import RLBatch
+from real_jax.train.metrics import rl_update_metrics
 from real_jax.train import state as state_lib
 from real_jax.train import steps as steps_lib
 
@@ -118,6 +119,31 @@ def _real_rows(beta=0.7, lam=0.5, invalid="penalize", seed=0):
 @pytest.fixture(scope="module")
 def real_rows():
   return _real_rows(0.7, 0.5, "penalize")
+
+
+@pytest.mark.parametrize("response_width", [0, 11])
+def test_rollout_entropy_is_the_policy_entropy_over_the_cot_tokens(response_width):
+  """The rollout's `entropy` metric: the policy's entropy (T = 1) averaged over exactly the
+  sampled CoT tokens (ragged lengths, truncated and EOS rows, left-padded prompts), computed by
+  the scoring pass from its chunked logits; checked against full-logit entropies by hand."""
+  mesh = _mesh1()
+  graphdef, params = _params(mesh)
+  c = _rl_config()
+  gen, batch = _crafted_rollout(np.random.default_rng(3))
+  score_fn = readout.make_score_fn(graphdef, ST, mesh, response_width=response_width)
+  rows, _, stats = _round(c, "real", mesh, graphdef, params, batch, score_fn,
+                          rl.AdvantageSettings(format_penalty=16.0), gen)
+  ent = np.asarray(steps_lib.token_entropies(graphdef, params, jnp.asarray(rows["tokens"]),
+                                             jnp.asarray(rows["mask"])))
+  cot = rows["cot_mask"]
+  assert cot.sum() == gen.length.sum() > 0
+  np.testing.assert_allclose(stats.entropy_sum, (ent * cot).sum(), rtol=1e-5)
+  assert stats.cot_tokens == cot.sum()
+  m = rl_update_metrics(stats, [], rounds=1, kept_prompts=3, t_rollout=1.0, t_scoring=1.0,
+                        t_update=1.0)
+  np.testing.assert_allclose(m["entropy"], (ent * cot).sum() / cot.sum(), rtol=1e-5)
+  # A random tiny model is far from deterministic: its entropy is near log V.
+  assert 0.5 * np.log(CFG.vocab_size) < m["entropy"] <= np.log(CFG.vocab_size) + 1e-4
 
 
 def test_real_update_equals_objectives_by_hand(real_rows):

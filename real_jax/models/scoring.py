@@ -24,15 +24,18 @@ __all__ = ["ScoreOutput", "score_sequences"]
 
 
 class ScoreOutput(NamedTuple):
-  """token_log_probs [B, T] f32; score_logits [B, V] f32 (see `score_sequences`)."""
+  """token_log_probs [B, T] f32; score_logits [B, V] f32; token_entropy [B, T] f32 or None
+  (see `score_sequences`)."""
   token_log_probs: Array
   score_logits: Array
-
+  token_entropy: Array | None = None
 
 
 def _chunked_token_log_probs(model: qwen3.Qwen3, hidden: Array, targets: Array,
-                             temperature: float, chunk: int) -> Array:
-  """log softmax(hidden[:, t] @ W^T / temperature)[targets[:, t]] -> [B, T], chunk by chunk.
+                             temperature: float, chunk: int,
+                             with_entropy: bool = False) -> Array | tuple[Array, Array]:
+  """log softmax(hidden[:, t] @ W^T / temperature)[targets[:, t]] -> [B, T], chunk by chunk;
+  with_entropy: also the entropy of that softmax -> ([B, T], [B, T]) from the same logits.
 
   Only a [B, chunk, V] float32 block exists at a time, forward and backward (each chunk is
   rematerialised in the backward pass instead of saving its logits).
@@ -52,10 +55,15 @@ def _chunked_token_log_probs(model: qwen3.Qwen3, hidden: Array, targets: Array,
     logits = shd.constrain(logits, ("batch", "length", "act_vocab"))
     lse = jax.nn.logsumexp(logits, axis=-1)
     chosen = jnp.take_along_axis(logits, yc[..., None], axis=-1)[..., 0]
-    return chosen - lse
+    if not with_entropy:
+      return chosen - lse
+    # H = lse - sum_v p_v * logit_v (no second [B, c, V] log-softmax array).
+    p = jnp.exp(logits - lse[..., None])
+    return chosen - lse, lse - jnp.sum(p * logits, axis=-1)
 
-  out = jax.lax.map(lambda xs: one(w, *xs), (h, y))  # [nc, B, c]
-  return out.swapaxes(0, 1).reshape(b, nc * c)[:, :t]
+  out = jax.lax.map(lambda xs: one(w, *xs), (h, y))  # [nc, B, c] (a pair with the entropy)
+  unchunk = lambda a: a.swapaxes(0, 1).reshape(b, nc * c)[:, :t]
+  return jax.tree.map(unchunk, out)
 
 
 def _chunking(t: int, chunk: int) -> tuple[int, int]:
@@ -78,9 +86,10 @@ def output_columns(seq_len: int, response_width: int = 0, chunk_size: int = 64) 
 
 
 @functools.partial(jax.jit, static_argnums=(0,),
-                   static_argnames=("temperature", "chunk_size", "response_width"))
+                   static_argnames=("temperature", "chunk_size", "response_width",
+                                    "with_entropy"))
 def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: float,
-               chunk_size: int, response_width: int) -> ScoreOutput:
+               chunk_size: int, response_width: int, with_entropy: bool) -> ScoreOutput:
   model = nnx.merge(graphdef, params)
   mask = mask.astype(bool)
   positions = qwen3.positions_from_mask(mask)
@@ -90,16 +99,22 @@ def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: 
   score_logits = model.logits(jnp.take_along_axis(hidden, idx, axis=1)[:, 0])
   t = tokens.shape[1]
   s = _first_scored(t, response_width)
-  lp = _chunked_token_log_probs(model, hidden[:, s - 1:-1], tokens[:, s:].astype(jnp.int32),
-                                temperature, chunk_size)
-  lp = jnp.where(mask[:, s:] & mask[:, s - 1:-1], lp, 0.0)
-  token_log_probs = jnp.concatenate([jnp.zeros((b, s), lp.dtype), lp], axis=1)
-  return ScoreOutput(token_log_probs=token_log_probs, score_logits=score_logits)
+  out = _chunked_token_log_probs(model, hidden[:, s - 1:-1], tokens[:, s:].astype(jnp.int32),
+                                 temperature, chunk_size, with_entropy)
+  real = mask[:, s:] & mask[:, s - 1:-1]
+  head = jnp.zeros((b, s), jnp.float32)
+  expand = lambda a: jnp.concatenate([head, jnp.where(real, a, 0.0)], axis=1)
+  if with_entropy:
+    lp, ent = out
+    return ScoreOutput(token_log_probs=expand(lp), score_logits=score_logits,
+                       token_entropy=expand(ent))
+  return ScoreOutput(token_log_probs=expand(out), score_logits=score_logits)
 
 
 def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, mask: Array,
                     score_positions: Array, *, temperature: float = 1.0,
-                    chunk_size: int = 64, response_width: int = 0) -> ScoreOutput:
+                    chunk_size: int = 64, response_width: int = 0,
+                    with_entropy: bool = False) -> ScoreOutput:
   """Teacher-forced forward over prompt + CoT; differentiable w.r.t. params.
 
   Args:
@@ -114,14 +129,17 @@ def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, ma
       RL losses and the rollout's scoring pass use the responses' columns of
       `readout.build_sequences` (every prompt sits before them): the prompts' log-probs are
       never used there, and they are most of the tokens.
+    with_entropy: static; also the entropy of each scored column's distribution (at
+      `temperature`), from the same chunked logits (the rollout's policy-entropy metric).
 
   Returns:
     ScoreOutput(token_log_probs [B, T]: entry t = log softmax(logits[t - 1] / temperature)
       [tokens[t]] where mask[t] and mask[t - 1], else 0 (so 0 at t = 0, at padding and at a
       row's first real token); score_logits [B, V] float32: the raw (untempered) logits at
-      score_positions).
+      score_positions; token_entropy [B, T] with_entropy: entry t = the entropy of the
+      distribution that token_log_probs[t] reads, 0 where token_log_probs is 0; else None).
   Callable inside an outer jit/grad (e.g. the trainer's loss); then the outer trace applies.
   """
   return _score_jit(graphdef, params, tokens, mask, score_positions,
                     temperature=float(temperature), chunk_size=int(chunk_size),
-                    response_width=int(response_width))
+                    response_width=int(response_width), with_entropy=bool(with_entropy))

@@ -10,6 +10,14 @@ evaluation split (its title gives the number of items; a correlation on fewer th
 marked †) plus the average. Then a table of what each row is: its method, the checkpoint
 evaluated, the items per split and the share without a valid score. The CSV has one line per
 (run, model, readout, split) with every metric, the average as split "avg".
+
+With exactly two workdirs A and B it then prints their paired difference, A − B, per evaluation
+split (real benchmarks included), readout and metric, with a 95% bootstrap interval over items
+(`real_jax.bootstrap.paired_difference`: the same item draws for both judges) from the two runs'
+per-item predictions (eval/<tag>_predictions.jsonl); "*" marks an interval that excludes 0.
+The model of each run is its final one (or the one `--models` leaves); both runs must have been
+evaluated on the same items of a split (same indices and targets), else the report says why
+there is no paired section.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ import os
 import sys
 from typing import Any, Sequence
 
+import numpy as np
+
+from real_jax import bootstrap
 from real_jax import evaluate as ev
 
 METRICS = ("pearson", "spearman", "kendall", "mse")
@@ -99,6 +110,78 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+FINAL_TAGS = ("final", "eval")  # the tag of a run's final model (method=eval: "eval")
+
+
+def pick_row(rows: Sequence[dict[str, Any]], run: str) -> dict[str, Any]:
+  """The row of `run` to pair: its only row, else its final model's, else its last."""
+  mine = [r for r in rows if r["run"] == run]
+  if len(mine) == 1:
+    return mine[0]
+  final = [r for r in mine if r["info"].get("tag") in FINAL_TAGS]
+  return (final or mine)[-1]
+
+
+def _tag(row: dict[str, Any]) -> str:
+  tag = row["info"].get("tag")
+  if tag:
+    return tag
+  # Results written before rows named their tag: the tag each row name is written under.
+  return {"initial model": "initial", "warm-up (SFT)": "warmup"}.get(
+      row["name"], "eval" if row["method"] == "eval" else "final")
+
+
+def paired_predictions(a: dict[str, Any], b: dict[str, Any]
+                       ) -> dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+  """split -> (A's, B's predictions) on the splits both rows were evaluated on, items aligned
+  by index. Raises CompareError where a file is missing or the items differ."""
+  preds = []
+  for r in (a, b):
+    path = os.path.join(r["workdir"], "eval", f"{_tag(r)}_predictions.jsonl")
+    if not os.path.exists(path):
+      raise CompareError(f"{path} is missing: the per-item predictions of {_label(r)} (paired "
+                         "differences need them; re-run its evaluation)")
+    preds.append(ev.read_predictions(r["workdir"], _tag(r)))
+  out = {}
+  for sp in [s for s in preds[0] if s in preds[1]]:
+    pa, pb = (p[sp] for p in preds)
+    oa, ob = np.argsort(pa["index"], kind="stable"), np.argsort(pb["index"], kind="stable")
+    pa, pb = ({k: v[o] for k, v in p.items()} for p, o in ((pa, oa), (pb, ob)))
+    if not (np.array_equal(pa["index"], pb["index"])
+            and np.allclose(pa["target"], pb["target"], equal_nan=True)):
+      raise CompareError(f"split {sp!r}: {_label(a)} and {_label(b)} were evaluated on different "
+                         f"items ({len(pa['index'])} vs {len(pb['index'])}, or other indices or "
+                         "targets); evaluate both with the same data and eval.max_items")
+    out[sp] = (pa, pb)
+  if not out:
+    raise CompareError(f"{_label(a)} and {_label(b)} share no evaluation split")
+  return out
+
+
+def paired_table(a: dict[str, Any], b: dict[str, Any], *, metrics: Sequence[str] = METRICS,
+                 readouts: Sequence[str] = ev.READOUTS, n_boot: int = 1000) -> str:
+  """Markdown: A − B per split and readout, each metric with its 95% paired interval."""
+  pairs = paired_predictions(a, b)
+  lines = [f"## Paired difference: A − B, A = {_label(a)}, B = {_label(b)}", "",
+           f"95% bootstrap interval over items ({n_boot} resamples, the same draws for A and "
+           "B); correlations × 100; * = the interval excludes 0.", "",
+           "| Split (n) | Readout | " + " | ".join(TITLES[m] for m in metrics) + " |",
+           "|---|---|" + "---:|" * len(metrics)]
+  for sp, (pa, pb) in pairs.items():
+    for ro in readouts:
+      cells = []
+      for m in metrics:
+        scale = 1.0 if m == "mse" else 100.0
+        d = bootstrap.paired_difference(m, pa[ro], pb[ro], pa["target"], n_boot=n_boot)
+        star = "*" if d.excludes_zero() else ""
+        cells.append(f"{d.estimate * scale:+.{3 if m == 'mse' else 1}f} "
+                     f"[{d.low * scale:+.{3 if m == 'mse' else 1}f}, "
+                     f"{d.high * scale:+.{3 if m == 'mse' else 1}f}]{star}")
+      title = f"{ev.SPLIT_TITLES.get(sp, sp)} ({len(pa['target'])})"
+      lines.append(f"| {title} | {READOUT_TITLES[ro]} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def render(rows: Sequence[dict[str, Any]], *, metrics: Sequence[str] = METRICS,
            readouts: Sequence[str] = ev.READOUTS) -> str:
   """The whole markdown report."""
@@ -147,6 +230,8 @@ def main(argv=None) -> int:
   p.add_argument("--models", default="",
                  help="comma-separated model (row) names to keep, e.g. 'REAL,warm-up (SFT)'")
   p.add_argument("--out", default="", help="also write OUT.md and OUT.csv")
+  p.add_argument("--n_boot", type=int, default=1000,
+                 help="bootstrap resamples of the paired difference (two workdirs)")
   a = p.parse_args(argv)
   metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
   readouts = [r.strip() for r in a.readouts.split(",") if r.strip()]
@@ -169,6 +254,13 @@ def main(argv=None) -> int:
           file=sys.stderr)
     return 2
   md = render(rows, metrics=metrics, readouts=readouts)
+  runs = list(dict.fromkeys(r["run"] for r in rows))
+  if len(a.workdirs) == 2 and len(runs) == 2:
+    try:
+      md += "\n" + paired_table(pick_row(rows, runs[0]), pick_row(rows, runs[1]),
+                                metrics=metrics, readouts=readouts, n_boot=a.n_boot) + "\n"
+    except CompareError as e:  # the tables stand; say why the paired section is not there
+      md += f"\nNo paired difference: {e}\n"
   print(md, end="")
   if a.out:
     with open(a.out + ".md", "w") as f:

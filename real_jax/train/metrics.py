@@ -294,6 +294,8 @@ class RolloutStats:
   adv_sum: float = 0.0
   signal_binary_groups: float = 0.0  # groups whose binary rewards are not all equal
   signal_regression_groups: float = 0.0  # ... whose regression rewards are not all equal
+  entropy_sum: float = 0.0  # the policy's entropy (T = 1, nats) summed over the CoT tokens
+  cot_tokens: float = 0.0  # CoT tokens (the entropy's denominator)
 
   def __add__(self, other: "RolloutStats") -> "RolloutStats":
     return RolloutStats(**{f.name: getattr(self, f.name) + getattr(other, f.name)
@@ -328,6 +330,7 @@ def rl_update_metrics(stats: RolloutStats, step_metrics: Sequence[Mapping[str, f
       "response_len_mean": stats.length_sum / rows,
       "adv_abs_mean": stats.adv_abs_sum / rows,
       "adv_mean": stats.adv_sum / rows,
+      "entropy": stats.entropy_sum / max(stats.cot_tokens, 1.0),
       "time_rollout": t_rollout, "time_scoring": t_scoring, "time_update": t_update,
       "gen_tokens_per_s": stats.gen_tokens / max(t_rollout, 1e-9),
       "optimizer_steps": len(step_metrics),

@@ -209,6 +209,10 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
   g = len(target) // n
   keep_g = group_filter(binary.reshape(g, n), settings.filter)
   tokens, mask, cot_mask = seqs.tokens, seqs.mask, seqs.cot_mask
+  # The policy's entropy over the sampled CoT tokens (the rows' cot_mask before the standard-RL
+  # score token is appended), from the scoring pass's own logits.
+  entropy_sum = float((sc.entropy * seqs.cot_mask).sum())
+  cot_tokens = float(seqs.cot_mask.sum())
   old_lp = sc.lp.astype(np.float32)
   if settings.standard_rl:
     # The sampled score token is part of the standard-RL action: append it to valid rows.
@@ -248,7 +252,8 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
       adv_abs_sum=float(np.abs(adv["adv"]).sum()), adv_sum=float(adv["adv"].sum()),
       signal_binary_groups=float(groups_with_signal(binary, n).sum()),
       signal_regression_groups=float(groups_with_signal(
-          np.where(valid, -(y_hat - target) ** 2, -1e3), n).sum()))
+          np.where(valid, -(y_hat - target) ** 2, -1e3), n).sum()),
+      entropy_sum=entropy_sum, cot_tokens=cot_tokens)
   return Round(batch, keep_g, stats, t_roll, t_score)
 
 
