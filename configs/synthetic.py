@@ -53,7 +53,7 @@ def get_config(arg=None):
 
   c.data.name = "synthetic"
   c.data.max_prompt_len = 128  # synthetic prompts are 96-110 tokens (one bucket: one compile)
-  c.data.max_target_len = 64  # demonstrations are 43 tokens (CoT + delimiter + score + EOS)
+  c.data.max_target_len = 64  # demonstrations are 51 tokens (CoT + delimiter + score + EOS)
   c.data.prompt_buckets = "128"
   c.data.synthetic.difficulty = 0  # sums of two operands in 0..4: learnable in the CPU budget
   # Graded ambiguity: graders credit an off-by-one answer ("close") with probability 1/2, so
@@ -63,6 +63,9 @@ def get_config(arg=None):
   # follows from it). The warm-up imitates those slips; REAL's reward, computed against the
   # graders' labels, is what can train them away.
   c.data.synthetic.cot_error_rate = 0.3
+  # Items listed in a random order of labels: the judge must find each by its label (a skill the
+  # base brings), not by a position that a held-out wording shifts.
+  c.data.synthetic.shuffle_items = True
   c.data.synthetic.train_size = 4096
   c.data.synthetic.test_size = 256
   c.data.synthetic.ood_size = 256
@@ -100,7 +103,7 @@ def get_config(arg=None):
   c.rl.epochs = 1
   c.rl.mini_batch_size = 64  # 2 optimizer steps per update
   c.rl.score_batch_size = 64  # = eval.batch_size: rollouts and evaluation share one compile
-  c.rl.max_response_len = 48
+  c.rl.max_response_len = 56  # a CoT + delimiter is 49 tokens
   c.rl.temperature = 1.0
   c.rl.top_p = 0.9
   c.rl.beta = 0.0  # the authors' shipped scripts (not tuned here)
@@ -109,7 +112,7 @@ def get_config(arg=None):
 
   c.eval.batch_size = 64
   c.eval.max_items = 192
-  c.eval.max_response_len = 48
+  c.eval.max_response_len = 56
   c.eval.every = 0
   c.eval.after_warmup = True
   c.eval.before_training = True  # a row for the base itself (the study runs it once per seed)

@@ -8,11 +8,13 @@ Command (reproduces the committed assets/synthetic_base/):
 Pretrains the ~0.85M-parameter Qwen3-style "tiny-1m" (4 layers, hidden 128, vocabulary 512 ⊇ the
 synthetic word-level tokenizer) by next-token cross-entropy on `real_jax.data.synthetic_corpus`:
 addition facts over the operand range of every split (in-domain difficulty 0 and the OOD-hard
-difficulty 1), number comparisons, the sentences of every rubric wording (held-out ones too)
-and full judge prompts without any feedback or score. No judge demonstration is in it.
+difficulty 1), number comparisons, the sentences of every rubric wording (held-out ones too),
+full judge prompts without any feedback or score, and worked solutions that find each item by
+its label. No judge demonstration is in it.
 
 Hardware: 2 CPU cores, 1 device. Expected: see assets/synthetic_base/README.md (wall time, final
-loss and the knowledge probes: greedy next-word accuracy on held-out facts and comparisons).
+loss and the knowledge probes: greedy next-word accuracy on held-out facts, comparisons and
+worked solutions).
 The export writes config.json, model.safetensors, the tokenizer and pretrain_probes.json; the
 demo (configs/synthetic.py) and experiments/synthetic_table start from that directory.
 """
@@ -32,10 +34,11 @@ def get_config(arg=None):
   # The task whose splits the corpus covers: must match configs/synthetic.py.
   c.data.synthetic.difficulty = 0
   c.data.synthetic.near_miss_credit = 0.5
+  c.data.synthetic.shuffle_items = True
 
   c.pretrain.steps = 1500
-  c.pretrain.batch_size = 32
-  c.pretrain.seq_len = 128
+  c.pretrain.batch_size = 16
+  c.pretrain.seq_len = 256  # a full prompt and its worked solution fit in one row
   c.pretrain.lr = 3e-3
   c.pretrain.lr_warmup = 50
   c.pretrain.schedule = "cosine"

@@ -40,6 +40,15 @@ class Interval(NamedTuple):
   def excludes_zero(self) -> bool:
     return self.low > 0 or self.high < 0
 
+  def format(self, scale: float = 1.0, digits: int = 3, signed: bool = True) -> str:
+    """"+1.2 [+0.3, +2.1]*" (x scale): "*" where the interval excludes 0 at the precision
+    shown."""
+    lo, hi = round(self.low * scale, digits), round(self.high * scale, digits)
+    sign = "+" if signed else ""
+    star = "*" if lo > 0 or hi < 0 else ""
+    return (f"{self.estimate * scale:{sign}.{digits}f} [{lo:{sign}.{digits}f}, "
+            f"{hi:{sign}.{digits}f}]{star}")
+
 
 def bootstrap_indices(n_seeds: int, n_items: int, n_boot: int = 1000,
                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

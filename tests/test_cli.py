@@ -14,7 +14,7 @@ import pytest
 
 from real_jax import evaluate as ev
 from real_jax import bootstrap
-from real_jax.tools import compare
+from real_jax.tools import compare, rollout_signal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "judge_data")
@@ -173,6 +173,7 @@ def test_compare_prints_the_paired_difference_of_two_runs(tmp_path, capsys):
 
 def test_compare_names_what_is_wrong(tmp_path):
   assert compare.main([str(tmp_path)]) == 2  # no results.json
+  assert rollout_signal.main(["--workdir", str(tmp_path)]) == 2  # not a run directory
   other = _other_run(tmp_path)
   assert compare.main([other, "--metrics", "pearsn"]) == 2
   assert compare.main([other, "--models", "nothing"]) == 2

@@ -170,6 +170,7 @@ def check_cot(row) -> tuple[bool, int]:
   items = dict(re.findall(r"\b([a-d])\) (\d+(?:\+\d+)+)", row["orig_instruction"]))
   answers = dict(re.findall(r"\b([a-d])\) (\d+)", row["orig_response"]))
   steps = re.findall(r"(\d+(?:\+\d+)+)=(\d+) vs (\d+) (right|wrong)\.", row["orig_feedback"])
+  assert re.findall(r"\b([a-d])\) \d+\+", row["orig_feedback"]) == list("abcd")  # by label
   assert [s[0] for s in steps] == [items[k] for k in "abcd"]
   assert [s[2] for s in steps] == [answers[k] for k in "abcd"]
   all_right = all(sum(map(int, e.split("+"))) == int(s) for e, s, _, _ in steps)
@@ -178,6 +179,26 @@ def check_cot(row) -> tuple[bool, int]:
   m = re.search(r"So the overall score is (\d)$", row["orig_feedback"])
   assert int(m.group(1)) == 1 + sum(v == "right" for *_, v in steps)
   return all_right, int(m.group(1))
+
+
+def test_synthetic_shuffled_items_are_found_by_label():
+  """shuffle_items lists the items in random label orders (the answers stay a-d); the
+  demonstration still walks a-d, each step the item and the answer with that label."""
+  cfg = synthetic.SyntheticConfig(seed=1, shuffle_items=True, label_noise=0.0, cot_error_rate=0.0,
+                                  train_size=300, test_size=50, ood_size=50)
+  rows = synthetic.generate_all(cfg)
+  orders = set()
+  for split, rs in rows.items():
+    for r in rs:
+      orders.add(tuple(re.findall(r"\b([a-d])\) \d+\+", r["orig_instruction"])))
+      assert re.findall(r"\b([a-d])\) \d+", r["orig_response"]) == list("abcd")
+      all_right, score = check_cot(r)
+      assert all_right and score == r["true_score"] == independent_score(r["orig_instruction"],
+                                                                        r["orig_response"])
+  assert len(orders) > 12 and tuple("abcd") in orders
+  plain = synthetic.generate_all(dataclasses.replace(cfg, shuffle_items=False))
+  assert {tuple(re.findall(r"\b([a-d])\) \d+\+", r["orig_instruction"]))
+          for r in plain["train"]} == {tuple("abcd")}
 
 
 def test_synthetic_ground_truth_matches_independent_checker():
@@ -356,9 +377,9 @@ def test_synthetic_builder_and_token_budget(data_dir, syn_tok):
 
 # The documented token budget (real_jax/data/synthetic.py's docstring, README): the chat-rendered
 # prompt has at most 110 tokens at levels 0-1, 118 at 2-3, 126 at 4, +4 with
-# reference_has_answers; a demonstration (CoT + delimiter + score + EOS) is 43 / 51 / 59 tokens.
+# reference_has_answers; a demonstration (CoT + delimiter + score + EOS) is 51 / 59 / 67 tokens.
 PROMPT_BUDGET = {0: 110, 1: 110, 2: 118, 3: 118, 4: 126}
-DEMO_TOKENS = {0: 43, 1: 43, 2: 51, 3: 51, 4: 59}
+DEMO_TOKENS = {0: 51, 1: 51, 2: 59, 3: 59, 4: 67}
 
 
 @pytest.mark.parametrize("difficulty", [0, 2])

@@ -56,8 +56,30 @@ def test_corpus_covers_every_split_and_holds_no_demonstration(tok):
   for w in synthetic.IN_DOMAIN_WORDINGS + synthetic.OOD_WORDINGS:
     for sentence in (w.instruction, w.reference, w.criteria, *w.descriptions):
       assert set(tok.convert_ids_to_tokens(tok(sentence, add_special_tokens=False)["input_ids"])) <= words
-  # No judge demonstration: no feedback, no conclusion, nothing after a prompt's last section.
+  # Worked solutions: every item of the instruction found by its label, in order, and added
+  # right, at both levels; after a full prompt the response's answers are read back.
+  sols = [d for d in docs if "Solution:" in d]
+  assert len(sols) > 100
+  orders = set()
+  for d in sols:
+    head, tail = d.split(" Solution: ")
+    items = re.findall(r"\b([a-d])\) (\d+\+\d+)", head.split("###Response")[0])
+    solved = re.findall(r"\b([a-d])\) (\d+\+\d+)=(\d+)", tail)
+    assert [(l, e) for l, e, _ in solved] == sorted(items)  # in label order, found by label
+    assert [l for l, _, _ in solved] == list("abcd")
+    assert all(sum(map(int, e.split("+"))) == int(v) for _, e, v in solved)
+    orders.add(tuple(l for l, _ in items))
+    if "###Response to evaluate:" in head:
+      answers = head.split("###Response to evaluate:\n")[1].split("\n")[0]
+      given = sorted(re.findall(r"\b([a-d])\) (\d+)", answers))
+      assert tail.endswith("The response gives " + " ".join(f"{l}) {v}" for l, v in given) + ".")
+  assert {max(map(int, re.findall(r"\d+", d.split(" Solution: ")[1].split("=")[0]))) > 4
+          for d in sols} == {True, False}  # in-domain and OOD-hard operand ranges
+  assert tuple("abcd") in orders and len(orders) > 10  # listed in label order and shuffled
+  # No judge demonstration: no feedback, no conclusion, nothing after a prompt's last section,
+  # no comparison of an answer with a sum inside a prompt or a solution.
   assert not re.search(r"score is \d", text) and "###Feedback:" not in text
+  assert not any(" vs " in d for d in docs if "###" in d or "Solution:" in d)
   assert "overall score is (an integer" in text  # the template's instructions are in it
   assert not any(tok.unk_token_id in row for row in ids)
 

@@ -1,4 +1,5 @@
-"""experiments/synthetic_table/run.py end to end on runlocal configs: runs, table, plots."""
+"""experiments/synthetic_table: the sweep's choice on validation, and the study end to end on
+runlocal configs (two seeds, the paired intervals, the precondition, the rollout signal)."""
 import json
 import os
 import subprocess
@@ -7,10 +8,15 @@ import sys
 import numpy as np
 import pytest
 
+from real_jax import bootstrap
 from real_jax.evaluate import check_markdown_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "experiments", "synthetic_table", "run.py")
+HERE = os.path.join(ROOT, "experiments", "synthetic_table")
+SCRIPT = os.path.join(HERE, "run.py")
+sys.path.insert(0, HERE)
+import run as study  # noqa: E402
+import sweep  # noqa: E402
 
 
 def _fast_env(tmp_path):
@@ -21,47 +27,188 @@ def _fast_env(tmp_path):
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2")
 
 
-def test_study_runs_seeds_and_writes_the_table(tmp_path):
-  out = tmp_path / "out"
-  cmd = [sys.executable, SCRIPT, f"--root={tmp_path / 'runs'}", f"--out={out}", "--seeds=0,1",
-         "--only=base,warmup,real_b0_l1", "--config_arg=runlocal",
-         "--extra=--config.log.tensorboard=false"]
+def test_committed_settings_were_chosen_on_validation():
+  chosen = study.load_chosen(study.CHOSEN)
+  assert set(study.METHODS_CHOSEN) <= set(chosen)
+  for method, c in chosen.items():
+    assert c["split"] == "validation", method
+    assert c["metric"] == sweep.METRIC and np.isfinite(c["value"])
+  # The committed sweep table holds the chosen candidates with the same values.
+  rows = json.load(open(os.path.join(HERE, "sweep.json")))["candidates"]
+  for method, c in chosen.items():
+    match = [r for r in rows if r["settings"] == c["settings"] and f"{r['run']}_s0" == c["run"]]
+    assert match and match[0]["value"] == c["value"], method
+
+
+def test_study_refuses_settings_chosen_elsewhere(tmp_path, capsys):
+  path = tmp_path / "chosen.json"
+  _chosen_runlocal(path)
+  chosen = json.loads(path.read_text())
+  chosen["real"]["split"] = "test"
+  path.write_text(json.dumps(chosen))
+  out = f"--out={tmp_path / 'out'}"
+  assert study.main([f"--chosen={path}", f"--root={tmp_path}", "--aggregate", out]) == 2
+  assert "settings of ['real'] were chosen on ['test'], not on the validation split" in (
+      capsys.readouterr().err)
+  chosen["real"]["split"] = "validation"
+  tract = chosen.pop("tract")
+  path.write_text(json.dumps(chosen))
+  assert study.main([f"--chosen={path}", f"--root={tmp_path}", "--aggregate", out]) == 2
+  assert "has no settings for ['tract']" in capsys.readouterr().err
+  chosen["tract"] = tract
+  path.write_text(json.dumps(chosen))
+  assert study.main([f"--chosen={path}", f"--root={tmp_path}", "--aggregate", out]) == 2
+  assert "no finished run" in capsys.readouterr().err  # nothing to aggregate: nothing written
+  assert not (tmp_path / "out").exists()
+  assert study.main([f"--chosen={path}", "--seeds=0,x", out]) == 2
+  assert "--seeds" in capsys.readouterr().err
+
+
+def _fake_run(root, name, stage, curve, last):
+  """A sweep workdir with validation evaluations: eval/<stage>_stepN.json and _final_val.json."""
+  d = root / f"{name}_s0" / "eval"
+  d.mkdir(parents=True)
+  for step, v in curve.items():
+    fn = f"{stage}_final_val.json" if step == last else f"{stage}_step{step:06d}.json"
+    summ = {"splits": {"val": {"rail": {"pearson": v}}, "test": {"rail": {"pearson": 0.99}}}}
+    (d / fn).write_text(json.dumps({"summary": summ}))
+
+
+def test_sweep_chooses_the_best_validation_candidate(tmp_path):
+  """Each method's choice is its best validation value over LRs and budgets (prefixes of one
+  run), never a test value; budgets that were not candidates are not chosen."""
+  g = sweep.Grid()
+  specs = sweep.stage_a(g)
+  rng = np.random.default_rng(0)
+  want = {}
+  for name, (job, stage, last, settings, budgets) in specs.items():
+    steps = sorted(set(budgets) | {50})  # 50: an evaluation that is not a candidate budget
+    curve = {s: float(rng.uniform(0, 0.8)) for s in steps}
+    curve[50] = 0.95
+    _fake_run(tmp_path, name, stage, curve, last)
+    for b in budgets:
+      want[(name, b)] = curve[b]
+  rows = sweep.candidates(str(tmp_path), specs)
+  assert {(r["run"], r["settings"][sweep.BUDGET_KEY[specs[r["run"]][1]]]): r["value"]
+          for r in rows} == want
+  for method in ("sft", "raft", "tract"):
+    pick = sweep.best([r for r in rows if r["method"] == method])
+    mine = {k: v for k, v in want.items() if specs[k[0]][0].method == method}
+    assert pick["value"] == max(mine.values()) < 0.95
+    c = sweep._choice(pick)
+    assert c["split"] == "validation" and c["metric"] == "rail/pearson"
+  with pytest.raises(RuntimeError, match="no finite validation value"):
+    sweep.best([{"run": "x", "value": float("nan")}])
+
+
+def _chosen_runlocal(path):
+  """A chosen.json for runlocal runs."""
+  c = {"warmup": {"train.lr": 0.003, "train.steps": 40},
+       "raft": {"train.lr": 0.003, "train.steps": 2},
+       "tract": {"train.lr": 0.003, "tract.stage1_steps": 40, "tract.stage2_steps": 2},
+       "grpo": {"rl.lr": 0.001, "rl.steps": 2},
+       "real": {"rl.lr": 0.001, "rl.steps": 2, "rl.beta": 0.0, "rl.lam": 1, "rl.shaping": "prob"}}
+  path.write_text(json.dumps({m: {"settings": s, "split": "validation", "metric": "rail/pearson",
+                                  "value": 0.5, "run": "x"} for m, s in c.items()}))
+
+
+def test_sweep_then_study_on_two_seeds(tmp_path):
+  """The committed commands end to end on runlocal configs: sweep.py --smoke chooses on the
+  validation split and writes chosen.json; run.py reads it and runs two seeds (the sweep's
+  seed-0 warm-up reused), then the tables, intervals, precondition and rollout signal."""
+  out, runs, chosen = tmp_path / "out", tmp_path / "runs", tmp_path / "sweep"
   env = _fast_env(tmp_path)
+  common = [f"--root={runs}", "--config_arg=runlocal", "--extra=--config.log.tensorboard=false"]
+  r = subprocess.run([sys.executable, os.path.join(HERE, "sweep.py"), "--smoke", f"--out={chosen}",
+                      *common], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  picked = json.loads((chosen / "chosen.json").read_text())
+  assert set(picked) == set(study.METHODS_CHOSEN)
+  assert {c["split"] for c in picked.values()} == {"validation"}
+  # Every choice is the best validation value among its method's candidates in sweep.json.
+  rows = json.loads((chosen / "sweep.json").read_text())["candidates"]
+  for m, method in (("warmup", "sft"), ("raft", "raft"), ("tract", "tract"), ("grpo", "grpo"),
+                    ("real", "real")):
+    vals = [c["value"] for c in rows if c["method"] == method and np.isfinite(c["value"])]
+    assert picked[m]["value"] == max(vals), m
+  assert "**" in (chosen / "sweep.md").read_text()
+  cmd = [sys.executable, SCRIPT, f"--out={out}", "--seeds=0,1", f"--chosen={chosen / 'chosen.json'}",
+         "--only=warmup,grpo,real", "--ablation_seeds=", *common]
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-  assert "6/6 done" in r.stdout and "ETA" in r.stdout
+  assert "5 runs to do (1 already finished)" in r.stdout and "5/5 done" in r.stdout
+  assert "ETA" in r.stdout
   md = (out / "results.md").read_text()
   res = json.loads((out / "results.json").read_text())
-  assert list(res["methods"]) == ["base", "warmup", "real_b0_l1"]
+  assert list(res["methods"]) == ["warmup", "grpo", "real"]
+  preds = {n: [study.jobs_lib.load_predictions(str(tmp_path / "runs" / f"{n}_s{s}"))
+               for s in (0, 1)] for n in ("real", "grpo")}
   for name, m in res["methods"].items():
     assert m["seeds"] == [0, 1]
     e = m["splits"]["test"]["rail"]
     assert len(e["mse"]["per_seed"]) == 2
     assert e["mse"]["mean"] == pytest.approx(np.mean(e["mse"]["per_seed"]))
-    lo, hi = e["ci"]["mse"]  # the items bootstrap of the seed-mean MSE brackets the estimate
+    lo, hi = e["mse"]["ci"]  # seeds, then items: the interval brackets the estimate
     assert lo < e["mse"]["mean"] < hi, (name, lo, e["mse"]["mean"], hi)
-    if name != "base":  # the untrained base has no spread in its predictions: Pearson is NaN
-      lo, hi = e["ci"]["pearson"]
-      assert lo < e["pearson"]["mean"] < hi, (name, lo, e["pearson"]["mean"], hi)
-  assert set(res["ceiling"]) == {"test", "test_ood_hard", "test_ood_rubric"}
-  # The diagnostics are the first and last RL updates' values in each seed's metrics.jsonl,
-  # averaged over seeds.
-  diag = res["methods"]["real_b0_l1"]["diagnostics"]
-  logged = []
-  for seed in (0, 1):
-    with open(tmp_path / "runs" / f"real_b0_l1_s{seed}" / "metrics.jsonl") as f:
-      logged.append([r for r in map(json.loads, f) if r.get("stage") == "rl"])
-  for key in ("signal_regression", "signal_binary"):
+  assert np.mean([p["test"]["valid"].mean() for p in preds["real"]]) > 0.5  # CoTs reach a score
+  # The paired interval REAL − GRPO is the bootstrap's over the runs' own predictions.
+  target = study.seed_matrix(preds["real"], "test", "target")
+  want = bootstrap.paired_difference("pearson", study.seed_matrix(preds["real"], "test", "rail"),
+                                     study.seed_matrix(preds["grpo"], "test", "rail"), target,
+                                     n_boot=study.N_BOOT)
+  got = res["pairs"]["real-grpo"]["splits"]["test"]["rail"]["pearson"]
+  assert got["estimate"] == pytest.approx(want.estimate) and got["low"] == pytest.approx(want.low)
+  assert set(res["pairs"]) == {"real-grpo", "real-warmup"}
+  assert "| REAL − standard RL (GRPO) |" in md and "| REAL − CE warm-up (SFT) |" in md
+  # The precondition and the rollout signal under the warm-up, per split.
+  assert res["gate"]["range"] == [0.2, 0.7] and set(res["gate"]["ood"]) == {
+      "test_ood_hard", "test_ood_rubric"}
+  assert "Precondition (" in md and "the warm-up's entirely-right CoTs: ID" in md
+  sig = res["signal"]["splits"]
+  assert set(sig) == {"test", "test_ood_hard", "test_ood_rubric"}
+  for v in sig.values():
+    assert v["prompts"] == 8 and v["group_size"] == 4 and 0 <= v["signal_regression"] <= 1
+    assert v["entropy"] > 0
+  # RL diagnostics carry the entropy of the first and last update, as logged.
+  diag = res["methods"]["real"]["diagnostics"]
+  logged = [study.rl_rows(str(tmp_path / "runs" / f"real_s{s}")) for s in (0, 1)]
+  for key in ("signal_regression", "signal_binary", "entropy"):
     assert diag[key]["first"] == pytest.approx(np.mean([rl[0][key] for rl in logged]))
     assert diag[key]["last"] == pytest.approx(np.mean([rl[-1][key] for rl in logged]))
-  # Every table parses, has the methods and the Bayes ceiling row on the RAIL tables.
   tables = [t for t in md.split("\n\n") if t.startswith("|")]
-  assert len(tables) >= 9
+  assert len(tables) >= 12
   for t in tables:
     check_markdown_table(t)
-  assert md.count("Bayes ceiling") == 4 and "REAL β=0 λ=1" in md and " ± " in md
+  assert md.count("Bayes ceiling") == 4 and " ± " in md
   for png in ("curves.png", "pred_vs_true.png"):
     assert (out / png).stat().st_size > 10_000
   # A second invocation finds every run finished and only rebuilds the outputs.
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-  assert r.returncode == 0 and "0 runs to do (6 already finished)" in r.stdout
+  assert r.returncode == 0 and "0 runs to do (6 already finished)" in r.stdout, r.stdout[-2000:]
+
+
+@pytest.mark.parametrize("rec", [
+    {"instruction": "Compute each sum. a) 4+8 b) 0+6 c) 5+5 d) 1+9",
+     "response": "a) 12 b) 13 c) 11 d) 9"},
+    {"instruction": "Compute each sum. c) 5+5 a) 4+8 d) 1+9 b) 0+6",  # shuffle_items
+     "response": "b) 13 d) 9 a) 12 c) 11"}])
+def test_cot_is_right_checks_every_step(rec):
+  good = ("a ) 4 + 8 = 12 vs 12 right . b ) 0 + 6 = 6 vs 13 wrong . c ) 5 + 5 = 10 vs 11 close . "
+          "d ) 1 + 9 = 10 vs 9 close . So the overall score is")
+  assert study.cot_is_right(rec, good)
+  for bad in (good.replace("= 12 vs", "= 11 vs"), good.replace("13 wrong", "13 close"),
+              good.replace("b ) 0 + 6", "c ) 0 + 6"), good.replace("5 + 5", "5 + 4"),
+              good.replace("vs 9 close", "vs 8 close"), good.split(" d )")[0]):
+    assert not study.cot_is_right(rec, bad), bad
+
+
+def test_cot_steps_name_the_part_that_is_wrong():
+  rec = {"instruction": "Compute each sum. a) 4+8 b) 0+6 c) 5+5 d) 1+9",
+         "response": "a) 12 b) 13 c) 11 d) 9"}
+  cot = ("a ) 4 + 8 = 12 vs 12 right . b ) 0 + 5 = 5 vs 13 wrong . c ) 5 + 5 = 9 vs 11 wrong . "
+         "d ) 1 + 9 = 10 vs 8 close .")
+  assert study.cot_steps(rec, cot) == [
+      {"label": "a", "item": True, "sum": True, "answer": True, "verdict": True},
+      {"label": "b", "item": False, "sum": True, "answer": True, "verdict": True},
+      {"label": "c", "item": True, "sum": False, "answer": True, "verdict": True},
+      {"label": "d", "item": True, "sum": True, "answer": False, "verdict": False}]

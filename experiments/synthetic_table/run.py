@@ -1,26 +1,31 @@
-r"""A synthetic Table 2: every method from the shared synthetic base, several seeds, one command.
+r"""A synthetic Table 2: every method from the shared synthetic base, 5 seeds, paired intervals.
 
-  python experiments/synthetic_table/run.py                 # all runs, then the table + plots
-  python experiments/synthetic_table/run.py --aggregate     # only rebuild the table + plots
-  python experiments/synthetic_table/run.py --seeds 0 --only warmup,real_b0_l1   # a subset
+  python experiments/synthetic_table/sweep.py               # first: chosen.json (validation)
+  python experiments/synthetic_table/run.py --gate          # the precondition (warm-up, seed 0)
+  python experiments/synthetic_table/run.py                 # the study, then every output
+  python experiments/synthetic_table/run.py --aggregate     # only rebuild the outputs
 
 Every run is `python -m real_jax.main --config configs/synthetic.py:method=M` (the README's
-default task, starting from assets/synthetic_base) with the overrides in `runs()`; its workdir is
-<root>/<run>_s<seed>, so an interrupted study resumes where it stopped (finished runs are
-skipped; a half-done run resumes from its last checkpoint). Two runs go at once, each pinned to
-one CPU core. Per seed:
+default task, starting from assets/synthetic_base) with the settings of `chosen.json` — the
+sweep's choice on the in-domain validation split; this script reads settings from nowhere
+else and refuses a chosen.json entry whose split is not "validation". Workdirs are
+<root>/<run>_s<seed> (outside the work tree): an interrupted study resumes where it stopped.
+Two runs go at once, each pinned to one CPU core. Per seed (default 0-4):
 
-  base            the synthetic base, no training (method=eval)
-  warmup          CE warm-up: SFT on the demonstrations (the RL runs start from it)
-  raft, tract     regression-aware SFT from the base (RAFT: no CoT; TRACT: two stages)
-  grpo            standard RL from the warm-up: binary reward, GRPO advantages, PPO ratio
-  real_b{β}_l{λ}  REAL from the warm-up, β ∈ {0, 0.01, 1} (refinement weight), λ ∈ {0, 1}
-                  (λ = 1: the authors' π(y*) shaping and −log π(y*) in the refinement; λ = 0:
-                  neither)
+  base         the synthetic base, no training (method=eval)
+  warmup       CE warm-up: SFT on the demonstrations (the RL runs start from it)
+  raft, tract  regression-aware SFT from the base (RAFT: no CoT; TRACT: two stages)
+  grpo, real   standard RL (binary reward, GRPO advantages, PPO ratio) and REAL from the warm-up
+  grpo_tract, real_tract   the same two from TRACT (the paper's initialisation)
 
-Writes, next to this file: results.md (the tables), results.json (every number), curves.png
-(training curves per method, mean over seeds), pred_vs_true.png (RAIL ŷ vs the target per
-split, seed 0), and diagnostics in results.md (signal shares, exact-match rate).
+and the ablation (default seeds 0, 1): REAL's β × λ grid at its chosen LR and budget.
+
+Outputs, next to this file: results.md (tables: Pearson / Spearman / Kendall / MSE, RAIL and
+standard readouts, intervals over seeds and items; the paired differences REAL − GRPO,
+REAL − warm-up, REAL − TRACT; the precondition; rollout signal per split under the warm-up;
+CoT correctness; RL diagnostics incl. entropy), results.json (every number), curves.png
+(training curves and, per update, the share of groups with signal and the policy entropy) and
+pred_vs_true.png (RAIL ŷ against the target per split, seed 0).
 """
 from __future__ import annotations
 
@@ -31,153 +36,79 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-SPLITS = ("test", "test_ood_hard", "test_ood_rubric")
-SPLIT_TITLES = {"test": "ID", "test_ood_hard": "OOD hard", "test_ood_rubric": "OOD rubric"}
-BETAS = (0.0, 0.01, 1.0)
-LAMS = (0, 1)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jobs as jobs_lib  # noqa: E402  (this directory's shared runner)
+from real_jax import bootstrap, evaluate  # noqa: E402
+
+SPLITS, SPLIT_TITLES = jobs_lib.SPLITS, jobs_lib.SPLIT_TITLES
+CHOSEN = os.path.join(jobs_lib.HERE, "chosen.json")
+METHODS_CHOSEN = ("warmup", "raft", "tract", "grpo", "real")
+MAIN = ("base", "warmup", "raft", "tract", "grpo", "real", "grpo_tract", "real_tract")
+BETAS, LAMS = (0.0, 0.01, 1.0), (0, 1)
+PAIRS = (("real", "grpo"), ("real", "warmup"), ("real", "tract"), ("real_tract", "grpo_tract"),
+         ("real_tract", "tract"))
+# The precondition: the warm-up's share of entirely-right CoTs on each OOD split.
+GATE = (0.20, 0.70)
+N_BOOT = 1000
 
 
-def _real_name(beta: float, lam: int) -> str:
+class ChosenError(ValueError):
+  """chosen.json is missing, incomplete, or names a split other than validation."""
+
+
+def load_chosen(path: str) -> dict:
+  if not os.path.exists(path):
+    raise ChosenError(f"{path} does not exist; run experiments/synthetic_table/sweep.py first")
+  with open(path) as f:
+    chosen = json.load(f)
+  missing = [m for m in METHODS_CHOSEN if m not in chosen]
+  if missing:
+    raise ChosenError(f"{path} has no settings for {missing}; rerun sweep.py")
+  bad = {m: c.get("split") for m, c in chosen.items() if c.get("split") != "validation"}
+  if bad:
+    raise ChosenError(f"{path}: settings of {sorted(bad)} were chosen on {sorted(set(bad.values()))},"
+                      " not on the validation split; choose them with sweep.py")
+  return chosen
+
+
+def real_name(beta: float, lam: int) -> str:
   return f"real_b{beta:g}_l{lam}"
 
 
-def runs() -> dict[str, dict]:
-  """name -> {method, label, after (the run it starts from), args (config overrides)}."""
-  from_warmup = ["--config.init.stage=sft", "--config.warmup.steps=0",
-                 "--config.eval.after_warmup=false"]
+def study_jobs(chosen: dict) -> dict[str, jobs_lib.Job]:
+  """name -> Job of every study run, settings from `chosen`."""
+  J = jobs_lib.Job
+  a = {m: jobs_lib.settings_args(chosen[m]["settings"]) for m in METHODS_CHOSEN}
   out = {
-      "base": dict(method="eval", label="base (no training)", after=None, args=[]),
-      "warmup": dict(method="sft", label="CE warm-up (SFT)", after=None, args=[]),
-      "raft": dict(method="raft", label="RAFT", after=None, args=[]),
-      "tract": dict(method="tract", label="TRACT (two stages)", after=None, args=[]),
-      "grpo": dict(method="grpo", label="standard RL (GRPO)", after="warmup", args=from_warmup),
+      "base": J("base", "eval", "base (no training)"),
+      "warmup": jobs_lib.warmup_job(chosen["warmup"]["settings"]),
+      "raft": J("raft", "raft", "RAFT", a["raft"]),
+      "tract": J("tract", "tract", "TRACT (two stages)", a["tract"]),
+      "grpo": J("grpo", "grpo", "standard RL (GRPO)", a["grpo"], after="warmup"),
+      "real": J("real", "real", "REAL", a["real"], after="warmup"),
+      "grpo_tract": J("grpo_tract", "grpo", "standard RL from TRACT", a["grpo"], after="tract"),
+      "real_tract": J("real_tract", "real", "REAL from TRACT", a["real"], after="tract"),
   }
+  rs = chosen["real"]["settings"]
   for beta in BETAS:
     for lam in LAMS:
-      extra = [] if lam else ["--config.rl.lam=0", "--config.rl.shaping=none"]
-      out[_real_name(beta, lam)] = dict(
-          method="real", label=f"REAL β={beta:g} λ={lam}", after="warmup",
-          args=from_warmup + [f"--config.rl.beta={beta:g}"] + extra)
+      s = {**rs, **jobs_lib.real_settings(rs["rl.lr"], rs["rl.steps"], beta, lam)}
+      if s != rs:
+        out[real_name(beta, lam)] = J(real_name(beta, lam), "real", f"REAL β={beta:g} λ={lam}",
+                                      jobs_lib.settings_args(s), after="warmup")
   return out
 
 
-def workdir(root: str, name: str, seed: int) -> str:
-  return os.path.join(root, f"{name}_s{seed}")
-
-
-def finished(wd: str) -> bool:
-  p = os.path.join(wd, "results.json")
-  if not os.path.exists(p):
-    return False
-  with open(p) as f:
-    rows = json.load(f).get("rows", [])
-  return any(r.get("name") not in ("warm-up (SFT)", "initial model") for r in rows)
-
-
-def command(root: str, name: str, seed: int, config_arg: str = "",
-            extra: tuple[str, ...] = ()) -> list[str]:
-  r = runs()[name]
-  arg = f"method={r['method']}" + (f",{config_arg}" if config_arg else "")
-  cmd = [sys.executable, "-m", "real_jax.main",
-         f"--config={os.path.join(ROOT, 'configs', 'synthetic.py')}:{arg}",
-         f"--workdir={workdir(root, name, seed)}", f"--config.seed={seed}",
-         f"--config.name={r['label']}", "--config.eval.before_training=false"]
-  if r["after"]:
-    cmd.append(f"--config.init.checkpoint={workdir(root, r['after'], seed)}")
-  return cmd + r["args"] + list(extra)
-
-
-def run_all(root: str, names: list[str], seeds: list[int], jobs: int, config_arg: str = "",
-            extra: tuple[str, ...] = ()) -> float:
-  """Runs what is not finished yet, `jobs` at a time (each on its own core); returns seconds."""
-  deps = runs()
-  # Warm-ups first (the RL runs wait on them), then the longest independent runs.
-  rank = {"warmup": 0, "tract": 1}
-  order = sorted(((n, s) for s in seeds for n in names),
-                 key=lambda it: (rank.get(it[0], 2 if deps[it[0]]["after"] else 3), it[1]))
-  todo = [it for it in order if not finished(workdir(root, *it))]
-  done: set = {it for it in order if it not in todo}
-  t0 = time.time()
-  print(f"[study] {len(todo)} runs to do ({len(done)} already finished), {jobs} at a time",
-        flush=True)
-  free_cores = list(range(jobs))
-  n_done = 0
-
-  def one(item, core):
-    n, s = item
-    wd = workdir(root, n, s)
-    os.makedirs(wd, exist_ok=True)
-    env = dict(os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false "
-               "intra_op_parallelism_threads=1", TF_CPP_MIN_LOG_LEVEL="2")
-    t = time.time()
-    with open(os.path.join(wd, "log.txt"), "a") as log:
-      pin = ["taskset", "-c", str(core)] if shutil.which("taskset") and jobs > 1 else []
-      rc = subprocess.call(pin + command(root, n, s, config_arg, extra),
-                           stdout=log,
-                           stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    return item, rc, time.time() - t
-
-  pending = list(todo)
-  with ThreadPoolExecutor(jobs) as ex:
-    running = {}
-    while pending or running:
-      ready = [it for it in pending
-               if deps[it[0]]["after"] is None or (deps[it[0]]["after"], it[1]) in done]
-      while ready and free_cores:
-        it = ready.pop(0)
-        pending.remove(it)
-        core = free_cores.pop(0)
-        running[ex.submit(one, it, core)] = core
-      if not running:
-        raise RuntimeError(f"runs wait on runs that are not part of this invocation: {pending}")
-      fut = next(iter(_wait_first(running)))
-      core = running.pop(fut)
-      free_cores.append(core)
-      (n, s), rc, dt = fut.result()
-      if rc != 0:
-        raise RuntimeError(f"run {n} seed {s} failed (exit {rc}); see "
-                           f"{os.path.join(workdir(root, n, s), 'log.txt')}")
-      done.add((n, s))
-      n_done += 1
-      el = time.time() - t0
-      eta = el / n_done * (len(todo) - n_done)
-      print(f"[study] {n_done}/{len(todo)} done: {n} seed {s} in {dt:.0f}s | elapsed "
-            f"{el / 60:.1f} min, {n_done / el * 3600:.1f} runs/h, ETA {eta / 60:.1f} min",
-            flush=True)
-  return time.time() - t0
-
-
-def _wait_first(futures):
-  from concurrent.futures import FIRST_COMPLETED, wait
-  return wait(list(futures), return_when=FIRST_COMPLETED)[0]
+def ablation_names(jobs: dict[str, jobs_lib.Job]) -> list[str]:
+  """The β × λ grid's runs; the chosen combination is the study's own `real` run."""
+  return [real_name(b, l) if real_name(b, l) in jobs else "real" for b in BETAS for l in LAMS]
 
 
 # ---------------------------------------------------------------------------------------------
-# Aggregation
-
-
-def _final_tag(wd: str) -> str:
-  return "eval" if os.path.exists(os.path.join(wd, "eval", "eval.json")) else "final"
-
-
-def load_predictions(wd: str) -> dict[str, dict[str, np.ndarray]]:
-  """split -> {index, target, rail, standard, valid} of a run's final evaluation."""
-  cols: dict[str, dict[str, list]] = {}
-  with open(os.path.join(wd, "eval", f"{_final_tag(wd)}_predictions.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      c = cols.setdefault(r["split"], {k: [] for k in ("index", "target", "rail", "standard",
-                                                         "valid")})
-      for k in c:
-        c[k].append(r[k] if r[k] is not None else np.nan)
-  return {sp: {k: np.asarray(v, np.float64) for k, v in c.items()} for sp, c in cols.items()}
+# What the runs produced
 
 
 def eval_records(wd: str) -> dict[str, list[dict]]:
@@ -190,124 +121,70 @@ def eval_records(wd: str) -> dict[str, list[dict]]:
   return {sp: [src[i] for i in range(len(src))] for sp, src in evals.items()}
 
 
-def cot_is_right(record: dict, cot: str) -> bool:
-  """Whether a sampled CoT walks through the record's 4 items correctly: the right items in
-  order, their true sums, the response's answers, and the right verdict for each."""
-  text = cot.replace(" ", "")
-  items = re.findall(r"\b[a-d]\) (\d+(?:\+\d+)+)", record["instruction"])
-  answers = re.findall(r"\b[a-d]\) (\d+)", record["response"])
-  steps = re.findall(r"(\d+(?:\+\d+)+)=(\d+)vs(\d+)(right|close|wrong)\.", text)
-  if len(steps) != len(items) or len(items) != 4:
-    return False
-  for (expr, shown, ans, verdict), item, a in zip(steps, items, answers):
-    total = sum(map(int, item.split("+")))
-    d = abs(total - int(a))
-    if expr != item or int(shown) != total or ans != a or verdict != (
-        "right" if d == 0 else "close" if d == 1 else "wrong"):
-      return False
-  return True
+STEP_PARTS = ("item", "sum", "answer", "verdict")
 
 
-def cot_accuracy(wd: str, records: dict[str, list[dict]]) -> dict[str, float]:
-  """split -> share of the final evaluation's CoTs that are entirely right (cot_is_right)."""
-  out: dict[str, list[bool]] = {}
-  with open(os.path.join(wd, "eval", f"{_final_tag(wd)}_predictions.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if "cot" in r:
-        out.setdefault(r["split"], []).append(cot_is_right(records[r["split"]][r["index"]],
-                                                           r["cot"]))
-  return {sp: float(np.mean(v)) for sp, v in out.items()}
-
-
-def _pearson_rows(p: np.ndarray, t: np.ndarray) -> np.ndarray:
-  """Pearson of each row of p [R, N] with the matching row of t [R, N]."""
-  p = p - p.mean(-1, keepdims=True)
-  t = t - t.mean(-1, keepdims=True)
-  den = np.sqrt((p * p).sum(-1) * (t * t).sum(-1))
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(den > 0, (p * t).sum(-1) / den, np.nan)
-
-
-def metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-  from real_jax.evaluate import correlations
-  return correlations(pred, target)
-
-
-def bootstrap_ci(preds: list[np.ndarray], target: np.ndarray, *, n_boot: int = 1000,
-                 seed: int = 0) -> dict[str, tuple[float, float]]:
-  """95% percentile intervals over items of the seed-mean Pearson and MSE: items are resampled
-  (the same resample for every seed), each seed's metric computed, then averaged over seeds."""
-  rng = np.random.default_rng(seed)
-  n = len(target)
-  idx = rng.integers(0, n, size=(n_boot, n))
-  t = target[idx]
-  pear = np.nanmean(np.stack([_pearson_rows(p[idx], t) for p in preds]), 0)
-  mse = np.mean(np.stack([((p[idx] - t) ** 2).mean(-1) for p in preds]), 0)
-  q = lambda x: (float(np.nanpercentile(x, 2.5)), float(np.nanpercentile(x, 97.5)))
-  return {"pearson": q(pear), "mse": q(mse)}
-
-
-def aggregate(root: str, names: list[str], seeds: list[int]) -> dict:
-  spec = runs()
-  out: dict = {"seeds": seeds, "methods": {}, "ceiling": {}}
-  ref_items = records = None
-  for name in names:
-    per_seed = []
-    for s in seeds:
-      wd = workdir(root, name, s)
-      if finished(wd):
-        per_seed.append((s, load_predictions(wd)))
-    if not per_seed:
-      continue
-    m: dict = {"label": spec[name]["label"], "seeds": [s for s, _ in per_seed], "splits": {}}
-    for sp in SPLITS:
-      entry = {}
-      for readout in ("rail", "standard"):
-        vals = [metrics(p[sp][readout], p[sp]["target"]) for _, p in per_seed]
-        entry[readout] = {k: {"mean": float(np.nanmean([v[k] for v in vals])),
-                              "std": float(np.nanstd([v[k] for v in vals], ddof=1))
-                              if len(vals) > 1 else float("nan"),
-                              "per_seed": [v[k] for v in vals]}
-                          for k in ("pearson", "spearman", "kendall", "mse")}
-        entry[readout]["ci"] = bootstrap_ci([p[sp][readout] for _, p in per_seed],
-                                            per_seed[0][1][sp]["target"])
-      entry["invalid_frac"] = float(np.mean([1 - p[sp]["valid"].mean() for _, p in per_seed]))
-      entry["n"] = int(len(per_seed[0][1][sp]["target"]))
-      m["splits"][sp] = entry
-    if spec[name]["method"] in ("grpo", "real"):
-      m["diagnostics"] = rl_diagnostics([workdir(root, name, s) for s in m["seeds"]])
-    if records is None:
-      ref_items = (workdir(root, name, per_seed[0][0]), per_seed[0][1])
-      records = eval_records(ref_items[0])
-    accs = [cot_accuracy(workdir(root, name, s), records) for s in m["seeds"]]
-    if all(accs):
-      m["cot_right"] = {sp: float(np.mean([a[sp] for a in accs])) for sp in SPLITS}
-    out["methods"][name] = m
-  if ref_items is not None:
-    _, preds = ref_items
-    for sp in SPLITS:
-      idx = preds[sp]["index"].astype(int)
-      bayes = np.asarray([float(records[sp][i]["expected_score"]) for i in idx])
-      target = preds[sp]["target"]
-      out["ceiling"][sp] = {**metrics(bayes, target), "ci": bootstrap_ci([bayes], target),
-                            "n": int(len(idx))}
+def cot_steps(record: dict, cot: str) -> list[dict[str, bool]]:
+  """Per labelled step of a CoT ("a) 4+8=12 vs 13 close."): whether it copied the item with that
+  label, added it right, copied that item's answer, and gave the verdict its sum and answer
+  call for (right / close within 1 / wrong)."""
+  items = dict(re.findall(r"\b([a-d])\) (\d+(?:\+\d+)+)", record["instruction"]))
+  answers = dict(re.findall(r"\b([a-d])\) (\d+)", record["response"]))
+  out = []
+  for label, expr, shown, ans, verdict in re.findall(
+      r"([a-d])\)(\d+(?:\+\d+)+)=(\d+)vs(\d+)(right|close|wrong)\.", cot.replace(" ", "")):
+    d = abs(int(shown) - int(ans))
+    out.append({"label": label, "item": expr == items.get(label),
+                "sum": int(shown) == sum(map(int, expr.split("+"))),
+                "answer": ans == answers.get(label),
+                "verdict": verdict == ("right" if d == 0 else "close" if d == 1 else "wrong")})
   return out
 
 
-DIAGNOSTICS = ("binary_acc", "signal_binary", "signal_regression", "reward_mean",
+def cot_is_right(record: dict, cot: str) -> bool:
+  """Whether a sampled CoT walks through the record's 4 items correctly: steps a, b, c, d in
+  order, each with the item and the answer of its label, the item's true sum and the verdict
+  they call for (`cot_steps`)."""
+  steps = cot_steps(record, cot)
+  return (len(steps) == 4 and [s["label"] for s in steps] == list("abcd")
+          and all(s[k] for s in steps for k in STEP_PARTS))
+
+
+def cot_accuracy(wd: str, records: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+  """split -> {"all": the share of the final evaluation's CoTs that are entirely right
+  (`cot_is_right`), and per step part (`cot_steps`): the share of the 4 steps a CoT should
+  have that it wrote with that part right}."""
+  out: dict[str, dict[str, list]] = {}
+  with open(os.path.join(wd, "eval", f"{jobs_lib.final_tag(wd)}_predictions.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if "cot" in r:
+        rec = records[r["split"]][r["index"]]
+        o = out.setdefault(r["split"], {"all": [], **{k: [] for k in STEP_PARTS}})
+        o["all"].append(cot_is_right(rec, r["cot"]))
+        steps = cot_steps(rec, r["cot"])
+        for k in STEP_PARTS:
+          o[k].append(sum(st[k] for st in steps[:4]) / 4)  # a missing step counts as wrong
+  return {sp: {k: float(np.mean(v)) for k, v in o.items()} for sp, o in out.items()}
+
+
+DIAGNOSTICS = ("binary_acc", "signal_binary", "signal_regression", "entropy", "reward_mean",
                "abs_err_rollout", "y_hat_std", "score_mass")
+
+
+def rl_rows(wd: str) -> list[dict]:
+  with open(os.path.join(wd, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r.get("stage") == "rl"]
 
 
 def rl_diagnostics(wds: list[str]) -> dict[str, dict[str, float]]:
   """Rollout statistics of the first and the last update, mean over seeds: the exact-match rate
-  of the sampled score (binary_acc; at the first update, the warm-up's), the share of groups
-  whose rewards differ under the binary and the regression reward, the mean reward, |ŷ − y|,
-  the spread of ŷ and the probability mass on the score tokens."""
+  of the sampled score (binary_acc), the share of groups whose rewards differ under the binary
+  and the regression reward, the policy entropy per CoT token, the mean reward, |ŷ − y|, the
+  spread of ŷ and the probability mass on the score tokens."""
   first, last = [], []
   for wd in wds:
-    with open(os.path.join(wd, "metrics.jsonl")) as f:
-      rl = [r for r in map(json.loads, f) if r.get("stage") == "rl"]
+    rl = rl_rows(wd)
     first.append(rl[0])
     last.append(rl[-1])
   return {k: {"first": float(np.mean([r[k] for r in first])),
@@ -315,51 +192,224 @@ def rl_diagnostics(wds: list[str]) -> dict[str, dict[str, float]]:
           if all(k in r for r in first + last)}
 
 
-def _cell(m: dict, metric: str, scale: float, digits: int) -> str:
-  mean, std = m[metric]["mean"] * scale, m[metric]["std"] * scale
+def seed_matrix(per_seed: list[dict], split: str, key: str) -> np.ndarray:
+  """[S, N] of one split's column over seeds, items ordered by index (the same in every seed)."""
+  rows = []
+  for p in per_seed:
+    o = np.argsort(p[split]["index"], kind="stable")
+    rows.append(p[split][key][o])
+  return np.stack(rows)
+
+
+def aggregate(root: str, jobs: dict, names: list[str], seeds_of: dict[str, list[int]]) -> dict:
+  out: dict = {"methods": {}, "ceiling": {}, "pairs": {}}
+  records = None
+  preds_of: dict[str, list[dict]] = {}
+  for name in names:
+    per_seed, seeds = [], []
+    for s in seeds_of[name]:
+      wd = jobs_lib.workdir(root, name, s)
+      if jobs_lib.finished(jobs[name], wd):
+        per_seed.append(jobs_lib.load_predictions(wd))
+        seeds.append(s)
+    if not per_seed:
+      continue
+    preds_of[name] = per_seed
+    m: dict = {"label": jobs[name].label, "seeds": seeds, "splits": {}}
+    for sp in SPLITS:
+      target = seed_matrix(per_seed, sp, "target")
+      entry = {}
+      for readout in ("rail", "standard"):
+        pred = seed_matrix(per_seed, sp, readout)
+        entry[readout] = {}
+        for k in bootstrap.METRICS:
+          vals = bootstrap.metric_rows(k, pred, target)
+          iv = bootstrap.interval(k, pred, target, n_boot=N_BOOT)
+          entry[readout][k] = {"mean": float(np.nanmean(vals)),
+                               "std": float(np.nanstd(vals, ddof=1)) if len(vals) > 1
+                               else float("nan"),
+                               "per_seed": [float(v) for v in vals], "ci": [iv.low, iv.high]}
+      entry["invalid_frac"] = float(1 - seed_matrix(per_seed, sp, "valid").mean())
+      entry["n"] = int(target.shape[1])
+      m["splits"][sp] = entry
+    if jobs[name].method in ("grpo", "real"):
+      m["diagnostics"] = rl_diagnostics([jobs_lib.workdir(root, name, s) for s in seeds])
+    if records is None:
+      records = eval_records(jobs_lib.workdir(root, name, seeds[0]))
+    accs = [cot_accuracy(jobs_lib.workdir(root, name, s), records) for s in seeds]
+    if all(accs):
+      m["cot_right"] = {sp: float(np.mean([a[sp]["all"] for a in accs])) for sp in SPLITS}
+      m["cot_steps"] = {sp: {k: float(np.mean([a[sp][k] for a in accs])) for k in STEP_PARTS}
+                        for sp in SPLITS}
+    out["methods"][name] = m
+  for a, b in PAIRS:
+    if a not in preds_of or b not in preds_of:
+      continue
+    common = sorted(set(out["methods"][a]["seeds"]) & set(out["methods"][b]["seeds"]))
+    pa = [p for s, p in zip(out["methods"][a]["seeds"], preds_of[a]) if s in common]
+    pb = [p for s, p in zip(out["methods"][b]["seeds"], preds_of[b]) if s in common]
+    pair = {"seeds": common, "splits": {}}
+    for sp in SPLITS:
+      target = seed_matrix(pa, sp, "target")
+      same = [np.array_equal(np.sort(x[sp]["index"]), np.sort(y[sp]["index"]))
+              for x, y in zip(pa, pb)]
+      if not all(same) or not np.allclose(target, seed_matrix(pb, sp, "target")):
+        raise ValueError(f"{a} and {b} were evaluated on different items of {sp}; rerun them "
+                         "with the same data and eval.max_items")
+      pair["splits"][sp] = {
+          ro: {k: bootstrap.paired_difference(k, seed_matrix(pa, sp, ro), seed_matrix(pb, sp, ro),
+                                              target, n_boot=N_BOOT)._asdict()
+               for k in bootstrap.METRICS} for ro in ("rail", "standard")}
+    out["pairs"][f"{a}-{b}"] = pair
+  if records is not None:
+    first = next(iter(preds_of.values()))[0]
+    for sp in SPLITS:
+      idx = np.sort(first[sp]["index"].astype(int))
+      bayes = np.asarray([float(records[sp][i]["expected_score"]) for i in idx])
+      target = seed_matrix([first], sp, "target")[0]
+      iv = {k: bootstrap.interval(k, bayes, target, n_boot=N_BOOT) for k in ("pearson", "mse")}
+      out["ceiling"][sp] = {**evaluate.correlations(bayes, target), "n": int(len(idx)),
+                            "ci": {k: [v.low, v.high] for k, v in iv.items()}}
+  return out
+
+
+def gate(agg: dict) -> dict:
+  """The precondition, read from the warm-up's CoT correctness: each OOD split's share of
+  entirely-right CoTs within GATE and below the in-domain share."""
+  w = agg["methods"].get("warmup", {}).get("cot_right")
+  if not w:
+    return {}
+  ood = {sp: w[sp] for sp in SPLITS[1:]}
+  met = all(GATE[0] <= v <= GATE[1] and v < w["test"] for v in ood.values())
+  return {"in_domain": w["test"], "ood": ood, "range": list(GATE), "met": bool(met)}
+
+
+def gate_line(g: dict) -> str:
+  if not g:
+    return "Precondition: not measured (no finished warm-up run)."
+  parts = ", ".join(f"{SPLIT_TITLES[sp]} {100 * v:.1f}%" for sp, v in g["ood"].items())
+  verdict = "MET" if g["met"] else "NOT MET"
+  return (f"Precondition ({verdict}): the warm-up's entirely-right CoTs: ID "
+          f"{100 * g['in_domain']:.1f}%, {parts} (aim: each OOD split in "
+          f"{100 * g['range'][0]:.0f}–{100 * g['range'][1]:.0f}% and below ID).")
+
+
+def rollout_signal(root: str, name: str, seed: int, config_arg: str) -> dict | None:
+  """The rollout signal per split of a finished run (`real_jax.tools.rollout_signal`, run once
+  and kept in its workdir)."""
+  wd = jobs_lib.workdir(root, name, seed)
+  path = os.path.join(wd, "rollout_signal", "rollout_signal.json")
+  if not os.path.exists(path):
+    if not os.path.exists(os.path.join(wd, "run.json")):
+      return None
+    prompts = "8" if "runlocal" in config_arg else "64"  # groups at the run's rl.group_size
+    env = jobs_lib.single_core_env()
+    with open(os.path.join(wd, "rollout_signal.log"), "w") as log:
+      rc = subprocess.call([sys.executable, "-m", "real_jax.tools.rollout_signal",
+                            f"--workdir={wd}", f"--prompts={prompts}", "--method=real"],
+                           stdout=log, stderr=subprocess.STDOUT, cwd=jobs_lib.ROOT, env=env)
+    if rc != 0:
+      raise RuntimeError(f"rollout_signal of {wd} failed (exit {rc}); see its rollout_signal.log")
+  with open(path) as f:
+    return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and plots
+
+
+def _cell(m: dict, scale: float, digits: int) -> str:
+  mean, std = m["mean"] * scale, m["std"] * scale
   if not np.isfinite(mean):
     return "–"
   return f"{mean:.{digits}f} ± {std:.{digits}f}" if np.isfinite(std) else f"{mean:.{digits}f}"
 
 
-def render(agg: dict, *, wall_s: float | None, machine: str) -> str:
-  names = list(agg["methods"])
+def _metric_table(agg: dict, names: list[str], readout: str, metric: str, scale: float,
+                  digits: int, ceiling: bool) -> list[str]:
+  head = ["Method"] + [SPLIT_TITLES[s] for s in SPLITS] + ["Avg"]
+  lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+  for n in names:
+    m = agg["methods"][n]
+    cells = []
+    for sp in SPLITS:
+      e = m["splits"][sp][readout][metric]
+      c = _cell(e, scale, digits)
+      if c != "–":
+        c += f" [{e['ci'][0] * scale:.{digits}f}, {e['ci'][1] * scale:.{digits}f}]"
+      cells.append(c)
+    avg = np.nanmean([m["splits"][sp][readout][metric]["mean"] for sp in SPLITS]) * scale
+    lines.append("| " + " | ".join([m["label"]] + cells + [f"{avg:.{digits}f}"]) + " |")
+  if ceiling and agg["ceiling"] and metric in ("pearson", "spearman", "kendall", "mse"):
+    cells = []
+    for sp in SPLITS:
+      c = agg["ceiling"][sp]
+      v = f"{c[metric] * scale:.{digits}f}"
+      if metric in c["ci"]:
+        v += f" [{c['ci'][metric][0] * scale:.{digits}f}, {c['ci'][metric][1] * scale:.{digits}f}]"
+      cells.append(v)
+    avg = np.mean([agg["ceiling"][sp][metric] for sp in SPLITS]) * scale
+    lines.append("| *Bayes ceiling: E[y\\* given x]* | " + " | ".join(cells) +
+                 f" | {avg:.{digits}f} |")
+  return lines
+
+
+def _pair_cell(d: dict, scale: float, digits: int) -> str:
+  return bootstrap.Interval(**d).format(scale, digits)
+
+
+def render(agg: dict, *, main_names: list[str], ablation: list[str], wall_s: float | None,
+           machine: str, signal: dict | None, chosen: dict) -> str:
+  seeds = sorted({s for n in main_names for s in agg["methods"][n]["seeds"]})
   lines = ["# Synthetic Table 2: every method from the shared synthetic base", "",
-           f"Seeds: {agg['seeds']}. Mean ± std over seeds (sample std); [95% bootstrap interval "
-           "over items of the seed-mean]. Pearson, Spearman and Kendall × 100; MSE of the "
-           "prediction against the target (mean of 3 graders).", ""]
+           f"Seeds: {seeds} (ablation: {sorted({s for n in ablation for s in agg['methods'][n]['seeds']})}). "
+           "Mean ± std over seeds (sample std) [95% bootstrap interval: seeds resampled, then "
+           "items within each, `real_jax.bootstrap`]. Pearson, Spearman and Kendall × 100; MSE "
+           "of the prediction against the target (mean of 3 graders). Settings: `chosen.json` "
+           "(chosen on the in-domain validation split by `sweep.py`).", "",
+           gate_line(gate(agg)), ""]
   for readout, title in (("rail", "RAIL readout (ŷ = Σ k·p(k))"),
                          ("standard", "standard readout (the sampled score digit)")):
-    for metric, scale, digits in (("pearson", 100, 1), ("spearman", 100, 1), ("kendall", 100, 1),
-                                  ("mse", 1, 3)):
-      lines += [f"### {metric.capitalize() if metric != 'mse' else 'MSE'}, {title}", ""]
-      head = ["Method"] + [SPLIT_TITLES[s] for s in SPLITS] + ["Avg"]
-      lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-      for n in names:
-        m = agg["methods"][n]
-        cells = []
-        for sp in SPLITS:
-          e = m["splits"][sp][readout]
-          c = _cell(e, metric, scale, digits)
-          if metric in ("pearson", "mse") and readout == "rail":
-            lo, hi = e["ci"][metric]
-            c += f" [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
-          cells.append(c)
-        avg = np.nanmean([m["splits"][sp][readout][metric]["mean"] for sp in SPLITS]) * scale
-        lines.append("| " + " | ".join([m["label"]] + cells + [f"{avg:.{digits}f}"]) + " |")
-      if readout == "rail" and agg["ceiling"]:
-        cells = []
-        for sp in SPLITS:
-          c = agg["ceiling"][sp]
-          v = f"{c[metric] * scale:.{digits}f}"
-          if metric in ("pearson", "mse"):
-            lo, hi = c["ci"][metric]
-            v += f" [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
-          cells.append(v)
-        avg = np.mean([agg["ceiling"][sp][metric] for sp in SPLITS]) * scale
-        lines.append("| *Bayes ceiling: E[y\\* given x]* | " + " | ".join(cells) +
-                     f" | {avg:.{digits}f} |")
+    for metric, scale, digits in (("pearson", 100, 1), ("spearman", 100, 1),
+                                  ("kendall", 100, 1), ("mse", 1, 3)):
+      name = metric.capitalize() if metric != "mse" else "MSE"
+      lines += [f"### {name}, {title}", ""]
+      lines += _metric_table(agg, main_names, readout, metric, scale, digits,
+                             ceiling=readout == "rail")
       lines.append("")
+  if agg["pairs"]:
+    lines += ["### Paired differences (same items, same seeds; 95% bootstrap interval, seeds "
+              "then items, the same draws for both methods; * = excludes 0)", ""]
+    for ro in ("rail", "standard"):
+      lines += [f"{'RAIL' if ro == 'rail' else 'Standard'} readout: Pearson × 100 and MSE.", "",
+                "| Pair | " + " | ".join(f"{SPLIT_TITLES[s]} Pearson" for s in SPLITS) + " | "
+                + " | ".join(f"{SPLIT_TITLES[s]} MSE" for s in SPLITS) + " |",
+                "|---|" + "---:|" * (2 * len(SPLITS))]
+      for key, pair in agg["pairs"].items():
+        a, b = key.split("-")
+        label = f"{agg['methods'][a]['label']} − {agg['methods'][b]['label']}"
+        cells = [_pair_cell(pair["splits"][sp][ro]["pearson"], 100, 1) for sp in SPLITS]
+        cells += [_pair_cell(pair["splits"][sp][ro]["mse"], 1, 3) for sp in SPLITS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+      lines.append("")
+  if ablation:
+    lines += ["### Ablation: REAL β × λ at the chosen LR and budget (Pearson × 100, RAIL; the "
+              "chosen combination is the REAL row above, over all its seeds)", ""]
+    lines += _metric_table(agg, ablation, "rail", "pearson", 100, 1, ceiling=False)
+    lines.append("")
+  if signal:
+    keys = ("signal_binary", "signal_regression", "binary_acc", "entropy")
+    lines += ["### Rollout signal under the warm-up policy (seed 0; groups of "
+              f"{next(iter(signal['splits'].values()))['group_size']} CoTs at the RL settings)",
+              "", "Share of groups whose rewards are not all equal under the binary "
+              "(exact-match) and the regression reward; where only the latter varies, only "
+              "REAL's reward can rank the CoTs.", "",
+              "| Split | groups | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+    for sp, v in signal["splits"].items():
+      lines.append(f"| {SPLIT_TITLES.get(sp, sp)} | {v['prompts']} | " +
+                   " | ".join(f"{v[k]:.3f}" for k in keys) + " |")
+    lines.append("")
+  names = list(dict.fromkeys(main_names + ablation))
   lines += ["### Outputs without a valid score (mean over seeds)", "",
             "| Method | " + " | ".join(SPLIT_TITLES[s] for s in SPLITS) + " |",
             "|---|" + "---:|" * len(SPLITS)]
@@ -376,6 +426,15 @@ def render(agg: dict, *, wall_s: float | None, machine: str) -> str:
     for n in cot:
       lines.append(f"| {agg['methods'][n]['label']} | " + " | ".join(
           f"{100 * agg['methods'][n]['cot_right'][sp]:.1f}%" for sp in SPLITS) + " |")
+    lines += ["", "Per step (the share of a CoT's 4 steps with that part right: the item copied "
+              "by its label, its sum, its answer copied, the verdict), mean over seeds:", "",
+              "| Method | " + " | ".join(f"{SPLIT_TITLES[s]} {k}" for s in SPLITS
+                                       for k in STEP_PARTS) + " |",
+              "|---|" + "---:|" * (len(SPLITS) * len(STEP_PARTS))]
+    for n in cot:
+      st = agg["methods"][n]["cot_steps"]
+      lines.append(f"| {agg['methods'][n]['label']} | " + " | ".join(
+          f"{100 * st[sp][k]:.0f}%" for sp in SPLITS for k in STEP_PARTS) + " |")
     lines.append("")
   rl = [n for n in names if "diagnostics" in agg["methods"][n]]
   if rl:
@@ -387,6 +446,12 @@ def render(agg: dict, *, wall_s: float | None, machine: str) -> str:
       lines.append(f"| {agg['methods'][n]['label']} | " + " | ".join(
           f"{d[k]['first']:.3f} → {d[k]['last']:.3f}" for k in keys) + " |")
     lines.append("")
+  lines += ["### Settings (chosen.json)", "", "| Method | Settings | Validation " +
+            "RAIL Pearson × 100 |", "|---|---|---:|"]
+  for m, c in chosen.items():
+    lines.append(f"| {m} | " + ", ".join(f"{k}={v}" for k, v in c["settings"].items()) +
+                 f" | {100 * c['value']:.1f} |")
+  lines.append("")
   items = ", ".join(f"{SPLIT_TITLES[s]} {agg['ceiling'][s]['n']}" for s in SPLITS
                     if s in agg["ceiling"])
   lines += [f"Items per split: {items}. Machine: {machine}."]
@@ -395,54 +460,57 @@ def render(agg: dict, *, wall_s: float | None, machine: str) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _curve_key(name: str) -> tuple[str, str]:
-  method = runs()[name]["method"]
-  if method in ("grpo", "real"):
+def _curve_key(job: jobs_lib.Job) -> tuple[str, str]:
+  if job.method in ("grpo", "real"):
     return "rl", "reward_mean"
-  if method == "tract":
+  if job.method == "tract":
     return "tract2", "loss"
-  return {"sft": "sft", "raft": "raft"}.get(method, ""), "loss"
+  return {"sft": "sft", "raft": "raft"}.get(job.method, ""), "loss"
 
 
-def plot(root: str, agg: dict, out_dir: str) -> list[str]:
+def _series(wd: str, stage: str, key: str) -> list[tuple[int, float]]:
+  with open(os.path.join(wd, "metrics.jsonl")) as f:
+    return [(r["step"], r[key]) for r in map(json.loads, f)
+            if r.get("stage") == stage and r.get(key) is not None]
+
+
+def plot(root: str, agg: dict, jobs: dict, names: list[str], out_dir: str) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  names = [n for n in agg["methods"] if n != "base"]
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-  for n in names:
-    stage, key = _curve_key(n)
-    curves = []
-    for s in agg["methods"][n]["seeds"]:
-      path = os.path.join(workdir(root, n, s), "metrics.jsonl")
-      pts = []
-      with open(path) as f:
-        for line in f:
-          r = json.loads(line)
-          if r.get("stage") == stage and key in r:
-            pts.append((r["step"], r[key]))
-      curves.append(pts)
-    steps = [p[0] for p in curves[0]]
-    ys = np.array([[p[1] for p in c[:len(steps)]] for c in curves if len(c) >= len(steps)])
-    ax = axes[1] if stage == "rl" else axes[0]
-    label = agg["methods"][n]["label"] + (" (stage 2)" if stage == "tract2" else "")
-    ax.plot(steps, ys.mean(0), label=label)
-  axes[0].set(title="supervised runs: training loss (mean over seeds)", xlabel="step",
-              ylabel="loss", yscale="log")
-  axes[1].set(title="RL runs: mean rollout reward (mean over seeds)", xlabel="update",
-              ylabel="reward (its own: binary for GRPO, −(ŷ−y)² for REAL)")
-  for ax in axes:
-    ax.legend(fontsize=7)
+  fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+  for n in [n for n in names if n != "base"]:
+    stage, key = _curve_key(jobs[n])
+    panels = [(axes[0, 1] if stage == "rl" else axes[0, 0], key)]
+    if stage == "rl":
+      panels += [(axes[1, 0], "signal_regression"), (axes[1, 1], "entropy")]
+    for ax, k in panels:
+      curves = [_series(jobs_lib.workdir(root, n, s), stage, k) for s in agg["methods"][n]["seeds"]]
+      steps = [p[0] for p in curves[0]]
+      ys = np.array([[p[1] for p in c[:len(steps)]] for c in curves if len(c) >= len(steps)])
+      if len(steps):
+        ax.plot(steps, ys.mean(0), label=agg["methods"][n]["label"] +
+                (" (stage 2)" if stage == "tract2" else ""))
+  axes[0, 0].set(title="supervised runs: training loss (mean over seeds)", xlabel="step",
+                 ylabel="loss", yscale="log")
+  axes[0, 1].set(title="RL runs: mean rollout reward (mean over seeds)", xlabel="update",
+                 ylabel="reward (its own: binary for GRPO, −(ŷ−y)² for REAL)")
+  axes[1, 0].set(title="RL runs: share of groups whose regression rewards differ", xlabel="update",
+                 ylabel="share of groups")
+  axes[1, 1].set(title="RL runs: policy entropy per CoT token (nats)", xlabel="update",
+                 ylabel="entropy")
+  for ax in axes.flat:
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
   fig.tight_layout()
   curves_png = os.path.join(out_dir, "curves.png")
   fig.savefig(curves_png, dpi=110)
   plt.close(fig)
 
-  names = list(agg["methods"])
   fig, axes = plt.subplots(len(names), len(SPLITS), figsize=(9, 2.1 * len(names)),
                            sharex=True, sharey=True, squeeze=False)
   for i, n in enumerate(names):
-    p = load_predictions(workdir(root, n, agg["methods"][n]["seeds"][0]))
+    p = jobs_lib.load_predictions(jobs_lib.workdir(root, n, agg["methods"][n]["seeds"][0]))
     for j, sp in enumerate(SPLITS):
       ax = axes[i, j]
       d = p[sp]
@@ -464,38 +532,77 @@ def plot(root: str, agg: dict, out_dir: str) -> list[str]:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--root", default=os.path.join(ROOT, "workdirs", "synthetic_table"))
-  p.add_argument("--out", default=HERE, help="where results.md / results.json / PNGs go")
-  p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--only", default="", help="comma-separated run names (default: all)")
+  p.add_argument("--root", default=os.path.join(jobs_lib.RUNS, "synthetic_table"),
+                 help="run directories (outside the work tree; shared with sweep.py)")
+  p.add_argument("--out", default=jobs_lib.HERE, help="where results.md / results.json / PNGs go")
+  p.add_argument("--chosen", default=CHOSEN, help="the sweep's chosen.json")
+  p.add_argument("--seeds", default="0,1,2,3,4")
+  p.add_argument("--ablation_seeds", default="0,1", help="seeds of the β × λ ablation ('' = none)")
+  p.add_argument("--only", default="", help="comma-separated main run names (default: all)")
   p.add_argument("--jobs", type=int, default=2)
+  p.add_argument("--gate", action="store_true",
+                 help="only the warm-up of the first seed, then print the precondition")
   p.add_argument("--aggregate", action="store_true", help="skip the runs; rebuild the outputs")
   p.add_argument("--config_arg", default="", help="appended to the config argument, e.g. runlocal")
   p.add_argument("--extra", action="append", default=[],
-                 help="a config override passed to every run (repeatable), e.g. "
-                      "--extra=--config.eval.max_items=64")
+                 help="a config override passed to every run (repeatable)")
   a = p.parse_args(argv)
-  seeds = [int(s) for s in a.seeds.split(",")]
-  names = a.only.split(",") if a.only else list(runs())
-  unknown = [n for n in names if n not in runs()]
-  if unknown:
-    print(f"unknown run names {unknown}; known: {list(runs())}", file=sys.stderr)
+  try:
+    chosen = load_chosen(a.chosen)
+  except ChosenError as e:
+    print(f"run.py: {e}", file=sys.stderr)
     return 2
-  wall = None if a.aggregate else run_all(a.root, names, seeds, a.jobs, a.config_arg,
-                                          tuple(a.extra))
+  jobs = study_jobs(chosen)
+  try:
+    seeds = [int(s) for s in a.seeds.split(",")]
+    ab_seeds = [int(s) for s in a.ablation_seeds.split(",") if s.strip()]
+  except ValueError:
+    print(f"run.py: --seeds {a.seeds!r} / --ablation_seeds {a.ablation_seeds!r} must be "
+          "comma-separated integers", file=sys.stderr)
+    return 2
+  main_names = a.only.split(",") if a.only else list(MAIN)
+  unknown = [n for n in main_names if n not in MAIN]
+  if unknown:
+    print(f"run.py: unknown run names {unknown}; known: {list(MAIN)}", file=sys.stderr)
+    return 2
+  if a.gate:
+    main_names, seeds, ab_seeds = ["warmup"], seeds[:1], []
+  ablation = ablation_names(jobs) if ab_seeds else []
+  seeds_of = {**{n: ab_seeds for n in ablation}, **{n: seeds for n in main_names}}
+  items = list(dict.fromkeys((n, s) for n in main_names + ablation for s in seeds_of[n]))
+  wall = None if a.aggregate else jobs_lib.run_jobs(a.root, jobs, items, a.jobs, a.config_arg,
+                                                    tuple(a.extra))
+  signal = (rollout_signal(a.root, "warmup", seeds[0], a.config_arg)
+            if "warmup" in main_names else None)
+  agg = aggregate(a.root, jobs, list(dict.fromkeys(main_names + ablation)), seeds_of)
+  if not agg["methods"]:
+    print(f"run.py: no finished run under {a.root} (run it without --aggregate)", file=sys.stderr)
+    return 2
+  g = gate(agg)
+  print(gate_line(g))
+  if a.gate:
+    if signal:
+      for sp, v in signal["splits"].items():
+        print(f"  {SPLIT_TITLES.get(sp, sp)}: groups with signal: binary {v['signal_binary']:.3f}"
+              f", regression {v['signal_regression']:.3f}; entropy {v['entropy']:.3f}")
+    return 0
   previous = os.path.join(a.out, "results.json")
   if wall is None and os.path.exists(previous):  # --aggregate keeps the runs' wall time
     with open(previous) as f:
       wall = json.load(f).get("wall_s")
-  agg = aggregate(a.root, names, seeds)
   os.makedirs(a.out, exist_ok=True)
   machine = f"{os.cpu_count()} CPU cores, {a.jobs} runs at a time (one core each)"
+  names = [n for n in main_names if n in agg["methods"]]
+  abl = [n for n in ablation if n in agg["methods"]]
+  md = render(agg, main_names=names, ablation=abl, wall_s=wall, machine=machine, signal=signal,
+              chosen=chosen)
   with open(os.path.join(a.out, "results.md"), "w") as f:
-    f.write(render(agg, wall_s=wall, machine=machine))
+    f.write(md)
   with open(os.path.join(a.out, "results.json"), "w") as f:
-    json.dump({**agg, "wall_s": wall, "machine": machine}, f, indent=1)
-  pngs = plot(a.root, agg, a.out)
-  print(open(os.path.join(a.out, "results.md")).read())
+    json.dump({**agg, "gate": g, "signal": signal, "chosen": chosen, "wall_s": wall,
+               "machine": machine}, f, indent=1)
+  pngs = plot(a.root, agg, jobs, list(dict.fromkeys(names + abl)), a.out)
+  print(md)
   print("wrote", os.path.join(a.out, "results.md"), *pngs)
   return 0
 

@@ -11,11 +11,11 @@ demo_score, demo_has_error, level. Example (difficulty 1)::
 
   orig_instruction: Add the numbers in each item. a) 3+4 b) 2+5 c) 6+1 d) 7+2
   orig_response:    a) 7 b) 8 c) 7 d) 9
-  orig_feedback:    3+4=7 vs 7 right. 2+5=7 vs 8 wrong. 6+1=7 vs 7 right. 7+2=9 vs 9 right.
-                    So the overall score is 4
+  orig_feedback:    a) 3+4=7 vs 7 right. b) 2+5=7 vs 8 wrong. c) 6+1=7 vs 7 right.
+                    d) 7+2=9 vs 9 right. So the overall score is 4
 
-Why it needs a CoT: a step-by-step feedback reaches the score by local steps (look up one sum,
-compare with one answer, then count the "right"s); a single guess must do 4 additions, 4
+Why it needs a CoT: a step-by-step feedback reaches the score by local steps (find one item by
+its label, add it, compare with that item's answer, then count the "right"s); a single guess must do 4 additions, 4
 comparisons and a count in one forward pass, which a ~1M-parameter model cannot.
 
 Knobs (`SyntheticConfig`):
@@ -41,6 +41,10 @@ Knobs (`SyntheticConfig`):
                    0 (the default): off by one is plainly wrong, as before.
   reference_has_answers  if True the reference answer lists the correct sums (easier: compare
                    instead of add); default False: a generic reference sentence.
+  shuffle_items    if True the instruction lists the 4 labelled items in a random order of
+                   labels ("c) 2+3 a) 4+1 d) ..."; the response keeps a, b, c, d); the
+                   demonstration still walks a, b, c, d, so a judge must find each item by its
+                   label, not by its position (which a held-out wording shifts).
 
 Splits, and what each holds out from judge training (the pretrained base of
 `configs/synthetic_base.py` knows all of it; `real_jax.data.synthetic_corpus`):
@@ -53,13 +57,13 @@ Splits, and what each holds out from judge training (the pretrained base of
                    score descriptions) made of words the base knows, never seen by the judge.
 All splits are disjoint in (items, answers); the same seed gives the same data.
 
-Tokenizer (`build_synthetic_tokenizer`): word-level, 235 tokens: the numbers 0..99, the words
-of all wordings, punctuation, `<|pad|>`, `<unk>`, `<|im_start|>`, `<|im_end|>` (EOS), and the
+Tokenizer (`build_synthetic_tokenizer`): word-level, 237 tokens: the numbers 0..99, the words
+of all wordings and of the base's worked solutions, punctuation, `<|pad|>`, `<unk>`, `<|im_start|>`, `<|im_end|>` (EOS), and the
 fixed lines of the Prometheus template (headers and rules) as single added tokens, so the *full*
 Prometheus prompt (the same template as the real data, no compact variant) renders, chat
 template included, to at most 110 tokens at difficulty 0-1 (118 at 2-3, 126 at 4; +4 with
-reference_has_answers). A demonstration (CoT + delimiter + score + EOS) is 43 tokens at
-difficulty 0-1 (51 at 2-3, 59 at 4).
+reference_has_answers). A demonstration (CoT + delimiter + score + EOS) is 51 tokens at
+difficulty 0-1 (59 at 2-3, 67 at 4).
 """
 from __future__ import annotations
 
@@ -135,6 +139,7 @@ class SyntheticConfig:
   near_miss_rate: float = 0.5
   near_miss_credit: float = 0.0
   reference_has_answers: bool = False
+  shuffle_items: bool = False
   train_size: int = 8192
   test_size: int = 512
   ood_size: int = 512
@@ -224,6 +229,12 @@ def _expr(ops) -> str:
   return "+".join(map(str, ops))
 
 
+def labelled(values, order=None) -> str:
+  """ "a) v0 b) v1 ..." with the labelled values listed in `order` (default a, b, c, d)."""
+  order = range(len(values)) if order is None else order
+  return " ".join(f"{ITEM_LABELS[i]}) {values[i]}" for i in order)
+
+
 def _make_example(rng: _Uniforms, config: SyntheticConfig, split: str):
   """One Prometheus-field row and its identity key (the items and the answers, not the wording)."""
   level, wordings = _split_params(config, split)
@@ -262,11 +273,13 @@ def _make_example(rng: _Uniforms, config: SyntheticConfig, split: str):
   # The teacher credits each near miss it sees as a grader would (with near_miss_credit).
   demo_score = 1 + words.count("right") + sum(
       rng.random() < config.near_miss_credit for _ in range(words.count("close")))
-  steps = [f"{_expr(ops[i])}={shown[i]} vs {answers[i]} {words[i]}." for i in range(N_ITEMS)]
+  steps = [f"{ITEM_LABELS[i]}) {_expr(ops[i])}={shown[i]} vs {answers[i]} {words[i]}."
+           for i in range(N_ITEMS)]
   feedback = " ".join(steps) + f" So the overall score is {demo_score}"
 
-  items = " ".join(f"{ITEM_LABELS[i]}) {_expr(ops[i])}" for i in range(N_ITEMS))
-  response = " ".join(f"{ITEM_LABELS[i]}) {answers[i]}" for i in range(N_ITEMS))
+  item_order = rng.permutation(N_ITEMS) if config.shuffle_items else range(N_ITEMS)
+  items = labelled([_expr(o) for o in ops], item_order)
+  response = labelled(answers)
   reference = (" ".join(f"{ITEM_LABELS[i]}) {sums[i]}" for i in range(N_ITEMS))
                if config.reference_has_answers else wording.reference)
   key = (tuple(map(tuple, ops)), tuple(answers))
@@ -334,7 +347,7 @@ CHAT_TEMPLATE = (
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 _EXTRA_WORDS = ("user", "assistant", "system", "The", "response", "is", "correct", "Good", "ok",
                 "So", "the", "overall", "score", "Feedback", "RESULT", "Score", *ITEM_LABELS,
-                *COT_WORDS)
+                *COT_WORDS, "Solution", "gives")
 _PUNCT = tuple(".,:;?!()[]{}+-=*/\"'#%<>_|&")
 
 
@@ -396,6 +409,7 @@ class SyntheticBuilderConfig(JudgeBuilderConfig):
   near_miss_rate: float = 0.5
   near_miss_credit: float = 0.0
   reference_has_answers: bool = False
+  shuffle_items: bool = False
   train_size: int = 8192
   test_size: int = 512
   ood_size: int = 512
@@ -412,9 +426,10 @@ class SyntheticJudge(JudgeBuilderBase):
   test_ood_rubric (held-out wordings); test targets are the mean of n_eval_graders noisy labels.
   """
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "Initial synthetic judge task.",
-                   "1.1.0": "Graded near misses (near_miss_credit), expected_score, n_close."}
+                   "1.1.0": "Graded near misses (near_miss_credit), expected_score, n_close.",
+                   "1.2.0": "Labelled CoT steps; shuffle_items."}
   BUILDER_CONFIGS = [SyntheticBuilderConfig(name="score_phrase", output_format="score_phrase"),
                      SyntheticBuilderConfig(name="result", output_format="result")]
   SOURCE = "synthetic"

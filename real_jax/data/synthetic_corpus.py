@@ -14,14 +14,24 @@ start for the synthetic task (`configs/synthetic_base.py` pretrains on it):
   prompts   free text in the template's style: full Prometheus user prompts (instruction with
             items at any split's level, a response, a reference, a rubric of any wording), up
             to the "###Feedback:" line (not included).
+  solutions worked solutions: an instruction of any wording with items at any split's level
+            (alone, or inside a full prompt as above), then "Solution: a) 4+8=12 b) 3+2=5 ..."
+            (every item found by its label and added, in label order) and, after a full prompt,
+            "The response gives a) 13 b) 5 ..." — reading items and answers by their labels,
+            over every operand range and wording, the generic skill a pretrained LLM brings to
+            any rubric. Not the judge's CoT: no comparison of an answer with a sum, no verdict,
+            no score.
+Prompts and solutions list the labelled items (and answers) in label order or, half the time,
+in a shuffled order, so looking an item up by its label is the skill learned, not a position.
 
-It holds NO judge demonstration: no feedback that walks through a response, no "So the overall
-score is", no score after a prompt. Judging — which answer to compare with which sum, counting,
+It holds NO judge demonstration: no feedback that compares a response's answers with the sums,
+no verdict after a prompt, no "So the overall score is", no score after a prompt. Judging — which answer to compare with which sum, counting,
 the score format — is learned only from the in-domain training split (warm-up SFT, RAFT, TRACT,
 RL), so the OOD splits test the transfer of known content to a judging skill learned elsewhere.
 
-`probes(config)` check that knowledge (greedy next-word accuracy after "a+b=" and after "x vs
-y", fresh draws from their own RNG stream), reported by the pretraining stage.
+`probes(config)` check that knowledge (greedy next-word accuracy after "a+b=", after "x vs y"
+and of the next operand inside a worked solution; fresh draws from their own RNG stream),
+reported by the pretraining stage.
 """
 from __future__ import annotations
 
@@ -30,8 +40,10 @@ import numpy as np
 from real_jax.data import synthetic as syn
 from real_jax.judge import prompts as prompts_lib
 
-KINDS = ("facts", "compare", "wordings", "prompts")
-KIND_WEIGHTS = (0.4, 0.3, 0.2, 0.1)  # prompts are ~3x longer than the other documents
+KINDS = ("facts", "compare", "wordings", "prompts", "solutions")
+# prompts and solutions are ~3x longer than the other documents
+KIND_WEIGHTS = (0.3, 0.25, 0.15, 0.1, 0.2)
+SOLUTION_WORDS = ("Solution", "gives")  # the words of the worked solutions (in the vocabulary)
 VERDICTS = ("right", "close", "wrong")
 PROBES_FILE = "pretrain_probes.json"  # the pretraining run's probe accuracies (workdir, export)
 
@@ -81,22 +93,46 @@ def _sentences() -> list[str]:
 _SENTENCES = _sentences()
 
 
-def _prompt(rng, config) -> str:
+def _items_and_answers(rng, config) -> tuple[syn.Wording, list[list[int]], list[int]]:
+  """A wording of any split, 4 items at any split's level and a response's answers (each the
+  sum, or off by one, with probability 1/2 each)."""
   levels = corpus_levels(config)
   level = levels[int(rng.integers(len(levels)))]
   wordings = syn.IN_DOMAIN_WORDINGS + syn.OOD_WORDINGS
   w = wordings[int(rng.integers(len(wordings)))]
   items = [_operands(rng, level) for _ in range(syn.N_ITEMS)]
   answers = [sum(ops) + int(rng.integers(-1, 2)) * int(rng.random() < 0.5) for ops in items]
-  answers = [max(a, 0) for a in answers]
+  return w, items, [max(a, 0) for a in answers]
+
+
+def _order(rng) -> list[int]:
+  """The order in which a text lists labelled items: a-d, or (half the time) shuffled."""
+  return rng.permutation(syn.N_ITEMS).tolist() if rng.random() < 0.5 else list(range(syn.N_ITEMS))
+
+
+def _prompt_text(w: syn.Wording, items, answers, rng) -> str:
   fields = prompts_lib.JudgeFields(
-      instruction=f"{w.instruction} " + " ".join(
-          f"{syn.ITEM_LABELS[i]}) {syn._expr(ops)}" for i, ops in enumerate(items)),
-      response=" ".join(f"{syn.ITEM_LABELS[i]}) {a}" for i, a in enumerate(answers)),
-      reference_answer=w.reference,
+      instruction=f"{w.instruction} " + syn.labelled([syn._expr(o) for o in items], _order(rng)),
+      response=syn.labelled(answers, _order(rng)), reference_answer=w.reference,
       rubric=prompts_lib.format_rubric(w.criteria, w.descriptions))
   # Without the closing "###Feedback:" line: the corpus never shows what follows it.
   return prompts_lib.render_prompt(fields).rsplit("###Feedback:", 1)[0].rstrip()
+
+
+def _prompt(rng, config) -> str:
+  return _prompt_text(*_items_and_answers(rng, config), rng)
+
+
+def _solution(rng, config) -> str:
+  """A worked solution of an instruction's items, alone or after a full prompt (then the
+  response's answers are read back too)."""
+  w, items, answers = _items_and_answers(rng, config)
+  solved = syn.labelled([f"{syn._expr(o)}={sum(o)}" for o in items])  # a, b, c, d
+  if rng.random() < 0.5:
+    listed = syn.labelled([syn._expr(o) for o in items], _order(rng))
+    return f"{w.instruction} {listed} Solution: {solved}."
+  return (f"{_prompt_text(w, items, answers, rng)} Solution: {solved}. The response gives "
+          f"{syn.labelled(answers)}.")
 
 
 def document(rng: np.random.Generator, config: syn.SyntheticConfig) -> str:
@@ -109,6 +145,8 @@ def document(rng: np.random.Generator, config: syn.SyntheticConfig) -> str:
   if kind == "wordings":
     idx = rng.choice(len(_SENTENCES), size=int(rng.integers(2, 6)), replace=False)
     return " ".join(_SENTENCES[i] for i in idx)
+  if kind == "solutions":
+    return _solution(rng, config)
   return _prompt(rng, config)
 
 
@@ -130,7 +168,10 @@ def probes(config: syn.SyntheticConfig, n: int = 256, seed: int = 12345) -> dict
   """Held-out knowledge checks: kind -> [(prefix text, expected next word)].
 
   facts_L<level>: "x+y=" after one other fact, the sum expected; compare: "a vs b" after one
-  other comparison, the verdict expected. Drawn from their own RNG stream (not the corpus's).
+  other comparison, the verdict expected; solve_L<level>: an instruction of any wording with
+  items at that level, "Solution:" and the items before item k (k = 2..4) solved, then item k's
+  label: its first operand expected (found by the label, not by position). Drawn from their own
+  RNG stream (not the corpus's).
   """
   rng = np.random.default_rng([seed, 99])
   out: dict[str, list[tuple[str, str]]] = {}
@@ -146,4 +187,16 @@ def probes(config: syn.SyntheticConfig, n: int = 256, seed: int = 12345) -> dict
     head, verdict = text[:-1].rsplit(" ", 1)
     rows.append((f"{_comparison(rng, config)} {head}", verdict))
   out["compare"] = rows
+  wordings = syn.IN_DOMAIN_WORDINGS + syn.OOD_WORDINGS
+  for level in corpus_levels(config):
+    rows = []
+    for _ in range(n):
+      w = wordings[int(rng.integers(len(wordings)))]
+      items = [_operands(rng, level) for _ in range(syn.N_ITEMS)]
+      k = int(rng.integers(1, syn.N_ITEMS))
+      done = syn.labelled([f"{syn._expr(o)}={sum(o)}" for o in items[:k]])
+      listed = syn.labelled([syn._expr(o) for o in items], _order(rng))
+      rows.append((f"{w.instruction} {listed} Solution: {done} {syn.ITEM_LABELS[k]})",
+                   str(items[k][0])))
+    out[f"solve_L{level}"] = rows
   return out

@@ -164,19 +164,15 @@ def paired_table(a: dict[str, Any], b: dict[str, Any], *, metrics: Sequence[str]
   pairs = paired_predictions(a, b)
   lines = [f"## Paired difference: A − B, A = {_label(a)}, B = {_label(b)}", "",
            f"95% bootstrap interval over items ({n_boot} resamples, the same draws for A and "
-           "B); correlations × 100; * = the interval excludes 0.", "",
+           "B); correlations × 100; * = the interval excludes 0 at the precision shown.", "",
            "| Split (n) | Readout | " + " | ".join(TITLES[m] for m in metrics) + " |",
            "|---|---|" + "---:|" * len(metrics)]
   for sp, (pa, pb) in pairs.items():
     for ro in readouts:
       cells = []
       for m in metrics:
-        scale = 1.0 if m == "mse" else 100.0
         d = bootstrap.paired_difference(m, pa[ro], pb[ro], pa["target"], n_boot=n_boot)
-        star = "*" if d.excludes_zero() else ""
-        cells.append(f"{d.estimate * scale:+.{3 if m == 'mse' else 1}f} "
-                     f"[{d.low * scale:+.{3 if m == 'mse' else 1}f}, "
-                     f"{d.high * scale:+.{3 if m == 'mse' else 1}f}]{star}")
+        cells.append(d.format(*((1.0, 3) if m == "mse" else (100.0, 1))))
       title = f"{ev.SPLIT_TITLES.get(sp, sp)} ({len(pa['target'])})"
       lines.append(f"| {title} | {READOUT_TITLES[ro]} | " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -232,6 +232,7 @@ def base_config() -> ConfigDict:
   c.data.synthetic.near_miss_rate = 0.5  # wrong answers that are off by one
   c.data.synthetic.near_miss_credit = 0.0  # > 0: graders credit an off-by-one answer w.p. this
   c.data.synthetic.reference_has_answers = False  # the reference lists the correct sums
+  c.data.synthetic.shuffle_items = False  # list items and answers in a random order of labels
   c.data.synthetic.train_size = 8192  # records in train
   c.data.synthetic.test_size = 512  # records in test (in domain)
   c.data.synthetic.ood_size = 512  # records in each OOD split

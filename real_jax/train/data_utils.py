@@ -15,7 +15,8 @@ from real_jax.judge import prompts as prompts_lib
 from real_jax.train.config_lib import ConfigError
 
 SYNTHETIC_OPTIONS = ("seed", "difficulty", "label_noise", "n_eval_graders", "cot_error_rate",
-                     "near_miss_rate", "near_miss_credit", "reference_has_answers", "train_size", "test_size",
+                     "near_miss_rate", "near_miss_credit", "reference_has_answers", "shuffle_items",
+                     "train_size", "test_size",
                      "ood_size")
 SYNTHETIC_EVAL_SPLITS = ("test", "test_ood_hard", "test_ood_rubric")
 PROMETHEUS_EVAL = ("feedback_bench", "flask", "vicuna_bench", "mt_bench")
