@@ -28,10 +28,10 @@ def tiny_config(shared, method="real", **over):
   c.rl.buffer_size = 2
   c.rl.group_size = 4
   c.rl.mini_batch_size = 8
-  c.rl.max_response_len = 48
+  c.rl.max_response_len = 56  # a demonstration CoT + delimiter is 49 tokens
   c.eval.batch_size = 8
   c.eval.max_items = 8
-  c.eval.max_response_len = 48
+  c.eval.max_response_len = 56
   c.eval.before_training = False  # the demo's base row; the tests that want it set it
   c.log.tensorboard = False
   c.unlock()

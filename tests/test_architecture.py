@@ -13,7 +13,7 @@ PKG = ROOT / "real_jax"
 # Rank of each module, bottom up; a module imports only modules of a lower rank, or of the same
 # rank inside its own package. docs/architecture.md draws the same table.
 RANKS = {
-    "real_jax.layout": 0, "real_jax.sharding": 0, "real_jax.objectives": 0,
+    "real_jax.layout": 0, "real_jax.sharding": 0, "real_jax.objectives": 0, "real_jax.bootstrap": 0,
     "real_jax.judge.formats": 0,
     "real_jax.judge.scores": 1,
     "real_jax.judge.prompts": 2, "real_jax.judge": 2,
@@ -28,7 +28,7 @@ RANKS = {
     "real_jax.train.pretrain": 11,
     "real_jax.train": 11,
     "real_jax.evaluate": 12,
-    "real_jax.judging": 13, "real_jax.main": 13, "real_jax.tools": 13, "real_jax": 14,
+    "real_jax.judging": 13, "real_jax.main": 13, "real_jax.tools": 14, "real_jax": 15,
 }
 # Function-local imports allowed: optional or test-only heavy dependencies, and the package's
 # lazy `real_jax.Judge` attribute.

@@ -28,6 +28,12 @@ def _fast_env(tmp_path):
 
 
 def test_committed_settings_were_chosen_on_validation():
+  """Committed study results come with the chosen.json they were run with, and every entry of
+  it was chosen on the validation split; without a chosen.json there are no results."""
+  results = os.path.join(HERE, "results.json")
+  if not os.path.exists(study.CHOSEN):
+    assert not os.path.exists(results), "results.json without the chosen.json it used"
+    return
   chosen = study.load_chosen(study.CHOSEN)
   assert set(study.METHODS_CHOSEN) <= set(chosen)
   for method, c in chosen.items():
@@ -38,6 +44,8 @@ def test_committed_settings_were_chosen_on_validation():
   for method, c in chosen.items():
     match = [r for r in rows if r["settings"] == c["settings"] and f"{r['run']}_s0" == c["run"]]
     assert match and match[0]["value"] == c["value"], method
+  if os.path.exists(results):
+    assert json.load(open(results))["chosen"] == chosen
 
 
 def test_study_refuses_settings_chosen_elsewhere(tmp_path, capsys):
