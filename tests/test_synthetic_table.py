@@ -141,16 +141,16 @@ def test_sweep_then_study_on_two_seeds(tmp_path):
     assert picked[m]["value"] == max(vals), m
   assert "**" in (chosen / "sweep.md").read_text()
   cmd = [sys.executable, SCRIPT, f"--out={out}", "--seeds=0,1", f"--chosen={chosen / 'chosen.json'}",
-         "--only=warmup,grpo,real", "--ablation_seeds=", *common]
+         "--only=warmup,real", "--ablation_seeds=", *common]
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-  assert "5 runs to do (1 already finished)" in r.stdout and "5/5 done" in r.stdout
+  assert "3 runs to do (1 already finished)" in r.stdout and "3/3 done" in r.stdout
   assert "ETA" in r.stdout
   md = (out / "results.md").read_text()
   res = json.loads((out / "results.json").read_text())
-  assert list(res["methods"]) == ["warmup", "grpo", "real"]
+  assert list(res["methods"]) == ["warmup", "real"]
   preds = {n: [study.jobs_lib.load_predictions(str(tmp_path / "runs" / f"{n}_s{s}"))
-               for s in (0, 1)] for n in ("real", "grpo")}
+               for s in (0, 1)] for n in ("real", "warmup")}
   for name, m in res["methods"].items():
     assert m["seeds"] == [0, 1]
     e = m["splits"]["test"]["rail"]
@@ -159,15 +159,15 @@ def test_sweep_then_study_on_two_seeds(tmp_path):
     lo, hi = e["mse"]["ci"]  # seeds, then items: the interval brackets the estimate
     assert lo < e["mse"]["mean"] < hi, (name, lo, e["mse"]["mean"], hi)
   assert np.mean([p["test"]["valid"].mean() for p in preds["real"]]) > 0.5  # CoTs reach a score
-  # The paired interval REAL − GRPO is the bootstrap's over the runs' own predictions.
+  # The paired interval REAL − warm-up is the bootstrap's over the runs' own predictions.
   target = study.seed_matrix(preds["real"], "test", "target")
   want = bootstrap.paired_difference("pearson", study.seed_matrix(preds["real"], "test", "rail"),
-                                     study.seed_matrix(preds["grpo"], "test", "rail"), target,
+                                     study.seed_matrix(preds["warmup"], "test", "rail"), target,
                                      n_boot=study.N_BOOT)
-  got = res["pairs"]["real-grpo"]["splits"]["test"]["rail"]["pearson"]
+  got = res["pairs"]["real-warmup"]["splits"]["test"]["rail"]["pearson"]
   assert got["estimate"] == pytest.approx(want.estimate) and got["low"] == pytest.approx(want.low)
-  assert set(res["pairs"]) == {"real-grpo", "real-warmup"}
-  assert "| REAL − standard RL (GRPO) |" in md and "| REAL − CE warm-up (SFT) |" in md
+  assert set(res["pairs"]) == {"real-warmup"}
+  assert "| REAL − CE warm-up (SFT) |" in md
   # The precondition and the rollout signal under the warm-up, per split.
   assert res["gate"]["range"] == [0.2, 0.7] and set(res["gate"]["ood"]) == {
       "test_ood_hard", "test_ood_rubric"}
@@ -192,7 +192,7 @@ def test_sweep_then_study_on_two_seeds(tmp_path):
     assert (out / png).stat().st_size > 10_000
   # A second invocation finds every run finished and only rebuilds the outputs.
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-  assert r.returncode == 0 and "0 runs to do (6 already finished)" in r.stdout, r.stdout[-2000:]
+  assert r.returncode == 0 and "0 runs to do (4 already finished)" in r.stdout, r.stdout[-2000:]
 
 
 @pytest.mark.parametrize("rec", [
@@ -220,3 +220,21 @@ def test_cot_steps_name_the_part_that_is_wrong():
       {"label": "b", "item": False, "sum": True, "answer": True, "verdict": True},
       {"label": "c", "item": True, "sum": False, "answer": True, "verdict": True},
       {"label": "d", "item": True, "sum": True, "answer": False, "verdict": False}]
+
+
+def test_a_run_made_with_other_settings_is_refused_not_reused(tmp_path):
+  """A finished run is reused only when its run.json has the job's settings (a chosen.json
+  that changed since must not silently reuse old runs)."""
+  jobs = study.jobs_lib
+  wd = tmp_path / "warmup_s0"
+  wd.mkdir()
+  (wd / "run.json").write_text(json.dumps({"config": {"train": {"lr": 0.001, "steps": 300},
+                                                      "raft": {"renormalize": False}}}))
+  (wd / "results.json").write_text(json.dumps({"rows": [{"name": "CE warm-up (SFT)"}]}))
+  same = jobs.warmup_job({"train.lr": 0.001, "train.steps": 300, "raft.renormalize": False})
+  assert jobs.finished(same, str(wd))
+  for other in ({"train.lr": 0.003}, {"train.steps": 400}, {"raft.renormalize": True}):
+    with pytest.raises(jobs.JobError, match=r"was run with .*; remove it or use another --root"):
+      jobs.finished(jobs.warmup_job(other), str(wd))
+  with pytest.raises(jobs.JobError, match="--jobs 0"):
+    jobs.run_jobs(str(tmp_path), {"warmup": same}, [("warmup", 0)], n_jobs=0)

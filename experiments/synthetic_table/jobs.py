@@ -68,11 +68,55 @@ def warmup_job(settings: dict) -> Job:
   return Job("warmup", "sft", "CE warm-up (SFT)", settings_args(settings))
 
 
+def machine(n_jobs: int) -> str:
+  """The machine and its load when the invocation started, for the tables' footers."""
+  cpu = ""
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  return (f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores ({cpu or 'unknown CPU'}), "
+          f"1-minute load {load:.2f} at the start, {n_jobs} runs at a time (one core each)")
+
+
 def workdir(root: str, name: str, seed: int) -> str:
   return os.path.join(root, f"{name}_s{seed}")
 
 
+class JobError(RuntimeError):
+  """A run that failed, waits on a run outside the invocation, or was run with other settings."""
+
+
+def _config_value(config: dict, path: str):
+  node = config
+  for part in path.split("."):
+    node = node[part]
+  return node
+
+
+def check_settings(job: Job, wd: str) -> None:
+  """Raises JobError when the run in `wd` was made with other values of the job's `--config.*`
+  settings than the job has now (e.g. a chosen.json that changed since)."""
+  path = os.path.join(wd, "run.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    config = json.load(f)["config"]
+  for arg in job.args:
+    key, _, want = arg[len("--config."):].partition("=")
+    try:
+      have = _config_value(config, key)
+    except (KeyError, TypeError):
+      continue
+    same = (str(have).lower() == want.lower() if isinstance(have, (bool, str)) else
+            float(have) == float(want))
+    if not same:
+      raise JobError(f"{wd} was run with {key}={have}, not {want}; remove it or use another "
+                     "--root")
+
+
 def finished(job: Job, wd: str) -> bool:
+  check_settings(job, wd)
   if job.done:
     return os.path.exists(os.path.join(wd, job.done))
   p = os.path.join(wd, "results.json")
@@ -102,6 +146,8 @@ def run_jobs(root: str, jobs: dict[str, Job], items: list[tuple[str, int]], n_jo
              config_arg: str = "", extra: tuple[str, ...] = (), tag: str = "study") -> float:
   """Runs the unfinished (name, seed) items, `n_jobs` at a time (each on its own core), a job
   after the job it starts from; prints progress with rate and ETA. Returns seconds."""
+  if not 1 <= n_jobs <= (os.cpu_count() or 1):
+    raise JobError(f"--jobs {n_jobs}: give 1 to {os.cpu_count()} (one core per run)")
   rank = {n: (0 if j.after is None and any(k.after == n for k in jobs.values()) else
               1 if j.after else 2) for n, j in jobs.items()}
   order = sorted(items, key=lambda it: (rank[it[0]], it[1]))
@@ -138,12 +184,12 @@ def run_jobs(root: str, jobs: dict[str, Job], items: list[tuple[str, int]], n_jo
         core = free.pop(0)
         running[ex.submit(one, it, core)] = core
       if not running:
-        raise RuntimeError(f"runs wait on runs that are not part of this invocation: {pending}")
+        raise JobError(f"runs wait on runs that are not part of this invocation: {pending}")
       fut = next(iter(wait(list(running), return_when=FIRST_COMPLETED)[0]))
       free.append(running.pop(fut))
       (n, s), rc, dt = fut.result()
       if rc != 0:
-        raise RuntimeError(f"run {n} seed {s} failed (exit {rc}); see "
+        raise JobError(f"run {n} seed {s} failed (exit {rc}); see "
                            f"{os.path.join(workdir(root, n, s), 'log.txt')}")
       done.add((n, s))
       n_done += 1

@@ -38,10 +38,13 @@ import subprocess
 import sys
 
 import numpy as np
+from ml_collections import ConfigDict
+
+from real_jax import bootstrap, evaluate
+from real_jax.train import data_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jobs as jobs_lib  # noqa: E402  (this directory's shared runner)
-from real_jax import bootstrap, evaluate  # noqa: E402
 
 SPLITS, SPLIT_TITLES = jobs_lib.SPLITS, jobs_lib.SPLIT_TITLES
 CHOSEN = os.path.join(jobs_lib.HERE, "chosen.json")
@@ -62,15 +65,21 @@ class ChosenError(ValueError):
 def load_chosen(path: str) -> dict:
   if not os.path.exists(path):
     raise ChosenError(f"{path} does not exist; run experiments/synthetic_table/sweep.py first")
-  with open(path) as f:
-    chosen = json.load(f)
-  missing = [m for m in METHODS_CHOSEN if m not in chosen]
+  try:
+    with open(path) as f:
+      chosen = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ChosenError(f"{path}: {e}") from None
+  missing = [m for m in METHODS_CHOSEN if not isinstance(chosen.get(m), dict)
+             or not isinstance(chosen[m].get("settings"), dict)]
   if missing:
     raise ChosenError(f"{path} has no settings for {missing}; rerun sweep.py")
   bad = {m: c.get("split") for m, c in chosen.items() if c.get("split") != "validation"}
   if bad:
     raise ChosenError(f"{path}: settings of {sorted(bad)} were chosen on {sorted(set(bad.values()))},"
                       " not on the validation split; choose them with sweep.py")
+  if not {"rl.lr", "rl.steps"} <= set(chosen["real"]["settings"]):
+    raise ChosenError(f"{path}: REAL's settings need rl.lr and rl.steps; rerun sweep.py")
   return chosen
 
 
@@ -113,8 +122,6 @@ def ablation_names(jobs: dict[str, jobs_lib.Job]) -> list[str]:
 
 def eval_records(wd: str) -> dict[str, list[dict]]:
   """split -> the evaluation records of a run (as its evaluation read them)."""
-  from ml_collections import ConfigDict
-  from real_jax.train import data_utils
   with open(os.path.join(wd, "run.json")) as f:
     config = ConfigDict(json.load(f)["config"])
   _, evals, _ = data_utils.load_sources(config, wd, train=False, evaluation=True)
@@ -309,7 +316,8 @@ def rollout_signal(root: str, name: str, seed: int, config_arg: str) -> dict | N
                             f"--workdir={wd}", f"--prompts={prompts}", "--method=real"],
                            stdout=log, stderr=subprocess.STDOUT, cwd=jobs_lib.ROOT, env=env)
     if rc != 0:
-      raise RuntimeError(f"rollout_signal of {wd} failed (exit {rc}); see its rollout_signal.log")
+      raise jobs_lib.JobError(f"rollout_signal of {wd} failed (exit {rc}); see its "
+                              "rollout_signal.log")
   with open(path) as f:
     return json.load(f)
 
@@ -570,11 +578,16 @@ def main(argv=None) -> int:
   ablation = ablation_names(jobs) if ab_seeds else []
   seeds_of = {**{n: ab_seeds for n in ablation}, **{n: seeds for n in main_names}}
   items = list(dict.fromkeys((n, s) for n in main_names + ablation for s in seeds_of[n]))
-  wall = None if a.aggregate else jobs_lib.run_jobs(a.root, jobs, items, a.jobs, a.config_arg,
-                                                    tuple(a.extra))
-  signal = (rollout_signal(a.root, "warmup", seeds[0], a.config_arg)
-            if "warmup" in main_names else None)
-  agg = aggregate(a.root, jobs, list(dict.fromkeys(main_names + ablation)), seeds_of)
+  machine = jobs_lib.machine(a.jobs)
+  try:
+    wall = None if a.aggregate else jobs_lib.run_jobs(a.root, jobs, items, a.jobs, a.config_arg,
+                                                      tuple(a.extra))
+    agg = aggregate(a.root, jobs, list(dict.fromkeys(main_names + ablation)), seeds_of)
+    signal = (rollout_signal(a.root, "warmup", seeds[0], a.config_arg)
+              if "warmup" in agg["methods"] else None)
+  except (jobs_lib.JobError, ValueError) as e:
+    print(f"run.py: {e}", file=sys.stderr)
+    return 2
   if not agg["methods"]:
     print(f"run.py: no finished run under {a.root} (run it without --aggregate)", file=sys.stderr)
     return 2
@@ -591,7 +604,6 @@ def main(argv=None) -> int:
     with open(previous) as f:
       wall = json.load(f).get("wall_s")
   os.makedirs(a.out, exist_ok=True)
-  machine = f"{os.cpu_count()} CPU cores, {a.jobs} runs at a time (one core each)"
   names = [n for n in main_names if n in agg["methods"]]
   abl = [n for n in ablation if n in agg["methods"]]
   md = render(agg, main_names=names, ablation=abl, wall_s=wall, machine=machine, signal=signal,

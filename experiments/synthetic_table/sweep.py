@@ -39,17 +39,18 @@ METRIC = "rail/pearson"
 @dataclasses.dataclass(frozen=True)
 class Grid:
   """The candidates. `smoke()`: the same stages at a few steps (tests)."""
-  sft_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+  sft_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # the same LRs for RAFT and TRACT
   sft_steps: int = 400
   sft_every: int = 100
-  raft_lrs: tuple[float, ...] = (1e-3, 3e-3)
+  raft_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
   raft_renorm: tuple[bool, ...] = (False, True)
   raft_steps: int = 300
   raft_every: int = 100
   # (LR, λ, renormalised ŷ): the authors' λ = 1 with the full-vocabulary ŷ at two LRs, then a
   # smaller weight of the squared error and the ŷ renormalised over the score tokens.
   tract_grid: tuple[tuple[float, float, bool], ...] = (
-      (3e-4, 1.0, False), (1e-3, 1.0, False), (1e-3, 0.1, False), (1e-3, 1.0, True))
+      (3e-4, 1.0, False), (1e-3, 1.0, False), (1e-3, 0.1, False), (1e-3, 1.0, True),
+      (3e-3, 1.0, False))
   tract_steps: int = 300  # stage 2, read every `tract_every` steps
   tract_stage1_steps: int = 300
   tract_every: int = 100
@@ -212,10 +213,11 @@ def main(argv=None) -> int:
           file=sys.stderr)
     return 2
   g = Grid.smoke() if a.smoke else Grid()
+  machine = jobs_lib.machine(a.jobs)
   try:
     chosen, rows, wall = sweep(a.root, g, a.jobs, a.config_arg, tuple(a.extra),
                                run=not a.aggregate)
-  except NoCandidates as e:
+  except (NoCandidates, jobs_lib.JobError) as e:
     print(f"sweep.py: {e}", file=sys.stderr)
     return 2
   os.makedirs(a.out, exist_ok=True)
@@ -223,7 +225,6 @@ def main(argv=None) -> int:
   if a.aggregate and os.path.exists(prev):
     with open(prev) as f:
       wall = json.load(f).get("wall_s")
-  machine = f"{os.cpu_count()} CPU cores, {a.jobs} runs at a time (one core each)"
   with open(os.path.join(a.out, "chosen.json"), "w") as f:
     json.dump(chosen, f, indent=1)
   with open(os.path.join(a.out, "sweep.json"), "w") as f:

@@ -34,7 +34,7 @@ Knobs (`SyntheticConfig`):
   near_miss_credit q > 0 makes near misses AMBIGUOUS (graded ambiguity): each grader counts an
                    off-by-one answer as right with probability q, independently, so graders
                    genuinely disagree and E[y*|x] is fractional and differs from the mode. The
-                   demonstrations then call such a step "close" ("2+2=4 vs 5 close.") and end
+                   demonstrations then call such a step "close" ("a) 2+2=4 vs 5 close.") and end
                    with the score of one such grader. Each row keeps `expected_score`, the exact
                    E[label | item] (`expected_score()`: Binomial credit, then the label noise's
                    mean shift), so the Bayes-optimal predictor's correlation is computable.
