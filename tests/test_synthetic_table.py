@@ -238,3 +238,15 @@ def test_a_run_made_with_other_settings_is_refused_not_reused(tmp_path):
       jobs.finished(jobs.warmup_job(other), str(wd))
   with pytest.raises(jobs.JobError, match="--jobs 0"):
     jobs.run_jobs(str(tmp_path), {"warmup": same}, [("warmup", 0)], n_jobs=0)
+
+
+@pytest.mark.parametrize("ood,met", [((0.3, 0.5), True), ((0.1, 0.5), False), ((0.3, 0.8), False),
+                                     ((0.3, 0.65), False)])
+def test_precondition_gate(ood, met):
+  """Met only when each OOD split's share of entirely-right CoTs lies in 20-70% and below ID."""
+  agg = {"methods": {"warmup": {"cot_right": {"test": 0.6, "test_ood_hard": ood[0],
+                                              "test_ood_rubric": ood[1]}}}}
+  g = study.gate(agg)
+  assert g["met"] is met and g["in_domain"] == 0.6
+  assert ("(MET)" if met else "(NOT MET)") in study.gate_line(g)
+  assert study.gate({"methods": {}}) == {} and "not measured" in study.gate_line({})
