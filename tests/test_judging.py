@@ -28,7 +28,7 @@ def test_judge_grades_like_evaluation(shared, warm, tmp_path):
   records = _records(shared)
   judge = real_jax.Judge.from_workdir(warm[0])
   assert judge.score_tokens.values == (1.0, 2.0, 3.0, 4.0, 5.0)
-  grades = judge.grade(records, greedy=True, max_new_tokens=48, batch_size=4)
+  grades = judge.grade(records, greedy=True, max_new_tokens=56, batch_size=4)
   c = tiny_config(shared, "eval", **{"init.checkpoint": warm[0], "eval.greedy": True,
                                      "data.eval_splits": "test"})
   main_lib.run(c, str(tmp_path))

@@ -143,7 +143,7 @@ def test_exported_judge_stops_in_transformers_where_ours_does(shared, warm, tmp_
   eos = tok.convert_tokens_to_ids("<|im_end|>")
   assert gen["eos_token_id"] == eos == json.load(open(os.path.join(out, "config.json")))[
       "eos_token_id"]
-  assert gen["do_sample"] and gen["top_p"] == 0.9 and gen["max_new_tokens"] == 48  # eval.*
+  assert gen["do_sample"] and gen["top_p"] == 0.9 and gen["max_new_tokens"] == 56  # eval.*
   modes = {n: stat.S_IMODE(os.stat(os.path.join(out, n)).st_mode) for n in os.listdir(out)}
   assert len(set(modes.values())) == 1 and modes["model.safetensors"] & 0o044, modes
 
