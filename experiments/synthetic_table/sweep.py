@@ -71,39 +71,40 @@ def _val(every: int) -> tuple[str, ...]:
           f"--config.eval.every={every}", f"--config.eval.best_metric={METRIC}")
 
 
+BUDGET_KEY = {"sft": "train.steps", "raft": "train.steps", "tract2": "tract.stage2_steps",
+              "rl": "rl.steps"}
+
+
+def _candidate(name: str, method: str, label: str, stage: str, settings: dict, last: int,
+               every: int, after: str | None = None) -> tuple:
+  """(job, stage read, last step, settings without the budget, candidate budgets) of one sweep
+  run: `settings` plus the stage's budget `last`, validation every `every` steps."""
+  args = jobs_lib.settings_args({**settings, BUDGET_KEY[stage]: last}) + _val(every)
+  job = jobs_lib.Job(name, method, label, args, after=after, done=f"eval/{stage}_final_val.json")
+  return job, stage, last, settings, list(range(every, last + 1, every))
+
+
 def stage_a(g: Grid) -> dict[str, tuple[jobs_lib.Job, str, int, dict, list[int]]]:
   """name -> (job, stage read, last step, settings without the budget, candidate budgets)."""
   out = {}
   for lr in g.sft_lrs:
-    s = {"train.lr": lr}
-    out[f"sweep_sft_lr{lr:g}"] = (jobs_lib.Job(
-        f"sweep_sft_lr{lr:g}", "sft", f"sweep SFT lr={lr:g}",
-        jobs_lib.settings_args({**s, "train.steps": g.sft_steps}) + _val(g.sft_every),
-        done="eval/sft_final_val.json"), "sft", g.sft_steps, s,
-        list(range(g.sft_every, g.sft_steps + 1, g.sft_every)))
+    name = f"sweep_sft_lr{lr:g}"
+    out[name] = _candidate(name, "sft", f"sweep SFT lr={lr:g}", "sft", {"train.lr": lr},
+                           g.sft_steps, g.sft_every)
   for lr in g.raft_lrs:
     for rn in g.raft_renorm:
-      s = {"train.lr": lr, "raft.renormalize": rn}
       name = f"sweep_raft_lr{lr:g}_{'renorm' if rn else 'full'}"
-      out[name] = (jobs_lib.Job(name, "raft", name.replace("_", " "),
-                                jobs_lib.settings_args({**s, "train.steps": g.raft_steps})
-                                + _val(g.raft_every), done="eval/raft_final_val.json"),
-                   "raft", g.raft_steps, s,
-                   list(range(g.raft_every, g.raft_steps + 1, g.raft_every)))
+      out[name] = _candidate(name, "raft", name.replace("_", " "), "raft",
+                             {"train.lr": lr, "raft.renormalize": rn}, g.raft_steps, g.raft_every)
   for lr, lam, rn in g.tract_grid:
+    name = f"sweep_tract_lr{lr:g}_lam{lam:g}_{'renorm' if rn else 'full'}"
     s = {"train.lr": lr, "tract.lam": lam, "raft.renormalize": rn,
          "tract.stage1_steps": g.tract_stage1_steps}
-    name = f"sweep_tract_lr{lr:g}_lam{lam:g}_{'renorm' if rn else 'full'}"
-    out[name] = (jobs_lib.Job(name, "tract", name.replace("_", " "),
-                              jobs_lib.settings_args({**s, "tract.stage2_steps": g.tract_steps})
-                              + _val(g.tract_every), done="eval/tract2_final_val.json"),
-                 "tract2", g.tract_steps, s,
-                 list(range(g.tract_every, g.tract_steps + 1, g.tract_every)))
+    out[name] = _candidate(name, "tract", name.replace("_", " "), "tract2", s, g.tract_steps,
+                           g.tract_every)
   return out
 
 
-BUDGET_KEY = {"sft": "train.steps", "raft": "train.steps", "tract2": "tract.stage2_steps",
-              "rl": "rl.steps"}
 A_METHODS = {"sft": "warmup", "raft": "raft", "tract": "tract"}
 
 
