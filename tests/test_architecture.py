@@ -4,32 +4,31 @@ optional heavy dependencies), and no docstring that points outside the repositor
 
 import ast
 import pathlib
+import re
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PKG = ROOT / "real_jax"
 
-# Rank of each module, bottom up; a module imports only modules of a lower rank, or of the same
-# rank inside its own package. docs/architecture.md draws the same table.
-RANKS = {
-    "real_jax.layout": 0, "real_jax.sharding": 0, "real_jax.objectives": 0, "real_jax.bootstrap": 0,
-    "real_jax.judge.formats": 0,
-    "real_jax.judge.scores": 1,
-    "real_jax.judge.prompts": 2, "real_jax.judge": 2,
-    "real_jax.data": 3, "real_jax.models": 3,
-    "real_jax.sampling": 4,
-    "real_jax.readout": 5, "real_jax.mechanism": 5,
-    "real_jax.train.batch": 6, "real_jax.train.state": 6, "real_jax.train.metrics": 6,
-    "real_jax.train.checkpoint": 7, "real_jax.train.config_lib": 7,
-    "real_jax.train.data_utils": 8, "real_jax.train.steps": 8, "real_jax.train.workdir": 8,
-    "real_jax.train.runner": 9,
-    "real_jax.train.supervised": 10, "real_jax.train.tract": 10, "real_jax.train.rl": 10,
-    "real_jax.train.pretrain": 11,
-    "real_jax.train": 11,
-    "real_jax.evaluate": 12,
-    "real_jax.judging": 13, "real_jax.main": 13, "real_jax.tools": 14, "real_jax": 15,
-}
+
+def _doc_ranks() -> dict[str, int]:
+  """Rank of each module, bottom up, read from the layer table of docs/architecture.md (the one
+  copy): a module imports only modules of a lower rank, or of the same rank inside its own
+  package. `tools/` names a package, `train/rl.py` a module, `judge/__init__.py` a package's own
+  file."""
+  ranks = {}
+  for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
+    m = re.match(r"\|\s*(\d+)\s*\|([^|]*)\|", line)
+    if not m:
+      continue
+    for path in re.findall(r"`([\w/]+(?:\.py|/))`", m.group(2)):
+      name = path.rstrip("/").removesuffix(".py").removesuffix("__init__").rstrip("/")
+      ranks[".".join(["real_jax"] + [p for p in name.split("/") if p])] = int(m.group(1))
+  return ranks
+
+
+RANKS = _doc_ranks()
 # Function-local imports allowed: optional or test-only heavy dependencies, and the package's
 # lazy `real_jax.Judge` attribute.
 LOCAL_OK = {"torch", "transformers", "pyarrow.parquet", "tensorboardX", "real_jax.judging"}

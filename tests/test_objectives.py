@@ -737,7 +737,6 @@ def test_readme_example_runs():
   section = re.search(r"<!-- SECTION:objectives -->(.*?)<!-- /SECTION:objectives -->", text, re.S)
   assert section, "objectives section markers missing from README.md"
   body = section.group(1)
-  assert "reuse the losses in your own JAX code" in body
   blocks = re.findall(r"```python\n(.*?)```", body, re.S)
   assert blocks, "no ```python block in the README objectives section"
   namespace = {"__name__": "readme_example"}

@@ -1,6 +1,6 @@
 """`python -m real_jax.tools.plan`: the run's programs compiled ahead of time for a TPU topology
 (libtpu from the test extra; no TPU needed), per-device memory against the chip's HBM; the
-committed reports behind the README's tables; the GPU estimate and the GPU suite's smoke run."""
+committed reports behind docs/scale.md's tables; the GPU estimate and the GPU suite's smoke run."""
 import json
 import os
 import subprocess
@@ -92,18 +92,18 @@ def _reports(prefix):
   return out
 
 
-def _readme_block(tag):
-  text = open(os.path.join(ROOT, "README.md")).read()
+def _doc_block(tag):
+  text = open(os.path.join(ROOT, "docs", "scale.md")).read()
   start, end = f"<!-- PLAN_TABLE:{tag} -->\n", f"\n<!-- /PLAN_TABLE:{tag} -->"
   return text[text.index(start) + len(start):text.index(end)].strip()
 
 
-def test_readme_plan_tables_are_the_committed_reports():
-  """The README's tables are `plan --summarize` of the reports, every shipped config fits its
+def test_doc_plan_tables_are_the_committed_reports():
+  """docs/scale.md's tables are `plan --summarize` of the reports, every shipped config fits its
   named slice with the headroom, and the reports cover every size and the SFT-family steps."""
   rl, sup = _reports("rl-"), _reports("sup-")
-  assert _readme_block("rl") == plan.summary_table(rl)
-  assert _readme_block("sup") == plan.summary_table(sup)
+  assert _doc_block("rl") == plan.summary_table(rl)
+  assert _doc_block("sup") == plan.summary_table(sup)
   sizes = ("0.6b", "1.7b", "4b", "8b", "14b", "32b", "mistral-7b")  # configs/prometheus.py
   assert {r["model"] for r in rl} == {config_lib.load_config(
       f"configs/prometheus.py:size={s}").model.preset for s in sizes}
