@@ -61,6 +61,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from real_jax.registry import (  # noqa: F401  (re-exported: `obj.register_reward`, `obj.LOSSES`)
+    ADVANTAGE_ESTIMATORS, GROUP_FILTERS, KL_ESTIMATORS, LOSSES, POLICY_LOSSES, REWARDS, SHAPINGS,
+    register_advantage_estimator, register_group_filter, register_kl_estimator, register_loss,
+    register_policy_loss, register_reward, register_shaping)
+
 Array = jax.Array
 ArrayLike = Any
 
@@ -68,60 +73,9 @@ AGGREGATIONS = ("token-mean", "sequence-mean", "sequence-sum")
 
 
 # ==============================================================================
-# Registries: a trainer picks estimators and losses by config name.
+# Registries (real_jax.registry, re-exported here): a trainer picks estimators and losses by
+# config name; the decorators below fill them when this module is imported.
 # ==============================================================================
-
-ADVANTAGE_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {}
-POLICY_LOSSES: dict[str, Callable[..., tuple[Array, Array]]] = {}
-LOSSES: dict[str, Callable[..., Any]] = {}
-REWARDS: dict[str, Callable[[Array, Array], Array]] = {}
-SHAPINGS: dict[str, Callable[[Array], Array] | None] = {}
-KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {}
-GROUP_FILTERS: dict[str, Callable[[Array], Array]] = {}
-
-
-def _register(registry: dict, kind: str, name: str):
-  def deco(fn):
-    if name in registry:
-      raise ValueError(f"{kind} {name!r} is already registered")
-    registry[name] = fn
-    return fn
-  return deco
-
-
-def register_advantage_estimator(name: str):
-  """Registers `fn(rewards [..., n], mask [..., n]) -> centred rewards [..., n]`, 0 where masked."""
-  return _register(ADVANTAGE_ESTIMATORS, "advantage estimator", name)
-
-
-def register_policy_loss(name: str):
-  """Registers a per-token policy loss.
-
-  `fn(log_probs [B, T], advantages [B, T], *, old_log_probs, clip_eps, clip_eps_high)
-  -> (per_token_loss [B, T], clipped [B, T] float)`. Masking and aggregation are done by the caller.
-  """
-  return _register(POLICY_LOSSES, "policy loss", name)
-
-
-def register_loss(name: str):
-  """Registers a whole objective (`real`, `sft`, `raft`, ...) returning `(loss, metrics)`."""
-  return _register(LOSSES, "loss", name)
-
-
-def register_reward(name: str):
-  """Registers a rollout reward `fn(prediction [N], target [N]) -> reward [N]` (the prediction
-  is y_hat for "regression", the sampled score for "binary")."""
-  return _register(REWARDS, "reward", name)
-
-
-def register_kl_estimator(name: str):
-  """Registers a per-token KL estimate `fn(log_pi [B, T], log_pi_ref [B, T]) -> [B, T]`."""
-  return _register(KL_ESTIMATORS, "KL estimator", name)
-
-
-def register_group_filter(name: str):
-  """Registers which groups a rollout trains on: `fn(binary rewards [G, n]) -> keep [G] bool`."""
-  return _register(GROUP_FILTERS, "group filter", name)
 
 
 class ScoreSpec(NamedTuple):
@@ -134,13 +88,6 @@ class ScoreSpec(NamedTuple):
   def of(cls, score_tokens) -> "ScoreSpec":
     return cls(jnp.asarray(score_tokens.token_ids, jnp.int32),
                jnp.asarray(score_tokens.values, jnp.float32))
-
-
-def _lookup(registry: dict, kind: str, name: str):
-  try:
-    return registry[name]
-  except KeyError:
-    raise ValueError(f"unknown {kind} {name!r}; registered: {sorted(registry)}") from None
 
 
 # ==============================================================================
@@ -435,7 +382,7 @@ def group_advantages(
   if r.ndim < 1:
     raise ValueError(f"rewards must be [num_groups, group_size], got shape {r.shape}")
   m = jnp.ones_like(r) if mask is None else jnp.asarray(mask).astype(r.dtype)
-  adv = _lookup(ADVANTAGE_ESTIMATORS, "advantage estimator", estimator)(r, m)
+  adv = ADVANTAGE_ESTIMATORS.lookup(estimator)(r, m)
   if normalize:
     count = jnp.sum(m, axis=-1, keepdims=True)
     mu = _safe_div(jnp.sum(adv * m, axis=-1, keepdims=True), count)
@@ -520,14 +467,16 @@ def real_advantages(
   """
   kw = dict(estimator=estimator, normalize=normalize, clip=clip, eps=eps, mask=mask, ddof=ddof)
   adv = group_advantages(reg_rewards, **kw)
-  shape = _lookup(SHAPINGS, "shaping", shaping)
+  shape = SHAPINGS.lookup(shaping)
   if shape is None:
     return adv
   return adv + lam * group_advantages(shape(_float(target_log_probs)), **kw)
 
 
 # Shaping rewards of `real_advantages`, from log pi(y* | x, c); None = no shaping term.
-SHAPINGS.update({"prob": jnp.exp, "log_prob": lambda lp: lp, "none": None})
+register_shaping("prob")(jnp.exp)
+register_shaping("log_prob")(lambda lp: lp)
+register_shaping("none")(None)
 
 
 @register_group_filter("partial")
@@ -600,7 +549,7 @@ def _policy_term(policy_loss, log_probs, mask, advantages, old_log_probs, clip_e
   m = jnp.asarray(mask) > 0
   lp = jnp.where(m, _float(log_probs), 0.0)
   old = None if old_log_probs is None else jnp.where(m, _float(old_log_probs), 0.0)
-  fn = _lookup(POLICY_LOSSES, "policy loss", policy_loss)
+  fn = POLICY_LOSSES.lookup(policy_loss)
   return fn(lp, _broadcast_adv(advantages, lp), old_log_probs=old, clip_eps=clip_eps,
             clip_eps_high=clip_eps_high)
 
@@ -697,7 +646,7 @@ def kl_penalty(
   m = jnp.asarray(mask) > 0
   lp = jnp.where(m, _float(log_probs), 0.0)
   ref = jnp.where(m, jax.lax.stop_gradient(_float(ref_log_probs)), 0.0)
-  per_tok = _lookup(KL_ESTIMATORS, "KL estimator", estimator)(lp, ref)
+  per_tok = KL_ESTIMATORS.lookup(estimator)(lp, ref)
   return masked_aggregate(per_tok, mask, aggregation=aggregation, sample_mask=sample_mask,
                           denominator=denominator)
 
@@ -836,10 +785,11 @@ def real_loss_sums(
 
 
 @jax.jit
-def real_loss_from_sums(
+def real_loss_terms(
     sums: RealLossSums, *, beta: ArrayLike, lam: ArrayLike,
-    denominators: tuple[ArrayLike, ArrayLike] | None = None) -> Array:
-  """`pg_sum / pg_count + beta * (sq_err_sum + lam * nll_sum) / seq_count`.
+    denominators: tuple[ArrayLike, ArrayLike] | None = None) -> tuple[Array, Array]:
+  """The two terms of the REAL loss: `(pg_sum / pg_count, beta * (sq_err_sum + lam * nll_sum) /
+  seq_count)`; the loss is their sum.
 
   Args:
     sums: a `RealLossSums` (one micro-batch's, or several added together).
@@ -850,8 +800,18 @@ def real_loss_from_sums(
   """
   pg_den, seq_den = (sums.pg_count, sums.seq_count) if denominators is None else denominators
   pg = _safe_div(sums.pg_sum, pg_den)
-  refine = _safe_div(sums.sq_err_sum + lam * sums.nll_sum, seq_den)
-  return pg + beta * refine
+  refine = beta * _safe_div(sums.sq_err_sum + lam * sums.nll_sum, seq_den)
+  return pg, refine
+
+
+@jax.jit
+def real_loss_from_sums(
+    sums: RealLossSums, *, beta: ArrayLike, lam: ArrayLike,
+    denominators: tuple[ArrayLike, ArrayLike] | None = None) -> Array:
+  """`pg_sum / pg_count + beta * (sq_err_sum + lam * nll_sum) / seq_count` (`real_loss_terms`
+  summed)."""
+  pg, refine = real_loss_terms(sums, beta=beta, lam=lam, denominators=denominators)
+  return pg + refine
 
 
 @register_loss("real")
@@ -925,9 +885,7 @@ def real_loss(
       score_values, renormalize=renormalize, aggregation=aggregation, temperature=temperature,
       target_token_ids=target_token_ids, sample_mask=sample_mask, policy_loss=policy_loss,
       old_cot_log_probs=old_cot_log_probs, clip_eps=clip_eps, clip_eps_high=clip_eps_high)
-  pg_den, seq_den = (sums.pg_count, sums.seq_count) if denominators is None else denominators
-  pg = _safe_div(sums.pg_sum, pg_den)
-  refine = beta * _safe_div(sums.sq_err_sum + lam * sums.nll_sum, seq_den)
+  pg, refine = real_loss_terms(sums, beta=beta, lam=lam, denominators=denominators)
   loss = pg + refine
   sg = jax.lax.stop_gradient
   n_seq = sums.seq_count
@@ -1057,4 +1015,4 @@ def cot_raft_loss(
                 "expected_score": m["expected_score"], "score_mass": m["score_mass"]}
 
 
-LOSSES["tract"] = cot_raft_loss
+register_loss("tract")(cot_raft_loss)  # TRACT is CoT-RAFT

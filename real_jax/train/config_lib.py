@@ -26,8 +26,8 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from real_jax import objectives as obj
-from real_jax import readout
+from real_jax import objectives as obj  # fills the registries
+from real_jax import readout, registry
 from real_jax.data import batching
 from real_jax.judge.formats import OutputFormat
 from real_jax.models import qwen3
@@ -41,14 +41,8 @@ ConfigDict = ml_collections.ConfigDict
 METHODS = ("sft", "raft", "tract", "grpo", "real", "eval", "pretrain")
 THINKING = ("", "true", "false")
 INVALID_RULES = ("penalize", "drop")  # rows without a score in RL: see train/rl.py
-FILTERS = tuple(obj.GROUP_FILTERS)
-SHAPINGS = tuple(obj.SHAPINGS)
-ESTIMATORS = tuple(obj.ADVANTAGE_ESTIMATORS)
 AGGREGATIONS = obj.AGGREGATIONS
-POLICY_LOSSES = tuple(obj.POLICY_LOSSES)
 ADVANTAGES = ("",) + tuple(obj.ADVANTAGE_RECIPES) + ("custom",)
-KL_ESTIMATORS = tuple(obj.KL_ESTIMATORS)
-REWARDS = tuple(obj.REWARDS)
 OVERLONG = batching.OVERLONG
 SCHEDULES = tuple(state_lib.SCHEDULES)
 REMATS = ("",) + qwen3.REMATS
@@ -569,15 +563,15 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
   check_fields(config)
   _choice(config, "method", METHODS)
   _choice(config, "data.output_format", OUTPUT_FORMATS)
-  _choice(config, "rl.filter", FILTERS)
-  _choice(config, "rl.shaping", SHAPINGS)
-  _choice(config, "rl.estimator", ESTIMATORS)
+  _choice(config, "rl.filter", tuple(registry.GROUP_FILTERS))
+  _choice(config, "rl.shaping", tuple(registry.SHAPINGS))
+  _choice(config, "rl.estimator", tuple(registry.ADVANTAGE_ESTIMATORS))
   _choice(config, "rl.aggregation", AGGREGATIONS)
   _choice(config, "rl.invalid", INVALID_RULES)
-  _choice(config, "rl.kl_estimator", KL_ESTIMATORS)
-  _choice(config, "rl.reward", ("",) + REWARDS)
+  _choice(config, "rl.kl_estimator", tuple(registry.KL_ESTIMATORS))
+  _choice(config, "rl.reward", ("",) + tuple(registry.REWARDS))
   _choice(config, "rl.advantage", ADVANTAGES)
-  _choice(config, "rl.policy_loss", ("",) + POLICY_LOSSES)
+  _choice(config, "rl.policy_loss", ("",) + tuple(registry.POLICY_LOSSES))
   _choice(config, "data.overlong", OVERLONG)
   _choice(config, "data.enable_thinking", THINKING)
   if config.rl.advantage != "custom":

@@ -105,7 +105,7 @@ def compute_advantages(y_hat: np.ndarray, target_logp: np.ndarray, target: np.nd
                                normalize=s.normalize, clip=clip, mask=jnp.asarray(mask),
                                ddof=s.ddof, eps=s.eps)
   else:
-    reward = np.where(valid, np.asarray(obj.REWARDS[s.reward](y_hat, target)),
+    reward = np.where(valid, np.asarray(obj.REWARDS.lookup(s.reward)(y_hat, target)),
                       -s.format_penalty).astype(np.float32)
     tlp = np.where(valid, np.maximum(target_logp, LOG_PROB_FLOOR), LOG_PROB_FLOOR)
     adv = obj.real_advantages(jnp.asarray(reward.reshape(g, n)),
@@ -121,9 +121,7 @@ def group_filter(binary: np.ndarray, kind: str) -> np.ndarray:
   """[G, n] binary rewards -> [G] bool groups to train on (`objectives.GROUP_FILTERS`):
   partial: some but not all samples got the exact score (authors' default, DAPO-style);
   all: every group; not_all_correct: mean < 1; not_all_wrong: mean > 0."""
-  if kind not in obj.GROUP_FILTERS:
-    raise ValueError(f"unknown filter {kind!r}; registered: {sorted(obj.GROUP_FILTERS)}")
-  return np.asarray(obj.GROUP_FILTERS[kind](jnp.asarray(binary)))
+  return np.asarray(obj.GROUP_FILTERS.lookup(kind)(jnp.asarray(binary)))
 
 
 def groups_with_signal(rewards: np.ndarray, n: int, tol: float = 1e-6) -> np.ndarray:

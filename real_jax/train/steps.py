@@ -23,7 +23,7 @@ Batches are the typed pytrees of `train/batch.py`: `LMBatch` for the supervised 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -128,25 +128,32 @@ def raft_objective(score_tokens, *, renormalize: bool = False) -> Loss:
   return Loss(denominators, fn, "raft")
 
 
+class CotRaftDenominators(NamedTuple):
+  """Full-batch denominators of CoT-RAFT: CoT tokens (the CE) and rows (the squared error)."""
+  tokens: jax.Array
+  rows: jax.Array
+
+
 def cot_raft_objective(score_tokens, *, lam: float = 1.0, renormalize: bool = False) -> Loss:
   """TRACT / CoT-RAFT: CE over the CoT tokens (score token excluded) + lam * (y_hat - y*)^2."""
   spec = obj.ScoreSpec.of(score_tokens)
 
   def denominators(batch):
-    return obj.real_loss_denominators(batch.loss_mask, sample_mask=batch.sample_mask)
+    return CotRaftDenominators(*obj.real_loss_denominators(batch.loss_mask,
+                                                           sample_mask=batch.sample_mask))
 
   def fn(graphdef, params, mb, den):
     lp, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos)
     loss, _ = obj.cot_raft_loss(lp, mb.loss_mask, logits, mb.target, spec.ids, spec.values, lam=lam,
                                 renormalize=renormalize, sample_mask=mb.sample_mask,
-                                denominators=den)
-    ce, _ = obj.sft_loss(lp, mb.loss_mask, sample_mask=mb.sample_mask, denominator=den[0])
+                                denominators=tuple(den))
+    ce, _ = obj.sft_loss(lp, mb.loss_mask, sample_mask=mb.sample_mask, denominator=den.tokens)
     mse, _ = obj.raft_loss(logits, mb.target, spec.ids, spec.values, renormalize=renormalize,
-                           sample_mask=mb.sample_mask, denominator=den[1])
+                           sample_mask=mb.sample_mask, denominator=den.rows)
     y_hat = obj.expected_score(jax.lax.stop_gradient(logits), spec.ids, spec.values,
                                renormalize=renormalize)
     return loss, {"loss": loss, "ce": ce, "mse": mse,
-                  "y_hat_mean": jnp.sum(y_hat * mb.sample_mask) / jnp.maximum(den[1], 1.0)}
+                  "y_hat_mean": jnp.sum(y_hat * mb.sample_mask) / jnp.maximum(den.rows, 1.0)}
 
   return Loss(denominators, fn, "tract")
 
@@ -169,6 +176,14 @@ class RLLossConfig:
   response_width: int = 0
 
 
+class RealDenominators(NamedTuple):
+  """Full-batch denominators of the REAL loss: the policy-gradient term's (tokens or rows of
+  `pg_keep`), the refinement term's (rows), and the valid rows the metrics average over."""
+  pg: jax.Array
+  refine: jax.Array
+  valid_rows: jax.Array
+
+
 def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
   """The REAL loss (`objectives.real_loss` in its (sum, denominator) form).
 
@@ -187,12 +202,11 @@ def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
   spec = obj.ScoreSpec.of(score_tokens)
   agg = cfg.aggregation
 
-  def denominators(batch):
-    """(policy-gradient denominator, refinement denominator, valid rows for the metrics)."""
+  def denominators(batch) -> RealDenominators:
     pg_den, pg_rows = obj.real_loss_denominators(batch.cot_mask, sample_mask=batch.pg_keep,
                                                  aggregation=agg)
     valid = jnp.sum(batch.refine_keep)
-    return pg_den, (pg_rows if agg == "sequence-sum" else valid), valid
+    return RealDenominators(pg_den, pg_rows if agg == "sequence-sum" else valid, valid)
 
   def fn(graphdef, params, mb, den):
     lp, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos,
@@ -208,19 +222,19 @@ def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
     sums = obj.RealLossSums(pg_sum=pg_sums.pg_sum, pg_count=pg_sums.pg_count,
                             sq_err_sum=ref_sums.sq_err_sum, nll_sum=ref_sums.nll_sum,
                             seq_count=ref_sums.seq_count)
-    loss = obj.real_loss_from_sums(sums, beta=cfg.beta, lam=cfg.lam, denominators=den[:2])
-    pg = pg_sums.pg_sum / jnp.maximum(den[0], 1.0)
-    seq = jnp.maximum(den[2], 1.0)  # statistics are means over the valid rows
+    pg, refine = obj.real_loss_terms(sums, beta=cfg.beta, lam=cfg.lam,
+                                     denominators=(den.pg, den.refine))
+    loss = pg + refine
+    seq = jnp.maximum(den.valid_rows, 1.0)  # statistics are means over the valid rows
     metrics = {
         "pg_loss": pg,
-        "refine_loss": (cfg.beta * (ref_sums.sq_err_sum + cfg.lam * ref_sums.nll_sum)
-                        / jnp.maximum(den[1], 1.0)),
+        "refine_loss": refine,
         "mse": ref_sums.sq_err_sum / seq,
         "nll_target": ref_sums.nll_sum / seq,
         "y_hat_mean": aux["expected_score"] / seq,
         "score_mass": aux["score_mass"] / seq,
     }
-    loss = loss + _regularisers(graphdef, params, mb, lp, den[0], cfg, metrics)
+    loss = loss + _regularisers(graphdef, params, mb, lp, den.pg, cfg, metrics)
     metrics["loss"] = loss
     return loss, metrics
 
