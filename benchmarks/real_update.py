@@ -65,7 +65,8 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
   c.rl.beta, c.rl.lam = 1.0, 1.0
   c.data.max_prompt_len = max(prompt_len, 64)
   c.data.prompt_buckets = str(prompt_len)
-  settings = rl.RolloutSettings.from_config(c, "real")
+  c.method = "real"
+  settings = rl.RolloutSettings.from_config(c, config_lib.rl_settings(c, st.values))
   rng = np.random.default_rng(seed)
   batch = {"prompt_tokens": rng.integers(10, len(tok), size=(prompts, prompt_len)).astype(np.int32),
            "prompt_mask": np.ones((prompts, prompt_len), np.int32),

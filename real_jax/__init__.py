@@ -4,6 +4,8 @@
 real_jax.objectives` stays light (jax only).
 """
 
+__all__ = ["Judge", "Grade"]
+
 
 def __getattr__(name):
   if name in ("Judge", "Grade"):

@@ -35,7 +35,15 @@ from scipy import stats
 from real_jax import sharding as shd
 from real_jax.readout import EvalSettings, read_batch
 from real_jax.train import data_utils
+from real_jax.train.methods import get_method
 from real_jax.train.metrics import Progress
+
+__all__ = ["READOUTS", "METRICS", "SPLIT_TITLES", "correlations", "summarize", "MIN_ITEMS",
+    "FEW_ITEMS_MARK", "FEW_ITEMS_NOTE", "splits_of", "split_title", "metric_cell", "avg_cell",
+    "percent_cell", "results_table", "has_few_items", "summary_table", "rows_table",
+    "valid_only_rows", "render_results", "check_markdown_table", "read_predictions", "write_eval",
+    "update_results", "evaluate_params", "split_counts", "describe_counts", "eval_settings",
+    "Evaluator"]
 
 READOUTS = ("rail", "standard")
 METRICS = ("pearson", "spearman", "kendall")
@@ -447,7 +455,7 @@ def eval_settings(config, periodic: bool = False) -> EvalSettings:
   """The settings of the config's `eval` block (periodic evaluations read at most
   `eval.periodic_max_items` items per split)."""
   e = config.eval
-  readout = e.readout or ("direct" if config.method == "raft" else "cot")
+  readout = e.readout or get_method(config.method).readout
   max_items = (e.periodic_max_items or e.max_items) if periodic else e.max_items
   return EvalSettings(batch_size=e.batch_size, max_items=max_items, readout=readout,
                       greedy=e.greedy, temperature=e.temperature, top_p=e.top_p,

@@ -13,6 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
+__all__ = ["positions_from_mask", "power_of_two_buckets", "bucket_length", "pad_rows", "left_pad",
+    "right_pad", "widen_left"]
+
 
 def positions_from_mask(mask):
   """[..., T] int32 RoPE positions of left-padded rows: cumsum(mask) - 1, 0 on the padding.

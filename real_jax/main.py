@@ -4,17 +4,8 @@ r"""Train and evaluate LLM judges: REAL and its baselines, from one config.
   python -m real_jax.main --config configs/prometheus.py:size=8b,method=real \
       --workdir /ckpt/real8b --config.data.manual_dir=/data/prometheus --config.rl.beta=0.01
 
-`config.method` selects the job (config.warmup.steps > 0 puts a warm-up SFT stage first):
-
-  sft    cross-entropy on demonstration CoT + score ("warm-up")
-  raft   squared error of y_hat read right after prompt + delimiter (no CoT)
-  tract  CoT-RAFT stage 1 on demonstrations -> one self-CoT per training prompt -> stage 2
-         retrained from the base model on them
-  grpo   standard RL with the binary reward (sampled score == label)
-  real   REAL: regression reward, generalized policy gradient
-  eval   evaluate config.init.checkpoint (a workdir / checkpoint) or config.model.hf_dir
-  pretrain  the synthetic task's base model: next-token training on its corpus
-         (configs/synthetic_base.py), then knowledge probes; no judge evaluation
+`config.method` selects the job (config.warmup.steps > 0 puts a warm-up SFT stage first); the
+methods are listed under `method` in `--help` and described in train/methods.py.
 
 `--print_config` prints a config's resolved values with what each field means and what the
 config file or an override changed; `--help` lists every field with its default. Everything is
@@ -32,7 +23,7 @@ import logging as pylogging
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import tensorflow_datasets as tfds
@@ -46,20 +37,17 @@ from real_jax.evaluate import Evaluator
 from real_jax.judge import scores as scores_lib
 from real_jax.models import hf
 from real_jax.train import checkpoint as ckpt_lib
-from real_jax.train import config_lib, data_utils, pretrain, tract
+from real_jax.train import config_lib, data_utils, tract
+from real_jax.train import settings as settings_lib
+from real_jax.train import stages as stages_lib
 from real_jax.train import workdir as workdir_lib
 from real_jax.train.metrics import MetricsWriter, set_heartbeat
-from real_jax.train.rl import run_rl
-from real_jax.train.runner import Run, Sources, StageRunner, Tokens, TooManySkippedSteps
-from real_jax.train.supervised import run_supervised
+from real_jax.train.runner import JudgeVocab, Run, Sources, StageRunner, TooManySkippedSteps
+
+__all__ = ["setup", "claim_workdir", "run", "main"]
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "synthetic.py")
-
-METHOD_NAMES = {"sft": "SFT", "raft": "RAFT", "tract": "TRACT (CoT-RAFT)",
-                "grpo": "standard RL (GRPO)", "real": "REAL", "eval": "evaluated model",
-                "pretrain": "synthetic base"}
-
 
 def _resolve_model(config, mesh, tokenizer):
   """(model cfg, graphdef, params): HF weights or a preset's random init; then optionally the
@@ -94,15 +82,14 @@ def _resolve_model(config, mesh, tokenizer):
   return cfg, graphdef, params
 
 
-def _check_response_room(config, stages, tokens: Tokens) -> None:
+def _check_response_room(config, settings: settings_lib.RunSettings, vocab: JudgeVocab) -> None:
   """A response limit that cannot hold the delimiter and a score token makes every row invalid
   (loss 0, nothing reported): a config error before anything compiles."""
-  need = len(tokens.delim_start) + 1
+  need = len(vocab.delim_start) + 1
   limits = []
-  if "rl" in stages:
+  if settings.rl is not None:
     limits.append(("rl.max_response_len", config.rl.max_response_len))
-  if config.method != "pretrain" and (config.method == "eval" or config.eval.at_end
-                                      or config.eval.every):
+  if settings.evaluations.any:
     limits.append(("eval.max_response_len", config.eval.max_response_len))
   for name, v in limits:
     if v < need:
@@ -137,113 +124,43 @@ def setup(config, workdir: str, identity: dict[str, Any] | None = None
   mesh = shd.make_mesh(mesh_shape, devices=jax.devices()[:n_mesh])
   main_process = shd.is_main_process()
   tokenizer, tok_dir = _first_process_first(lambda: data_utils.load_tokenizer(config, workdir))
-  st = scores_lib.resolve_score_tokens(tokenizer, config.data.output_format)
-  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else st.eos_id
-  tokens = Tokens(tokenizer, tok_dir, st, int(pad_id),
-                  data_utils.delimiter_at_start(tokenizer, st))
-  _check_response_room(config, config_lib.stages_for(config), tokens)
+  score_tokens = scores_lib.resolve_score_tokens(tokenizer, config.data.output_format)
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else score_tokens.eos_id
+  vocab = JudgeVocab(tokenizer, tok_dir, score_tokens, int(pad_id),
+                     data_utils.delimiter_at_start(tokenizer, score_tokens))
+  settings = settings_lib.resolve(config, score_tokens.values)
+  _check_response_room(config, settings, vocab)
   model_cfg, graphdef, params = _resolve_model(config, mesh, tokenizer)
-  stages = config_lib.stages_for(config)
+  stages = list(settings.stages)
   train_src, eval_srcs, val_src = _first_process_first(lambda: data_utils.load_sources(
-      config, workdir, train=bool(stages) and config.method != "pretrain",
-      evaluation=config.method != "pretrain" and (
-          config.method == "eval" or config.eval.at_end or config.eval.every > 0
-          or config.eval.after_warmup or config.eval.before_training)))
-  data_utils.check_eval_sources(config, eval_srcs, tokenizer, st)
-  if config.method != "pretrain":
+      config, workdir, train=bool(stages) and settings.method.evaluated,
+      evaluation=settings.evaluations.any))
+  data_utils.check_eval_sources(config, eval_srcs, tokenizer, score_tokens)
+  if settings.method.evaluated:
     data_utils.check_context_length(config, model_cfg.max_position_embeddings, stages)
   writer = MetricsWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process)
   evaluator = Evaluator(config, workdir, graphdef=graphdef, mesh=mesh, tokenizer=tokenizer,
-                        score_tokens=st, delim_start=tokens.delim_start, eval_sources=eval_srcs,
+                        score_tokens=score_tokens, delim_start=vocab.delim_start,
+                        eval_sources=eval_srcs,
                         val_source=val_src)
   runner = StageRunner(config, workdir, mesh, writer, evaluate=evaluator.periodic,
                        has_validation=val_src is not None)
   run = Run(config=config, workdir=workdir, mesh=mesh, graphdef=graphdef, model_cfg=model_cfg,
-            tokens=tokens, sources=Sources(train=train_src, val=val_src, evals=eval_srcs),
+            vocab=vocab, settings=settings,
+            sources=Sources(train=train_src, val=val_src, evals=eval_srcs),
             writer=writer, runner=runner)
   if main_process:
     with open(os.path.join(workdir, "run.json"), "w") as f:
       json.dump({"identity": identity, "config": config.to_dict(), "stages": stages,
                  "mesh": dict(mesh.shape),
                  "model": dataclasses.asdict(model_cfg), "tokenizer": tok_dir,
-                 "score_tokens": dataclasses.asdict(st), "devices": jax.device_count(),
+                 "score_tokens": dataclasses.asdict(score_tokens), "devices": jax.device_count(),
                  "processes": jax.process_count(), "backend": jax.default_backend()},
                 f, indent=2)
   logging.info("run: method=%s stages=%s mesh=%s model=%s (%.2fM params) workdir=%s",
                config.method, stages, dict(mesh.shape), config.model.hf_dir or config.model.preset,
                model_cfg.num_params() / 1e6, workdir)
   return run, evaluator, params
-
-
-# ---------------------------------------------------------------------------------------------
-# The stages: config_lib.stages_for(config) names them in order; each entry runs one.
-
-
-@dataclasses.dataclass
-class Carry:
-  """What a stage hands to the next: the current parameters, the model later stages start from
-  (the initial or warm-up model) and its description, and TRACT's self-CoTs."""
-  params: Any
-  base: Any
-  base_label: str
-  selfcot: dict | None = None
-
-
-def _warmup(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
-  c = run.config
-  carry.params = run_supervised(
-      run, "warmup", carry.params, kind="sft", steps=c.warmup.steps,
-      batch_size=c.warmup.batch_size, micro_batch_size=c.warmup.micro_batch_size,
-      lr=c.warmup.lr, schedule=c.warmup.schedule, lr_warmup=c.warmup.lr_warmup, main=main)
-  carry.base = carry.params
-  carry.base_label = f"the warm-up model (warmup stage step {c.warmup.steps})"
-  if c.eval.after_warmup and not main and not _has_row(run.workdir, "warm-up (SFT)"):
-    evaluate(carry.params, name="warm-up (SFT)", tag="warmup", readout="cot",
-             checkpoint=f"warmup stage, last step ({c.warmup.steps})",
-             training=f"SFT on demonstrations, {c.warmup.steps} steps from "
-                      f"{_initial_label(c)}")
-
-
-def _supervised(kind: str) -> Callable[..., None]:
-  def stage(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
-    c = run.config
-    carry.params = run_supervised(
-        run, kind, carry.params, kind=kind, steps=c.train.steps, batch_size=c.train.batch_size,
-        micro_batch_size=c.train.micro_batch_size, lr=c.train.lr, main=main)
-  return stage
-
-
-def _tract1(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
-  c = run.config
-  carry.params = run_supervised(
-      run, "tract1", carry.base, kind="tract", steps=c.tract.stage1_steps or c.train.steps,
-      batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size, lr=c.train.lr,
-      copy_params=True)
-
-
-def _tract_gen(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
-  carry.selfcot = tract.run_tract_gen(run, carry.params)
-
-
-def _tract2(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
-  c = run.config
-  carry.params = None  # stage 1's model is not needed any more
-  selfcot = carry.selfcot
-  carry.params = run_supervised(
-      run, "tract2", carry.base, kind="tract", steps=c.tract.stage2_steps or c.train.steps,
-      batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size, lr=c.train.lr,
-      main=main,
-      make_source=lambda seed: tract.SelfCotBatches(run, selfcot, c.train.batch_size, seed))
-
-
-def _rl(run: Run, evaluate: Evaluator, carry: Carry, main: bool) -> None:
-  carry.params = run_rl(run, carry.params, method=run.config.method, main=main)
-
-
-STAGES: dict[str, Callable[[Run, Evaluator, Carry, bool], None]] = {
-    "warmup": _warmup, "sft": _supervised("sft"), "raft": _supervised("raft"),
-    "tract1": _tract1, "tract_gen": _tract_gen, "tract2": _tract2, "rl": _rl,
-}
 
 
 def claim_workdir(config, workdir: str, *, force_unlock: bool = False
@@ -253,7 +170,7 @@ def claim_workdir(config, workdir: str, *, force_unlock: bool = False
   WorkdirBusy or ConfigError (identity mismatch, an unwritable workdir), changing no file."""
   config_lib.validate(config, jax.device_count())
   identity = workdir_lib.run_identity(
-      config, config_lib.stages_for(config), model_dir=config.model.hf_dir,
+      config, list(config_lib.stages_for(config)), model_dir=config.model.hf_dir,
       tokenizer_dir=config.data.tokenizer or config.model.hf_dir,
       init_checkpoint=config.init.checkpoint)
   lock, refused = None, None
@@ -300,36 +217,33 @@ def _run(config, workdir: str, identity: dict[str, Any]) -> dict[str, Any] | Non
       raise
     raise config_lib.ConfigError(" ".join(str(e).split())) from e
   c = config
+  s = r.settings
   t_start = time.time()
   try:
-    name = c.name or METHOD_NAMES[c.method]
-    if c.method == "eval":
-      summary = evaluate(params, name=name, tag="eval", checkpoint=_initial_label(c))
-      _print_results(workdir, time.time() - t_start)
-      return summary
-    if c.method == "pretrain":
-      pretrain.run_pretrain(r, params)
-      print(f"workdir: {workdir} (this invocation: {time.time() - t_start:.0f}s); export it with "
-            f"python -m real_jax.tools.export_hf --workdir {workdir} --out DIR")
-      return None
-    if c.eval.before_training and not _has_row(workdir, "initial model"):
-      evaluate(params, name="initial model", tag="initial", checkpoint=_initial_label(c),
-               training="none")
-    stages = config_lib.stages_for(c)
-    final_stage = stages[-1]
-    carry = Carry(params=params, base=params, base_label=_initial_label(c))
+    name = c.name or s.method.label
+    if s.evaluations.before_training and not stages_lib.has_row(workdir, "initial model"):
+      evaluate(params, name="initial model", tag="initial",
+               checkpoint=stages_lib.initial_label(c), training="none")
+    carry = stages_lib.Carry(params=params, base=params, base_label=stages_lib.initial_label(c))
     del params
-    for stage in stages:
+    for stage in s.stages:
       t0 = time.time()
-      STAGES[stage](r, evaluate, carry, stage == final_stage)
+      stages_lib.STAGES[stage].fn(r, evaluate, carry, stage == s.stages[-1])
       logging.info("stage %s finished in %.0fs", stage, time.time() - t0)
     summary = None
-    if c.eval.at_end:
+    if not s.stages:  # evaluation only (method=eval)
+      if s.evaluations.final:
+        summary = evaluate(carry.params, name=name, tag="eval",
+                           checkpoint=stages_lib.initial_label(c))
+      _print_results(workdir, time.time() - t_start)
+      return summary
+    final_stage = s.stages[-1]
+    if s.evaluations.final:
       summary = evaluate(carry.params, name=name, tag="final",
                          checkpoint=f"{final_stage} stage, last step "
-                                    f"({_stage_steps(c, final_stage)})",
+                                    f"({stages_lib.stage_steps(c, final_stage)})",
                          training=_training_label(r, carry.base_label))
-    best = r.runner.offer_best(final_stage, carry.params)
+    best = r.runner.offer_best(final_stage, carry.params) if s.method.evaluated else None
     if best is not None:
       logging.info("best checkpoint by validation %s: step %d (%.4f) in %s", best["metric"],
                    best["step"], best["value"], os.path.join(workdir, "ckpt", final_stage + "_best"))
@@ -339,38 +253,11 @@ def _run(config, workdir: str, identity: dict[str, Any]) -> dict[str, Any] | Non
     r.writer.close()
 
 
-def _has_row(workdir: str, name: str) -> bool:
-  """Whether results.json already has row `name` (a resumed run skips that evaluation); process
-  0 decides for every process."""
-  path = os.path.join(workdir, "results.json")
-  has = False
-  if shd.is_main_process() and os.path.exists(path):
-    with open(path) as f:
-      has = any(r["name"] == name for r in json.load(f).get("rows", []))
-  return shd.agree(has)
-
-
-def _initial_label(config) -> str:
-  """Which parameters a run starts from (or method=eval evaluates)."""
-  if config.init.checkpoint:
-    which = ("its best checkpoint by the validation split" if config.init.best
-             else "its last checkpoint")
-    return f"{config.init.checkpoint} ({config.init.stage or 'last stage'}, {which})"
-  if config.model.hf_dir:
-    return f"Hugging Face weights {config.model.hf_dir}"
-  return f"random init ({config.model.preset}, seed {config.seed})"
-
-
-def _stage_steps(config, stage: str) -> int:
-  return {"warmup": config.warmup.steps, "rl": config.rl.steps,
-          "tract2": config.tract.stage2_steps or config.train.steps}.get(stage, config.train.steps)
-
-
 def _training_label(run: Run, base_label: str) -> str:
   """How the final row's model was trained, and how many of its optimiser steps were skipped
   as non-finite (when any were)."""
   label = _method_label(run, base_label)
-  stage = config_lib.stages_for(run.config)[-1]
+  stage = run.settings.stages[-1]
   skipped, opt_steps = run.runner.skipped_steps.get(stage, (0, 0))
   if skipped:
     label += (f"; {skipped} of {opt_steps} optimiser steps of stage {stage} SKIPPED (non-finite "
@@ -380,17 +267,16 @@ def _training_label(run: Run, base_label: str) -> str:
 
 def _method_label(run: Run, base_label: str) -> str:
   """How the final row's model was trained (method settings; for TRACT the stage-2 start)."""
-  c = run.config
-  if c.method in ("grpo", "real"):
-    s = config_lib.rl_settings(c, c.method, run.tokens.score_tokens.values)
-    return (f"{c.rl.steps} updates from {base_label}; {s['label']}; filter {c.rl.filter}, "
+  c, s = run.config, run.settings
+  if s.rl is not None:
+    return (f"{c.rl.steps} updates from {base_label}; {s.rl.label}; filter {c.rl.filter}, "
             f"{c.rl.epochs} epoch(s)")
-  if c.method == "tract":
+  if "tract_gen" in s.stages:
     gen = tract.tract_gen_counts(run.workdir)
-    return (f"stage 1: {c.tract.stage1_steps or c.train.steps} steps from {base_label}; stage 2 "
+    return (f"stage 1: {stages_lib.stage_steps(c, 'tract1')} steps from {base_label}; stage 2 "
             f"retrained from {base_label} (the model stage 1 started from) on its self-CoTs "
             f"({gen})")
-  return f"{_stage_steps(c, c.method)} steps from {base_label}"
+  return f"{stages_lib.stage_steps(c, s.stages[-1])} steps from {base_label}"
 
 
 def _print_results(workdir: str, seconds: float) -> None:

@@ -34,6 +34,10 @@ import numpy as np
 
 from real_jax import objectives as obj
 
+__all__ = ["SCORES", "SCORE_IDS", "Items", "make_items", "init_params", "y_hat", "predictions",
+    "real_objective", "binary_objective", "real_expected_grad", "binary_expected_grad", "pearson",
+    "train"]
+
 SCORES = np.arange(1.0, 6.0)  # score values; in the tabular vocabulary token k - 1 has value k
 SCORE_IDS = np.arange(5)
 

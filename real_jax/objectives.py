@@ -55,16 +55,29 @@ Conventions
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from real_jax.registry import (  # noqa: F401  (re-exported: `obj.register_reward`, `obj.LOSSES`)
+from real_jax.registry import (  # re-exported: `obj.register_reward`, `obj.LOSSES`, ...
     ADVANTAGE_ESTIMATORS, GROUP_FILTERS, KL_ESTIMATORS, LOSSES, POLICY_LOSSES, REWARDS, SHAPINGS,
     register_advantage_estimator, register_group_filter, register_kl_estimator, register_loss,
     register_policy_loss, register_reward, register_shaping)
+
+__all__ = ["AGGREGATIONS", "ScoreSpec", "masked_aggregate_sums", "masked_aggregate",
+    "score_token_log_probs", "expected_score", "score_token_mass", "score_log_prob",
+    "target_token_ids_for", "token_log_probs", "token_entropy", "regression_reward",
+    "binary_reward", "group_advantages", "AdvantageRecipe", "ADVANTAGE_RECIPES",
+    "worst_squared_error", "real_advantages", "partial_group_mask", "policy_gradient_loss",
+    "kl_penalty", "entropy_bonus", "RealLossSums", "real_loss_denominators", "real_loss_sums",
+    "real_loss_terms", "real_loss_from_sums", "real_loss", "sft_loss", "raft_loss", "cot_raft_loss",
+    # the registries (real_jax.registry), re-exported
+    "ADVANTAGE_ESTIMATORS", "GROUP_FILTERS", "KL_ESTIMATORS", "LOSSES", "POLICY_LOSSES",
+    "REWARDS", "SHAPINGS", "register_advantage_estimator", "register_group_filter",
+    "register_kl_estimator", "register_loss", "register_policy_loss", "register_reward",
+    "register_shaping"]
 
 Array = jax.Array
 ArrayLike = Any
@@ -397,27 +410,35 @@ def group_advantages(
   return jnp.where(m > 0, adv, 0.0)
 
 
+class AdvantageRecipe(NamedTuple):
+  """The settings of `group_advantages` (and of both parts of `real_advantages`):
+  `group_advantages(rewards, **recipe._asdict())`."""
+  estimator: str = "rloo"  # a registry.ADVANTAGE_ESTIMATORS name
+  normalize: bool = True  # divide by the group's std (+ eps)
+  clip: float | None = 1.0  # clip to [-clip, clip]; None: no clipping
+  ddof: int = 0  # std: 0 population (the authors'), 1 sample (verl's GRPO)
+  eps: float = 1e-8
+
+  def describe(self) -> str:
+    """A short human-readable label (for result tables)."""
+    base = {"rloo": "leave-one-out baseline", "grpo": "group-mean baseline",
+            "none": "no baseline"}.get(self.estimator, self.estimator)
+    parts = [base]
+    if self.normalize:
+      parts.append(f"/ ({'sample' if self.ddof else 'population'} std + {self.eps:g})")
+    parts.append(f"clip ±{self.clip:g}" if self.clip else "no clip")
+    return ", ".join(parts)
+
+
 # Named advantage recipes: the settings of `group_advantages` that a config picks by name.
-ADVANTAGE_RECIPES: dict[str, dict[str, Any]] = {
+ADVANTAGE_RECIPES: dict[str, AdvantageRecipe] = {
     # REAL's authors (and their binary-RLOO ablation): leave-one-out, / population std, clip +-1.
-    "authors": dict(estimator="rloo", normalize=True, clip=1.0, ddof=0, eps=1e-8),
+    "authors": AdvantageRecipe("rloo", normalize=True, clip=1.0, ddof=0, eps=1e-8),
     # GRPO as DeepSeek and verl define it: group mean, / (sample std + 1e-6), no clipping.
-    "grpo": dict(estimator="grpo", normalize=True, clip=None, ddof=1, eps=1e-6),
+    "grpo": AdvantageRecipe("grpo", normalize=True, clip=None, ddof=1, eps=1e-6),
     # The exact generalized policy gradient's: leave-one-out, no normalisation, no clipping.
-    "rloo": dict(estimator="rloo", normalize=False, clip=None, ddof=0, eps=1e-8),
+    "rloo": AdvantageRecipe("rloo", normalize=False, clip=None, ddof=0, eps=1e-8),
 }
-
-
-def describe_advantages(estimator: str, normalize: bool, clip: float | None, ddof: int = 0,
-                        eps: float = 1e-8) -> str:
-  """A short human-readable label of advantage settings (for result tables)."""
-  base = {"rloo": "leave-one-out baseline", "grpo": "group-mean baseline",
-          "none": "no baseline"}.get(estimator, estimator)
-  parts = [base]
-  if normalize:
-    parts.append(f"/ ({'sample' if ddof else 'population'} std + {eps:g})")
-  parts.append(f"clip ±{clip:g}" if clip else "no clip")
-  return ", ".join(parts)
 
 
 def worst_squared_error(score_values: ArrayLike, *, renormalize: bool = False) -> float:

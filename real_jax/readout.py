@@ -31,9 +31,16 @@ from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
 from real_jax.models import score_sequences
 
+__all__ = ["READOUTS", "INVALID_READOUTS", "STATUS_NAMES", "SamplerSettings", "Samples",
+    "sample_cots", "sampling_config", "Sequences", "build_sequences", "append_delimiter",
+    "make_score_fn", "Scores", "run_scoring", "target_token_ids", "EvalSettings", "Reading",
+    "apply_invalid_rule", "read_batch"]
+
 READOUTS = ("cot", "direct")  # a CoT before the score | the delimiter right after the prompt
 INVALID_READOUTS = ("force", "midpoint")  # how a CoT without a delimiter gets a prediction
-STATUS_NAMES = ("delimiter", "eos_before_delimiter", "truncated")
+# The sampler's row status (sampling.STOP_SEQUENCE / EOS / TRUNCATED) by name, for reports.
+STATUS_NAMES = {sampling.STOP_SEQUENCE: "delimiter", sampling.EOS: "eos_before_delimiter",
+                sampling.TRUNCATED: "truncated"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,7 +303,7 @@ class Reading:
   standard: np.ndarray  # [N] the sampled score value (the midpoint when not a score token)
   standard_valid: np.ndarray  # [N] bool: a score token was sampled where the rule reads one
   valid: np.ndarray  # [N] bool: the CoT reached the delimiter
-  status: np.ndarray  # [N] int, index into STATUS_NAMES
+  status: np.ndarray  # [N] int: sampling.STOP_SEQUENCE | EOS | TRUNCATED (STATUS_NAMES)
   length: np.ndarray  # [N] tokens read: the CoT, plus the delimiter appended under "force"
   cot_length: np.ndarray  # [N] tokens of the sampled CoT
   response: np.ndarray | None  # [N, R] the sampled CoTs (None for the direct readout)
@@ -352,7 +359,7 @@ def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: E
   if settings.readout == "direct":
     seqs = append_delimiter(prompt_tokens, prompt_mask, delim_start)
     found = np.ones(n, bool)
-    status = np.zeros(n, np.int32)
+    status = np.full(n, sampling.STOP_SEQUENCE, np.int32)  # read right after the delimiter
     length = np.zeros(n, np.int32)
     resp_tokens = None
   else:
@@ -363,7 +370,8 @@ def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: E
                     sampler, score_tokens, num_samples=1, mesh=mesh, pad_id=pad_id,
                     prompt_buckets=prompt_buckets)
     found, length = g.found, g.length.copy()
-    status = np.where(found, 0, np.where(g.eos, 1, 2)).astype(np.int32)
+    status = np.where(found, sampling.STOP_SEQUENCE,
+                      np.where(g.eos, sampling.EOS, sampling.TRUNCATED)).astype(np.int32)
     response = g.response
     resp_tokens = response
     if settings.invalid == "force":

@@ -56,7 +56,8 @@ Array = jax.Array
 
 __all__ = [
     "EOS", "STOP_SEQUENCE", "TRUNCATED", "SampleOutput", "SamplingConfig",
-    "sample", "sample_from_logits", "scoring_inputs",
+    "sample", "sample_from_logits", "scoring_inputs", "lower", "sampler_program",
+    "prepare_prompts",
 ]
 
 STOP_SEQUENCE = 0
@@ -351,16 +352,6 @@ def sample_from_logits(logits: Array, u: Array, cfg: SamplingConfig
 # The sampler
 
 
-def _constrain(x: Array, mesh: Mesh | None, axes: Sequence[str | None], rules) -> Array:
-  """Sharding constraint by logical axes; dims that do not divide their mesh axes replicate."""
-  if mesh is None:
-    return x
-  spec = shd.logical_to_spec(axes, rules)
-  spec = P(*[e if x.shape[i] % shd._axis_size(mesh, e) == 0 else None
-             for i, e in enumerate(spec)])
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-
-
 def _stop_match(window: Array, stop_sequences: tuple[tuple[int, ...], ...]) -> Array:
   """[R] bool: the last generated tokens (window [R, W], newest last) end with a stop sequence."""
   width = window.shape[1]
@@ -429,7 +420,7 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
   b = prompt_tokens.shape[0]
   r, m = b * n, cfg.max_new_tokens
   mcfg.check_length(prompt_tokens.shape[1] + m)
-  con = functools.partial(_constrain, mesh=mesh, rules=rules)
+  con = lambda x, axes: shd.constrain_to(x, mesh, axes, rules)
   rep = lambda x: jnp.repeat(x, n, axis=0)
 
   # Prefill each prompt once; logits only at the last position (left padding puts every

@@ -26,6 +26,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+__all__ = ["MESH_AXES", "GOOGLE_PCI_VENDOR", "has_tpu_chip", "use_cpu_without_accelerator",
+    "Rules", "DEFAULT_RULES", "make_mesh", "logical_to_spec", "named_sharding", "batch_sharding",
+    "replicated", "put_global", "put_batch", "to_host", "is_main_process", "agree", "sync",
+    "activation_sharding", "constrain", "constrain_to", "abstract_mesh"]
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 GOOGLE_PCI_VENDOR = "0x1ae0"  # the PCI vendor id of TPU chips
@@ -233,12 +238,22 @@ def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """`constrain_to` the mesh and rules of the active `activation_sharding` (none: `x`)."""
   active = _ACTIVE.get()
   if active is None:
     return x
   mesh, rules = active
+  return constrain_to(x, mesh, axes, rules)
+
+
+def constrain_to(x: jax.Array, mesh: Mesh | None, axes: Sequence[str | None],
+                 rules: Rules = DEFAULT_RULES) -> jax.Array:
+  """Sharding constraint of `x` by its logical `axes` on `mesh` (None: `x` unchanged). A dim
+  that does not divide its mesh axes (e.g. a batch of 1 while sampling) is replicated, never
+  silently mis-sharded."""
+  if mesh is None:
+    return x
   spec = logical_to_spec(axes, rules)
-  # Skip dims that do not divide (e.g. a batch of 1 while sampling); never silently wrong.
   spec = P(*[e if x.shape[i] % _axis_size(mesh, e) == 0 else None for i, e in enumerate(spec)])
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 

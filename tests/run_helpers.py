@@ -36,11 +36,8 @@ def tiny_config(shared, method="real", **over):
   c.log.tensorboard = False
   c.unlock()
   for k, v in over.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+    parent, _, leaf = k.rpartition(".")
+    (config_lib.get_field(c, parent) if parent else c)[leaf] = v
   c.lock()
   return c
 

@@ -14,7 +14,7 @@ from real_jax import main as main_lib
 from real_jax import models
 from real_jax.data import batching
 from real_jax.train import checkpoint as ckpt_lib
-from real_jax.train import config_lib, runner
+from real_jax.train import config_lib, runner, validation
 from real_jax.train.config_lib import ConfigError
 from real_jax.train.metrics import read_metrics
 from run_helpers import tiny_config
@@ -97,7 +97,7 @@ def test_every_step_non_finite_stops_the_run(shared, tmp_path, monkeypatch):
   """Training that diverges (every update non-finite) stops after optim.max_skipped_in_a_row.
   A NaN learning rate stands for the divergence here: validation, which rejects it, is
   bypassed."""
-  monkeypatch.setattr(config_lib, "check_ranges", lambda config: None)
+  monkeypatch.setattr(validation, "check_ranges", lambda config: None)
   wd = str(tmp_path / "run")
   c = tiny_config(shared, "sft", **{"train.steps": 10, "train.lr": float("nan"),
                                     "optim.max_skipped_in_a_row": 3, "checkpoint.every": 1})

@@ -12,6 +12,9 @@ import pytest
 from real_jax import main as main_lib
 from real_jax.evaluate import check_markdown_table
 from real_jax.train import config_lib, runner, tract
+from real_jax.train import methods as methods_lib
+from real_jax.train import stages as stages_lib
+from real_jax.train.supervised import run_supervised
 from real_jax.train.config_lib import ConfigError
 from real_jax.train.metrics import read_metrics
 from run_helpers import png_count, run_notebook, tiny_config
@@ -56,6 +59,43 @@ def test_method_smoke(shared, warm, tmp_path, method):
       assert "kl" in rows[0] and "entropy" in rows[0] and rows[0]["entropy"] > 0
   ck = os.path.join(str(tmp_path), "ckpt", stage)
   assert sorted(int(s) for s in os.listdir(ck) if s.isdigit())[-1] == 2
+
+
+def test_a_method_is_one_table_entry_plus_its_step_function(shared, warm, tmp_path):
+  """A new method: one `Method` entry and the function of its one new stage. The config accepts
+  it, `--help` lists it, validation reads its stages, and `main.run` trains it (its stage's
+  checkpoints and metrics), evaluates it and labels its row from the entry."""
+  calls = []
+
+  @stages_lib.register_stage("toy_stage", steps=("train.steps",))
+  def toy_stage(run, evaluate, carry, final):
+    calls.append(final)
+    carry.params = run_supervised(
+        run, "toy_stage", carry.params, kind="sft", steps=run.config.train.steps,
+        batch_size=run.config.train.batch_size, micro_batch_size=0, lr=run.config.train.lr,
+        main=final)
+
+  methods_lib.register_method(methods_lib.Method("toy", "toy method", ("toy_stage",),
+                                                 doc="a test's method"))
+  try:
+    assert "'toy'" in config_lib.describe(config_lib.base_config()).split("\n")[0]
+    c = tiny_config(shared, "sft", **{"init.checkpoint": warm[0], "train.steps": 2})
+    c.unlock()
+    c.method = "toy"
+    c.lock()
+    assert config_lib.stages_for(c) == ["toy_stage"]
+    main_lib.run(c, str(tmp_path))
+    assert calls == [True]
+    assert [r["step"] for r in read_metrics(str(tmp_path), "toy_stage")] == [1, 2]
+    ck = os.path.join(str(tmp_path), "ckpt", "toy_stage")
+    assert sorted(int(s) for s in os.listdir(ck) if s.isdigit())[-1] == 2
+    rows = json.load(open(os.path.join(str(tmp_path), "results.json")))["rows"]
+    final = [r for r in rows if r["name"] == "toy method"]
+    assert final and "2 steps from" in final[0]["info"]["training"]
+  finally:
+    del methods_lib.METHODS["toy"], stages_lib.STAGES["toy_stage"]
+  with pytest.raises(ConfigError, match="config.method='toy' is not one of"):
+    config_lib.validate(c, 1)
 
 
 def test_real_with_warmup_and_tract_smoke(shared, warm, tmp_path):

@@ -159,11 +159,8 @@ def test_stale_locks_are_taken_over(tmp_path, caplog):
 def _config(**over):
   c = config_lib.load_config(os.path.join(ROOT, "configs", "synthetic.py") + ":method=sft,runlocal")
   for k, v in {**RUN, "mesh.data": 1, **over}.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+    parent, _, leaf = k.rpartition(".")
+    (config_lib.get_field(c, parent) if parent else c)[leaf] = v
   return c
 
 
@@ -373,7 +370,9 @@ def test_judge_grade_names_the_bad_record():
 
 def test_skipped_steps_are_noted_in_the_results_row():
   import types
-  run = types.SimpleNamespace(config=_config(), runner=types.SimpleNamespace(skipped_steps={}))
+  c = _config()
+  run = types.SimpleNamespace(config=c, settings=config_lib.resolve(c, (1.0, 2.0, 3.0, 4.0, 5.0)),
+                              runner=types.SimpleNamespace(skipped_steps={}))
   assert "SKIPPED" not in main_lib._training_label(run, "the base")
   run.runner.skipped_steps["sft"] = (3, 4)
   assert main_lib._training_label(run, "the base").endswith(

@@ -7,6 +7,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -94,11 +95,19 @@ def _rl_config(**rl):
   return c
 
 
+def _rl_settings(config, method):
+  """The RL settings `config` resolves to under `method`."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.method = method
+  return config_lib.rl_settings(c, ST.values)
+
+
 def _round(config, method, mesh, graphdef, params, prompts, score_fn, adv, gen,
            score_tokens=ST, pad_id=PAD):
   """`rl.rollout_round` on crafted rollouts; the rows as a dict for the hand computations."""
+  settings = rl.RolloutSettings.from_config(config, _rl_settings(config, method))
   r = rl.rollout_round(graphdef, params, None, prompts, jax.random.PRNGKey(0),
-                       settings=rl.RolloutSettings.from_config(config, method), advantages=adv,
+                       settings=settings, advantages=adv,
                        score_fn=score_fn, score_tokens=score_tokens, mesh=mesh, pad_id=pad_id,
                        gen=gen)
   return dataclasses.asdict(r.batch), r.keep_groups, r.stats
@@ -493,20 +502,20 @@ def test_advantages_for_invalid_rows():
   tlp = np.log(np.array([0.5, 0.6, 1.0, 0.1, 0.9, 0.8, 0.1, 1.0], np.float32))
   valid = np.array([1, 1, 0, 1, 1, 1, 1, 0], bool)
   binary = np.zeros(8, np.float32)
-  s = rl.AdvantageSettings(invalid="penalize", format_penalty=16.0, normalize=False,
-                                clip=None, shaping="none")
+  s = rl.AdvantageSettings(invalid="penalize", format_penalty=16.0, shaping="none",
+                           recipe=obj.AdvantageRecipe("rloo", normalize=False, clip=None))
   out = rl.compute_advantages(y_hat, tlp, target, binary, valid, 4, s)
   r = np.where(valid, -(y_hat - target) ** 2, -16.0).reshape(2, 4)
   want = r - (r.sum(1, keepdims=True) - r) / 3  # RLOO
-  np.testing.assert_allclose(out["adv"], want.reshape(-1), atol=1e-6)
-  np.testing.assert_array_equal(out["pg_keep"], 1.0)
-  np.testing.assert_array_equal(out["refine_keep"], valid)
+  np.testing.assert_allclose(out.advantage, want.reshape(-1), atol=1e-6)
+  np.testing.assert_array_equal(out.pg_keep, 1.0)
+  np.testing.assert_array_equal(out.refine_keep, valid)
   out = rl.compute_advantages(y_hat, tlp, target, binary, valid, 4,
                                    dataclasses.replace(s, invalid="drop"))
-  np.testing.assert_array_equal(out["pg_keep"], valid)
-  assert out["adv"][2] == 0.0 and out["adv"][7] == 0.0
+  np.testing.assert_array_equal(out.pg_keep, valid)
+  assert out.advantage[2] == 0.0 and out.advantage[7] == 0.0
   g0 = r[0, [0, 1, 3]]
-  np.testing.assert_allclose(out["adv"][[0, 1, 3]], g0 - (g0.sum() - g0) / 2, atol=1e-6)
+  np.testing.assert_allclose(out.advantage[[0, 1, 3]], g0 - (g0.sum() - g0) / 2, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,8 +637,8 @@ def enumerated():
   gen, prompts, uniq, groups = _enumerated_rollout(n)
   c = _rl_config(group_size=n, filter="all", max_response_len=EX_R, score_batch_size=8192)
   adv = rl.AdvantageSettings(reward="regression", shaping="log_prob", shaping_weight=lam,
-                                  estimator="rloo", normalize=False, clip=None,
-                                  invalid="penalize", format_penalty=penalty)
+                             recipe=obj.AdvantageRecipe("rloo", normalize=False, clip=None),
+                             invalid="penalize", format_penalty=penalty)
   score_fn = readout.make_score_fn(graphdef, EX_ST, mesh)
   rows, keep_g, _ = _round(c, "real", mesh, graphdef, params, prompts, score_fn, adv, gen,
                            score_tokens=EX_ST, pad_id=0)
@@ -716,7 +725,7 @@ def test_grpo_recipe_is_the_standard_one():
   r[0, 3] = 1.0
   g = rl.AdvantageSettings.from_recipe("grpo", reward="binary")
   a = rl.compute_advantages(np.zeros(16), np.zeros(16), np.zeros(16), r[0],
-                                 np.ones(16, bool), 16, g)["adv"]
+                                 np.ones(16, bool), 16, g).advantage
   np.testing.assert_allclose(a[3], 3.75, rtol=1e-5)
   np.testing.assert_allclose(np.delete(a, 3), -0.25, rtol=1e-5)
   np.testing.assert_allclose(a.sum(), 0.0, atol=1e-5)
@@ -725,7 +734,7 @@ def test_grpo_recipe_is_the_standard_one():
   np.testing.assert_allclose(a, ((t - t.mean()) / (t.std() + 1e-6)).numpy(), rtol=1e-5)  # verl
   au = rl.AdvantageSettings.from_recipe("authors", reward="binary")
   b = rl.compute_advantages(np.zeros(16), np.zeros(16), np.zeros(16), r[0],
-                                 np.ones(16, bool), 16, au)["adv"]
+                                 np.ones(16, bool), 16, au).advantage
   np.testing.assert_allclose(b[3], 1.0)
   np.testing.assert_allclose(b.sum(), 1.0 - 15 * 0.2582, atol=1e-3)
 
@@ -733,21 +742,22 @@ def test_grpo_recipe_is_the_standard_one():
 def test_rl_settings_resolve_per_method():
   c = config_lib.base_config()
   vals = (1.0, 2.0, 3.0, 4.0, 5.0)
-  real = config_lib.rl_settings(c, "real", vals)
-  assert (real["advantage"], real["policy_loss"], real["clip"], real["ddof"]) == (
-      "authors", "reinforce", 1.0, 0)
-  assert real["format_penalty"] == 25.0  # worst squared error with the full-vocabulary y_hat
-  grpo = config_lib.rl_settings(c, "grpo", vals)
-  assert (grpo["advantage"], grpo["estimator"], grpo["policy_loss"], grpo["clip"],
-          grpo["ddof"], grpo["eps"], grpo["reward"]) == ("grpo", "grpo", "ppo", None, 1, 1e-6,
-                                                          "binary")
-  assert "group-mean baseline" in grpo["label"] and "ppo" in grpo["label"]
+  real = _rl_settings(c, "real")
+  assert (real.recipe_name, real.policy_loss, real.advantages.recipe.clip,
+          real.advantages.recipe.ddof) == ("authors", "reinforce", 1.0, 0)
+  # the worst squared error with the full-vocabulary y_hat
+  assert real.advantages.format_penalty == 25.0
+  grpo = _rl_settings(c, "grpo")
+  r = grpo.advantages.recipe
+  assert (grpo.recipe_name, r.estimator, grpo.policy_loss, r.clip, r.ddof, r.eps,
+          grpo.advantages.reward) == ("grpo", "grpo", "ppo", None, 1, 1e-6, "binary")
+  assert "group-mean baseline" in grpo.label and "ppo" in grpo.label
   c.rl.advantage = "authors"  # the authors' binary-RLOO ablation, by name
-  assert "leave-one-out" in config_lib.rl_settings(c, "grpo", vals)["label"]
+  assert "leave-one-out" in _rl_settings(c, "grpo").label
   c.rl.renormalize = True
-  assert config_lib.rl_settings(c, "real", vals)["format_penalty"] == 16.0
+  assert _rl_settings(c, "real").advantages.format_penalty == 16.0
   c.rl.format_penalty = 3.0
-  assert config_lib.rl_settings(c, "real", vals)["format_penalty"] == 3.0
+  assert _rl_settings(c, "real").advantages.format_penalty == 3.0
   assert obj.worst_squared_error(vals) == 25.0
   c = config_lib.base_config()
   c.rl.clip = 0.0
@@ -755,7 +765,7 @@ def test_rl_settings_resolve_per_method():
     config_lib.validate(c, 8)
   c.rl.advantage = "custom"
   config_lib.validate(c, 8)
-  assert config_lib.rl_settings(c, "real", vals)["clip"] is None
+  assert _rl_settings(c, "real").advantages.recipe.clip is None
 
 
 def test_grpo_rows_train_the_sampled_score_token_real_rows_do_not():

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import numpy as np
 
 from real_jax import evaluate as ev
-from real_jax.train import data_utils
+from real_jax.train import config_lib, data_utils
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -87,13 +87,6 @@ class JobError(RuntimeError):
   """A run that failed, waits on a run outside the invocation, or was run with other settings."""
 
 
-def _config_value(config: dict, path: str):
-  node = config
-  for part in path.split("."):
-    node = node[part]
-  return node
-
-
 def check_settings(job: Job, wd: str) -> None:
   """Raises JobError when the run in `wd` was made with other values of the job's `--config.*`
   settings than the job has now (e.g. a chosen.json that changed since)."""
@@ -105,11 +98,15 @@ def check_settings(job: Job, wd: str) -> None:
   for arg in job.args:
     key, _, want = arg[len("--config."):].partition("=")
     try:
-      have = _config_value(config, key)
+      have = config_lib.get_field(config, key)
     except (KeyError, TypeError):
       continue
-    same = (str(have).lower() == want.lower() if isinstance(have, (bool, str)) else
-            float(have) == float(want))
+    if isinstance(have, bool):
+      same = have == config_lib.parse_bool(want)
+    elif isinstance(have, str):
+      same = have == want
+    else:
+      same = float(have) == float(want)
     if not same:
       raise JobError(f"{wd} was run with {key}={have}, not {want}; remove it or use another "
                      "--root")

@@ -57,6 +57,9 @@ from real_jax.judge import prompts as prompts_lib
 from real_jax.layout import (bucket_length, left_pad, positions_from_mask, power_of_two_buckets,
                              right_pad)
 
+__all__ = ["STATE_VERSION", "OVERLONG", "BatchConfig", "CHARS_PER_TOKEN", "PromptTooLongError",
+    "TooFewRowsError", "sft_score", "JudgeBatcher", "sft_sequences", "to_global"]
+
 STATE_VERSION = 1
 OVERLONG = ("skip", "truncate", "error")  # what a prompt longer than max_prompt_len gets
 

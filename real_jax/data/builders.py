@@ -34,6 +34,9 @@ import tensorflow_datasets as tfds
 from real_jax.data import records as records_lib
 from real_jax.data.tfds_base import JudgeBuilderBase, JudgeBuilderConfig
 
+__all__ = ["FeedbackCollection", "FeedbackBench", "Flask", "VicunaBench", "MtBench",
+    "REAL_BUILDERS"]
+
 _CONFIGS = [JudgeBuilderConfig(name="score_phrase", output_format="score_phrase"),
             JudgeBuilderConfig(name="result", output_format="result")]
 

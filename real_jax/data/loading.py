@@ -27,6 +27,9 @@ from real_jax.data import synthetic as synthetic_lib
 from real_jax.data.tfds_base import config_name
 from real_jax.judge import prompts as prompts_lib
 
+__all__ = ["DATASETS", "EVAL_BENCHMARKS", "DEFAULT_SPLIT", "get_builder", "JudgeSource",
+    "load_split"]
+
 DATASETS = {**builders_lib.REAL_BUILDERS, "synthetic": synthetic_lib.SyntheticJudge,
             "synthetic_judge": synthetic_lib.SyntheticJudge}
 EVAL_BENCHMARKS = ("feedback_bench", "flask", "vicuna_bench", "mt_bench")

@@ -15,6 +15,8 @@ import json
 
 from real_jax.data.loading import DATASETS, DEFAULT_SPLIT, get_builder, load_split
 
+__all__ = ["main"]
+
 
 def _parse_value(text: str):
   try:

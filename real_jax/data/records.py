@@ -33,6 +33,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from real_jax.judge import prompts as prompts_lib
 
+__all__ = ["REASONS", "GROUND_TRUTHS", "NoUsableRowsError", "InvalidRowError", "ValidationReport",
+    "find_manual_file", "read_rows", "parse_scores", "target_int", "ground_truth_scores",
+    "RecordOptions", "EXTRA_KEYS", "make_record", "validated_records"]
+
 REASONS = (
     "malformed_row",       # not a JSON object / unreadable line
     "bad_prompt",          # orig_* fields incomplete, or prebuilt instruction not in Prometheus layout

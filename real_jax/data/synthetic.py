@@ -82,6 +82,12 @@ from transformers import PreTrainedTokenizerFast
 from real_jax.data.tfds_base import JudgeBuilderBase, JudgeBuilderConfig
 from real_jax.judge import prompts as prompts_lib
 
+__all__ = ["N_ITEMS", "ITEM_LABELS", "LEVELS", "MAX_LEVEL", "SPLITS", "Wording",
+    "IN_DOMAIN_WORDINGS", "OOD_WORDINGS", "COT_WORDS", "SyntheticConfig", "noisy_label",
+    "grader_score", "expected_score", "labelled", "generate_all", "generate_split",
+    "SPECIAL_TOKENS", "CHAT_TEMPLATE", "synthetic_vocab", "build_synthetic_tokenizer",
+    "SyntheticBuilderConfig", "SyntheticJudge"]
+
 N_ITEMS = 4
 ITEM_LABELS = ("a", "b", "c", "d")
 LEVELS = {0: (2, 4), 1: (2, 9), 2: (3, 6), 3: (3, 9), 4: (4, 9)}  # (n operands, max operand)

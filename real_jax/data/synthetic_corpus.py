@@ -40,6 +40,9 @@ import numpy as np
 from real_jax.data import synthetic as syn
 from real_jax.judge import prompts as prompts_lib
 
+__all__ = ["KINDS", "KIND_WEIGHTS", "SOLUTION_WORDS", "VERDICTS", "PROBES_FILE", "corpus_levels",
+    "max_sum", "document", "packed_rows", "probes"]
+
 KINDS = ("facts", "compare", "wordings", "prompts", "solutions")
 # prompts and solutions are ~3x longer than the other documents
 KIND_WEIGHTS = (0.3, 0.25, 0.15, 0.1, 0.2)
@@ -150,11 +153,17 @@ def document(rng: np.random.Generator, config: syn.SyntheticConfig) -> str:
   return _prompt(rng, config)
 
 
+# Stream ids of the two RNG streams (numpy SeedSequence entropy [seed, ..., stream]): the corpus
+# documents and the held-out probes never share draws.
+CORPUS_STREAM = 7
+PROBE_STREAM = 99
+
+
 def packed_rows(tokenizer, config: syn.SyntheticConfig, *, seed: int, step: int, rows: int,
                 length: int, eos_id: int) -> np.ndarray:
   """[rows, length] int32 token ids: documents (each followed by EOS) packed end to end,
   deterministic in (seed, step) — a resumable stream with no state but the step."""
-  rng = np.random.default_rng([seed, step, 7])
+  rng = np.random.default_rng([seed, step, CORPUS_STREAM])
   need = rows * length
   ids: list[int] = []
   while len(ids) < need:
@@ -164,16 +173,17 @@ def packed_rows(tokenizer, config: syn.SyntheticConfig, *, seed: int, step: int,
   return np.asarray(ids[:need], np.int32).reshape(rows, length)
 
 
-def probes(config: syn.SyntheticConfig, n: int = 256, seed: int = 12345) -> dict[str, list[tuple[str, str]]]:
+def probes(config: syn.SyntheticConfig, n: int = 256, seed: int = 12345
+           ) -> dict[str, list[tuple[str, str]]]:
   """Held-out knowledge checks: kind -> [(prefix text, expected next word)].
 
   facts_L<level>: "x+y=" after one other fact, the sum expected; compare: "a vs b" after one
   other comparison, the verdict expected; solve_L<level>: an instruction of any wording with
   items at that level, "Solution:" and the items before item k (k = 2..4) solved, then item k's
   label: its first operand expected (found by the label, not by position). Drawn from their own
-  RNG stream (not the corpus's).
+  RNG stream (not the corpus's); `seed` 12345 is the probe set the committed base reports.
   """
-  rng = np.random.default_rng([seed, 99])
+  rng = np.random.default_rng([seed, PROBE_STREAM])
   out: dict[str, list[tuple[str, str]]] = {}
   for level in corpus_levels(config):
     rows = []

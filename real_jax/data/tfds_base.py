@@ -24,6 +24,8 @@ from etils import epath
 from real_jax.data import records as records_lib
 from real_jax.judge import prompts as prompts_lib
 
+__all__ = ["JudgeBuilderConfig", "config_name", "common_features", "JudgeBuilderBase"]
+
 
 @dataclasses.dataclass
 class JudgeBuilderConfig(tfds.core.BuilderConfig):

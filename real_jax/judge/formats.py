@@ -12,6 +12,8 @@ import os
 import transformers  # AutoTokenizer is looked up only when needed: it imports torch (~1 s)
 from transformers import PreTrainedTokenizerFast
 
+__all__ = ["OutputFormat", "as_output_format", "load_tokenizer", "encode_text"]
+
 
 class OutputFormat(str, enum.Enum):
   """How the judge ends its output; the delimiter is the text right before the score digit."""

@@ -64,6 +64,11 @@ from typing import Any, Mapping, Sequence
 from real_jax.judge.formats import OutputFormat, as_output_format, encode_text, load_tokenizer
 from real_jax.judge.scores import parse_generation
 
+__all__ = ["PromptTemplate", "PROMETHEUS_ABSOLUTE", "JudgeFields", "format_rubric",
+    "clean_prebuilt_instruction", "split_prometheus_prompt", "fields_from_record",
+    "render_prompt", "build_judge_prompt", "build_target_text", "strip_score_suffix",
+    "render_chat_text", "render_chat", "eos_token_id", "build_target_ids"]
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptTemplate:

@@ -42,6 +42,9 @@ import numpy as np
 
 from real_jax.judge.formats import OutputFormat, as_output_format, encode_text
 
+__all__ = ["STATUSES", "USABLE_STATUSES", "ScoreTokens", "resolve_score_tokens",
+    "ParsedGeneration", "parse_generation", "ParsedText", "parse_text"]
+
 STATUSES = ("ok", "delimiter_only", "bad_score", "no_delimiter", "truncated")
 USABLE_STATUSES = ("ok", "delimiter_only")
 

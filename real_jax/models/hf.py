@@ -30,6 +30,9 @@ from real_jax import sharding as shd
 from real_jax.models import abstract_model, param_path, param_shardings
 from real_jax.models.qwen3 import FAMILIES, Qwen3Config
 
+__all__ = ["config_from_hf", "config_to_hf", "KeyRule", "KEY_MAP", "read_config", "load_hf",
+    "export_hf", "write_generation_config"]
+
 # ---------------------------------------------------------------------------
 # Config
 

@@ -11,6 +11,8 @@ import dataclasses
 
 from real_jax.models.qwen3 import Qwen3Config
 
+__all__ = ["Preset", "PRESETS", "SIZE_ALIASES", "get_preset"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:

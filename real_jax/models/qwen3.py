@@ -43,6 +43,10 @@ from flax import nnx
 from real_jax import sharding as shd
 from real_jax.layout import positions_from_mask
 
+__all__ = ["REMATS", "FAMILIES", "Qwen3Config", "PARAM_AXES", "CACHE_AXES", "DecoderLayers",
+    "LAYER_PARAM_NAMES", "rms_norm", "apply_rope", "attention", "Attend", "decoder_layer",
+    "Qwen3", "DecodeCache", "decode_cache", "decode_weights", "decode_step", "forward_logits"]
+
 Array = jax.Array
 
 _MASK_VALUE = -1e30  # finite, so a fully masked (padding) query row gives no NaN

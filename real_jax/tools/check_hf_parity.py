@@ -22,6 +22,8 @@ from real_jax.layout import positions_from_mask
 from real_jax.models import forward_logits
 from real_jax.models.hf import load_hf
 
+__all__ = ["TOLERANCE", "tolerance", "make_batch", "hf_logits", "jax_logits", "check", "main"]
+
 # fp32 is absolute; bf16 is relative to the largest reference logit, since bf16
 # keeps ~3 significant digits and real checkpoints have logits of order 10-30.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 4e-2}

@@ -35,6 +35,10 @@ import numpy as np
 from real_jax import bootstrap
 from real_jax import evaluate as ev
 
+__all__ = ["METRICS", "TITLES", "READOUT_TITLES", "CompareError", "load_rows", "name_runs",
+    "metric_table", "rows_table", "FINAL_TAGS", "pick_row", "paired_predictions", "paired_table",
+    "render", "CSV_FIELDS", "to_csv", "main"]
+
 METRICS = ("pearson", "spearman", "kendall", "mse")
 TITLES = {"pearson": "Pearson r x 100", "spearman": "Spearman ρ x 100",
           "kendall": "Kendall τ_b x 100", "mse": "MSE of the prediction (raw)"}

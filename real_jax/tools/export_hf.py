@@ -29,6 +29,8 @@ from real_jax.models.hf import export_hf, write_generation_config
 from real_jax.models.qwen3 import Qwen3Config
 from real_jax.train import checkpoint as ckpt_lib
 
+__all__ = ["export_run", "main"]
+
 
 def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = False,
                dtype: str | None = None) -> str:

@@ -23,6 +23,11 @@ from real_jax import sharding as shd
 from real_jax.models import PRESETS, abstract_model, param_shardings
 from real_jax.models.qwen3 import Qwen3Config
 from real_jax.train import data_utils
+from real_jax.train import methods as methods_lib
+from real_jax.train import settings as settings_lib
+
+__all__ = ["preset_memory", "markdown_table", "program_estimate", "CALIBRATION", "calibrate",
+    "calibrated", "main"]
 
 
 def preset_memory(name: str) -> dict:
@@ -127,7 +132,7 @@ def program_estimate(config, mesh_shape: dict[str, int]) -> dict[str, dict[str, 
 
   out = {}
   method = c.method
-  if c.warmup.steps > 0 and method in ("sft", "raft", "tract", "grpo", "real"):
+  if methods_lib.WARMUP_STAGE in methods_lib.stages_for(c):
     w = c.warmup
     out["warmup_step"] = train(w.batch_size, lp + c.data.max_target_len,
                                w.micro_batch_size or w.batch_size)
@@ -135,7 +140,7 @@ def program_estimate(config, mesh_shape: dict[str, int]) -> dict[str, dict[str, 
     t = c.train
     out[f"{method}_step"] = train(t.batch_size, lp + c.data.max_target_len,
                                   t.micro_batch_size or t.batch_size)
-  if method in ("grpo", "real"):
+  if methods_lib.get_method(method).rl is not None:
     rl = c.rl
     width = lp + rl.max_response_len + 1
     out["rl_step"] = train(rl.mini_batch_size, width, rl.micro_batch_size or rl.mini_batch_size)
@@ -143,7 +148,7 @@ def program_estimate(config, mesh_shape: dict[str, int]) -> dict[str, dict[str, 
                                      rl.max_response_len)
     out["rollout_scoring"] = scoring(
         rl.score_batch_size or rl.micro_batch_size or rl.mini_batch_size, width)
-  if method != "pretrain" and (c.eval.at_end or c.eval.every or method == "eval"):
+  if settings_lib.evaluations(c).any:
     out["eval_sampler"] = sampler(c.eval.batch_size, 1, c.eval.max_response_len)
   return out
 

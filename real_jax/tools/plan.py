@@ -55,8 +55,13 @@ from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
 from real_jax.train import config_lib, data_utils, state as state_lib, steps as steps_lib
 from real_jax.train.batch import LMBatch, RLBatch
-from real_jax.train.rl import loss_config
+from real_jax.train import settings as settings_lib
+from real_jax.train.rl import rl_objective
 from real_jax.tools import memory_table
+
+__all__ = ["ProgramReport", "topology_devices", "usable_hbm", "programs", "compile_report",
+    "plan", "SIZED", "suggest", "suggest_markdown", "markdown", "summary_table", "GPUS",
+    "gpu_plan", "gpu_markdown", "main"]
 
 # Stand-in score tokens: ids and values only shape the programs, never their memory.
 _SCORE_TOKENS = ScoreTokens(token_ids=(16, 17, 18, 19, 20), values=(1.0, 2.0, 3.0, 4.0, 5.0),
@@ -146,9 +151,10 @@ def programs(config, mesh) -> dict[str, tuple[Any, tuple, str]]:
                       target=((rows,), f32), target_id=((rows,), i32),
                       sample_mask=((rows,), f32))
 
-  st = _SCORE_TOKENS
+  score_tokens = _SCORE_TOKENS
+  run_settings = settings_lib.resolve(c, score_tokens.values)
   method = c.method
-  if c.warmup.steps > 0 and method in ("sft", "raft", "tract", "grpo", "real"):
+  if "warmup" in run_settings.stages:
     w = c.warmup
     train_step("warmup_step", steps_lib.sft_objective(),
                lm_batch(w.batch_size, lp + c.data.max_target_len),
@@ -156,15 +162,13 @@ def programs(config, mesh) -> dict[str, tuple[Any, tuple, str]]:
   if method in ("sft", "raft", "tract"):
     t = c.train
     loss = {"sft": steps_lib.sft_objective(),
-            "raft": steps_lib.raft_objective(st),
-            "tract": steps_lib.cot_raft_objective(st)}[method]
+            "raft": steps_lib.raft_objective(score_tokens),
+            "tract": steps_lib.cot_raft_objective(score_tokens)}[method]
     train_step(f"{method}_step", loss, lm_batch(t.batch_size, lp + c.data.max_target_len),
                t.batch_size // t.micro_batch_size if t.micro_batch_size else 1, t.steps)
-  if method in ("grpo", "real"):
+  if run_settings.rl is not None:
     rl = c.rl
-    lcfg = loss_config(c, method, st.values)
-    loss = (steps_lib.grpo_objective(lcfg) if method == "grpo"
-            else steps_lib.real_objective(st, lcfg))
+    loss = rl_objective(score_tokens, c, run_settings.rl)
     rows, width = rl.mini_batch_size, lp + rl.max_response_len + 1
     i32, f32 = jnp.int32, jnp.float32
     seq = ((rows, width), f32)
@@ -182,11 +186,11 @@ def programs(config, mesh) -> dict[str, tuple[Any, tuple, str]]:
                                       mesh)
     score_rows = rl.score_batch_size or rl.micro_batch_size or rl.mini_batch_size
     score_fn = readout.make_score_fn(
-        graphdef, st, mesh, score_temperature=rl.score_temperature, renormalize=rl.renormalize,
-        sample_temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k, greedy=False,
-        response_width=lcfg.response_width)
+        graphdef, score_tokens, mesh, score_temperature=rl.score_temperature,
+        renormalize=rl.renormalize, sample_temperature=rl.temperature, top_p=rl.top_p,
+        top_k=rl.top_k, greedy=False, response_width=rl.max_response_len + 1)
     out["rollout_scoring"] = _scoring(score_fn, params, score_rows, width, mesh)
-  if method != "pretrain" and (c.eval.at_end or c.eval.every or method == "eval"):
+  if run_settings.evaluations.any:
     e = c.eval
     settings = readout.SamplerSettings(max_new_tokens=e.max_response_len,
                                        temperature=e.temperature, top_p=e.top_p,
@@ -270,13 +274,6 @@ SIZED = {"rollout_sampler": ("rl.sample_prompts", "rl.prompts_per_step"),
          "warmup_step": ("warmup.micro_batch_size", "warmup.batch_size")}
 
 
-def _get(config, path: str):
-  node = config
-  for part in path.split("."):
-    node = node[part]
-  return node
-
-
 def suggest(config, topology: str, *, headroom: float = 0.1, only: tuple[str, ...] = ()
             ) -> list[dict[str, Any]]:
   """For each sized program of the run (SIZED), the largest accepted value of its field whose
@@ -288,7 +285,7 @@ def suggest(config, topology: str, *, headroom: float = 0.1, only: tuple[str, ..
     if name not in SIZED or (only and name not in only):
       continue
     field, total_field = SIZED[name]
-    total = int(_get(config, total_field))
+    total = int(config_lib.get_field(config, total_field))
     values = [v for v in range(shards, total + 1, shards) if total % v == 0]
     tried: dict[int, ProgramReport] = {}
 
@@ -307,7 +304,7 @@ def suggest(config, topology: str, *, headroom: float = 0.1, only: tuple[str, ..
       else:
         hi = mid
     best = values[lo] if lo >= 0 else None
-    out.append({"program": name, "field": field, "current": int(_get(config, field)) or total,
+    out.append({"program": name, "field": field, "current": int(config_lib.get_field(config, field)) or total,
                 "best": best, "peak": tried[best].peak if best else 0,
                 "hbm_bytes": hbm, "headroom": headroom,
                 "tried": {v: (r.peak if not r.error else None) for v, r in sorted(tried.items())},

@@ -21,14 +21,16 @@ import os
 import sys
 
 import jax
-import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
 from real_jax import main as main_lib
 from real_jax import readout
-from real_jax.train import config_lib, data_utils, rl
+from real_jax.train import data_utils, rl
+from real_jax.train import settings as settings_lib
 from real_jax.train.metrics import RolloutStats, rl_update_metrics
+
+__all__ = ["KEYS", "rollout_signal", "main"]
 
 KEYS = ("signal_binary", "signal_regression", "binary_acc", "entropy", "truncated_frac",
         "eos_before_delimiter_frac")
@@ -38,18 +40,20 @@ def rollout_signal(run, params, *, method: str, prompts: int, group_size: int,
                    seed: int = 0) -> dict[str, dict[str, float]]:
   """split -> the rollout statistics (`KEYS`) of `prompts` items x `group_size` CoTs."""
   c = run.config
-  st = run.tokens.score_tokens
-  settings = dataclasses.replace(rl.RolloutSettings.from_config(c, method),
+  score_tokens = run.vocab.score_tokens
+  as_method = ConfigDict(c.to_dict())
+  as_method.method = method
+  rl_settings = settings_lib.rl_settings(as_method, score_tokens.values)
+  settings = dataclasses.replace(rl.RolloutSettings.from_config(c, rl_settings),
                                  group_size=group_size, filter="all")
-  advantages = rl.AdvantageSettings.from_config(c, method, st.values)
   score_fn = readout.make_score_fn(
-      run.graphdef, st, run.mesh, score_temperature=c.rl.score_temperature,
+      run.graphdef, score_tokens, run.mesh, score_temperature=c.rl.score_temperature,
       renormalize=c.rl.renormalize, sample_temperature=c.rl.temperature, top_p=c.rl.top_p,
       top_k=c.rl.top_k, greedy=False, response_width=c.rl.max_response_len + 1)
   out = {}
   for split, source in run.sources.evals.items():
     n = min(prompts, len(source))
-    batcher = data_utils.make_batcher(c, source, run.tokens.tokenizer, st,
+    batcher = data_utils.make_batcher(c, source, run.vocab.tokenizer, score_tokens,
                                       batch_size=min(n, c.rl.prompts_per_step),
                                       with_targets=False, shuffle=False, num_epochs=1,
                                       drop_remainder=False)
@@ -62,8 +66,9 @@ def rollout_signal(run, params, *, method: str, prompts: int, group_size: int,
       batch = {k: v[:take] for k, v in batch.items()}
       r = rl.rollout_round(run.graphdef, params, None, batch,
                            jax.random.fold_in(jax.random.PRNGKey(seed), i), settings=settings,
-                           advantages=advantages, score_fn=score_fn, score_tokens=st,
-                           mesh=run.mesh, pad_id=run.tokens.pad_id)
+                           advantages=rl_settings.advantages, score_fn=score_fn,
+                           score_tokens=score_tokens,
+                           mesh=run.mesh, pad_id=run.vocab.pad_id)
       stats = stats + r.stats
       seen += take
     m = rl_update_metrics(stats, [], rounds=0, kept_prompts=0, t_rollout=1.0, t_scoring=0.0,

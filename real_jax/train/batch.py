@@ -14,6 +14,8 @@ from flax import struct
 
 from real_jax import layout
 
+__all__ = ["LMBatch", "RLBatch"]
+
 
 @struct.dataclass
 class LMBatch:

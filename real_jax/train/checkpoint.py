@@ -31,6 +31,9 @@ from absl import logging
 from real_jax import sharding as shd
 from real_jax.train.state import abstract_like
 
+__all__ = ["ITEMS", "T", "NoRestorableCheckpoint", "unreadable_dir", "move_aside", "Checkpointer",
+    "restore_run_params", "stage_dir", "find_params_checkpoint"]
+
 ITEMS = ("params", "opt_state", "scalars", "meta")
 T = TypeVar("T")
 

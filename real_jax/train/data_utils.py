@@ -14,6 +14,11 @@ from real_jax.data import DATASETS, batching, build_synthetic_tokenizer, load_sp
 from real_jax.judge import prompts as prompts_lib
 from real_jax.train.config_lib import ConfigError
 
+__all__ = ["SYNTHETIC_OPTIONS", "SYNTHETIC_EVAL_SPLITS", "PROMETHEUS_EVAL", "load_tokenizer",
+    "dataset_options", "eval_entries", "VAL_SEED", "VAL_SPLIT", "Subset", "split_validation",
+    "load_sources", "check_eval_sources", "check_context_length", "prompt_buckets",
+    "thinking_flag", "data_order_seed", "make_batcher", "delimiter_at_start", "ArrayIterator"]
+
 SYNTHETIC_OPTIONS = ("seed", "difficulty", "label_noise", "n_eval_graders", "cot_error_rate",
                      "near_miss_rate", "near_miss_credit", "reference_has_answers", "shuffle_items",
                      "train_size", "test_size",
@@ -168,8 +173,20 @@ def prompt_buckets(config) -> tuple[int, ...]:
 
 def thinking_flag(config) -> bool | None:
   """`data.enable_thinking` as the chat template's argument ("" -> not passed)."""
-  v = config.data.enable_thinking
-  return None if v == "" else v == "true"
+  return thinking_value(config.data.enable_thinking)
+
+
+def thinking_value(v) -> bool | None:
+  """An `enable_thinking` setting ("" / None, "true" / "false", or a bool from a run.json) as
+  the chat template's argument: None (not passed) or the bool."""
+  return None if v in ("", None) else v in (True, "true")
+
+
+def data_order_seed(seed: int, stage: str) -> int:
+  """The seed of a stage's record order: apart per run seed (x 1000) and per stage (the rl
+  stage: + 17; a supervised stage: + the sum of its name's character codes), so two stages of a
+  run never read their records in the same order."""
+  return seed * 1000 + (17 if stage == "rl" else sum(map(ord, stage)))
 
 
 def make_batcher(config, source, tokenizer, score_tokens, *, batch_size: int, with_targets: bool,

@@ -17,6 +17,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
+__all__ = ["summary_writer_class", "MetricsWriter", "read_metrics", "format_duration",
+    "HEARTBEAT_SECS", "set_heartbeat", "Progress", "fmt_metrics", "lookup", "eval_metrics",
+    "RolloutStats", "rl_update_metrics"]
+
 
 def _jsonable(v: Any) -> Any:
   if isinstance(v, np.ndarray) and v.ndim == 0:

@@ -19,13 +19,15 @@ from real_jax.train.batch import LMBatch
 from real_jax.train.runner import Run
 from real_jax.train.supervised import run_supervised
 
+__all__ = ["CorpusBatches", "probe_accuracy", "run_pretrain"]
+
 
 class CorpusBatches:
   """Pretraining batches: packed documents of the synthetic corpus, next-token CE on every real
   token (`synthetic_corpus.packed_rows`; deterministic in (seed, step), so the state is a step)."""
 
   def __init__(self, run: Run, batch_size: int, seq_len: int, seed: int):
-    self.tokenizer, self.eos_id = run.tokens.tokenizer, run.tokens.score_tokens.eos_id
+    self.tokenizer, self.eos_id = run.vocab.tokenizer, run.vocab.score_tokens.eos_id
     self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
     self.task = synthetic_lib.SyntheticConfig(**{k: run.config.data.synthetic[k]
                                                  for k in data_utils.SYNTHETIC_OPTIONS})
@@ -85,7 +87,7 @@ def run_pretrain(run: Run, params):
                           schedule=pc.schedule, lr_warmup=pc.lr_warmup, main=True,
                           make_source=lambda seed: source)
   acc = probe_accuracy(run.graphdef, params, synthetic_corpus.probes(source.task, n=pc.probes),
-                       tokenizer=run.tokens.tokenizer, pad_id=run.tokens.pad_id, mesh=run.mesh)
+                       tokenizer=run.vocab.tokenizer, pad_id=run.vocab.pad_id, mesh=run.mesh)
   logging.info("[pretrain] knowledge probes (greedy next-word accuracy): %s",
                {k: round(v, 4) for k, v in acc.items()})
   run.writer.write("pretrain_probes", pc.steps, acc)

@@ -38,83 +38,54 @@ from real_jax import objectives as obj
 from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
 from real_jax.train import config_lib, data_utils, state as state_lib, steps as steps_lib
+from real_jax.train.settings import AdvantageSettings, RLSettings
 from real_jax.train.batch import RLBatch
 from real_jax.train.metrics import Progress, RolloutStats, fmt_metrics, rl_update_metrics
 from real_jax.train.runner import Run
 
+__all__ = ["LOG_PROB_FLOOR", "GroupAdvantages", "compute_advantages", "group_filter",
+    "groups_with_signal", "RolloutSettings", "Round", "rollout_round", "Buffer", "loss_config",
+    "rl_objective", "run_rl"]
+
 LOG_PROB_FLOOR = float(np.log(1e-8))  # log pi(y*) of an invalid row (and the floor of all rows)
-INVALID_RULES = ("penalize", "drop")
 
 
 # ---------------------------------------------------------------------------------------------
 # Rewards, advantages, filter (host numpy around the objectives' jitted functions)
 
 
-@dataclasses.dataclass(frozen=True)
-class AdvantageSettings:
-  """Rewards and group advantages of a rollout (defaults: the authors' REAL recipe)."""
-  reward: str = "regression"  # one of objectives.REWARDS: regression (REAL) | binary (standard RL)
-  shaping: str = "prob"  # one of objectives.SHAPINGS
-  shaping_weight: float = 1.0
-  estimator: str = "rloo"
-  normalize: bool = True
-  clip: float | None = 1.0
-  invalid: str = "penalize"  # one of INVALID_RULES
-  format_penalty: float = 25.0  # objectives.worst_squared_error of scores 1..5, full vocabulary
-  ddof: int = 0  # std of the normalisation: 0 population (authors), 1 sample (verl's GRPO)
-  eps: float = 1e-8
-
-  @classmethod
-  def from_recipe(cls, recipe: str, **kw) -> "AdvantageSettings":
-    """Settings of a named recipe in `objectives.ADVANTAGE_RECIPES` ("authors", "grpo", "rloo")."""
-    r = obj.ADVANTAGE_RECIPES[recipe]
-    return cls(estimator=r["estimator"], normalize=r["normalize"], clip=r["clip"],
-               ddof=r["ddof"], eps=r["eps"], **kw)
-
-  @classmethod
-  def from_config(cls, config, method: str, score_values) -> "AdvantageSettings":
-    """The settings of the config's `rl` block, method defaults resolved (`config_lib.rl_settings`)."""
-    rl = config.rl
-    s = config_lib.rl_settings(config, method, score_values)
-    return cls(reward=s["reward"], shaping=rl.shaping, shaping_weight=rl.shaping_weight,
-               estimator=s["estimator"], normalize=s["normalize"], clip=s["clip"],
-               ddof=s["ddof"], eps=s["eps"], invalid=rl.invalid,
-               format_penalty=s["format_penalty"])
-
-  def describe(self) -> str:
-    return obj.describe_advantages(self.estimator, self.normalize, self.clip, self.ddof,
-                                   self.eps)
+class GroupAdvantages(NamedTuple):
+  """Rewards and advantages of N = G * n rows, and which rows enter each loss term."""
+  reward: np.ndarray  # [N]
+  advantage: np.ndarray  # [N], constant over each CoT
+  pg_keep: np.ndarray  # [N] rows in the policy-gradient term (before the group filter)
+  refine_keep: np.ndarray  # [N] rows in the refinement term (those with a score)
 
 
 def compute_advantages(y_hat: np.ndarray, target_logp: np.ndarray, target: np.ndarray,
                        binary: np.ndarray, valid: np.ndarray, group_size: int,
-                       s: AdvantageSettings) -> dict[str, np.ndarray]:
+                       s: AdvantageSettings) -> GroupAdvantages:
   """Rewards and advantages of N = G * n rows (rows grouped by prompt).
 
-  Returns {"reward" [N], "adv" [N], "pg_keep" [N] (rows in the PG term before the group filter),
-  "refine_keep" [N]}.
+  Returns `GroupAdvantages` of [N] arrays.
   """
   n = group_size
   g = y_hat.shape[0] // n
   in_pg = valid if s.invalid == "drop" else np.ones_like(valid)
   mask = in_pg.reshape(g, n).astype(np.float32)
-  clip = s.clip if s.clip else None
+  recipe = s.recipe._asdict()
   if s.reward == "binary":
     reward = np.where(valid, binary, 0.0).astype(np.float32)
-    adv = obj.group_advantages(jnp.asarray(reward.reshape(g, n)), estimator=s.estimator,
-                               normalize=s.normalize, clip=clip, mask=jnp.asarray(mask),
-                               ddof=s.ddof, eps=s.eps)
+    adv = obj.group_advantages(jnp.asarray(reward.reshape(g, n)), mask=jnp.asarray(mask), **recipe)
   else:
     reward = np.where(valid, np.asarray(obj.REWARDS.lookup(s.reward)(y_hat, target)),
                       -s.format_penalty).astype(np.float32)
     tlp = np.where(valid, np.maximum(target_logp, LOG_PROB_FLOOR), LOG_PROB_FLOOR)
     adv = obj.real_advantages(jnp.asarray(reward.reshape(g, n)),
                               jnp.asarray(tlp.reshape(g, n), jnp.float32), s.shaping_weight,
-                              shaping=s.shaping, estimator=s.estimator, normalize=s.normalize,
-                              clip=clip, mask=jnp.asarray(mask), ddof=s.ddof, eps=s.eps)
-  return {"reward": reward, "adv": np.asarray(adv).reshape(-1).astype(np.float32),
-          "pg_keep": in_pg.astype(np.float32),
-          "refine_keep": valid.astype(np.float32)}
+                              shaping=s.shaping, mask=jnp.asarray(mask), **recipe)
+  return GroupAdvantages(reward=reward, advantage=np.asarray(adv).reshape(-1).astype(np.float32),
+                         pg_keep=in_pg.astype(np.float32), refine_keep=valid.astype(np.float32))
 
 
 def group_filter(binary: np.ndarray, kind: str) -> np.ndarray:
@@ -145,12 +116,12 @@ class RolloutSettings:
   prompt_buckets: tuple[int, ...] = ()
 
   @classmethod
-  def from_config(cls, config, method: str) -> "RolloutSettings":
+  def from_config(cls, config, rl_settings: RLSettings) -> "RolloutSettings":
     rl = config.rl
     return cls(sampler=readout.SamplerSettings(max_new_tokens=rl.max_response_len,
                                                temperature=rl.temperature, top_p=rl.top_p,
                                                top_k=rl.top_k),
-               group_size=rl.group_size, filter=rl.filter, standard_rl=method == "grpo",
+               group_size=rl.group_size, filter=rl.filter, standard_rl=rl_settings.defaults.score_in_action,
                sample_prompts=rl.sample_prompts,
                score_rows=rl.score_batch_size or rl.micro_batch_size or rl.mini_batch_size,
                prompt_buckets=data_utils.prompt_buckets(config))
@@ -177,7 +148,6 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
   (`readout.Samples`, what `readout.sample_cots` returns) replaces sampling, e.g. in tests.
   """
   n = settings.group_size
-  st = score_tokens
   t0 = time.time()
   if gen is None:
     p = prompts["prompt_tokens"].shape[0]
@@ -187,7 +157,7 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
       gens.append(readout.sample_cots(
           graphdef, params, prompts["prompt_tokens"][s:s + chunk],
           prompts["prompt_mask"][s:s + chunk], jax.random.fold_in(key, 2 * j), settings.sampler,
-          st, num_samples=n, mesh=mesh, pad_id=pad_id, prompt_buckets=settings.prompt_buckets))
+          score_tokens, num_samples=n, mesh=mesh, pad_id=pad_id, prompt_buckets=settings.prompt_buckets))
     # Prompts of different chunks share one bucket width only if their longest prompts do.
     gen = readout.Samples.concatenate(gens, pad_id)
   t_roll = time.time() - t0
@@ -197,13 +167,13 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
                                  gen.length, pad_id=pad_id, extra=1)
   target = np.repeat(prompts["target"], n).astype(np.float32)
   target_int = np.repeat(prompts["target_int"], n)
-  target_id = readout.target_token_ids(target, st)
+  target_id = readout.target_token_ids(target, score_tokens)
   sc = readout.run_scoring(score_fn, params, seqs, target_id, jax.random.fold_in(key, 1), mesh,
                            chunk=settings.score_rows)
   valid = gen.found
-  sampled = np.where(valid & sc.sampled_is_score, st.values_of(sc.sampled, -1.0), -1.0)
+  sampled = np.where(valid & sc.sampled_is_score, score_tokens.values_of(sc.sampled, -1.0), -1.0)
   binary = np.asarray(obj.binary_reward(sampled, target_int)).astype(np.float32)
-  adv = compute_advantages(sc.y_hat, sc.target_logp, target, binary, valid, n, advantages)
+  ga = compute_advantages(sc.y_hat, sc.target_logp, target, binary, valid, n, advantages)
   g = len(target) // n
   keep_g = group_filter(binary.reshape(g, n), settings.filter)
   tokens, mask, cot_mask = seqs.tokens, seqs.mask, seqs.cot_mask
@@ -233,13 +203,13 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
     ref_lp = np.zeros_like(old_lp)
   batch = RLBatch(tokens=tokens, mask=mask, score_pos=seqs.score_pos, cot_mask=cot_mask,
                   old_lp=old_lp, ref_lp=ref_lp, target=target,
-                  target_id=target_id.astype(np.int32), adv=adv["adv"], pg_keep=adv["pg_keep"],
-                  refine_keep=adv["refine_keep"])
+                  target_id=target_id.astype(np.int32), adv=ga.advantage, pg_keep=ga.pg_keep,
+                  refine_keep=ga.refine_keep)
   t_score = time.time() - t1
   y_hat = sc.y_hat
   stats = RolloutStats(
       rows=float(len(target)), groups=float(g), kept_groups=float(keep_g.sum()),
-      reward_sum=float(adv["reward"].sum()), reward_sq=float((adv["reward"] ** 2).sum()),
+      reward_sum=float(ga.reward.sum()), reward_sq=float((ga.reward ** 2).sum()),
       binary_sum=float(binary.sum()),
       y_hat_sum=float(y_hat[valid].sum()), y_hat_sq=float((y_hat[valid] ** 2).sum()),
       abs_err_sum=float(np.abs(y_hat - target)[valid].sum()),
@@ -247,7 +217,7 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
       valid=float(valid.sum()), truncated=float(gen.truncated.sum()),
       eos=float(gen.eos.sum()), length_sum=float(gen.length.astype(np.float32).sum()),
       gen_tokens=float(np.minimum(gen.length, settings.sampler.max_new_tokens).sum()),
-      adv_abs_sum=float(np.abs(adv["adv"]).sum()), adv_sum=float(adv["adv"].sum()),
+      adv_abs_sum=float(np.abs(ga.advantage).sum()), adv_sum=float(ga.advantage.sum()),
       signal_binary_groups=float(groups_with_signal(binary, n).sum()),
       signal_regression_groups=float(groups_with_signal(
           np.where(valid, -(y_hat - target) ** 2, -1e3), n).sum()),
@@ -293,22 +263,31 @@ class Buffer:
 # The stage
 
 
-def loss_config(config, method: str, score_values) -> steps_lib.RLLossConfig:
+def loss_config(config, rl_settings: RLSettings) -> steps_lib.RLLossConfig:
   rl = config.rl
-  s = config_lib.rl_settings(config, method, score_values)
   return steps_lib.RLLossConfig(
       beta=rl.beta, lam=rl.lam, renormalize=rl.renormalize, aggregation=rl.aggregation,
-      policy_loss=s["policy_loss"], clip_eps=rl.clip_eps,
+      policy_loss=rl_settings.policy_loss, clip_eps=rl.clip_eps,
       score_temperature=rl.score_temperature, kl_coef=rl.kl_coef,
       kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef,
       response_width=rl.max_response_len + 1)  # build_sequences(extra=1)'s response columns
 
 
-def run_rl(run: Run, params_in, *, method: str, main: bool = True):
-  """REAL (`method="real"`) or standard RL (`"grpo"`); returns the final parameters."""
+def rl_objective(score_tokens, config, rl_settings: RLSettings) -> steps_lib.Loss:
+  """The train step's loss of an RL method (`RLDefaults.objective`)."""
+  cfg = loss_config(config, rl_settings)
+  if rl_settings.defaults.objective == "grpo":
+    return steps_lib.grpo_objective(cfg)
+  return steps_lib.real_objective(score_tokens, cfg)
+
+
+def run_rl(run: Run, params_in, *, main: bool = True):
+  """The rl stage of an RL method (REAL or standard RL, `run.settings.rl`); returns the final
+  parameters."""
   c = run.config
   rl = c.rl
-  st = run.tokens.score_tokens
+  score_tokens = run.vocab.score_tokens
+  s = run.settings.rl
   n = rl.group_size
   rows_per_update = rl.buffer_size * n
   mini = rl.mini_batch_size
@@ -318,29 +297,25 @@ def run_rl(run: Run, params_in, *, method: str, main: bool = True):
   stage = run.runner.open("rl", params_in, tx, total=rl.steps, main=main)
   if stage.finished:
     return stage.close()
-  batcher = data_utils.make_batcher(c, run.sources.train, run.tokens.tokenizer, st,
+  batcher = data_utils.make_batcher(c, run.sources.train, run.vocab.tokenizer, score_tokens,
                                     batch_size=rl.prompts_per_step, with_targets=False,
-                                    shuffle=True, seed=c.seed * 1000 + 17)
+                                    shuffle=True, seed=data_utils.data_order_seed(c.seed, "rl"))
   stage.restore_data(batcher)
-  s = config_lib.rl_settings(c, method, st.values)
-  advantages = AdvantageSettings.from_config(c, method, st.values)
-  logging.info("[rl] %s; invalid rows: %s (reward -%g)", s["label"], rl.invalid,
-               s["format_penalty"])
-  if method == "real" and rl.aggregation == "sequence-sum":
+  logging.info("[rl] %s; invalid rows: %s (reward -%g)", s.label, rl.invalid,
+               s.advantages.format_penalty)
+  if s.defaults.objective == "real" and rl.aggregation == "sequence-sum":
     gaps = config_lib.exactness_gaps(c)
     if gaps:
       logging.warning("[rl] sequence-sum, but the expected gradient is NOT exactly -grad J: %s",
                       "; ".join(gaps))
     else:
       logging.info("[rl] exact generalized policy gradient: E[grad loss] = -grad J")
-  loss_cfg = loss_config(c, method, st.values)
-  loss = (steps_lib.grpo_objective(loss_cfg) if method == "grpo"
-          else steps_lib.real_objective(st, loss_cfg))
-  settings = RolloutSettings.from_config(c, method)
+  loss = rl_objective(score_tokens, c, s)
+  settings = RolloutSettings.from_config(c, s)
   score_fn = readout.make_score_fn(
-      run.graphdef, st, run.mesh, score_temperature=rl.score_temperature,
+      run.graphdef, score_tokens, run.mesh, score_temperature=rl.score_temperature,
       renormalize=rl.renormalize, sample_temperature=rl.temperature, top_p=rl.top_p,
-      top_k=rl.top_k, greedy=False, response_width=loss_cfg.response_width)
+      top_k=rl.top_k, greedy=False, response_width=rl.max_response_len + 1)
   num_micro = mini // rl.micro_batch_size if rl.micro_batch_size else 1
   step_fns: dict[int, Any] = {}
   base_key = jax.random.PRNGKey(c.seed)
@@ -356,8 +331,8 @@ def run_rl(run: Run, params_in, *, method: str, main: bool = True):
                       f"{buffer.kept_prompts}/{rl.buffer_size} prompts kept so far")
         r = rollout_round(run.graphdef, stage.state["params"], ref_params, next(batcher),
                           jax.random.fold_in(key_u, rounds), settings=settings,
-                          advantages=advantages, score_fn=score_fn, score_tokens=st,
-                          mesh=run.mesh, pad_id=run.tokens.pad_id)
+                          advantages=s.advantages, score_fn=score_fn, score_tokens=score_tokens,
+                          mesh=run.mesh, pad_id=run.vocab.pad_id)
         t_roll += r.t_rollout
         t_score += r.t_scoring
         stats = stats + r.stats

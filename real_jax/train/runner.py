@@ -37,6 +37,10 @@ from real_jax.train import config_lib
 from real_jax.train import data_utils
 from real_jax.train import state as state_lib
 from real_jax.train.metrics import MetricsWriter, eval_metrics, lookup
+from real_jax.train.settings import RunSettings
+
+__all__ = ["PeriodicEval", "SimulatedKill", "TooManySkippedSteps", "JudgeVocab", "Sources", "Run",
+    "StageRunner", "Stage"]
 
 # evaluate(params, *, tag, validation) -> an evaluation summary (`evaluate.summarize` layout)
 PeriodicEval = Callable[..., Mapping[str, Any]]
@@ -51,9 +55,9 @@ class TooManySkippedSteps(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Tokens:
-  """The run's tokenizer and what is read from it once: the score tokens, the pad id and the
-  delimiter's ids at the start of a response (RAFT's direct readout)."""
+class JudgeVocab:
+  """The run's tokenizer and what the judge reads from it once: the score tokens, the pad id
+  and the delimiter's ids at the start of a response (RAFT's direct readout)."""
   tokenizer: Any
   directory: str
   score_tokens: ScoreTokens
@@ -78,7 +82,8 @@ class Run:
   mesh: Mesh
   graphdef: Any
   model_cfg: Qwen3Config
-  tokens: Tokens
+  vocab: JudgeVocab
+  settings: RunSettings  # resolved once from `config` (train/settings.py)
   sources: Sources
   writer: MetricsWriter
   runner: "StageRunner"

@@ -23,6 +23,9 @@ from jax.sharding import Mesh
 from real_jax import sharding as shd
 from real_jax.models import param_shardings
 
+__all__ = ["TrainState", "SCHEDULES", "make_schedule", "make_optimizer", "optimizer_from_config",
+    "state_shardings", "init_state", "abstract_state", "abstract_like"]
+
 TrainState = dict[str, Any]
 
 

@@ -38,6 +38,10 @@ from real_jax.layout import positions_from_mask
 from real_jax.models import score_sequences
 from real_jax.train.batch import LMBatch, RLBatch
 
+__all__ = ["Batch", "forward", "token_entropies", "Loss", "sft_objective", "raft_objective",
+    "CotRaftDenominators", "cot_raft_objective", "RLLossConfig", "RealDenominators",
+    "real_objective", "grpo_objective", "batch_shardings", "make_train_step"]
+
 Batch = LMBatch | RLBatch
 
 

@@ -16,6 +16,8 @@ from real_jax.train.batch import LMBatch
 from real_jax.train.metrics import Progress, fmt_metrics
 from real_jax.train.runner import Run
 
+__all__ = ["lm_batch", "raft_batch", "RecordBatches", "objective_for", "run_supervised"]
+
 
 # ---------------------------------------------------------------------------------------------
 # Step batches from judge records
@@ -62,16 +64,16 @@ class RecordBatches:
   """Step batches from the judge records (sft / tract on demonstrations / raft); resumable."""
 
   def __init__(self, run: Run, kind: str, batch_size: int, seed: int, shuffle: bool):
-    self.kind, self.tokens = kind, run.tokens
+    self.kind, self.vocab = kind, run.vocab
     self.batcher = data_utils.make_batcher(
-        run.config, run.sources.train, run.tokens.tokenizer, run.tokens.score_tokens,
+        run.config, run.sources.train, run.vocab.tokenizer, run.vocab.score_tokens,
         batch_size=batch_size, with_targets=kind != "raft", shuffle=shuffle, seed=seed)
 
   def __next__(self) -> LMBatch:
     b = next(self.batcher)
-    tid = readout.target_token_ids(b["target"], self.tokens.score_tokens)
+    tid = readout.target_token_ids(b["target"], self.vocab.score_tokens)
     if self.kind == "raft":
-      return raft_batch(b, self.tokens.delim_start, tid)
+      return raft_batch(b, self.vocab.delim_start, tid)
     return lm_batch(b, self.kind, tid)
 
   def skipped_rows(self) -> int:
@@ -86,13 +88,14 @@ class RecordBatches:
 
 def objective_for(kind: str, run: Run) -> steps_lib.Loss:
   """The loss of a supervised stage kind."""
-  c, st = run.config, run.tokens.score_tokens
+  c, score_tokens = run.config, run.vocab.score_tokens
   if kind in ("sft", "lm"):
     return steps_lib.sft_objective()
   if kind == "raft":
-    return steps_lib.raft_objective(st, renormalize=c.raft.renormalize)
+    return steps_lib.raft_objective(score_tokens, renormalize=c.raft.renormalize)
   if kind == "tract":
-    return steps_lib.cot_raft_objective(st, lam=c.tract.lam, renormalize=c.raft.renormalize)
+    return steps_lib.cot_raft_objective(score_tokens, lam=c.tract.lam,
+                                        renormalize=c.raft.renormalize)
   raise ValueError(f"unknown supervised stage kind {kind!r}")
 
 
@@ -110,30 +113,30 @@ def run_supervised(run: Run, stage: str, params_in, *, kind: str, steps: int, ba
   c = run.config
   tx = state_lib.optimizer_from_config(c.optim, lr=lr, steps=steps, schedule=schedule,
                                        warmup_steps=lr_warmup)
-  st = run.runner.open(stage, params_in, tx, total=steps, main=main, copy_params=copy_params)
-  if st.finished:
-    return st.close()
-  seed = c.seed * 1000 + sum(map(ord, stage))
+  opened = run.runner.open(stage, params_in, tx, total=steps, main=main, copy_params=copy_params)
+  if opened.finished:
+    return opened.close()
+  seed = data_utils.data_order_seed(c.seed, stage)
   source = (make_source(seed) if make_source is not None else
             RecordBatches(run, kind, batch_size, seed, shuffle=c.train.shuffle))
-  st.restore_data(source)
+  opened.restore_data(source)
   loss = objective_for(kind, run)
   num_micro = batch_size // micro_batch_size if micro_batch_size else 1
   step_fn = None
-  with Progress(stage, steps, start=st.start, every=c.log.every) as prog:
+  with Progress(stage, steps, start=opened.start, every=c.log.every) as prog:
     schedule_fn = state_lib.make_schedule(lr or c.optim.lr, steps, schedule or c.optim.schedule,
                                           c.optim.warmup_steps if lr_warmup < 0 else lr_warmup)
     t_last, n_tok = time.time(), 0.0
-    for step in range(st.start, steps):
+    for step in range(opened.start, steps):
       batch = next(source)
       if step_fn is None:
-        step_fn = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh, st.shardings, batch,
+        step_fn = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh, opened.shardings, batch,
                                             num_micro=num_micro,
                                             nan_update_at=c.debug.nan_update_step)
       n_tok += float(batch.mask.sum())
-      st.state, m = step_fn(st.state, shd.put_batch(batch, run.mesh))
+      opened.state, m = step_fn(opened.state, shd.put_batch(batch, run.mesh))
       done = step + 1
-      if done % c.log.every == 0 or done == steps or done == st.start + 1:
+      if done % c.log.every == 0 or done == steps or done == opened.start + 1:
         m = {k: float(v) for k, v in shd.to_host(m).items()}
         dt = time.time() - t_last
         m.update(lr=float(schedule_fn(step)), tokens_per_s=n_tok / max(dt, 1e-9))
@@ -143,5 +146,5 @@ def run_supervised(run: Run, stage: str, params_in, *, kind: str, steps: int, ba
         run.writer.write(stage, done, m)
         prog.update(done, fmt_metrics(m, ("loss", "ce", "mse", "grad_norm", "skipped",
                                           "rows_skipped")), force=True)
-      st.end_step(done, data=source.state())
-  return st.close()
+      opened.end_step(done, data=source.state())
+  return opened.close()

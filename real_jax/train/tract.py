@@ -18,12 +18,18 @@ from real_jax.train.batch import LMBatch
 from real_jax.train.metrics import Progress
 from real_jax.train.runner import Run
 
+# The self-CoTs' sampling key is PRNGKey(seed + 7): apart from the run's other draws (model init
+# PRNGKey(seed), evaluation PRNGKey(seed + 1000)).
+SELFCOT_KEY_OFFSET = 7
+
+__all__ = ["SelfCotBatches", "TRACT_COUNTS", "tract_gen_counts", "run_tract_gen"]
+
 
 class SelfCotBatches:
   """TRACT stage 2: prompt ⊕ self-generated CoT, CE on the CoT + squared error of y_hat."""
 
   def __init__(self, run: Run, data: dict[str, np.ndarray], batch_size: int, seed: int):
-    self.data, self.tokens = data, run.tokens
+    self.data, self.vocab = data, run.vocab
     n = len(data["target"])
     if n == 0:
       raise ValueError("TRACT stage 2 has no usable self-generated CoTs (none reached the "
@@ -34,7 +40,7 @@ class SelfCotBatches:
 
   def __next__(self) -> LMBatch:
     idx = next(self.it)
-    d, pad = self.data, self.tokens.pad_id
+    d, pad = self.data, self.vocab.pad_id
     prompts = [d["prompt_flat"][d["prompt_off"][i]:d["prompt_off"][i + 1]] for i in idx]
     resps = [d["resp_flat"][d["resp_off"][i]:d["resp_off"][i + 1]] for i in idx]
     lp = layout.bucket_length(max(len(p) for p in prompts), self.buckets)
@@ -45,7 +51,7 @@ class SelfCotBatches:
     target = d["target"][idx].astype(np.float32)
     return LMBatch(tokens=seqs.tokens, mask=seqs.mask, loss_mask=seqs.cot_mask,
                    score_pos=seqs.score_pos, target=target,
-                   target_id=readout.target_token_ids(target, self.tokens.score_tokens),
+                   target_id=readout.target_token_ids(target, self.vocab.score_tokens),
                    sample_mask=np.ones(len(idx), np.float32))
 
   def state(self):
@@ -78,7 +84,7 @@ def run_tract_gen(run: Run, params) -> dict[str, np.ndarray]:
   delimiter (the rest are counted and dropped; prompts the batcher skips, e.g. too long, are
   counted too). Saved to <workdir>/tract_selfcot.npz, counts to tract_selfcot_counts.json."""
   c = run.config
-  st = run.tokens.score_tokens
+  score_tokens = run.vocab.score_tokens
   path = os.path.join(run.workdir, "tract_selfcot.npz")
   if shd.agree(os.path.exists(path)):
     with np.load(path) as f:
@@ -87,21 +93,21 @@ def run_tract_gen(run: Run, params) -> dict[str, np.ndarray]:
   n = len(src) if not c.tract.num_prompts else min(c.tract.num_prompts, len(src))
   records = [src[i] for i in range(n)]
   batch_size = c.eval.batch_size
-  batcher = data_utils.make_batcher(c, records, run.tokens.tokenizer, st,
+  batcher = data_utils.make_batcher(c, records, run.vocab.tokenizer, score_tokens,
                                     batch_size=batch_size, with_targets=False, shuffle=False,
                                     num_epochs=1, drop_remainder=False)
   settings = readout.SamplerSettings(max_new_tokens=c.rl.max_response_len,
                                      temperature=c.tract.temperature, top_p=c.tract.top_p,
                                      repetition_penalty=c.tract.repetition_penalty)
-  key = jax.random.PRNGKey(c.seed + 7)
+  key = jax.random.PRNGKey(c.seed + SELFCOT_KEY_OFFSET)
   prompts, resps, targets = [], [], []
   counts = {"generated": 0, "kept": 0, "truncated": 0, "eos_before_delimiter": 0}
   with Progress("tract_gen", -(-n // batch_size), every=max(1, n // batch_size // 5),
                 unit="batch") as prog:
     for i, b in enumerate(batcher):
       g = readout.sample_cots(run.graphdef, params, b["prompt_tokens"], b["prompt_mask"],
-                              jax.random.fold_in(key, i), settings, st, num_samples=1,
-                              mesh=run.mesh, pad_id=run.tokens.pad_id,
+                              jax.random.fold_in(key, i), settings, score_tokens, num_samples=1,
+                              mesh=run.mesh, pad_id=run.vocab.pad_id,
                               prompt_buckets=data_utils.prompt_buckets(c))
       for r in range(len(b["valid"])):
         if not b["valid"][r]:

@@ -35,6 +35,10 @@ from absl import logging
 
 from real_jax.train import config_lib
 
+__all__ = ["LOCK_NAME", "RUN_INFO", "HEARTBEAT_S", "STALE_AFTER_S", "RESUMABLE", "WorkdirBusy",
+    "IdentityMismatch", "resumable", "describe_holder", "WorkdirLock", "directory_fingerprint",
+    "CONTENT_FIELDS", "data_fingerprint", "run_identity", "check_identity"]
+
 LOCK_NAME = "run.lock"
 RUN_INFO = "run.json"
 HEARTBEAT_S = 30.0  # the holder rewrites its heartbeat this often

@@ -1,0 +1,187 @@
+"""Checks a config before anything is built or compiled: unknown fields (a typo in a config
+file), values outside `config_schema.CHOICES` / `RANGES`, and the cross-field rules (a mesh that
+needs more devices than exist, batch sizes that do not divide the mesh's data x fsdp axes or their
+micro-batches, a method without what it needs). Each error is a `ConfigError` whose message
+names the field and what to change. (`--config.x=...` overrides of unknown fields are rejected
+by ml_collections itself: the config is locked.)
+"""
+
+from __future__ import annotations
+
+import math
+
+from real_jax import objectives as obj
+from real_jax.train import methods as methods_lib
+from real_jax.train import settings as settings_lib
+from real_jax.train.config_schema import (CHOICES, RANGES, ConfigDict, ConfigError, base_config,
+                                          flatten, get_field)
+
+__all__ = ["check_fields", "check_choices", "check_ranges", "batch_axes_size", "validate"]
+
+
+def check_fields(config: ConfigDict, schema: ConfigDict | None = None) -> None:
+  """Raises ConfigError for fields the schema does not know (e.g. a typo in a config file)."""
+  schema = schema or base_config()
+  known = flatten(schema)
+  known_groups = {k.rsplit(".", 1)[0] for k in known if "." in k}
+  for path in flatten(config):
+    if path in known:
+      continue
+    group = path.rsplit(".", 1)[0] if "." in path else ""
+    siblings = sorted(k.rsplit(".", 1)[-1] for k in known
+                      if (k.rsplit(".", 1)[0] if "." in k else "") == group)
+    where = f"config.{group}" if group and group in known_groups else "config"
+    raise ConfigError(f"unknown config field config.{path}; the fields of {where} are: "
+                      f"{', '.join(siblings) if group in known_groups or not group else ''}. "
+                      f"Fix the name in the config file or the --config.{path} override.")
+
+
+
+
+def check_choices(config: ConfigDict) -> None:
+  """Raises ConfigError for an enumerated field whose value is not one of `CHOICES`."""
+  for path, choices in CHOICES.items():
+    v, allowed = get_field(config, path), choices()
+    if v not in allowed:
+      raise ConfigError(f"config.{path}={v!r} is not one of {list(allowed)}")
+
+
+def batch_axes_size(config: ConfigDict, num_devices: int) -> tuple[dict[str, int], int]:
+  """(resolved mesh shape, data x fsdp size) without building the mesh; ConfigError if it
+  needs more than `num_devices` devices (a smaller mesh uses the first devices)."""
+  shape = {"data": int(config.mesh.data), "fsdp": int(config.mesh.fsdp),
+           "tensor": int(config.mesh.tensor)}
+  if list(shape.values()).count(-1) > 1:
+    raise ConfigError(f"config.mesh {shape}: at most one axis may be -1")
+  for k, v in shape.items():
+    if v == 0 or v < -1:
+      raise ConfigError(f"config.mesh.{k}={v}: use a positive size or -1 (all remaining devices)")
+  fixed = math.prod(v for v in shape.values() if v != -1)
+  if -1 in shape.values():
+    if num_devices % fixed:
+      raise ConfigError(f"config.mesh {shape} cannot be filled from {num_devices} devices "
+                        f"({num_devices} is not a multiple of {fixed}); change config.mesh.*")
+    shape[[k for k, v in shape.items() if v == -1][0]] = num_devices // fixed
+  elif fixed > num_devices:
+    raise ConfigError(f"config.mesh {shape} needs {fixed} devices but {num_devices} are "
+                      f"available; change config.mesh.* (e.g. --config.mesh.data=-1)")
+  # A mesh smaller than the machine runs on the first prod(mesh) devices (e.g. the 1-device CPU
+  # demo under 8 fake test devices); main logs a warning.
+  return shape, shape["data"] * shape["fsdp"]
+
+
+def _divides(name: str, value: int, by: int, why: str) -> None:
+  if value <= 0:
+    raise ConfigError(f"config.{name}={value} must be positive")
+  if value % by:
+    lo = max(by, value - value % by)
+    raise ConfigError(f"config.{name}={value} is not a multiple of {by} ({why}); "
+                      f"use e.g. {lo} or {lo + by}")
+
+
+
+def check_ranges(config: ConfigDict) -> None:
+  """Raises ConfigError for a non-finite float field or a value outside `RANGES`."""
+  for name, v in flatten(config).items():
+    if isinstance(v, float) and not math.isfinite(v):
+      raise ConfigError(f"config.{name}={v} is not a finite number")
+  for name, (lo, lo_in, hi, hi_in) in RANGES.items():
+    v = get_field(config, name)
+    low_ok = lo is None or (v >= lo if lo_in else v > lo)
+    high_ok = hi is None or (v <= hi if hi_in else v < hi)
+    if not (low_ok and high_ok):
+      span = (f"{'[' if lo_in else '('}{lo if lo is not None else '-inf'}, "
+              f"{hi if hi is not None else 'inf'}{']' if hi_in else ')'}")
+      raise ConfigError(f"config.{name}={v} must be in {span}")
+
+
+def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
+  """Checks a config before anything is built or compiled; returns the resolved mesh shape.
+
+  Raises ConfigError with a message that names the field and what to change.
+  """
+  check_fields(config)
+  check_choices(config)
+  if config.rl.advantage != "custom":
+    base = base_config().rl
+    changed = [k for k in ("estimator", "normalize", "clip") if config.rl[k] != base[k]]
+    if changed:
+      raise ConfigError(f"config.rl.{changed[0]} is only read with config.rl.advantage=custom "
+                        f"(now {config.rl.advantage!r}); set --config.rl.advantage=custom or "
+                        f"pick a recipe: {list(obj.ADVANTAGE_RECIPES)}")
+  if config.data.val_size < 0:
+    raise ConfigError(f"config.data.val_size={config.data.val_size} must be >= 0")
+  if config.eval.best_metric:
+    parts = config.eval.best_metric.split("/")
+    if (len(parts) != 2 or parts[0] not in ("rail", "standard")
+        or parts[1] not in ("pearson", "spearman", "kendall", "mse")):
+      raise ConfigError(f"config.eval.best_metric={config.eval.best_metric!r}: use READOUT/METRIC "
+                        "of the validation split, e.g. rail/pearson (or \"\" to keep no best)")
+  if config.rl.format_penalty != -1.0 and config.rl.format_penalty < 0:
+    raise ConfigError(f"config.rl.format_penalty={config.rl.format_penalty}: use a value >= 0 "
+                      "(the invalid row's reward is its negative) or -1 (derived)")
+  if not config.model.preset and not config.model.hf_dir:
+    raise ConfigError("set config.model.preset (random init) or config.model.hf_dir (weights)")
+  if methods_lib.get_method(config.method).evaluates_only and not (
+      config.init.checkpoint or config.model.hf_dir):
+    raise ConfigError(f"method={config.method} needs config.init.checkpoint (a workdir or checkpoint dir) "
+                      "or config.model.hf_dir (a Hugging Face directory)")
+  check_ranges(config)
+  # Counts: a negative one would run "successfully" doing nothing (a stage of -3 steps).
+  for name in ("optim.max_skipped_in_a_row", "debug.nan_update_step", "rl.steps",
+               "warmup.steps", "train.steps", "pretrain.steps", "tract.stage1_steps",
+               "log.heartbeat", "rl.epochs", "eval.every", "checkpoint.every", "eval.max_items",
+               "rl.max_response_len", "eval.max_response_len", "data.max_prompt_len",
+               "rl.buffer_size", "rl.prompts_per_step", "rl.sample_prompts",
+               "rl.mini_batch_size", "rl.micro_batch_size", "rl.score_batch_size",
+               "train.batch_size", "train.micro_batch_size", "warmup.batch_size",
+               "warmup.micro_batch_size", "eval.batch_size"):
+    v = get_field(config, name, None)
+    if v is not None and v < 0:
+      raise ConfigError(f"config.{name}={v} is negative; use 0 or more")
+  method = methods_lib.get_method(config.method)
+  if config.rl.group_size < 2 and method.rl is not None:
+    raise ConfigError(f"config.rl.group_size={config.rl.group_size}: group advantages need at "
+                      "least 2 samples per prompt")
+
+  mesh_shape, nb = batch_axes_size(config, num_devices)
+  why = f"the batch is split over the mesh's data x fsdp = {nb} devices"
+  stages = methods_lib.stages_for(config)
+
+  def check_batch(prefix: str, batch: int, micro: int):
+    _divides(f"{prefix}.batch_size" if prefix != "rl" else "rl.mini_batch_size", batch, nb, why)
+    if micro:
+      if batch % micro:
+        raise ConfigError(f"config.{prefix}.micro_batch_size={micro} does not divide the batch "
+                          f"of {batch} rows; pick a divisor of {batch}")
+      _divides(f"{prefix}.micro_batch_size", micro, nb, why)
+
+  if config.method == "pretrain":
+    if config.data.name not in ("synthetic", "synthetic_judge"):
+      raise ConfigError(f"method=pretrain builds the synthetic task's base model; it needs "
+                        f"data.name=synthetic (got {config.data.name!r})")
+    if config.pretrain.steps <= 0 or config.pretrain.seq_len < 2:
+      raise ConfigError("method=pretrain needs config.pretrain.steps > 0 and "
+                        "config.pretrain.seq_len >= 2")
+    check_batch("pretrain", config.pretrain.batch_size, 0)
+  if "warmup" in stages:
+    check_batch("warmup", config.warmup.batch_size, config.warmup.micro_batch_size)
+  if any(s in stages for s in ("sft", "raft", "tract1", "tract2")):
+    check_batch("train", config.train.batch_size, config.train.micro_batch_size)
+  if "rl" in stages:
+    rows = config.rl.buffer_size * config.rl.group_size
+    check_batch("rl", config.rl.mini_batch_size, config.rl.micro_batch_size)
+    if config.rl.mini_batch_size > rows:
+      raise ConfigError(f"config.rl.mini_batch_size={config.rl.mini_batch_size} exceeds the "
+                        f"{rows} rows of an update (rl.buffer_size x rl.group_size)")
+    if rows % config.rl.mini_batch_size:
+      raise ConfigError(f"config.rl.mini_batch_size={config.rl.mini_batch_size} does not divide "
+                        f"the {rows} rows of an update (rl.buffer_size={config.rl.buffer_size} x "
+                        f"rl.group_size={config.rl.group_size}); pick a divisor of {rows}")
+    if config.rl.score_batch_size:
+      _divides("rl.score_batch_size", config.rl.score_batch_size, nb, why)
+    _divides("rl.prompts_per_step x rl.group_size",
+             config.rl.prompts_per_step * config.rl.group_size, nb, why)
+  if settings_lib.evaluations(config).any:
+    _divides("eval.batch_size", config.eval.batch_size, nb, why)
+  return mesh_shape
