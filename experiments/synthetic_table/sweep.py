@@ -54,7 +54,7 @@ class Grid:
   tract_steps: int = 300  # stage 2, read every `tract_every` steps
   tract_stage1_steps: int = 300
   tract_every: int = 100
-  rl_lrs: tuple[float, ...] = (2e-4, 1e-3)
+  rl_lrs: tuple[float, ...] = (5e-5, 2e-4, 1e-3)  # the same for GRPO and REAL
   rl_budgets: tuple[int, ...] = (20, 60, 150)
   rl_every: int = 20
 
