@@ -27,7 +27,7 @@ TRACT files (see `real_jax.data.builders` for the file names). Without hf_dir th
 architecture is randomly initialised (throughput tests only).
 
 Hardware and mesh (per size; override with --config.mesh.*). Every row fits its named TPU slice
-with at least 10% of HBM free per chip, by `python -m real_jax.tools.plan` (README, "Will it
+with at least 10% of HBM free per chip, by `python -m real_jax.tools.plan` (docs/scale.md, "Will it
 fit?"); slice names count v5p TensorCores (v5p-8 = 4 chips) and v5e chips:
   0.6b, 1.7b  8 v5e chips (v5e-8) or 8 GPUs, FSDP over all chips    (fsdp=-1)
   4b, 8b      4 v5p chips (v5p-8), or 8 v5p chips / 8 H100 80GB (GPU: estimated), FSDP (fsdp=-1)

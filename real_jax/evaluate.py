@@ -38,6 +38,10 @@ from real_jax.train import data_utils
 from real_jax.train.methods import get_method
 from real_jax.train.metrics import Progress
 
+# Evaluation draws come from PRNGKey(seed + 1000): apart from the run's other keys (model init
+# PRNGKey(seed), TRACT's self-CoTs seed + 7), and the same for every model a run evaluates.
+EVAL_KEY_OFFSET = 1000
+
 __all__ = ["READOUTS", "METRICS", "SPLIT_TITLES", "correlations", "summarize", "MIN_ITEMS",
     "FEW_ITEMS_MARK", "FEW_ITEMS_NOTE", "splits_of", "split_title", "metric_cell", "avg_cell",
     "percent_cell", "results_table", "has_few_items", "summary_table", "rows_table",
@@ -493,7 +497,7 @@ class Evaluator:
       settings = dataclasses.replace(settings, readout=readout)
     sources = {data_utils.VAL_SPLIT: self.val_source} if validation else self.eval_sources
     t0 = time.time()
-    key = jax.random.PRNGKey(self.config.seed + 1000)  # the same draws for every evaluated model
+    key = jax.random.PRNGKey(self.config.seed + EVAL_KEY_OFFSET)  # the same draws for every model
     summary, preds = evaluate_params(
         self.graphdef, params, sources, config=self.config, tokenizer=self.tokenizer,
         score_tokens=self.score_tokens, mesh=self.mesh, key=key, settings=settings,

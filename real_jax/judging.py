@@ -36,7 +36,6 @@ from real_jax.judge import prompts as prompts_lib
 from real_jax.judge import scores as scores_lib
 from real_jax.models import hf as hf_io
 from real_jax.train import checkpoint as ckpt_lib
-from real_jax.train import data_utils
 
 __all__ = ["Grade", "Judge"]
 
@@ -106,7 +105,7 @@ class Judge:
     thinking = data.get("enable_thinking", "")
     return cls(graphdef, params, prompts_lib.load_tokenizer(run["tokenizer"]),
                output_format=data.get("output_format", "score_phrase"), mesh=mesh,
-               enable_thinking=data_utils.thinking_value(thinking),
+               enable_thinking=prompts_lib.thinking_value(thinking),
                renormalize=bool(run["config"].get("eval", {}).get("renormalize", False)),
                max_prompt_len=int(data.get("max_prompt_len", 2048)),
                source=f"{d} step {step}")

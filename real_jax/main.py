@@ -38,6 +38,7 @@ from real_jax.judge import scores as scores_lib
 from real_jax.models import hf
 from real_jax.train import checkpoint as ckpt_lib
 from real_jax.train import config_lib, data_utils, tract
+from real_jax.train import methods as methods_lib
 from real_jax.train import settings as settings_lib
 from real_jax.train import stages as stages_lib
 from real_jax.train import workdir as workdir_lib
@@ -133,10 +134,10 @@ def setup(config, workdir: str, identity: dict[str, Any] | None = None
   model_cfg, graphdef, params = _resolve_model(config, mesh, tokenizer)
   stages = list(settings.stages)
   train_src, eval_srcs, val_src = _first_process_first(lambda: data_utils.load_sources(
-      config, workdir, train=bool(stages) and settings.method.evaluated,
+      config, workdir, train=bool(stages) and settings.method.judge_data,
       evaluation=settings.evaluations.any))
   data_utils.check_eval_sources(config, eval_srcs, tokenizer, score_tokens)
-  if settings.method.evaluated:
+  if settings.method.judge_data:
     data_utils.check_context_length(config, model_cfg.max_position_embeddings, stages)
   writer = MetricsWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process)
   evaluator = Evaluator(config, workdir, graphdef=graphdef, mesh=mesh, tokenizer=tokenizer,
@@ -170,7 +171,7 @@ def claim_workdir(config, workdir: str, *, force_unlock: bool = False
   WorkdirBusy or ConfigError (identity mismatch, an unwritable workdir), changing no file."""
   config_lib.validate(config, jax.device_count())
   identity = workdir_lib.run_identity(
-      config, list(config_lib.stages_for(config)), model_dir=config.model.hf_dir,
+      config, config_lib.stages_for(config), model_dir=config.model.hf_dir,
       tokenizer_dir=config.data.tokenizer or config.model.hf_dir,
       init_checkpoint=config.init.checkpoint)
   lock, refused = None, None
@@ -228,22 +229,22 @@ def _run(config, workdir: str, identity: dict[str, Any]) -> dict[str, Any] | Non
     del params
     for stage in s.stages:
       t0 = time.time()
-      stages_lib.STAGES[stage].fn(r, evaluate, carry, stage == s.stages[-1])
+      stages_lib.STAGE_FNS.lookup(stage)(r, evaluate, carry, stage == s.stages[-1])
       logging.info("stage %s finished in %.0fs", stage, time.time() - t0)
     summary = None
     if not s.stages:  # evaluation only (method=eval)
       if s.evaluations.final:
-        summary = evaluate(carry.params, name=name, tag="eval",
+        summary = evaluate(carry.params, name=name, tag=s.method.final_tag,
                            checkpoint=stages_lib.initial_label(c))
       _print_results(workdir, time.time() - t_start)
       return summary
     final_stage = s.stages[-1]
     if s.evaluations.final:
-      summary = evaluate(carry.params, name=name, tag="final",
+      summary = evaluate(carry.params, name=name, tag=s.method.final_tag,
                          checkpoint=f"{final_stage} stage, last step "
                                     f"({stages_lib.stage_steps(c, final_stage)})",
                          training=_training_label(r, carry.base_label))
-    best = r.runner.offer_best(final_stage, carry.params) if s.method.evaluated else None
+    best = r.runner.offer_best(final_stage, carry.params) if s.method.judge_data else None
     if best is not None:
       logging.info("best checkpoint by validation %s: step %d (%.4f) in %s", best["metric"],
                    best["step"], best["value"], os.path.join(workdir, "ckpt", final_stage + "_best"))
@@ -391,8 +392,9 @@ def _help(argv) -> str:
   """`--help`: this module's docstring and flags, then every config field with its default and
   meaning; `--helpfull` also lists the flags of every imported module."""
   flag_help = FLAGS.get_help() if "--helpfull" in argv else FLAGS.main_module_help()
+  methods = [f"  {m.name:<9} {m.doc}" for m in methods_lib.METHODS.values()]
   return "\n".join([
-      __doc__.strip(), "", "Flags:", flag_help, "",
+      __doc__.strip(), "", "Methods (config.method):", *methods, "", "Flags:", flag_help, "",
       "Config fields (--config.FIELD=VALUE; defaults of config_lib.base_config, which configs/*.py "
       "change; `--print_config` shows a config's values):", "",
       config_lib.describe(config_lib.base_config())])

@@ -54,6 +54,7 @@ Conventions
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple
 
@@ -70,6 +71,7 @@ __all__ = ["AGGREGATIONS", "ScoreSpec", "masked_aggregate_sums", "masked_aggrega
     "score_token_log_probs", "expected_score", "score_token_mass", "score_log_prob",
     "target_token_ids_for", "token_log_probs", "token_entropy", "regression_reward",
     "binary_reward", "group_advantages", "AdvantageRecipe", "ADVANTAGE_RECIPES",
+    "describe_advantages",
     "worst_squared_error", "real_advantages", "partial_group_mask", "policy_gradient_loss",
     "kl_penalty", "entropy_bonus", "RealLossSums", "real_loss_denominators", "real_loss_sums",
     "real_loss_terms", "real_loss_from_sums", "real_loss", "sft_loss", "raft_loss", "cot_raft_loss",
@@ -410,14 +412,26 @@ def group_advantages(
   return jnp.where(m > 0, adv, 0.0)
 
 
-class AdvantageRecipe(NamedTuple):
-  """The settings of `group_advantages` (and of both parts of `real_advantages`):
-  `group_advantages(rewards, **recipe._asdict())`."""
+@dataclasses.dataclass(frozen=True)
+class AdvantageRecipe:
+  """The settings of `group_advantages` (and of both parts of `real_advantages`), passed as
+  keywords: `group_advantages(rewards, **recipe)`."""
   estimator: str = "rloo"  # a registry.ADVANTAGE_ESTIMATORS name
   normalize: bool = True  # divide by the group's std (+ eps)
-  clip: float | None = 1.0  # clip to [-clip, clip]; None: no clipping
+  clip: float | None = 1.0  # clip to [-clip, clip]; None (or 0): no clipping
   ddof: int = 0  # std: 0 population (the authors'), 1 sample (verl's GRPO)
   eps: float = 1e-8
+
+  def __post_init__(self):
+    if not self.clip:
+      object.__setattr__(self, "clip", None)  # clip 0 means no clipping, as in the config
+
+  # A mapping of the keyword arguments (`**recipe`).
+  def keys(self):
+    return [f.name for f in dataclasses.fields(self)]
+
+  def __getitem__(self, key: str):
+    return getattr(self, key)
 
   def describe(self) -> str:
     """A short human-readable label (for result tables)."""
@@ -428,6 +442,12 @@ class AdvantageRecipe(NamedTuple):
       parts.append(f"/ ({'sample' if self.ddof else 'population'} std + {self.eps:g})")
     parts.append(f"clip ±{self.clip:g}" if self.clip else "no clip")
     return ", ".join(parts)
+
+
+def describe_advantages(estimator: str, normalize: bool, clip: float | None, ddof: int = 0,
+                        eps: float = 1e-8) -> str:
+  """`AdvantageRecipe(...).describe()`: a short label of advantage settings."""
+  return AdvantageRecipe(estimator, normalize, clip, ddof, eps).describe()
 
 
 # Named advantage recipes: the settings of `group_advantages` that a config picks by name.

@@ -26,7 +26,7 @@ trainer read these registries, so a new entry is a config choice at once:
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, MutableMapping
 
 __all__ = [
     "Registry", "ADVANTAGE_ESTIMATORS", "POLICY_LOSSES", "REWARDS", "SHAPINGS", "KL_ESTIMATORS",
@@ -36,16 +36,16 @@ __all__ = [
 ]
 
 
-class Registry(Mapping[str, Callable | None]):
-  """Name -> function, for one kind of choice. A read-only mapping (`name in r`, `r[name]`,
-  `sorted(r)`) with `register(name)` (a decorator; a name registers once) and `lookup(name)`
-  (a one-line error naming the registered choices)."""
+class Registry(MutableMapping[str, Any]):
+  """Name -> function (or entry), for one kind of choice: a mapping (`name in r`, `r[name]`,
+  `sorted(r)`, `r[name] = fn` to replace, `del r[name]`) with `register(name)` (a decorator; a
+  name registers once) and `lookup(name)` (a one-line error naming the registered choices)."""
 
   def __init__(self, kind: str):
     self.kind = kind
-    self._fns: dict[str, Callable | None] = {}
+    self._fns: dict[str, Any] = {}
 
-  def register(self, name: str) -> Callable[[Callable], Callable]:
+  def register(self, name: str) -> Callable[[Any], Any]:
     def deco(fn):
       if name in self._fns:
         raise ValueError(f"{self.kind} {name!r} is already registered")
@@ -57,14 +57,20 @@ class Registry(Mapping[str, Callable | None]):
     """Removes `name` (tests that register a temporary entry)."""
     del self._fns[name]
 
-  def lookup(self, name: str) -> Callable | None:
+  def lookup(self, name: str) -> Any:
     try:
       return self._fns[name]
     except KeyError:
       raise ValueError(f"unknown {self.kind} {name!r}; registered: {sorted(self._fns)}") from None
 
-  def __getitem__(self, name: str) -> Callable | None:
+  def __getitem__(self, name: str) -> Any:
     return self._fns[name]
+
+  def __setitem__(self, name: str, fn: Any) -> None:
+    self._fns[name] = fn
+
+  def __delitem__(self, name: str) -> None:
+    del self._fns[name]
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._fns)

@@ -40,13 +40,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from real_jax import layout
 from real_jax import sharding as shd
@@ -230,7 +230,7 @@ def _nucleus_threshold(e: Array, z: Array, top_p: float, max_iters: int,
   (they weigh >= lo each, so (M(lo) - M(hi)) / lo bounds their count): one `top_k` then lists
   them in order and the threshold is the largest of them whose mass M(hi) + (their sum down to
   it) reaches the target. `benchmarks/top_p.py` times the search with and without the finish on
-  64 x 32k rows (docs: README, "Sampling").
+  64 x 32k rows (docs/sampler.md).
   """
   bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.int32)
   floats = lambda b: jax.lax.bitcast_convert_type(b, jnp.float32)
@@ -242,18 +242,19 @@ def _nucleus_threshold(e: Array, z: Array, top_p: float, max_iters: int,
                side=jnp.zeros(z.shape, jnp.int32), target=target)
   finish_k = min(finish_k, e.shape[-1])
 
-  def resolved(st):
-    one_element = (st["m_lo"] - st["m_hi"]) < 1.5 * st["lo"]  # two elements weigh >= 2 lo
-    one_value = bits(st["hi"]) - bits(st["lo"]) <= 1
+  def resolved(search):
+    # two elements weigh >= 2 lo
+    one_element = (search["m_lo"] - search["m_hi"]) < 1.5 * search["lo"]
+    one_value = bits(search["hi"]) - bits(search["lo"]) <= 1
     return one_element | one_value
 
-  def few(st):  # at most finish_k elements in [lo, hi)
-    return (st["m_lo"] - st["m_hi"]) < finish_k * st["lo"]
+  def few(search):  # at most finish_k elements in [lo, hi)
+    return (search["m_lo"] - search["m_hi"]) < finish_k * search["lo"]
 
-  def step(e, it, st):
-    lo, hi, m_lo, m_hi, w_lo, w_hi, side, tgt = (st[k] for k in (
+  def step(e, it, search):
+    lo, hi, m_lo, m_hi, w_lo, w_hi, side, tgt = (search[k] for k in (
         "lo", "hi", "m_lo", "m_hi", "w_lo", "w_hi", "side", "target"))
-    active = ~resolved(st)
+    active = ~resolved(search)
     a = (m_lo - tgt) * w_lo
     b = (tgt - m_hi) * w_hi
     guess = lo + a / jnp.maximum(a + b, 1e-30) * (hi - lo)
@@ -273,24 +274,24 @@ def _nucleus_threshold(e: Array, z: Array, top_p: float, max_iters: int,
                 w_hi=w_hi, side=side, target=tgt)
 
   def cond(c):  # the finish replaces only the slow rows' tail (a top_k costs ~6 passes)
-    it, st = c
-    return (it < max_iters) & ~jnp.all(resolved(st) | (few(st) & (it >= finish_after)))
+    it, search = c
+    return (it < max_iters) & ~jnp.all(resolved(search) | (few(search) & (it >= finish_after)))
 
-  _, st = jax.lax.while_loop(cond, lambda c: (c[0] + 1, step(e, c[0], c[1])),
+  _, search = jax.lax.while_loop(cond, lambda c: (c[0] + 1, step(e, c[0], c[1])),
                              (jnp.int32(0), state))
 
-  def finish(st):
-    lo, hi = st["lo"], st["hi"]
+  def finish(search):
+    lo, hi = search["lo"], search["hi"]
     inside = (e >= lo[:, None]) & (e < hi[:, None])
     cand = jax.lax.top_k(jnp.where(inside, e, -1.0), finish_k)[0]  # descending, -1 = none
     # M(c_j) >= M(hi) + c_1 + ... + c_j, with equality unless c_j ties with c_{j+1}; the first
     # j that reaches the target gives the same threshold value either way.
-    m_at = st["m_hi"][:, None] + _prefix_sum(jnp.maximum(cand, 0.0))
-    ok = (m_at >= st["target"][:, None]) & (cand >= 0)
+    m_at = search["m_hi"][:, None] + _prefix_sum(jnp.maximum(cand, 0.0))
+    ok = (m_at >= search["target"][:, None]) & (cand >= 0)
     tau = jnp.take_along_axis(cand, jnp.argmax(ok, axis=-1)[:, None], 1)[:, 0]
-    return jnp.where(few(st) & ~resolved(st) & jnp.any(ok, axis=-1), tau, lo)
+    return jnp.where(few(search) & ~resolved(search) & jnp.any(ok, axis=-1), tau, lo)
 
-  return jax.lax.cond(jnp.all(resolved(st)), lambda st: st["lo"], finish, st)
+  return jax.lax.cond(jnp.all(resolved(search)), lambda search: search["lo"], finish, search)
 
 
 def sample_from_logits(logits: Array, u: Array, cfg: SamplingConfig
@@ -378,36 +379,36 @@ class _State(NamedTuple):
   seen: Array         # [R, V] bool tokens in the prompt or output (repetition penalty), else [R, 1]
 
 
-def _emit(st: _State, i: Array, tok: Array, slp: Array, plp: Array,
+def _emit(state: _State, i: Array, tok: Array, slp: Array, plp: Array,
           cfg: SamplingConfig) -> _State:
   """Records token i of every row that is still running and updates its stop state."""
-  active = ~st.done
+  active = ~state.done
   tok_w = jnp.where(active, tok, cfg.pad_id).astype(jnp.int32)
-  tokens = jax.lax.dynamic_update_slice(st.tokens, tok_w[:, None], (0, i))
-  slp_all = jax.lax.dynamic_update_slice(st.slp, jnp.where(active, slp, 0.0)[:, None], (0, i))
-  plp_all = jax.lax.dynamic_update_slice(st.plp, jnp.where(active, plp, 0.0)[:, None], (0, i))
-  lengths = jnp.where(active, i + 1, st.lengths)
-  in_extra = st.extra_left >= 0
+  tokens = jax.lax.dynamic_update_slice(state.tokens, tok_w[:, None], (0, i))
+  slp_all = jax.lax.dynamic_update_slice(state.slp, jnp.where(active, slp, 0.0)[:, None], (0, i))
+  plp_all = jax.lax.dynamic_update_slice(state.plp, jnp.where(active, plp, 0.0)[:, None], (0, i))
+  lengths = jnp.where(active, i + 1, state.lengths)
+  in_extra = state.extra_left >= 0
   if cfg.stop_sequences:
-    window = jnp.concatenate([st.window[:, 1:], tok[:, None].astype(st.window.dtype)], axis=1)
+    window = jnp.concatenate([state.window[:, 1:], tok[:, None].astype(state.window.dtype)], axis=1)
     new_stop = active & ~in_extra & _stop_match(window, cfg.stop_sequences)
   else:
-    window = st.window
+    window = state.window
     new_stop = jnp.zeros_like(active)
   if cfg.eos_ids:
     is_eos = jnp.any(tok[:, None] == jnp.asarray(cfg.eos_ids, tok.dtype)[None, :], axis=-1)
   else:
     is_eos = jnp.zeros_like(active)
-  extra_left = jnp.where(active & in_extra, st.extra_left - 1, st.extra_left)
+  extra_left = jnp.where(active & in_extra, state.extra_left - 1, state.extra_left)
   extra_done = active & in_extra & (extra_left <= 0)
   extra_left = jnp.where(new_stop, cfg.extra_tokens_after_stop, extra_left)
   stop_done = new_stop & (cfg.extra_tokens_after_stop == 0)
   eos_done = active & is_eos
-  status = jnp.where(new_stop, STOP_SEQUENCE, st.status)
+  status = jnp.where(new_stop, STOP_SEQUENCE, state.status)
   status = jnp.where(eos_done & ~in_extra & ~new_stop, EOS, status)
-  stop_lengths = jnp.where(new_stop, i + 1, st.stop_lengths)
-  done = st.done | stop_done | extra_done | eos_done
-  return st._replace(tokens=tokens, slp=slp_all, plp=plp_all, done=done, lengths=lengths,
+  stop_lengths = jnp.where(new_stop, i + 1, state.stop_lengths)
+  done = state.done | stop_done | extra_done | eos_done
+  return state._replace(tokens=tokens, slp=slp_all, plp=plp_all, done=done, lengths=lengths,
                      status=status, stop_lengths=stop_lengths, extra_left=extra_left,
                      window=window, last_tok=tok.astype(jnp.int32))
 
@@ -470,40 +471,41 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
     seen0 = jnp.zeros((r, 1), bool)
 
   width = max((len(q) for q in cfg.stop_sequences), default=1)
-  st = _State(
+  state = _State(
       i=jnp.int32(0), last_tok=jnp.zeros((r,), jnp.int32), cache=cache,
       tokens=jnp.full((r, m), cfg.pad_id, jnp.int32), slp=jnp.zeros((r, m), jnp.float32),
       plp=jnp.zeros((r, m), jnp.float32), done=jnp.zeros((r,), bool),
       lengths=jnp.zeros((r,), jnp.int32), status=jnp.full((r,), TRUNCATED, jnp.int32),
       stop_lengths=jnp.zeros((r,), jnp.int32), extra_left=jnp.full((r,), -1, jnp.int32),
       window=jnp.full((r, width), -1, jnp.int32), seen=seen0)
-  tok, slp, plp = draw(logits0, 0, st.seen)
-  st = _emit(st, jnp.int32(0), tok, slp, plp, cfg)
-  st = st._replace(i=jnp.int32(1), seen=mark(st.seen, tok))
+  tok, slp, plp = draw(logits0, 0, state.seen)
+  state = _emit(state, jnp.int32(0), tok, slp, plp, cfg)
+  state = state._replace(i=jnp.int32(1), seen=mark(state.seen, tok))
 
   if m == 1:  # nothing left to decode
-    return _finish(st, prompt_tokens, prompt_mask, rep, b, sid)
+    return _finish(state, prompt_tokens, prompt_mask, rep, b, sid)
 
-  def cond(st):
-    return (st.i < m) & ~jnp.all(st.done)
+  def cond(state):
+    return (state.i < m) & ~jnp.all(state.done)
 
-  def body(st):
+  def body(state):
     # Token i - 1 is fed at the row's next position into own slot i - 1; token i is drawn.
-    logits, cache = qwen3.decode_step(mcfg, weights, st.last_tok, prompt_len_r + st.i - 1,
-                                      st.cache, st.i - 1)
+    logits, cache = qwen3.decode_step(mcfg, weights, state.last_tok, prompt_len_r + state.i - 1,
+                                      state.cache, state.i - 1)
     cache = jax.tree.map(lambda c: con(c, axes=qwen3.CACHE_AXES) if c.ndim == 4 else c, cache)
-    tok, slp, plp = draw(logits, st.i, st.seen)
-    st = _emit(st._replace(cache=cache), st.i, tok, slp, plp, cfg)
-    return st._replace(i=st.i + 1, seen=mark(st.seen, tok))
+    tok, slp, plp = draw(logits, state.i, state.seen)
+    state = _emit(state._replace(cache=cache), state.i, tok, slp, plp, cfg)
+    return state._replace(i=state.i + 1, seen=mark(state.seen, tok))
 
-  st = jax.lax.while_loop(cond, body, st)
-  return _finish(st, prompt_tokens, prompt_mask, rep, b, sid)
+  state = jax.lax.while_loop(cond, body, state)
+  return _finish(state, prompt_tokens, prompt_mask, rep, b, sid)
 
 
-def _finish(st: _State, prompt_tokens, prompt_mask, rep, b, sid) -> SampleOutput:
+def _finish(state: _State, prompt_tokens, prompt_mask, rep, b, sid) -> SampleOutput:
   return SampleOutput(
-      tokens=st.tokens, lengths=st.lengths, status=st.status, stop_lengths=st.stop_lengths,
-      sampling_log_probs=st.slp, policy_log_probs=st.plp,
+      tokens=state.tokens, lengths=state.lengths, status=state.status,
+      stop_lengths=state.stop_lengths,
+      sampling_log_probs=state.slp, policy_log_probs=state.plp,
       prompt_tokens=rep(prompt_tokens), prompt_mask=rep(prompt_mask),
       prompt_index=rep(jnp.arange(b, dtype=jnp.int32)), sample_index=sid)
 

@@ -36,8 +36,7 @@ def tiny_config(shared, method="real", **over):
   c.log.tensorboard = False
   c.unlock()
   for k, v in over.items():
-    parent, _, leaf = k.rpartition(".")
-    (config_lib.get_field(c, parent) if parent else c)[leaf] = v
+    config_lib.assign(c, k, v)
   c.lock()
   return c
 

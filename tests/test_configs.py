@@ -98,8 +98,7 @@ def test_unknown_override_is_rejected_by_the_flag_parser():
 ])
 def test_bad_values(field, value, match):
   c = _load(SYNTH)
-  parent, _, leaf = field.rpartition(".")
-  (config_lib.get_field(c, parent) if parent else c)[leaf] = value
+  config_lib.assign(c, field, value)
   with pytest.raises(ConfigError, match=match):
     config_lib.validate(c, num_devices=1)
 

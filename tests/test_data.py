@@ -375,7 +375,7 @@ def test_synthetic_builder_and_token_budget(data_dir, syn_tok):
       assert r["prompt"] == prompts.build_judge_prompt(r)  # built from the Prometheus fields
 
 
-# The documented token budget (real_jax/data/synthetic.py's docstring, README): the chat-rendered
+# The documented token budget (real_jax/data/synthetic.py's docstring, docs/data.md): the chat-rendered
 # prompt has at most 110 tokens at levels 0-1, 118 at 2-3, 126 at 4, +4 with
 # reference_has_answers; a demonstration (CoT + delimiter + score + EOS) is 51 / 59 / 67 tokens.
 PROMPT_BUDGET = {0: 110, 1: 110, 2: 118, 3: 118, 4: 126}

@@ -62,12 +62,16 @@ def test_method_smoke(shared, warm, tmp_path, method):
 
 
 def test_a_method_is_one_table_entry_plus_its_step_function(shared, warm, tmp_path):
-  """A new method: one `Method` entry and the function of its one new stage. The config accepts
-  it, `--help` lists it, validation reads its stages, and `main.run` trains it (its stage's
-  checkpoints and metrics), evaluates it and labels its row from the entry."""
+  """A new method: one `Method` entry, plus the spec and function of its one new stage. The
+  config accepts it, `--help` lists it with its description, validation checks its stage's
+  batch against the mesh, and `main.run` trains it (its stage's checkpoints and metrics),
+  evaluates it and labels its row from the entry."""
   calls = []
+  methods_lib.register_stage_spec(methods_lib.Stage(
+      "toy_stage", steps=("train.steps",), batch=("train.batch_size", "train.micro_batch_size"),
+      targets=True, loss="sft"))
 
-  @stages_lib.register_stage("toy_stage", steps=("train.steps",))
+  @stages_lib.register_stage("toy_stage")
   def toy_stage(run, evaluate, carry, final):
     calls.append(final)
     carry.params = run_supervised(
@@ -78,12 +82,16 @@ def test_a_method_is_one_table_entry_plus_its_step_function(shared, warm, tmp_pa
   methods_lib.register_method(methods_lib.Method("toy", "toy method", ("toy_stage",),
                                                  doc="a test's method"))
   try:
-    assert "'toy'" in config_lib.describe(config_lib.base_config()).split("\n")[0]
+    assert "  toy       a test's method" in main_lib._help([]).split("\n")
     c = tiny_config(shared, "sft", **{"init.checkpoint": warm[0], "train.steps": 2})
     c.unlock()
     c.method = "toy"
-    c.lock()
     assert config_lib.stages_for(c) == ["toy_stage"]
+    c.train.batch_size, c.mesh.data = 7, -1  # validation reads the new stage's batch field
+    with pytest.raises(ConfigError, match=r"config\.train\.batch_size=7 is not a multiple of 2"):
+      config_lib.validate(c, 2)
+    c.train.batch_size, c.mesh.data = 8, 1
+    c.lock()
     main_lib.run(c, str(tmp_path))
     assert calls == [True]
     assert [r["step"] for r in read_metrics(str(tmp_path), "toy_stage")] == [1, 2]
@@ -93,7 +101,9 @@ def test_a_method_is_one_table_entry_plus_its_step_function(shared, warm, tmp_pa
     final = [r for r in rows if r["name"] == "toy method"]
     assert final and "2 steps from" in final[0]["info"]["training"]
   finally:
-    del methods_lib.METHODS["toy"], stages_lib.STAGES["toy_stage"]
+    methods_lib.METHODS.unregister("toy")
+    methods_lib.STAGES.unregister("toy_stage")
+    stages_lib.STAGE_FNS.unregister("toy_stage")
   with pytest.raises(ConfigError, match="config.method='toy' is not one of"):
     config_lib.validate(c, 1)
 

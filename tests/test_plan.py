@@ -36,7 +36,7 @@ def test_plan_fits_a_tiny_run_on_v5e(tmp_path):
   sampler = next(p for p in rep["programs"] if p["name"] == "rollout_sampler")
   assert step["argument"] > 2.5 * sampler["argument"]
   assert "| rl_step |" in r.stdout and "yes" in r.stdout
-  # --summarize: one row per report, the peaks in GiB (the README's plan table).
+  # --summarize: one row per report, the peaks in GiB (docs/scale.md's plan table).
   t = subprocess.run([sys.executable, "-m", "real_jax.tools.plan", "--summarize",
                       str(tmp_path / "plan.json")], cwd=ROOT, capture_output=True, text=True)
   assert t.returncode == 0, t.stderr[-2000:]
@@ -77,7 +77,7 @@ def test_plan_suggest_bisects_to_the_largest_setting_that_fits(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The committed TPU reports (docs/plan/*.json, `bash docs/plan/make.sh`), the README's tables made
+# The committed TPU reports (docs/plan/*.json, `bash docs/plan/make.sh`), docs/scale.md's tables made
 # from them, and the GPU estimate calibrated on them.
 
 PLAN_DIR = os.path.join(ROOT, "docs", "plan")

@@ -159,8 +159,7 @@ def test_stale_locks_are_taken_over(tmp_path, caplog):
 def _config(**over):
   c = config_lib.load_config(os.path.join(ROOT, "configs", "synthetic.py") + ":method=sft,runlocal")
   for k, v in {**RUN, "mesh.data": 1, **over}.items():
-    parent, _, leaf = k.rpartition(".")
-    (config_lib.get_field(c, parent) if parent else c)[leaf] = v
+    config_lib.assign(c, k, v)
   return c
 
 

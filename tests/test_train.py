@@ -7,7 +7,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -97,9 +96,7 @@ def _rl_config(**rl):
 
 def _rl_settings(config, method):
   """The RL settings `config` resolves to under `method`."""
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.method = method
-  return config_lib.rl_settings(c, ST.values)
+  return config_lib.rl_settings(config, ST.values, method=method)
 
 
 def _round(config, method, mesh, graphdef, params, prompts, score_fn, adv, gen,

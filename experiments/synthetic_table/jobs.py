@@ -102,7 +102,10 @@ def check_settings(job: Job, wd: str) -> None:
     except (KeyError, TypeError):
       continue
     if isinstance(have, bool):
-      same = have == config_lib.parse_bool(want)
+      try:
+        same = have == config_lib.parse_bool(want)
+      except ValueError:
+        same = False
     elif isinstance(have, str):
       same = have == want
     else:

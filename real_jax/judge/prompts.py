@@ -67,7 +67,7 @@ from real_jax.judge.scores import parse_generation
 __all__ = ["PromptTemplate", "PROMETHEUS_ABSOLUTE", "JudgeFields", "format_rubric",
     "clean_prebuilt_instruction", "split_prometheus_prompt", "fields_from_record",
     "render_prompt", "build_judge_prompt", "build_target_text", "strip_score_suffix",
-    "render_chat_text", "render_chat", "eos_token_id", "build_target_ids"]
+    "render_chat_text", "render_chat", "eos_token_id", "build_target_ids", "thinking_value"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,3 +363,9 @@ def build_target_ids(tokenizer, feedback: str, score: int,
   if add_eos:
     ids.append(eos_id if eos_id is not None else eos_token_id(tokenizer))
   return ids
+
+
+def thinking_value(v) -> bool | None:
+  """An `enable_thinking` setting ("" / None, "true" / "false", or a bool from a run.json) as
+  the chat template's argument: None (not passed) or the bool."""
+  return None if v in ("", None) else v in (True, "true")

@@ -34,6 +34,7 @@ import numpy as np
 
 from real_jax import bootstrap
 from real_jax import evaluate as ev
+from real_jax.train.methods import METHODS
 
 __all__ = ["METRICS", "TITLES", "READOUT_TITLES", "CompareError", "load_rows", "name_runs",
     "metric_table", "rows_table", "FINAL_TAGS", "pick_row", "paired_predictions", "paired_table",
@@ -132,7 +133,7 @@ def _tag(row: dict[str, Any]) -> str:
     return tag
   # Results written before rows named their tag: the tag each row name is written under.
   return {"initial model": "initial", "warm-up (SFT)": "warmup"}.get(
-      row["name"], "eval" if row["method"] == "eval" else "final")
+      row["name"], getattr(METHODS.get(row["method"]), "final_tag", "final"))
 
 
 def paired_predictions(a: dict[str, Any], b: dict[str, Any]

@@ -28,6 +28,7 @@ from real_jax.models import abstract_model
 from real_jax.models.hf import export_hf, write_generation_config
 from real_jax.models.qwen3 import Qwen3Config
 from real_jax.train import checkpoint as ckpt_lib
+from real_jax.train.methods import METHODS
 
 __all__ = ["export_run", "main"]
 
@@ -59,7 +60,8 @@ def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = Fals
                "checkpoint": os.path.relpath(d, workdir), "step": step,
                "method": run.get("config", {}).get("method"),
                "seed": run.get("config", {}).get("seed")}, f, indent=2)
-  if run.get("config", {}).get("method") == "pretrain":  # a base keeps its training record
+  method = METHODS.get(run.get("config", {}).get("method"))
+  if method is not None and not method.judge_data:  # a base keeps its training record
     _copy_pretrain_record(workdir, out_dir)
   return out_dir
 

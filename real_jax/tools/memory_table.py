@@ -136,7 +136,9 @@ def program_estimate(config, mesh_shape: dict[str, int]) -> dict[str, dict[str, 
     w = c.warmup
     out["warmup_step"] = train(w.batch_size, lp + c.data.max_target_len,
                                w.micro_batch_size or w.batch_size)
-  if method in ("sft", "raft", "tract"):
+  stages = methods_lib.stages_for(c)
+  final = methods_lib.STAGES.lookup(stages[-1]) if stages else None
+  if final is not None and final.loss and final.batch[0] == "train.batch_size":
     t = c.train
     out[f"{method}_step"] = train(t.batch_size, lp + c.data.max_target_len,
                                   t.micro_batch_size or t.batch_size)

@@ -55,7 +55,9 @@ from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
 from real_jax.train import config_lib, data_utils, state as state_lib, steps as steps_lib
 from real_jax.train.batch import LMBatch, RLBatch
+from real_jax.train import methods as methods_lib
 from real_jax.train import settings as settings_lib
+from real_jax.train.supervised import objective_for
 from real_jax.train.rl import rl_objective
 from real_jax.tools import memory_table
 
@@ -154,16 +156,15 @@ def programs(config, mesh) -> dict[str, tuple[Any, tuple, str]]:
   score_tokens = _SCORE_TOKENS
   run_settings = settings_lib.resolve(c, score_tokens.values)
   method = c.method
-  if "warmup" in run_settings.stages:
+  if methods_lib.WARMUP_STAGE in run_settings.stages:
     w = c.warmup
-    train_step("warmup_step", steps_lib.sft_objective(),
+    train_step("warmup_step", objective_for("sft", c, score_tokens),
                lm_batch(w.batch_size, lp + c.data.max_target_len),
                w.batch_size // w.micro_batch_size if w.micro_batch_size else 1, w.steps)
-  if method in ("sft", "raft", "tract"):
+  final = methods_lib.STAGES.lookup(run_settings.stages[-1]) if run_settings.stages else None
+  if final is not None and final.loss and final.batch[0] == "train.batch_size":
     t = c.train
-    loss = {"sft": steps_lib.sft_objective(),
-            "raft": steps_lib.raft_objective(score_tokens),
-            "tract": steps_lib.cot_raft_objective(score_tokens)}[method]
+    loss = objective_for(final.loss, c, score_tokens)
     train_step(f"{method}_step", loss, lm_batch(t.batch_size, lp + c.data.max_target_len),
                t.batch_size // t.micro_batch_size if t.micro_batch_size else 1, t.steps)
   if run_settings.rl is not None:

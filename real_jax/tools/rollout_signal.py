@@ -28,6 +28,7 @@ from real_jax import main as main_lib
 from real_jax import readout
 from real_jax.train import data_utils, rl
 from real_jax.train import settings as settings_lib
+from real_jax.train.methods import METHODS
 from real_jax.train.metrics import RolloutStats, rl_update_metrics
 
 __all__ = ["KEYS", "rollout_signal", "main"]
@@ -41,9 +42,7 @@ def rollout_signal(run, params, *, method: str, prompts: int, group_size: int,
   """split -> the rollout statistics (`KEYS`) of `prompts` items x `group_size` CoTs."""
   c = run.config
   score_tokens = run.vocab.score_tokens
-  as_method = ConfigDict(c.to_dict())
-  as_method.method = method
-  rl_settings = settings_lib.rl_settings(as_method, score_tokens.values)
+  rl_settings = settings_lib.rl_settings(c, score_tokens.values, method=method)
   settings = dataclasses.replace(rl.RolloutSettings.from_config(c, rl_settings),
                                  group_size=group_size, filter="all")
   score_fn = readout.make_score_fn(
@@ -97,11 +96,12 @@ def main(argv=None) -> int:
     return 2
   with open(run_json) as f:
     config = ConfigDict(json.load(f)["config"])
-  method = a.method or (config.method if config.method in ("real", "grpo") else "real")
+  rl_methods = [n for n, m in METHODS.items() if m.rl is not None]
+  method = a.method or (config.method if config.method in rl_methods else "real")
   group_size = a.group_size or int(config.rl.group_size)
-  if method not in ("real", "grpo") or a.prompts < 1 or group_size < 2:
-    print("rollout_signal: --method must be real or grpo, --prompts >= 1, --group_size >= 2",
-          file=sys.stderr)
+  if method not in rl_methods or a.prompts < 1 or group_size < 2:
+    print(f"rollout_signal: --method must be one of {rl_methods}, --prompts >= 1, "
+          "--group_size >= 2", file=sys.stderr)
     return 2
   config.method = "eval"
   config.init.checkpoint = os.path.abspath(a.workdir)

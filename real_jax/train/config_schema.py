@@ -33,7 +33,7 @@ from real_jax.train import methods as methods_lib
 from real_jax.train import state as state_lib
 
 __all__ = ["ConfigDict", "ConfigError", "parse_bool", "parse_arg", "load_config", "get_field",
-           "set_field", "base_config", "CHOICES", "RANGES", "INVALID_RULES", "field_docs",
+           "assign", "set_field", "base_config", "CHOICES", "RANGES", "INVALID_RULES", "field_docs",
            "describe", "flatten"]
 
 ConfigDict = ml_collections.ConfigDict
@@ -73,6 +73,12 @@ def get_field(config: Any, path: str, default: Any = _MISSING) -> Any:
         raise KeyError(f"no config field {path!r}") from None
       return default
   return node
+
+
+def assign(config: Any, path: str, value: Any) -> None:
+  """`config.<path> = value` for a dotted path (no parsing: the value as given)."""
+  parent, _, leaf = path.rpartition(".")
+  (get_field(config, parent) if parent else config)[leaf] = value
 
 
 def parse_arg(arg: str | None, **defaults) -> ConfigDict:

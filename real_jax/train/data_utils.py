@@ -12,6 +12,7 @@ import numpy as np
 from real_jax import layout
 from real_jax.data import DATASETS, batching, build_synthetic_tokenizer, load_split
 from real_jax.judge import prompts as prompts_lib
+from real_jax.train import methods as methods_lib
 from real_jax.train.config_lib import ConfigError
 
 __all__ = ["SYNTHETIC_OPTIONS", "SYNTHETIC_EVAL_SPLITS", "PROMETHEUS_EVAL", "load_tokenizer",
@@ -155,7 +156,7 @@ def check_context_length(config, max_positions: int, stages: Sequence[str]) -> N
   longest = {"data.max_prompt_len + eval.max_response_len": config.eval.max_response_len}
   if "rl" in stages:
     longest["data.max_prompt_len + rl.max_response_len"] = config.rl.max_response_len
-  if any(s in stages for s in ("warmup", "sft", "tract1", "tract2")):
+  if any(methods_lib.STAGES.lookup(s).targets for s in stages):
     longest["data.max_prompt_len + data.max_target_len"] = config.data.max_target_len
   for name, response in longest.items():
     total = int(config.data.max_prompt_len) + int(response) + 1  # + the score token
@@ -173,13 +174,7 @@ def prompt_buckets(config) -> tuple[int, ...]:
 
 def thinking_flag(config) -> bool | None:
   """`data.enable_thinking` as the chat template's argument ("" -> not passed)."""
-  return thinking_value(config.data.enable_thinking)
-
-
-def thinking_value(v) -> bool | None:
-  """An `enable_thinking` setting ("" / None, "true" / "false", or a bool from a run.json) as
-  the chat template's argument: None (not passed) or the bool."""
-  return None if v in ("", None) else v in (True, "true")
+  return prompts_lib.thinking_value(config.data.enable_thinking)
 
 
 def data_order_seed(seed: int, stage: str) -> int:

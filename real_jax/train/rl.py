@@ -38,6 +38,7 @@ from real_jax import objectives as obj
 from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
 from real_jax.train import config_lib, data_utils, state as state_lib, steps as steps_lib
+from real_jax.registry import Registry
 from real_jax.train.settings import AdvantageSettings, RLSettings
 from real_jax.train.batch import RLBatch
 from real_jax.train.metrics import Progress, RolloutStats, fmt_metrics, rl_update_metrics
@@ -45,7 +46,7 @@ from real_jax.train.runner import Run
 
 __all__ = ["LOG_PROB_FLOOR", "GroupAdvantages", "compute_advantages", "group_filter",
     "groups_with_signal", "RolloutSettings", "Round", "rollout_round", "Buffer", "loss_config",
-    "rl_objective", "run_rl"]
+    "rl_objective", "RL_OBJECTIVES", "run_rl"]
 
 LOG_PROB_FLOOR = float(np.log(1e-8))  # log pi(y*) of an invalid row (and the floor of all rows)
 
@@ -73,7 +74,7 @@ def compute_advantages(y_hat: np.ndarray, target_logp: np.ndarray, target: np.nd
   g = y_hat.shape[0] // n
   in_pg = valid if s.invalid == "drop" else np.ones_like(valid)
   mask = in_pg.reshape(g, n).astype(np.float32)
-  recipe = s.recipe._asdict()
+  recipe = dict(s.recipe)
   if s.reward == "binary":
     reward = np.where(valid, binary, 0.0).astype(np.float32)
     adv = obj.group_advantages(jnp.asarray(reward.reshape(g, n)), mask=jnp.asarray(mask), **recipe)
@@ -273,12 +274,16 @@ def loss_config(config, rl_settings: RLSettings) -> steps_lib.RLLossConfig:
       response_width=rl.max_response_len + 1)  # build_sequences(extra=1)'s response columns
 
 
+# The train step's loss of an RL method by `RLDefaults.objective`: fn(score_tokens, loss config).
+RL_OBJECTIVES = Registry("RL objective")
+RL_OBJECTIVES.register("real")(steps_lib.real_objective)
+RL_OBJECTIVES.register("grpo")(lambda score_tokens, cfg: steps_lib.grpo_objective(cfg))
+
+
 def rl_objective(score_tokens, config, rl_settings: RLSettings) -> steps_lib.Loss:
-  """The train step's loss of an RL method (`RLDefaults.objective`)."""
-  cfg = loss_config(config, rl_settings)
-  if rl_settings.defaults.objective == "grpo":
-    return steps_lib.grpo_objective(cfg)
-  return steps_lib.real_objective(score_tokens, cfg)
+  """The train step's loss of an RL method (`RLDefaults.objective`, in `RL_OBJECTIVES`)."""
+  build = RL_OBJECTIVES.lookup(rl_settings.defaults.objective)
+  return build(score_tokens, loss_config(config, rl_settings))
 
 
 def run_rl(run: Run, params_in, *, main: bool = True):

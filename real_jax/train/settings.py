@@ -67,11 +67,14 @@ def advantage_recipe(config: ConfigDict, defaults: methods_lib.RLDefaults
   return name, obj.ADVANTAGE_RECIPES[name]
 
 
-def rl_settings(config: ConfigDict, score_values: Sequence[float]) -> RLSettings:
-  """The RL settings of the config's method (an RL method of the table)."""
-  defaults = methods_lib.get_method(config.method).rl
+def rl_settings(config: ConfigDict, score_values: Sequence[float],
+                method: str | None = None) -> RLSettings:
+  """The RL settings of the config's method, or of `method` (an RL method of the table) with
+  the config's `rl` block."""
+  method = method or config.method
+  defaults = methods_lib.get_method(method).rl
   if defaults is None:
-    raise ValueError(f"method {config.method!r} is not an RL method")
+    raise ValueError(f"method {method!r} is not an RL method")
   rl = config.rl
   recipe_name, recipe = advantage_recipe(config, defaults)
   penalty = (obj.worst_squared_error(score_values, renormalize=bool(rl.renormalize))
@@ -107,12 +110,12 @@ class Evaluations:
 def evaluations(config: ConfigDict) -> Evaluations:
   m = methods_lib.get_method(config.method)
   stages = methods_lib.stages_for(config)
-  trains = m.evaluated and bool(stages)
+  trains = m.judge_data and bool(stages)
   return Evaluations(
       before_training=trains and bool(config.eval.before_training),
       after_warmup=trains and bool(config.eval.after_warmup) and methods_lib.WARMUP_STAGE in stages,
       periodic=trains and config.eval.every > 0,
-      final=m.evaluated and (m.evaluates_only or bool(config.eval.at_end)))
+      final=m.judge_data and (m.evaluates_only or bool(config.eval.at_end)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +178,9 @@ def exactness_gaps(config: ConfigDict) -> list[str]:
   gaps = []
   if rl.aggregation != "sequence-sum":
     gaps.append(f"rl.aggregation={rl.aggregation} (needs sequence-sum)")
-  recipe_name, recipe = advantage_recipe(config, methods_lib.get_method("real").rl)
+  method = methods_lib.get_method(config.method)
+  defaults = method.rl if method.rl is not None else methods_lib.get_method("real").rl
+  recipe_name, recipe = advantage_recipe(config, defaults)
   if recipe.estimator != "rloo" or recipe.normalize or recipe.clip:
     gaps.append(f"advantages {recipe_name} (needs leave-one-out without normalisation or "
                 "clipping: rl.advantage=rloo)")

@@ -3,9 +3,9 @@
 A stage function `fn(run, evaluate, carry, final) -> None` reads the run (`train.runner.Run`)
 and the `Carry` the previous stage left, trains through `run.runner` (resume, checkpoints,
 periodic evaluation), and leaves its parameters in the carry; `final` says it is the run's last
-stage (the one periodic evaluation and the best checkpoint follow). `register_stage(name,
-steps=...)` adds one; `steps` names the config fields of its budget (the first non-zero wins),
-for the results' "Rows" table.
+stage (the one periodic evaluation and the best checkpoint follow). `register_stage(name)` adds the
+function of a stage whose spec (`methods.Stage`: budget, batch, sequences) is in
+`methods.STAGES`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 from typing import Any, Callable
 
 from real_jax import sharding as shd
+from real_jax.registry import Registry
+from real_jax.train import methods as methods_lib
 from real_jax.train import pretrain, tract
 from real_jax.train.config_schema import get_field
 from real_jax.train.methods import WARMUP_STAGE
@@ -23,7 +25,7 @@ from real_jax.train.rl import run_rl
 from real_jax.train.runner import Run
 from real_jax.train.supervised import run_supervised
 
-__all__ = ["Carry", "StageFn", "STAGES", "register_stage", "stage_steps", "has_row",
+__all__ = ["Carry", "StageFn", "STAGE_FNS", "register_stage", "stage_steps", "has_row",
            "initial_label"]
 
 # evaluate(params, *, name, tag, readout=None, checkpoint, training) -> summary (Evaluator.__call__)
@@ -43,29 +45,19 @@ class Carry:
 StageFn = Callable[[Run, Evaluate, Carry, bool], None]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Stage:
-  fn: StageFn
-  steps: tuple[str, ...]
+STAGE_FNS = Registry("stage function")
 
 
-STAGES: dict[str, _Stage] = {}
-
-
-def register_stage(name: str, *, steps: tuple[str, ...]) -> Callable[[StageFn], StageFn]:
-  """Registers the function of stage `name` (a decorator); `steps`: the config fields of its
-  budget, the first non-zero one used."""
-  def deco(fn: StageFn) -> StageFn:
-    if name in STAGES:
-      raise ValueError(f"stage {name!r} is already registered")
-    STAGES[name] = _Stage(fn, steps)
-    return fn
-  return deco
+def register_stage(name: str) -> Callable[[StageFn], StageFn]:
+  """Registers the function of stage `name` (a decorator); its spec must be in
+  `methods.STAGES`."""
+  methods_lib.STAGES.lookup(name)
+  return STAGE_FNS.register(name)
 
 
 def stage_steps(config, stage: str) -> int:
-  """The step budget of `stage` under `config`."""
-  for field in STAGES[stage].steps:
+  """The step budget of `stage` under `config` (the first non-zero field of its spec)."""
+  for field in methods_lib.STAGES.lookup(stage).steps:
     v = int(get_field(config, field))
     if v:
       return v
@@ -97,7 +89,7 @@ def initial_label(config) -> str:
 WARMUP_ROW = "warm-up (SFT)"
 
 
-@register_stage(WARMUP_STAGE, steps=("warmup.steps",))
+@register_stage(WARMUP_STAGE)
 def _warmup(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
   c = run.config
   carry.params = run_supervised(
@@ -123,11 +115,11 @@ def _supervised(kind: str) -> StageFn:
   return stage
 
 
-register_stage("sft", steps=("train.steps",))(_supervised("sft"))
-register_stage("raft", steps=("train.steps",))(_supervised("raft"))
+register_stage("sft")(_supervised("sft"))
+register_stage("raft")(_supervised("raft"))
 
 
-@register_stage("tract1", steps=("tract.stage1_steps", "train.steps"))
+@register_stage("tract1")
 def _tract1(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
   c = run.config
   carry.params = run_supervised(
@@ -136,12 +128,12 @@ def _tract1(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
       copy_params=True)
 
 
-@register_stage("tract_gen", steps=())
+@register_stage("tract_gen")
 def _tract_gen(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
   carry.selfcot = tract.run_tract_gen(run, carry.params)
 
 
-@register_stage("tract2", steps=("tract.stage2_steps", "train.steps"))
+@register_stage("tract2")
 def _tract2(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
   c = run.config
   carry.params = None  # stage 1's model is not needed any more
@@ -153,12 +145,12 @@ def _tract2(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
       make_source=lambda seed: tract.SelfCotBatches(run, selfcot, c.train.batch_size, seed))
 
 
-@register_stage("rl", steps=("rl.steps",))
+@register_stage("rl")
 def _rl(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
   carry.params = run_rl(run, carry.params, main=final)
 
 
-@register_stage("pretrain", steps=("pretrain.steps",))
+@register_stage("pretrain")
 def _pretrain(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
   pretrain.run_pretrain(run, carry.params)
   print(f"export the base with python -m real_jax.tools.export_hf --workdir {run.workdir} "

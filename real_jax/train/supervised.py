@@ -86,9 +86,8 @@ class RecordBatches:
     self.batcher.restore(s)
 
 
-def objective_for(kind: str, run: Run) -> steps_lib.Loss:
-  """The loss of a supervised stage kind."""
-  c, score_tokens = run.config, run.vocab.score_tokens
+def objective_for(kind: str, c, score_tokens) -> steps_lib.Loss:
+  """The loss of a supervised stage kind (`methods.Stage.loss`) under config `c`."""
   if kind in ("sft", "lm"):
     return steps_lib.sft_objective()
   if kind == "raft":
@@ -120,7 +119,7 @@ def run_supervised(run: Run, stage: str, params_in, *, kind: str, steps: int, ba
   source = (make_source(seed) if make_source is not None else
             RecordBatches(run, kind, batch_size, seed, shuffle=c.train.shuffle))
   opened.restore_data(source)
-  loss = objective_for(kind, run)
+  loss = objective_for(kind, c, run.vocab.score_tokens)
   num_micro = batch_size // micro_batch_size if micro_batch_size else 1
   step_fn = None
   with Progress(stage, steps, start=opened.start, every=c.log.every) as prog:

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from real_jax import layout, readout
+from real_jax import layout, readout, sampling
 from real_jax import sharding as shd
 from real_jax.train import data_utils
 from real_jax.train.batch import LMBatch
@@ -101,7 +101,9 @@ def run_tract_gen(run: Run, params) -> dict[str, np.ndarray]:
                                      repetition_penalty=c.tract.repetition_penalty)
   key = jax.random.PRNGKey(c.seed + SELFCOT_KEY_OFFSET)
   prompts, resps, targets = [], [], []
-  counts = {"generated": 0, "kept": 0, "truncated": 0, "eos_before_delimiter": 0}
+  eos_first = readout.STATUS_NAMES[sampling.EOS]
+  truncated = readout.STATUS_NAMES[sampling.TRUNCATED]
+  counts = {"generated": 0, "kept": 0, truncated: 0, eos_first: 0}
   with Progress("tract_gen", -(-n // batch_size), every=max(1, n // batch_size // 5),
                 unit="batch") as prog:
     for i, b in enumerate(batcher):
@@ -114,7 +116,7 @@ def run_tract_gen(run: Run, params) -> dict[str, np.ndarray]:
           continue
         counts["generated"] += 1
         if not g.found[r]:
-          counts["eos_before_delimiter" if g.eos[r] else "truncated"] += 1
+          counts[eos_first if g.eos[r] else truncated] += 1
           continue
         counts["kept"] += 1
         prompts.append(b["prompt_tokens"][r][b["prompt_mask"][r].astype(bool)])

@@ -102,6 +102,7 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
   """
   check_fields(config)
   check_choices(config)
+  method = methods_lib.get_method(config.method)
   if config.rl.advantage != "custom":
     base = base_config().rl
     changed = [k for k in ("estimator", "normalize", "clip") if config.rl[k] != base[k]]
@@ -122,10 +123,9 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
                       "(the invalid row's reward is its negative) or -1 (derived)")
   if not config.model.preset and not config.model.hf_dir:
     raise ConfigError("set config.model.preset (random init) or config.model.hf_dir (weights)")
-  if methods_lib.get_method(config.method).evaluates_only and not (
-      config.init.checkpoint or config.model.hf_dir):
-    raise ConfigError(f"method={config.method} needs config.init.checkpoint (a workdir or checkpoint dir) "
-                      "or config.model.hf_dir (a Hugging Face directory)")
+  problem = method.check(config) if method.check is not None else ""
+  if problem:
+    raise ConfigError(problem)
   check_ranges(config)
   # Counts: a negative one would run "successfully" doing nothing (a stage of -3 steps).
   for name in ("optim.max_skipped_in_a_row", "debug.nan_update_step", "rl.steps",
@@ -139,7 +139,6 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
     v = get_field(config, name, None)
     if v is not None and v < 0:
       raise ConfigError(f"config.{name}={v} is negative; use 0 or more")
-  method = methods_lib.get_method(config.method)
   if config.rl.group_size < 2 and method.rl is not None:
     raise ConfigError(f"config.rl.group_size={config.rl.group_size}: group advantages need at "
                       "least 2 samples per prompt")
@@ -148,29 +147,21 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
   why = f"the batch is split over the mesh's data x fsdp = {nb} devices"
   stages = methods_lib.stages_for(config)
 
-  def check_batch(prefix: str, batch: int, micro: int):
-    _divides(f"{prefix}.batch_size" if prefix != "rl" else "rl.mini_batch_size", batch, nb, why)
+  for stage in stages:  # every stage's step splits its batch over the mesh
+    spec = methods_lib.STAGES.lookup(stage)
+    if spec.batch is None:
+      continue
+    batch_field, micro_field = spec.batch
+    batch = get_field(config, batch_field)
+    _divides(batch_field, batch, nb, why)
+    micro = get_field(config, micro_field) if micro_field else 0
     if micro:
       if batch % micro:
-        raise ConfigError(f"config.{prefix}.micro_batch_size={micro} does not divide the batch "
-                          f"of {batch} rows; pick a divisor of {batch}")
-      _divides(f"{prefix}.micro_batch_size", micro, nb, why)
-
-  if config.method == "pretrain":
-    if config.data.name not in ("synthetic", "synthetic_judge"):
-      raise ConfigError(f"method=pretrain builds the synthetic task's base model; it needs "
-                        f"data.name=synthetic (got {config.data.name!r})")
-    if config.pretrain.steps <= 0 or config.pretrain.seq_len < 2:
-      raise ConfigError("method=pretrain needs config.pretrain.steps > 0 and "
-                        "config.pretrain.seq_len >= 2")
-    check_batch("pretrain", config.pretrain.batch_size, 0)
-  if "warmup" in stages:
-    check_batch("warmup", config.warmup.batch_size, config.warmup.micro_batch_size)
-  if any(s in stages for s in ("sft", "raft", "tract1", "tract2")):
-    check_batch("train", config.train.batch_size, config.train.micro_batch_size)
+        raise ConfigError(f"config.{micro_field}={micro} does not divide the batch of {batch} "
+                          f"rows ({batch_field}); pick a divisor of {batch}")
+      _divides(micro_field, micro, nb, why)
   if "rl" in stages:
     rows = config.rl.buffer_size * config.rl.group_size
-    check_batch("rl", config.rl.mini_batch_size, config.rl.micro_batch_size)
     if config.rl.mini_batch_size > rows:
       raise ConfigError(f"config.rl.mini_batch_size={config.rl.mini_batch_size} exceeds the "
                         f"{rows} rows of an update (rl.buffer_size x rl.group_size)")
