@@ -10,8 +10,9 @@ It is split by job:
 """
 
 from real_jax.train.config_schema import (CHOICES, INVALID_RULES, RANGES, ConfigDict, ConfigError,
-                                          assign, base_config, describe, field_docs, flatten, get_field,
-                                          load_config, parse_arg, parse_bool, set_field)
+                                          assign, base_config, describe, field_docs, flatten,
+                                          get_field, load_config, parse_arg, parse_bool,
+                                          set_field)
 from real_jax.train.methods import METHODS, stages_for
 from real_jax.train.settings import (EXACT_OVERRIDES, exactness_gaps, model_overrides,
                                      preset_model, resolve, rl_settings)

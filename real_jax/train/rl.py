@@ -122,7 +122,8 @@ class RolloutSettings:
     return cls(sampler=readout.SamplerSettings(max_new_tokens=rl.max_response_len,
                                                temperature=rl.temperature, top_p=rl.top_p,
                                                top_k=rl.top_k),
-               group_size=rl.group_size, filter=rl.filter, standard_rl=rl_settings.defaults.score_in_action,
+               group_size=rl.group_size, filter=rl.filter,
+               standard_rl=rl_settings.defaults.score_in_action,
                sample_prompts=rl.sample_prompts,
                score_rows=rl.score_batch_size or rl.micro_batch_size or rl.mini_batch_size,
                prompt_buckets=data_utils.prompt_buckets(config))

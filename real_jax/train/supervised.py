@@ -129,8 +129,8 @@ def run_supervised(run: Run, stage: str, params_in, *, kind: str, steps: int, ba
     for step in range(opened.start, steps):
       batch = next(source)
       if step_fn is None:
-        step_fn = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh, opened.shardings, batch,
-                                            num_micro=num_micro,
+        step_fn = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh, opened.shardings,
+                                            batch, num_micro=num_micro,
                                             nan_update_at=c.debug.nan_update_step)
       n_tok += float(batch.mask.sum())
       opened.state, m = step_fn(opened.state, shd.put_batch(batch, run.mesh))
