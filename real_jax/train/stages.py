@@ -64,6 +64,11 @@ def stage_steps(config, stage: str) -> int:
   return 0
 
 
+def _loss(stage: str) -> str:
+  """The supervised loss of `stage`, from its spec (`methods.Stage.loss`)."""
+  return methods_lib.STAGES.lookup(stage).loss
+
+
 def has_row(workdir: str, name: str) -> bool:
   """Whether results.json already has row `name` (a resumed run skips that evaluation); process
   0 decides for every process."""
@@ -93,7 +98,7 @@ WARMUP_ROW = "warm-up (SFT)"
 def _warmup(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
   c = run.config
   carry.params = run_supervised(
-      run, WARMUP_STAGE, carry.params, kind="sft", steps=c.warmup.steps,
+      run, WARMUP_STAGE, carry.params, kind=_loss(WARMUP_STAGE), steps=c.warmup.steps,
       batch_size=c.warmup.batch_size, micro_batch_size=c.warmup.micro_batch_size,
       lr=c.warmup.lr, schedule=c.warmup.schedule, lr_warmup=c.warmup.lr_warmup, main=final)
   carry.base = carry.params
@@ -110,8 +115,9 @@ def _supervised(kind: str) -> StageFn:
   def stage(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
     c = run.config
     carry.params = run_supervised(
-        run, kind, carry.params, kind=kind, steps=c.train.steps, batch_size=c.train.batch_size,
-        micro_batch_size=c.train.micro_batch_size, lr=c.train.lr, main=final)
+        run, kind, carry.params, kind=_loss(kind), steps=c.train.steps,
+        batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size, lr=c.train.lr,
+        main=final)
   return stage
 
 
@@ -123,7 +129,7 @@ register_stage("raft")(_supervised("raft"))
 def _tract1(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
   c = run.config
   carry.params = run_supervised(
-      run, "tract1", carry.base, kind="tract", steps=stage_steps(c, "tract1"),
+      run, "tract1", carry.base, kind=_loss("tract1"), steps=stage_steps(c, "tract1"),
       batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size, lr=c.train.lr,
       copy_params=True)
 
@@ -139,7 +145,7 @@ def _tract2(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
   carry.params = None  # stage 1's model is not needed any more
   selfcot = carry.selfcot
   carry.params = run_supervised(
-      run, "tract2", carry.base, kind="tract", steps=stage_steps(c, "tract2"),
+      run, "tract2", carry.base, kind=_loss("tract2"), steps=stage_steps(c, "tract2"),
       batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size, lr=c.train.lr,
       main=final,
       make_source=lambda seed: tract.SelfCotBatches(run, selfcot, c.train.batch_size, seed))
