@@ -28,8 +28,8 @@ from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionS
 
 __all__ = ["MESH_AXES", "GOOGLE_PCI_VENDOR", "has_tpu_chip", "use_cpu_without_accelerator",
     "Rules", "DEFAULT_RULES", "make_mesh", "logical_to_spec", "named_sharding", "batch_sharding",
-    "replicated", "put_global", "put_batch", "to_host", "is_main_process", "agree", "sync",
-    "activation_sharding", "constrain", "constrain_to", "abstract_mesh"]
+    "batch_split", "replicated", "put_global", "put_batch", "to_host", "is_main_process", "agree",
+    "sync", "activation_sharding", "constrain", "constrain_to", "abstract_mesh"]
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -156,6 +156,11 @@ def named_sharding(shape: Sequence[int], axes: Sequence[str | None], mesh: Mesh,
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = DEFAULT_RULES) -> NamedSharding:
   """Sharding of a [batch, ...] input: batch over the data axes, the rest replicated."""
   return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules))
+
+
+def batch_split(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
+  """How many ways the batch dimension is split over `mesh` (its batch axes' size)."""
+  return _axis_size(mesh, logical_to_spec(("batch",), rules)[0])
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -93,18 +93,22 @@ def test_a_nan_update_is_skipped_counted_and_the_run_goes_on(shared, tmp_path):
              for a, d in zip(jax.tree.leaves(p2), jax.tree.leaves(p3)))  # step 3 trained
 
 
-def test_every_step_non_finite_stops_the_run(shared, tmp_path, monkeypatch):
-  """Training that diverges (every update non-finite) stops after optim.max_skipped_in_a_row.
-  A NaN learning rate stands for the divergence here: validation, which rejects it, is
-  bypassed."""
+@pytest.mark.parametrize("log_every,stop,kept", [(1, 3, 2), (2, 4, 3)])
+def test_every_step_non_finite_stops_the_run(shared, tmp_path, monkeypatch, log_every, stop,
+                                             kept):
+  """Training that diverges (every update non-finite) stops after optim.max_skipped_in_a_row,
+  read at the log steps (the counter stays on the device between them): with log.every 2 the
+  limit of 3 is seen at step 4. A NaN learning rate stands for the divergence here:
+  validation, which rejects it, is bypassed."""
   monkeypatch.setattr(validation, "check_ranges", lambda config: None)
   wd = str(tmp_path / "run")
   c = tiny_config(shared, "sft", **{"train.steps": 10, "train.lr": float("nan"),
-                                    "optim.max_skipped_in_a_row": 3, "checkpoint.every": 1})
+                                    "optim.max_skipped_in_a_row": 3, "checkpoint.every": 1,
+                                    "log.every": log_every})
   with pytest.raises(runner.TooManySkippedSteps,
-                     match=r"stage sft: 3 steps in a row up to step 3 had a non-finite loss, "
-                           r"gradient or update \(3 skipped in all\); stopping \(the last "
-                           r"checkpoint, step 2, is kept\)"):
+                     match=rf"stage sft: {stop} steps in a row up to step {stop} had a "
+                           rf"non-finite loss, gradient or update \({stop} skipped in all\); "
+                           rf"stopping \(the last checkpoint, step {kept}, is kept\)"):
     main_lib.run(c, wd)
   assert not os.path.exists(os.path.join(wd, "results.md"))
 

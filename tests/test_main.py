@@ -61,6 +61,23 @@ def test_method_smoke(shared, warm, tmp_path, method):
   assert sorted(int(s) for s in os.listdir(ck) if s.isdigit())[-1] == 2
 
 
+def test_packed_run_equals_padded_run(shared, warm, tmp_path):
+  """data.pack through the trainer's own loop: the same records (2 per row of 384 columns, 2
+  micro-batches), the same losses and gradient norms step after step (so the same update)."""
+  common = {"init.checkpoint": warm[0], "warmup.steps": 0, "eval.at_end": False,
+            "train.micro_batch_size": 4}
+  runs = {}
+  for pack in (False, True):
+    c = tiny_config(shared, "sft", **common, **{"data.pack": pack, "data.pack_length": 384})
+    main_lib.run(c, str(tmp_path / str(pack)))
+    runs[pack] = read_metrics(str(tmp_path / str(pack)), "sft")
+  assert [r["rows"] for r in runs[False]] == [8, 8]
+  assert [r["rows"] for r in runs[True]] == [4, 4] and runs[True][0]["fill"] > 0.6
+  for padded, packed in zip(runs[False], runs[True]):
+    for k in ("loss", "ce", "grad_norm", "tokens"):
+      assert packed[k] == pytest.approx(padded[k], rel=1e-4), (padded["step"], k)
+
+
 def test_a_method_is_one_table_entry_plus_its_step_function(shared, warm, tmp_path):
   """A new method: one `Method` entry, plus the spec and function of its one new stage. The
   config accepts it, `--help` lists it with its description, validation checks its stage's
@@ -115,11 +132,14 @@ def test_real_with_warmup_and_tract_smoke(shared, warm, tmp_path):
   assert {r["stage"] for r in read_metrics(str(tmp_path / "real"))} >= {"warmup", "rl"}
   assert "warm-up (SFT)" in open(str(tmp_path / "real" / "results.md")).read()
   # ... and TRACT: stage 1, one self-CoT per prompt, stage 2 from the base model.
+  # (packed: stage 1's demonstrations and stage 2's self-CoTs pack through the same loop)
   c = tiny_config(shared, "tract", **{"init.checkpoint": warm[0], "rl.max_response_len": 48,
-                                      "tract.repetition_penalty": 1.03})
+                                      "tract.repetition_penalty": 1.03, "data.pack": True,
+                                      "data.pack_length": 384})
   main_lib.run(c, str(tmp_path / "tract"))
   stages = {r["stage"] for r in read_metrics(str(tmp_path / "tract"))}
   assert stages >= {"tract1", "tract_gen", "tract2"}
+  assert all(r["rows"] < 8 for r in read_metrics(str(tmp_path / "tract"), "tract1"))
   gen = [r for r in read_metrics(str(tmp_path / "tract")) if r["stage"] == "tract_gen"][0]
   assert gen["generated"] == 16 and gen["kept"] > 0
   counts = json.load(open(str(tmp_path / "tract" / tract.TRACT_COUNTS)))
@@ -237,6 +257,10 @@ def test_bad_configs_fail_before_building_anything(shared, tmp_path, monkeypatch
   with pytest.raises(ConfigError, match=r"does not divide over mesh.*config\.mesh"):
     main_lib.run(c, str(tmp_path / "c"))
   assert not os.path.exists(str(tmp_path / "c" / "ckpt"))
+  c = tiny_config(shared, "sft", **{"data.pack": True, "data.pack_length": 150})
+  with pytest.raises(ConfigError, match=r"data\.pack_length=150 is shorter than the longest "
+                                        r"record \(.* = 192\)"):
+    main_lib.run(c, str(tmp_path / "d"))
 
 
 def test_notebook_runs_headless(warm, monkeypatch):

@@ -44,8 +44,8 @@ from real_jax import sharding as shd
 from real_jax.layout import positions_from_mask
 
 __all__ = ["REMATS", "FAMILIES", "Qwen3Config", "PARAM_AXES", "CACHE_AXES", "DecoderLayers",
-    "LAYER_PARAM_NAMES", "rms_norm", "apply_rope", "attention", "Attend", "decoder_layer",
-    "Qwen3", "DecodeCache", "decode_cache", "decode_weights", "decode_step", "forward_logits"]
+    "LAYER_PARAM_NAMES", "rms_norm", "apply_rope", "attention", "positions_from_segments",
+    "Attend", "decoder_layer", "Qwen3", "DecodeCache", "decode_cache", "decode_weights", "decode_step", "forward_logits"]
 
 Array = jax.Array
 
@@ -215,10 +215,14 @@ def _attention_block(q: Array, k: Array, v: Array, mask: Array) -> Array:
   return out.reshape(b, t, n, h)
 
 
-def _causal_block(q: Array, k: Array, v: Array, kv_mask: Array, q_slots: Array) -> Array:
-  """Queries at slots q_slots [Tc] against all keys: key s is seen iff kv_mask[b, s], s <= slot."""
+def _causal_block(q: Array, k: Array, v: Array, kv_mask: Array, q_slots: Array,
+                  segments: Array | None = None, q_segments: Array | None = None) -> Array:
+  """Queries at slots q_slots [Tc] against all keys: key s is seen iff kv_mask[b, s], s <= slot
+  and, for packed rows, segments[b, s] == q_segments[b, query] ([B, S] and [B, Tc])."""
   slots = jnp.arange(k.shape[1])
   mask = kv_mask.astype(bool)[:, None, :] & (slots[None, None, :] <= q_slots[None, :, None])
+  if segments is not None:
+    mask = mask & (segments[:, None, :] == q_segments[:, :, None])
   return _attention_block(q, k, v, mask)
 
 
@@ -230,54 +234,74 @@ def _query_chunks(x: Array, chunk: int) -> Array:
   return x.reshape(x.shape[0], -1, chunk, *x.shape[2:]).swapaxes(0, 1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _chunked_attention(q, k, v, kv_mask, chunk):
+def _blocks(q: Array, segments: Array | None, chunk: int):
+  """Per query block: (the block's slots [nc, chunk], its segment ids [nc, B, chunk] or None)."""
+  slots = _query_chunks(jnp.arange(q.shape[1])[None], chunk)[:, 0]
+  return slots, (None if segments is None else _query_chunks(segments, chunk))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _chunked_attention(q, k, v, kv_mask, segments, chunk):
   t = q.shape[1]
-  slots = _query_chunks(jnp.arange(t)[None], chunk)[:, 0]  # [nc, chunk]
-  out = jax.lax.map(lambda xs: _causal_block(xs[0], k, v, kv_mask, xs[1]),
-                    (_query_chunks(q, chunk), slots))
+  slots, q_segs = _blocks(q, segments, chunk)
+  out = jax.lax.map(lambda xs: _causal_block(xs[0], k, v, kv_mask, xs[1], segments, xs[2]),
+                    (_query_chunks(q, chunk), slots, q_segs))
   return out.swapaxes(0, 1).reshape(q.shape[0], -1, *q.shape[2:])[:, :t]
 
 
-def _chunked_attention_fwd(q, k, v, kv_mask, chunk):
-  return _chunked_attention(q, k, v, kv_mask, chunk), (q, k, v, kv_mask)
+def _chunked_attention_fwd(q, k, v, kv_mask, segments, chunk):
+  return _chunked_attention(q, k, v, kv_mask, segments, chunk), (q, k, v, kv_mask, segments)
 
 
 def _chunked_attention_bwd(chunk, res, g):
   # Flash-style backward: each query block's logits are recomputed and differentiated, so only
-  # q, k, v and the mask are kept between the passes.
-  q, k, v, kv_mask = res
+  # q, k, v and the masks are kept between the passes.
+  q, k, v, kv_mask, segments = res
   t = q.shape[1]
-  slots = _query_chunks(jnp.arange(t)[None], chunk)[:, 0]
+  slots, q_segs = _blocks(q, segments, chunk)
 
   def one(carry, xs):
     dk, dv = carry
-    qc, gc, sc = xs
-    _, vjp = jax.vjp(lambda qc, k, v: _causal_block(qc, k, v, kv_mask, sc), qc, k, v)
+    qc, gc, sc, qs = xs
+    _, vjp = jax.vjp(lambda qc, k, v: _causal_block(qc, k, v, kv_mask, sc, segments, qs),
+                     qc, k, v)
     dqc, dkc, dvc = vjp(gc)
     return (dk + dkc, dv + dvc), dqc
 
   (dk, dv), dq = jax.lax.scan(one, (jnp.zeros_like(k), jnp.zeros_like(v)),
-                              (_query_chunks(q, chunk), _query_chunks(g, chunk), slots))
+                              (_query_chunks(q, chunk), _query_chunks(g, chunk), slots, q_segs))
   dq = dq.swapaxes(0, 1).reshape(q.shape[0], -1, *q.shape[2:])[:, :t]
-  return dq, dk, dv, None
+  return dq, dk, dv, None, None
 
 
 _chunked_attention.defvjp(_chunked_attention_fwd, _chunked_attention_bwd)
 
 
-def attention(q: Array, k: Array, v: Array, kv_mask: Array, *, chunk: int) -> Array:
+def attention(q: Array, k: Array, v: Array, kv_mask: Array, *, chunk: int,
+              segment_ids: Array | None = None) -> Array:
   """Causal grouped-query attention by slot index, in query blocks of `chunk`.
 
   q [B,T,N,H], k/v [B,T,K,H], kv_mask [B,T] bool -> [B,T,N,H]; query t sees key s iff
-  kv_mask[b, s] and s <= t. For T > chunk the queries run in blocks, forward and backward
+  kv_mask[b, s] and s <= t and, for packed rows (`segment_ids` [B,T] int, 0 on padding), both
+  belong to the same segment. For T > chunk the queries run in blocks, forward and backward
   (a custom VJP that recomputes each block's logits), so float32 logits exist only as
   [B,N,chunk,T] and the backward keeps only q, k, v between the passes.
   """
   t = q.shape[1]
   if t <= chunk:
-    return _causal_block(q, k, v, kv_mask, jnp.arange(t))
-  return _chunked_attention(q, k, v, kv_mask, chunk)
+    return _causal_block(q, k, v, kv_mask, jnp.arange(t), segment_ids, segment_ids)
+  return _chunked_attention(q, k, v, kv_mask, segment_ids, chunk)
+
+
+def positions_from_segments(segment_ids: Array) -> Array:
+  """[B,T] int32 RoPE positions of packed rows: each segment counts from 0 at its first column.
+
+  segment_ids [B,T] int (consecutive columns of one record share an id; 0 is padding)."""
+  t = jnp.arange(segment_ids.shape[-1], dtype=jnp.int32)
+  first = jnp.concatenate([jnp.ones_like(segment_ids[..., :1], bool),
+                           segment_ids[..., 1:] != segment_ids[..., :-1]], axis=-1)
+  start = jax.lax.cummax(jnp.where(first, t, 0), axis=segment_ids.ndim - 1)
+  return (t - start).astype(jnp.int32)
 
 
 # attend(q [B,T,N,H], k [B,T,K,H], v [B,T,K,H]) -> (out [B,T,N,H], aux)
@@ -335,7 +359,8 @@ class Qwen3(nnx.Module):
           _normal(rngs, (cfg.hidden_size, cfg.vocab_size), cfg.initializer_range, pd))
 
   def __call__(self, tokens: Array, positions: Array, kv_mask: Array, *,
-               return_kv: bool = False) -> tuple[Array, tuple[Array, Array] | None]:
+               return_kv: bool = False, segment_ids: Array | None = None
+               ) -> tuple[Array, tuple[Array, Array] | None]:
     """Full forward; returns (hidden [B,T,D] after the final norm, kv or None).
 
     Args:
@@ -345,6 +370,8 @@ class Qwen3(nnx.Module):
       return_kv: also return every layer's keys (after RoPE) and values, stacked
         (k [L,B,T,K,H], v [L,B,T,K,H]) in the compute dtype: the prefill of a decode
         (see `decode_cache`).
+      segment_ids: [B,T] int, packed rows: a token attends only within its segment (0 is
+        padding); positions then restart per segment (`positions_from_segments`).
     """
     cfg = self.cfg
     cfg.check_length(tokens.shape[1])
@@ -353,7 +380,7 @@ class Qwen3(nnx.Module):
     x = shd.constrain(x, ("batch", "length", "act_embed"))
 
     def attend(q, k, v):
-      out = attention(q, k, v, kv_mask, chunk=cfg.attention_chunk)
+      out = attention(q, k, v, kv_mask, chunk=cfg.attention_chunk, segment_ids=segment_ids)
       return out, ((k, v) if return_kv else None)
 
     block = _remat(lambda x, p: decoder_layer(cfg, x, p, positions, attend), cfg.remat)

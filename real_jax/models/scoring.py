@@ -88,20 +88,28 @@ def output_columns(seq_len: int, response_width: int = 0, chunk_size: int = 64) 
 @functools.partial(jax.jit, static_argnums=(0,),
                    static_argnames=("temperature", "chunk_size", "response_width",
                                     "with_entropy"))
-def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: float,
-               chunk_size: int, response_width: int, with_entropy: bool) -> ScoreOutput:
+def _score_jit(graphdef, params, tokens, mask, score_positions, segment_ids, *,
+               temperature: float, chunk_size: int, response_width: int,
+               with_entropy: bool) -> ScoreOutput:
   model = nnx.merge(graphdef, params)
   mask = mask.astype(bool)
-  positions = qwen3.positions_from_mask(mask)
-  hidden, _ = model(tokens, positions, mask)  # [B, T, D]
+  if segment_ids is None:
+    positions = qwen3.positions_from_mask(mask)
+  else:
+    positions = qwen3.positions_from_segments(segment_ids)
+  hidden, _ = model(tokens, positions, mask, segment_ids=segment_ids)  # [B, T, D]
   b = tokens.shape[0]
-  idx = score_positions.astype(jnp.int32)[:, None, None]
-  score_logits = model.logits(jnp.take_along_axis(hidden, idx, axis=1)[:, 0])
+  # One score position per row [B] (logits [B, V]) or per packed segment [B, S] ([B, S, V]).
+  idx = score_positions.astype(jnp.int32).reshape(b, -1)[..., None]
+  score_logits = model.logits(jnp.take_along_axis(hidden, idx, axis=1))
+  score_logits = score_logits.reshape(*score_positions.shape, score_logits.shape[-1])
   t = tokens.shape[1]
   s = _first_scored(t, response_width)
   out = _chunked_token_log_probs(model, hidden[:, s - 1:-1], tokens[:, s:].astype(jnp.int32),
                                  temperature, chunk_size, with_entropy)
   real = mask[:, s:] & mask[:, s - 1:-1]
+  if segment_ids is not None:  # a segment's first token is not predicted by the one before
+    real = real & (segment_ids[:, s:] == segment_ids[:, s - 1:-1])
   head = jnp.zeros((b, s), jnp.float32)
   expand = lambda a: jnp.concatenate([head, jnp.where(real, a, 0.0)], axis=1)
   if with_entropy:
@@ -114,14 +122,16 @@ def _score_jit(graphdef, params, tokens, mask, score_positions, *, temperature: 
 def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, mask: Array,
                     score_positions: Array, *, temperature: float = 1.0,
                     chunk_size: int = 64, response_width: int = 0,
-                    with_entropy: bool = False) -> ScoreOutput:
+                    with_entropy: bool = False, segment_ids: Array | None = None
+                    ) -> ScoreOutput:
   """Teacher-forced forward over prompt + CoT; differentiable w.r.t. params.
 
   Args:
     tokens: [B, T] int, left-padded prompt followed by the CoT (right padding allowed after it).
     mask: [B, T] bool, real tokens; RoPE positions come from it (0 at the first real token).
     score_positions: [B] int, the position whose logits predict the score token, i.e. the
-      position of the last delimiter token (the score token would sit at score_positions + 1).
+      position of the last delimiter token (the score token would sit at score_positions + 1);
+      [B, S] for packed rows (one per segment slot; score_logits is then [B, S, V]).
     temperature: divides the logits of `token_log_probs` (not of `score_logits`).
     chunk_size: time steps per logits block; memory is O(B * chunk_size * V), not O(B * T * V).
     response_width: static; > 0: token log-probs only on the last `response_width` columns
@@ -131,6 +141,9 @@ def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, ma
       never used there, and they are most of the tokens.
     with_entropy: static; also the entropy of each scored column's distribution (at
       `temperature`), from the same chunked logits (the rollout's policy-entropy metric).
+    segment_ids: [B, T] int, packed rows (several records per row, 0 on padding): attention
+      stays within a segment, RoPE positions restart at each segment's first column, and a
+      segment's first token gets no log-prob (nothing in its segment predicts it).
 
   Returns:
     ScoreOutput(token_log_probs [B, T]: entry t = log softmax(logits[t - 1] / temperature)
@@ -140,6 +153,6 @@ def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, ma
       distribution that token_log_probs[t] reads, 0 where token_log_probs is 0; else None).
   Callable inside an outer jit/grad (e.g. the trainer's loss); then the outer trace applies.
   """
-  return _score_jit(graphdef, params, tokens, mask, score_positions,
+  return _score_jit(graphdef, params, tokens, mask, score_positions, segment_ids,
                     temperature=float(temperature), chunk_size=int(chunk_size),
                     response_width=int(response_width), with_entropy=bool(with_entropy))

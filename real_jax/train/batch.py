@@ -25,6 +25,10 @@ class LMBatch:
   token is trained by cross-entropy); score_pos [B] int32 (the hidden position that predicts the
   score token); target [B] f32 (the label y*); target_id [B] int32 (its score token);
   sample_mask [B] f32 (rows that count; 0 for padding rows).
+
+  Packed (`train/packing.pack_lm_batch`): segment_ids [B,L] int32 numbers the records of each
+  row 1, 2, ... (0 on padding) and the per-record fields are [B,S], one slot per segment
+  (slot j is segment j + 1; sample_mask 0 on empty slots). Unpacked: segment_ids is None.
   """
   tokens: Any
   mask: Any
@@ -33,6 +37,14 @@ class LMBatch:
   target: Any
   target_id: Any
   sample_mask: Any
+  segment_ids: Any = None
+
+  @property
+  def row_mask(self) -> Any:
+    """[B]: rows whose tokens count (sample_mask itself unless packed: rows with a record)."""
+    if self.segment_ids is None:
+      return self.sample_mask
+    return self.sample_mask.max(axis=-1)
 
 
 @struct.dataclass

@@ -199,6 +199,12 @@ def base_config() -> ConfigDict:
   # checkpoint on; 0 = no validation split (then no best checkpoint is kept).
   c.data.val_size = 256
   c.data.max_target_len = 1024  # tokens of an SFT/TRACT target (feedback + score + EOS)
+  # Pack the supervised stages' records (warm-up, RAFT, TRACT) several to a row: segment ids
+  # in the attention mask, RoPE positions restarting per record, per-record losses. The same
+  # records in fewer rows: the same loss and gradient up to float order (docs/training.md).
+  c.data.pack = False
+  c.data.pack_length = 0  # packed row width; 0 = the padded batch's own width (its buckets)
+  c.data.pack_max_segments = 16  # records per packed row at most
   c.data.train_split = "train"  # split of data.name trained on
   c.data.eval_splits = ""  # comma-separated; "" -> the dataset's default evaluation splits
   c.data.ground_truth = "auto"  # auto | orig_score | gpt4 | human (FLASK)
@@ -404,6 +410,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "rl.kl_coef": (0.0, True, None, False), "rl.entropy_coef": (0.0, True, None, False),
     "tract.lam": (0.0, True, None, False), "log.heartbeat": (0.0, True, None, False),
     "checkpoint.every": (1, True, None, False),
+    "data.pack_length": (0, True, None, False), "data.pack_max_segments": (1, True, None, False),
     "data.synthetic.label_noise": (0.0, True, 1.0, True),
     "data.synthetic.cot_error_rate": (0.0, True, 1.0, True),
     "data.synthetic.near_miss_rate": (0.0, True, 1.0, True),

@@ -180,6 +180,7 @@ class Stage:
     self.total, self.main = total, main
     self.best = meta.get("best")
     self._counts = (int(state["step"]), int(state["skipped"]))  # optimiser steps, skipped
+    self._checked_at = self.start  # the step (update) whose counts `_counts` are
     self.skipped_in_a_row = 0
 
   @property
@@ -200,9 +201,14 @@ class Stage:
   def end_step(self, done: int, *, data) -> None:
     """After optimiser step (or RL update) `done`: periodic evaluation and the best checkpoint
     (main stage only), a checkpoint every `checkpoint.every` steps and at the end (with the data
-    position `data`), then the kill hook of the resume tests."""
+    position `data`), then the kill hook of the resume tests.
+
+    The skipped-step counter stays on the device between log lines: it is read (a host
+    synchronisation) every `log.every` steps and at the stage's end, so
+    `optim.max_skipped_in_a_row` may stop a run up to `log.every` steps late."""
     c = self.runner.config
-    self._check_skipped(done)
+    if done % c.log.every == 0 or done == self.total:
+      self._check_skipped(done)
     self.best = self._maybe_eval(done)
     if self.main and c.debug.kill_at_step == done:  # a real kill, between two checkpoints
       os.kill(os.getpid(), signal.SIGKILL)
@@ -221,8 +227,10 @@ class Stage:
     run after `optim.max_skipped_in_a_row` of them in a row, keeping the last checkpoint."""
     steps, skipped = int(self.state["step"]), int(self.state["skipped"])
     d_steps, d_skipped = steps - self._counts[0], skipped - self._counts[1]
+    updates, self._checked_at = done - self._checked_at, done
     self._counts = (steps, skipped)
-    self.skipped_in_a_row = self.skipped_in_a_row + 1 if d_steps and d_skipped == d_steps else 0
+    all_skipped = d_steps and d_skipped == d_steps  # every step since the last check
+    self.skipped_in_a_row = self.skipped_in_a_row + updates if all_skipped else 0
     limit = self.runner.config.optim.max_skipped_in_a_row
     if limit and self.skipped_in_a_row >= limit:
       self.ck.wait()

@@ -49,16 +49,19 @@ Batch = LMBatch | RLBatch
 # Forward passes
 
 
-def forward(graphdef, params, tokens, mask, score_pos, response_width: int = 0):
+def forward(graphdef, params, tokens, mask, score_pos, response_width: int = 0,
+            segment_ids=None):
   """(token_log_probs [B,L] with entry t = log p(tokens[t] | tokens[<t]), score_logits [B,V]).
 
   With a static `response_width` > 0 only the last response_width columns get log-probs.
+  Packed rows (`segment_ids` [B,L]): score_pos and score_logits are per segment slot ([B,S],
+  [B,S,V]).
 
   The teacher-forced scoring pass `real_jax.models.score_sequences` (chunked; never a full
   [B,L,V] float32 array for a large vocabulary), at temperature 1 (the policy itself).
   """
   out = score_sequences(graphdef, params, tokens, mask, score_pos, temperature=1.0,
-                        response_width=response_width)
+                        response_width=response_width, segment_ids=segment_ids)
   return out.token_log_probs, out.score_logits
 
 
@@ -100,13 +103,14 @@ def sft_objective() -> Loss:
 
   def denominators(batch):
     _, n = obj.masked_aggregate_sums(jnp.zeros(batch.loss_mask.shape), batch.loss_mask,
-                                     sample_mask=batch.sample_mask)
+                                     sample_mask=batch.row_mask)
     return n
 
   def fn(graphdef, params, mb, den):
-    lp, _ = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos)
-    loss, _ = obj.sft_loss(lp, mb.loss_mask, sample_mask=mb.sample_mask, denominator=den)
-    _, n = obj.masked_aggregate_sums(lp, mb.loss_mask, sample_mask=mb.sample_mask)
+    lp, _ = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos,
+                    segment_ids=mb.segment_ids)
+    loss, _ = obj.sft_loss(lp, mb.loss_mask, sample_mask=mb.row_mask, denominator=den)
+    _, n = obj.masked_aggregate_sums(lp, mb.loss_mask, sample_mask=mb.row_mask)
     return loss, {"loss": loss, "ce": loss, "tokens": n}
 
   return Loss(denominators, fn, "sft")
@@ -120,7 +124,8 @@ def raft_objective(score_tokens, *, renormalize: bool = False) -> Loss:
     return jnp.sum(batch.sample_mask)
 
   def fn(graphdef, params, mb, den):
-    _, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos)
+    _, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos,
+                        segment_ids=mb.segment_ids)
     loss, _ = obj.raft_loss(logits, mb.target, spec.ids, spec.values, renormalize=renormalize,
                             sample_mask=mb.sample_mask, denominator=den)
     y_hat = obj.expected_score(jax.lax.stop_gradient(logits), spec.ids, spec.values,
@@ -139,21 +144,22 @@ class CotRaftDenominators(NamedTuple):
 
 
 def cot_raft_objective(score_tokens, *, lam: float = 1.0, renormalize: bool = False) -> Loss:
-  """TRACT / CoT-RAFT: CE over the CoT tokens (score token excluded) + lam * (y_hat - y*)^2."""
+  """TRACT / CoT-RAFT: CE over the CoT tokens (score token excluded) + lam * (y_hat - y*)^2
+  (`objectives.cot_raft_loss`, its two terms with their own row masks so packed batches, whose
+  records are [B,S] slots, use the same code)."""
   spec = obj.ScoreSpec.of(score_tokens)
 
   def denominators(batch):
-    return CotRaftDenominators(*obj.real_loss_denominators(batch.loss_mask,
-                                                           sample_mask=batch.sample_mask))
+    tokens, _ = obj.real_loss_denominators(batch.loss_mask, sample_mask=batch.row_mask)
+    return CotRaftDenominators(tokens, jnp.sum(batch.sample_mask.astype(jnp.float32)))
 
   def fn(graphdef, params, mb, den):
-    lp, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos)
-    loss, _ = obj.cot_raft_loss(lp, mb.loss_mask, logits, mb.target, spec.ids, spec.values, lam=lam,
-                                renormalize=renormalize, sample_mask=mb.sample_mask,
-                                denominators=tuple(den))
-    ce, _ = obj.sft_loss(lp, mb.loss_mask, sample_mask=mb.sample_mask, denominator=den.tokens)
+    lp, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos,
+                         segment_ids=mb.segment_ids)
+    ce, _ = obj.sft_loss(lp, mb.loss_mask, sample_mask=mb.row_mask, denominator=den.tokens)
     mse, _ = obj.raft_loss(logits, mb.target, spec.ids, spec.values, renormalize=renormalize,
                            sample_mask=mb.sample_mask, denominator=den.rows)
+    loss = ce + lam * mse
     y_hat = obj.expected_score(jax.lax.stop_gradient(logits), spec.ids, spec.values,
                                renormalize=renormalize)
     return loss, {"loss": loss, "ce": ce, "mse": mse,

@@ -11,12 +11,13 @@ import numpy as np
 
 from real_jax import readout
 from real_jax import sharding as shd
-from real_jax.train import data_utils, state as state_lib, steps as steps_lib
+from real_jax.train import data_utils, packing, state as state_lib, steps as steps_lib
 from real_jax.train.batch import LMBatch
 from real_jax.train.metrics import Progress, fmt_metrics
 from real_jax.train.runner import Run
 
-__all__ = ["lm_batch", "raft_batch", "RecordBatches", "objective_for", "run_supervised"]
+__all__ = ["lm_batch", "raft_batch", "RecordBatches", "objective_for", "pack_spec",
+    "run_supervised"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,6 +99,16 @@ def objective_for(kind: str, c, score_tokens) -> steps_lib.Loss:
   raise ValueError(f"unknown supervised stage kind {kind!r}")
 
 
+def pack_spec(c, mesh, num_micro: int) -> packing.PackSpec | None:
+  """The packing of config `c` (None: `data.pack` off). Packed rows divide like the padded
+  batch's: by the mesh's data x fsdp size times the micro-batches per step."""
+  if not c.data.pack:
+    return None
+  return packing.PackSpec(width=int(c.data.pack_length),
+                          row_multiple=shd.batch_split(mesh) * num_micro,
+                          max_segments=int(c.data.pack_max_segments))
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -116,32 +127,39 @@ def run_supervised(run: Run, stage: str, params_in, *, kind: str, steps: int, ba
   if opened.finished:
     return opened.close()
   seed = data_utils.data_order_seed(c.seed, stage)
+  num_micro = batch_size // micro_batch_size if micro_batch_size else 1
   source = (make_source(seed) if make_source is not None else
             RecordBatches(run, kind, batch_size, seed, shuffle=c.train.shuffle))
+  # Judge records are packed (`data.pack`); pretraining's documents fill their rows already.
+  pack = pack_spec(c, run.mesh, num_micro) if kind != "lm" else None
   opened.restore_data(source)
   loss = objective_for(kind, c, run.vocab.score_tokens)
-  num_micro = batch_size // micro_batch_size if micro_batch_size else 1
   step_fn = None
   with Progress(stage, steps, start=opened.start, every=c.log.every) as prog:
     schedule_fn = state_lib.make_schedule(lr or c.optim.lr, steps, schedule or c.optim.schedule,
                                           c.optim.warmup_steps if lr_warmup < 0 else lr_warmup)
-    t_last, n_tok = time.time(), 0.0
+    t_last, n_tok, n_slots = time.time(), 0.0, 0
     for step in range(opened.start, steps):
       batch = next(source)
+      if pack is not None:
+        batch, _ = packing.pack_lm_batch(batch, pack)
       if step_fn is None:
         step_fn = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh, opened.shardings,
                                             batch, num_micro=num_micro,
                                             nan_update_at=c.debug.nan_update_step)
       n_tok += float(batch.mask.sum())
+      n_slots += batch.mask.size
       opened.state, m = step_fn(opened.state, shd.put_batch(batch, run.mesh))
       done = step + 1
       if done % c.log.every == 0 or done == steps or done == opened.start + 1:
         m = {k: float(v) for k, v in shd.to_host(m).items()}
         dt = time.time() - t_last
-        m.update(lr=float(schedule_fn(step)), tokens_per_s=n_tok / max(dt, 1e-9))
+        # fill: real tokens / token slots (rows x width) since the last log line.
+        m.update(lr=float(schedule_fn(step)), tokens_per_s=n_tok / max(dt, 1e-9),
+                 rows=float(batch.tokens.shape[0]), fill=n_tok / max(n_slots, 1))
         if hasattr(source, "skipped_rows"):
           m["rows_skipped"] = float(source.skipped_rows())
-        t_last, n_tok = time.time(), 0.0
+        t_last, n_tok, n_slots = time.time(), 0.0, 0
         run.writer.write(stage, done, m)
         prog.update(done, fmt_metrics(m, ("loss", "ce", "mse", "grad_norm", "skipped",
                                           "rows_skipped")), force=True)

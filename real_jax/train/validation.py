@@ -143,6 +143,11 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
     raise ConfigError(f"config.rl.group_size={config.rl.group_size}: group advantages need at "
                       "least 2 samples per prompt")
 
+  longest = config.data.max_prompt_len + config.data.max_target_len
+  if config.data.pack and 0 < config.data.pack_length < longest:
+    raise ConfigError(f"config.data.pack_length={config.data.pack_length} is shorter than the "
+                      f"longest record (data.max_prompt_len + data.max_target_len = {longest}); "
+                      "raise it, or use 0 (the padded batch's width)")
   mesh_shape, nb = batch_axes_size(config, num_devices)
   why = f"the batch is split over the mesh's data x fsdp = {nb} devices"
   stages = methods_lib.stages_for(config)
