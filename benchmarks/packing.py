@@ -5,7 +5,8 @@ that holds the longest one and right-pads its targets to the smallest target buc
 (`data/batching.py`), one record per row. The packed batch holds the same records, laid end to
 end in rows of the same width (`train/packing.py`, `data.pack=true`). Both run the same jitted
 warm-up (SFT) train step (`steps.make_train_step`), each timed as the best of `--repeats` calls
-per batch, over `--batches` batches; tokens/s counts real tokens only.
+per batch (the two layouts alternate), over `--batches` batches; tokens/s counts real tokens
+only.
 
 Length distributions (`--lengths`):
   prometheus: Prometheus-like judge records, the shape of the Feedback Collection: prompts
@@ -15,13 +16,20 @@ Length distributions (`--lengths`):
   synthetic: the synthetic task's own records (`data.synthetic` train split, tokenised by the
     real batcher with its buckets: prompts 96-110 tokens, demonstrations 51).
 
-  python benchmarks/packing.py                                  # both, cpu-29m, this CPU
+The RL update (`--lengths rl`): one optimiser step of the REAL loss over a mini-batch of
+`--batch` rollout rows whose CoTs have Prometheus-like lengths (the response region as wide as
+the longest allowed CoT, 1024 x scale + 1), with fixed micro-batches of `--micro` rows
+(`rl.micro_batch_size`) against token-budget micro-batches of the same token count
+(`rl.token_budget = micro x the full row width`), both timed in alternation.
+
+  python benchmarks/packing.py                                  # all three, cpu-29m, this CPU
   python benchmarks/packing.py --lengths prometheus --scale 1 --preset tiny-1m
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -30,10 +38,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-
-from common import best_time  # noqa: E402
 
 from real_jax import sharding as shd  # noqa: E402
 from real_jax.layout import bucket_length, left_pad, right_pad  # noqa: E402
@@ -92,7 +99,8 @@ def _synthetic_batches(n_batches: int, batch: int):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--lengths", default="prometheus,synthetic")
+  p.add_argument("--lengths", default="prometheus,synthetic,rl")
+  p.add_argument("--micro", type=int, default=4, help="rows per fixed RL micro-batch")
   p.add_argument("--preset", default="cpu-29m")
   p.add_argument("--batch", type=int, default=16, help="records per step")
   p.add_argument("--batches", type=int, default=3)
@@ -106,6 +114,9 @@ def main(argv=None):
   mesh = shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
   for which in args.lengths.split(","):
     rng = np.random.default_rng(args.seed)
+    if which == "rl":
+      rl_update(args, mesh, rng)
+      continue
     if which == "synthetic":
       batches, vocab = _synthetic_batches(args.batches, args.batch)
     else:
@@ -123,24 +134,104 @@ def main(argv=None):
     print(f"\n[{which}] {args.preset}, {args.batches} batches of {args.batch} records; record "
           f"tokens p10/p50/p90/max {np.percentile(lengths, [10, 50, 90]).astype(int).tolist()}"
           f"/{lengths.max()}")
-    totals = {}
-    for layout in ("padded", "packed"):
-      tok, sec, rows, slots = 0.0, 0.0, [], 0
-      for b in batches:
-        if layout == "packed":
-          b, _ = packing.pack_lm_batch(b, packing.PackSpec())
+    # Both layouts of each batch compiled first, then timed in alternation (best of repeats),
+    # so a change in the machine's load hits both alike.
+    stats = {layout: {"tok": 0.0, "sec": 0.0, "rows": [], "slots": 0}
+             for layout in ("padded", "packed")}
+    for b in batches:
+      calls = {}
+      packed, _ = packing.pack_lm_batch(b, packing.PackSpec())
+      for layout, batch in (("padded", b), ("packed", packed)):
         state, sh = state_lib.init_state(jax.tree.map(np.asarray, params), tx, mesh, 0)
-        step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, b, donate=False)
-        placed = shd.put_batch(b, mesh)
-        sec += best_time(lambda: jax.block_until_ready(step(state, placed)), args.repeats)
-        tok += float(np.asarray(b.mask).sum())
-        rows.append(b.tokens.shape)
-        slots += b.tokens.size
-      totals[layout] = tok / sec
-      print(f"  {layout:6s} {tok / sec:10.0f} real tokens/s  fill {tok / slots:.2f}  "
-            f"[rows, width] {rows}")
+        step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, batch, donate=False)
+        placed = shd.put_batch(batch, mesh)
+        calls[layout] = lambda step=step, state=state, placed=placed: jax.block_until_ready(
+            step(state, placed))
+        st = stats[layout]
+        st["tok"] += float(np.asarray(batch.mask).sum())
+        st["rows"].append(batch.tokens.shape)
+        st["slots"] += batch.tokens.size
+      best = _alternate(calls, args.repeats)
+      for layout in calls:
+        stats[layout]["sec"] += best[layout]
+    totals = {}
+    for layout, st in stats.items():
+      totals[layout] = st["tok"] / st["sec"]
+      print(f"  {layout:6s} {totals[layout]:10.0f} real tokens/s  fill "
+            f"{st['tok'] / st['slots']:.2f}  [rows, width] {st['rows']}")
     print(f"  packed / padded = {totals['packed'] / totals['padded']:.2f}x  "
           f"(load {os.getloadavg()[0]:.2f})")
+
+
+def _alternate(calls: dict, repeats: int) -> dict:
+  """Best wall time of each call, the calls alternating (one warm-up call each first)."""
+  for call in calls.values():
+    call()
+  best = {name: float("inf") for name in calls}
+  for _ in range(repeats):
+    for name, call in calls.items():
+      t0 = time.perf_counter()
+      call()
+      best[name] = min(best[name], time.perf_counter() - t0)
+  return best
+
+
+def rl_update(args, mesh, rng):
+  """Fixed vs token-budget micro-batches of one REAL optimiser step (module docstring)."""
+  from real_jax.judge.scores import ScoreTokens
+  from real_jax.models import get_preset, init_params
+  from real_jax.train.batch import RLBatch
+  st = ScoreTokens(token_ids=(11, 12, 13, 14, 15), values=(1.0, 2.0, 3.0, 4.0, 5.0),
+                   delimiter_ids=(20, 21, 22), eos_id=1)
+  b, vocab = args.batch, 512
+  prompt_len, target_len = prometheus_lengths(b, args.scale, rng)
+  cot = target_len - 5  # the CoT with its delimiter (no score token, no EOS)
+  full = int(1024 * args.scale) + 1
+  lp = bucket_length(int(prompt_len.max()), tuple(max(8, int(x * args.scale))
+                                                 for x in PROMPT_BUCKETS))
+  width = lp + full
+  tokens = np.zeros((b, width), np.int32)
+  mask = np.zeros((b, width), bool)
+  cot_mask = np.zeros((b, width), np.float32)
+  for i in range(b):
+    tokens[i, lp - prompt_len[i]:lp + cot[i]] = rng.integers(30, vocab, prompt_len[i] + cot[i])
+    mask[i, lp - prompt_len[i]:lp + cot[i]] = True
+    cot_mask[i, lp:lp + cot[i]] = 1.0
+  ones = np.ones(b, np.float32)
+  batch = RLBatch(tokens=tokens, mask=mask, score_pos=(lp + cot - 1).astype(np.int32),
+                  cot_mask=cot_mask, old_lp=np.zeros((b, width), np.float32),
+                  ref_lp=np.zeros((b, width), np.float32),
+                  target=rng.integers(1, 6, b).astype(np.float32),
+                  target_id=rng.integers(11, 16, b).astype(np.int32),
+                  adv=rng.normal(size=b).astype(np.float32), pg_keep=ones, refine_keep=ones)
+  cfg = get_preset(args.preset).model
+  cfg = cfg.replace(vocab_size=max(cfg.vocab_size, vocab))
+  graphdef, params = init_params(cfg, mesh=mesh, seed=0)
+  tx = optax.adamw(1e-5)
+  loss_cfg = steps_lib.RLLossConfig(beta=1.0, lam=1.0, response_width=full)
+  loss_for = lambda w: steps_lib.real_objective(st, dataclasses.replace(
+      loss_cfg, response_width=w or full))
+  budget = packing.TokenBudget(tokens=args.micro * width, widths=packing.response_widths(full))
+  micro = packing.budget_micro_batches(batch, lp, budget)
+  state, sh = state_lib.init_state(jax.tree.map(np.asarray, params), tx, mesh, 0)
+  fixed = steps_lib.make_train_step(loss_for(0), graphdef, tx, mesh, sh, batch,
+                                    num_micro=b // args.micro, donate=False)
+  dynamic = steps_lib.AccumulatingStep(loss_for, graphdef, tx, mesh, sh)
+  placed = shd.put_batch(batch, mesh)
+  calls = {"fixed": lambda: jax.block_until_ready(fixed(state, placed)),
+           "budget": lambda: jax.block_until_ready(dynamic(jax.tree.map(jnp.copy, state),
+                                                           batch, micro))}
+  best = _alternate(calls, args.repeats)
+  print(f"\n[rl update] {args.preset}, one REAL step on {b} rows: prompts "
+        f"p50 {int(np.median(prompt_len))} (width {lp}), CoTs p10/p50/p90/max "
+        f"{np.percentile(cot, [10, 50, 90]).astype(int).tolist()}/{cot.max()} of {full}")
+  print(f"  fixed   {best['fixed']:7.2f} s  ({b // args.micro} micro-batches of {args.micro} "
+        f"rows x {width})")
+  shapes = [(mb.num_rows, mb.tokens.shape[1]) for _, mb in micro]
+  print(f"  budget  {best['budget']:7.2f} s  ({len(micro)} micro-batches, [rows, width] "
+        f"{shapes}; budget {budget.tokens} tokens)")
+  print(f"  fixed / budget = {best['fixed'] / best['budget']:.2f}x  "
+        f"(load {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

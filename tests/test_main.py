@@ -42,6 +42,8 @@ def test_method_smoke(shared, warm, tmp_path, method):
   extra = {}
   if method == "grpo":  # also exercise the PPO ratio, the KL to the reference and the entropy
     extra = {"rl.policy_loss": "ppo", "rl.kl_coef": 0.01, "rl.entropy_coef": 0.001}
+  if method == "real":  # token-budget micro-batches: rows of at most 2 x the widest shape
+    extra = {"rl.token_budget": 2 * (128 + 56 + 1)}
   c = tiny_config(shared, method, **{"init.checkpoint": warm[0], "warmup.steps": 0,
                                      "eval.at_end": method != "grpo", **extra})
   main_lib.run(c, str(tmp_path))

@@ -3,7 +3,6 @@ skipped, one REAL update == real_jax.objectives by hand, checkpoints, HF export.
 
 import dataclasses
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ from real_jax.models import get_preset, init_params, qwen3
 from real_jax.models import score_sequences
 from real_jax.train import checkpoint as ckpt_lib
 from real_jax import readout
-from real_jax.train import config_lib, rl
+from real_jax.train import config_lib, packing, rl
 from real_jax.train.batch import RLBatch
 from real_jax.train.metrics import rl_update_metrics
 from real_jax.train import state as state_lib
@@ -228,11 +227,58 @@ def test_real_update_equals_objectives_by_hand(real_rows):
   assert float(m["applied"]) == 1.0
 
 
+def test_token_budget_micro_batches_give_the_fixed_micro_batch_update(real_rows):
+  """`rl.token_budget`: the rows sorted by length into micro-batches of different widths and
+  row counts (filler rows with zero weight), summed with the full mini-batch's denominators,
+  give the update of the fixed 2-micro-batch step (SGD lr 1: the update is minus the gradient;
+  REAL with the refinement term and a k3 KL to a perturbed reference)."""
+  mesh, graphdef, params, _, rows, gen = real_rows
+  rows = dict(rows)
+  rng = np.random.default_rng(5)
+  rows["ref_lp"] = np.where(rows["cot_mask"] > 0, rows["old_lp"] - 0.3 * rng.random(
+      rows["old_lp"].shape), 0.0).astype(np.float32)
+  batch = RLBatch(**rows)
+  prompt_width = batch.tokens.shape[1] - (gen.response.shape[1] + 1)
+  cfg = steps_lib.RLLossConfig(beta=0.7, lam=0.5, kl_coef=0.1,
+                               response_width=gen.response.shape[1] + 1)
+  loss_for = lambda w: steps_lib.real_objective(ST, dataclasses.replace(
+      cfg, response_width=w or cfg.response_width))
+  budget = packing.TokenBudget(tokens=3 * (prompt_width + 8), widths=(4, 8), row_multiple=1)
+  micro = packing.budget_micro_batches(batch, prompt_width, budget)
+  widths = [w for w, _ in micro]
+  shapes = {mb.tokens.shape for _, mb in micro}
+  assert len(set(widths)) >= 2 and len(shapes) >= 3
+  counted = [np.flatnonzero((mb.pg_keep > 0) | (mb.refine_keep > 0)) for _, mb in micro]
+  assert sum(len(c) for c in counted) == int(((batch.pg_keep > 0) | (batch.refine_keep > 0)).sum())
+  assert any(len(c) < mb.num_rows for c, (_, mb) in zip(counted, micro))  # filler rows
+  for w, mb in micro:  # the prompt and response regions cut to the allowed widths
+    assert mb.tokens.shape[1] - w in (4, 8, prompt_width) and w in (4, 8, 11)
+  assert any(mb.tokens.shape[1] - w < prompt_width for w, mb in micro)
+  assert sum(int(mb.cot_mask[c].sum()) for c, (_, mb) in zip(counted, micro)) == int(
+      batch.cot_mask[(batch.pg_keep > 0) | (batch.refine_keep > 0)].sum())
+
+  tx = optax.sgd(1.0)
+  state, sh = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mesh, 0)
+  fixed = steps_lib.make_train_step(loss_for(0), graphdef, tx, mesh, sh, batch, num_micro=2)
+  want_state, want = fixed(state, shd.put_batch(batch, mesh))
+  state, sh = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mesh, 0)
+  step = steps_lib.AccumulatingStep(loss_for, graphdef, tx, mesh, sh)
+  got_state, got = step(state, batch, micro)
+  assert step.compiled_shapes == len(shapes)
+  for k in ("loss", "pg_loss", "refine_loss", "kl", "mse", "grad_norm", "applied"):
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(_host(got_state["params"])),
+                  jax.tree.leaves(_host(want_state["params"]))):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+  assert float(got["grad_norm"]) > 0
+
+
 def test_ppo_kl_entropy_update_equals_hand_computation(real_rows):
   """The PPO-clipped REAL step with a k3 KL penalty and an entropy bonus equals the same loss
   written out by hand: the clipped ratio, the KL estimator and the entropy from full logits are
   computed here independently of real_jax.objectives (2 micro-batches, SGD lr 1)."""
   beta, lam, kl_coef, ent_coef, eps = 0.7, 0.5, 0.3, 0.05, 0.2
+  eps_high = 0.28  # rl.clip_eps_high: the asymmetric (clip-higher) range [1 - eps, 1 + eps_high]
   mesh, graphdef, params, _, rows, gen = real_rows
   rows = dict(rows)
   rng = np.random.default_rng(3)
@@ -245,7 +291,8 @@ def test_ppo_kl_entropy_update_equals_hand_computation(real_rows):
   rows["old_lp"] = np.where(cot, cur + rng.normal(0, 0.3, cur.shape), 0).astype(np.float32)
   rows["ref_lp"] = np.where(cot, cur + rng.normal(0, 0.5, cur.shape), 0).astype(np.float32)
   ratio = np.exp(cur - rows["old_lp"])[cot]
-  assert (ratio > 1 + eps).any() and (ratio < 1 - eps).any()
+  assert (ratio > 1 + eps_high).any() and (ratio < 1 - eps).any()
+  assert ((ratio > 1 + eps) & (ratio < 1 + eps_high)).any()  # where the two clips differ
 
   ids, values = jnp.asarray(ST.token_ids), jnp.asarray(ST.values)
   valid = jnp.asarray(gen.found)
@@ -261,7 +308,7 @@ def test_ppo_kl_entropy_update_equals_hand_computation(real_rows):
     lp = jnp.pad(lp, ((0, 0), (1, 0)))  # entry t: log pi(tokens[t])
     adv = jnp.asarray(rows["adv"])[:, None]
     r = jnp.exp(lp - rows["old_lp"])
-    ppo = -jnp.minimum(r * adv, jnp.clip(r, 1 - eps, 1 + eps) * adv)
+    ppo = -jnp.minimum(r * adv, jnp.clip(r, 1 - eps, 1 + eps_high) * adv)
     pg = jnp.sum(ppo * w_tok) / jnp.sum(w_tok)
     d = rows["ref_lp"] - lp
     kl = jnp.sum((jnp.exp(d) - d - 1) * w_tok) / jnp.sum(w_tok)
@@ -277,7 +324,8 @@ def test_ppo_kl_entropy_update_equals_hand_computation(real_rows):
 
   want_loss, want_grad = jax.value_and_grad(hand_loss)(params)
   cfg = steps_lib.RLLossConfig(beta=beta, lam=lam, policy_loss="ppo", clip_eps=eps,
-                               kl_coef=kl_coef, kl_estimator="k3", entropy_coef=ent_coef,
+                               clip_eps_high=eps_high, kl_coef=kl_coef, kl_estimator="k3",
+                               entropy_coef=ent_coef,
                                response_width=gen.response.shape[1] + 1)
   loss = steps_lib.real_objective(ST, cfg)
   tx = optax.sgd(1.0)
@@ -749,6 +797,11 @@ def test_rl_settings_resolve_per_method():
   assert (grpo.recipe_name, r.estimator, grpo.policy_loss, r.clip, r.ddof, r.eps,
           grpo.advantages.reward) == ("grpo", "grpo", "ppo", None, 1, 1e-6, "binary")
   assert "group-mean baseline" in grpo.label and "ppo" in grpo.label
+  assert rl.loss_config(c, grpo).clip_eps_high is None  # symmetric by default
+  c.rl.clip_eps_high = 0.28
+  assert rl.loss_config(c, grpo).clip_eps_high == 0.28
+  assert "clip ε=[1-0.2, 1+0.28]" in _rl_settings(c, "grpo").label
+  c.rl.clip_eps_high = 0.0
   c.rl.advantage = "authors"  # the authors' binary-RLOO ablation, by name
   assert "leave-one-out" in _rl_settings(c, "grpo").label
   c.rl.renormalize = True

@@ -289,6 +289,10 @@ def base_config() -> ConfigDict:
   c.rl.epochs = 3  # passes over each update's rows
   c.rl.mini_batch_size = 1024  # rows per optimiser step
   c.rl.micro_batch_size = 0  # rows per micro-batch; 0 = no split
+  # > 0: token-budget micro-batches (verl's dynamic batch size) instead of micro_batch_size: a
+  # mini-batch's rows sorted by length into micro-batches of at most this many rows x columns,
+  # each as narrow as its longest CoT allows (a few bucketed widths); the same update.
+  c.rl.token_budget = 0
   c.rl.score_batch_size = 0  # rows per no-grad scoring call (0 -> micro or mini-batch size)
   c.rl.shuffle = False  # shuffle rows between epochs (authors: no)
   c.rl.temperature = 1.0  # rollout sampling temperature
@@ -317,6 +321,8 @@ def base_config() -> ConfigDict:
   # ratio vs the rollout policy: on-policy equal to reinforce, safe for several epochs)
   c.rl.policy_loss = ""
   c.rl.clip_eps = 0.2  # PPO ratio clip (policy_loss=ppo)
+  # Upper clip of the PPO ratio, 1 + clip_eps_high (DAPO's clip-higher, e.g. 0.28); 0 = clip_eps.
+  c.rl.clip_eps_high = 0.0
   c.rl.invalid = "penalize"  # rows without the delimiter: penalize | drop
   # Reward of an invalid row under "penalize" is -format_penalty; -1 = the worst squared error of
   # a valid row for the score range in use (objectives.worst_squared_error: 25 for scores 1..5
@@ -407,10 +413,12 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "tract.top_p": (0.0, False, 1.0, True), "tract.repetition_penalty": (0.0, False, None, False),
     "rl.beta": (0.0, True, None, False), "rl.lam": (0.0, True, None, False),
     "rl.shaping_weight": (0.0, True, None, False), "rl.clip_eps": (0.0, False, None, False),
+    "rl.clip_eps_high": (0.0, True, None, False),
     "rl.kl_coef": (0.0, True, None, False), "rl.entropy_coef": (0.0, True, None, False),
     "tract.lam": (0.0, True, None, False), "log.heartbeat": (0.0, True, None, False),
     "checkpoint.every": (1, True, None, False),
     "data.pack_length": (0, True, None, False), "data.pack_max_segments": (1, True, None, False),
+    "rl.token_budget": (0, True, None, False),
     "data.synthetic.label_noise": (0.0, True, 1.0, True),
     "data.synthetic.cot_error_rate": (0.0, True, 1.0, True),
     "data.synthetic.near_miss_rate": (0.0, True, 1.0, True),

@@ -1,4 +1,5 @@
-"""Packing of teacher-forced batches: several records per row, in fewer rows.
+"""Packing of teacher-forced batches (several records per row, in fewer rows) and token-budget
+micro-batches of the RL update (rows grouped by length, each group as narrow as it can be).
 
   packed, placement = pack_lm_batch(batch, PackSpec(row_multiple=8, max_segments=16))
 
@@ -18,6 +19,17 @@ beyond the padded batch's rows), so a stage compiles at most
 `len(widths) * (floor(log2(rows / row_multiple)) + 2)` step shapes, where the widths are those
 the padded batcher makes (or the one `width`). `row_multiple` is the mesh's batch split times
 the micro-batches per step, so the rows divide like the padded batch's.
+
+Token budgets (`rl.token_budget`, verl's dynamic batch size): an RL mini-batch is
+[rows, prompt width + response width] with the response region as wide as the longest allowed
+CoT, every prompt left-padded to the longest. `budget_micro_batches` sorts its rows by length,
+longest first, and cuts them into micro-batches: each takes the next rows, its prompt and
+response regions cut to the smallest of `widths` that hold its longest prompt and its longest
+response, with as many rows as `tokens` allows at that width (a multiple of `row_multiple`;
+short groups are filled with zero-weight rows). One micro-batch shape per (prompt width,
+response width) pair, so an update compiles at most len(widths)^2 gradient functions. With the
+full mini-batch's denominators (`steps.AccumulatingStep`) the update is the fixed micro-batch
+update, up to float summation order.
 """
 
 from __future__ import annotations
@@ -26,9 +38,10 @@ import dataclasses
 
 import numpy as np
 
-from real_jax.train.batch import LMBatch
+from real_jax.train.batch import LMBatch, RLBatch
 
-__all__ = ["PackSpec", "record_lengths", "pack_lm_batch", "segment_sums"]
+__all__ = ["PackSpec", "record_lengths", "pack_lm_batch", "segment_sums", "TokenBudget",
+    "response_widths", "budget_micro_batches"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,3 +136,75 @@ def segment_sums(values: np.ndarray, segment_ids: np.ndarray, max_segments: int)
   values, segment_ids = np.asarray(values), np.asarray(segment_ids)
   onehot = segment_ids[..., None] == np.arange(1, max_segments + 1)
   return np.einsum("bl,bls->bs", values, onehot.astype(values.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenBudget:
+  """`tokens`: rows x columns of a micro-batch at most (at least one row group fits);
+  `widths`: the allowed widths of the prompt and of the response region, ascending (a region
+  is never cut narrower than its rows need, and never wider than it is);
+  `row_multiple`: micro-batch rows divide by it (the mesh's batch split)."""
+  tokens: int
+  widths: tuple[int, ...]
+  row_multiple: int = 1
+
+
+def response_widths(full: int, smallest: int = 16) -> tuple[int, ...]:
+  """Powers of two from `smallest` below `full`, then `full` (the bucketed widths)."""
+  out, w = [], smallest
+  while w < full:
+    out.append(w)
+    w *= 2
+  return tuple(out) + (full,)
+
+
+def _needed_columns(batch: RLBatch, prompt_width: int) -> tuple[np.ndarray, np.ndarray]:
+  """([B] prompt columns, [B] response columns) each row needs: from its first real token, and
+  through its last real token and its score slot."""
+  mask = np.asarray(batch.mask).astype(bool)
+  first = np.argmax(mask, axis=1)
+  last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+  last = np.maximum(last, np.asarray(batch.score_pos) + 1)
+  return np.maximum(prompt_width - first, 1), np.maximum(last + 1 - prompt_width, 1)
+
+
+def budget_micro_batches(batch: RLBatch, prompt_width: int, budget: TokenBudget
+                         ) -> list[tuple[int, RLBatch]]:
+  """The rows of `batch` that count (pg_keep or refine_keep), as (response width, micro-batch)
+  pairs under `budget` (see the module docstring). `prompt_width`: the columns before the
+  response region (every row's prompt is left-padded to it); a micro-batch keeps the smallest
+  of `widths` (below `prompt_width`, or all of it) that holds its longest prompt, and the
+  smallest response width that holds its longest response."""
+  keep = (np.asarray(batch.pg_keep) > 0) | (np.asarray(batch.refine_keep) > 0)
+  need_p, need_r = _needed_columns(batch, prompt_width)
+  full = batch.tokens.shape[1] - prompt_width
+  fit = lambda n, top: next(w for w in tuple(w for w in budget.widths if w < top) + (top,)
+                            if w >= n)
+  order = [int(i) for i in sorted(np.flatnonzero(keep),
+                                  key=lambda i: (-(need_p[i] + need_r[i]), i))]
+  out = []
+  while order:
+    rows, pw, rw = 0, 1, 1
+    while True:  # widths only grow and rows only shrink: this ends
+      take = order[:max(rows, 1)]
+      pw = max(pw, fit(int(need_p[take].max()), prompt_width))
+      rw = max(rw, fit(int(need_r[take].max()), full))
+      fits = max(budget.tokens // (pw + rw) // budget.row_multiple, 1) * budget.row_multiple
+      if fits == rows:
+        break
+      rows = fits
+    take, order = order[:rows], order[rows:]
+    mb = batch.take(np.asarray(take + [take[0]] * (rows - len(take))))
+    if len(take) < rows:  # filler rows: copies with zero weight in every term
+      mb.pg_keep[len(take):] = 0.0
+      mb.refine_keep[len(take):] = 0.0
+    lo, hi = prompt_width - pw, prompt_width + rw
+    real = np.asarray(mb.mask).astype(bool)
+    if real[:, :lo].any() or real[:, hi:].any():
+      raise ValueError(f"a row has tokens outside columns [{lo}, {hi}): prompt_width "
+                       f"{prompt_width} is not this batch's prompt region")
+    cut = lambda a: a[:, lo:hi]
+    out.append((rw, mb.replace(tokens=cut(mb.tokens), mask=cut(mb.mask),
+                               cot_mask=cut(mb.cot_mask), old_lp=cut(mb.old_lp),
+                               ref_lp=cut(mb.ref_lp), score_pos=mb.score_pos - lo)))
+  return out

@@ -37,7 +37,8 @@ from real_jax import readout
 from real_jax import objectives as obj
 from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
-from real_jax.train import config_lib, data_utils, state as state_lib, steps as steps_lib
+from real_jax.train import config_lib, data_utils, packing, state as state_lib
+from real_jax.train import steps as steps_lib
 from real_jax.registry import Registry
 from real_jax.train.settings import AdvantageSettings, RLSettings
 from real_jax.train.batch import RLBatch
@@ -265,14 +266,20 @@ class Buffer:
 # The stage
 
 
-def loss_config(config, rl_settings: RLSettings) -> steps_lib.RLLossConfig:
+def loss_config(config, rl_settings: RLSettings, response_width: int | None = None
+                ) -> steps_lib.RLLossConfig:
+  """The RL loss's static settings; `response_width`: the response columns of the batches it
+  sees (default: the full region, `rl.max_response_len + 1`; narrower for token-budget
+  micro-batches)."""
   rl = config.rl
   return steps_lib.RLLossConfig(
       beta=rl.beta, lam=rl.lam, renormalize=rl.renormalize, aggregation=rl.aggregation,
       policy_loss=rl_settings.policy_loss, clip_eps=rl.clip_eps,
+      clip_eps_high=rl.clip_eps_high or None,
       score_temperature=rl.score_temperature, kl_coef=rl.kl_coef,
       kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef,
-      response_width=rl.max_response_len + 1)  # build_sequences(extra=1)'s response columns
+      # build_sequences(extra=1)'s response columns
+      response_width=response_width or rl.max_response_len + 1)
 
 
 # The train step's loss of an RL method by `RLDefaults.objective`: fn(score_tokens, loss config).
@@ -281,10 +288,11 @@ RL_OBJECTIVES.register("real")(steps_lib.real_objective)
 RL_OBJECTIVES.register("grpo")(lambda score_tokens, cfg: steps_lib.grpo_objective(cfg))
 
 
-def rl_objective(score_tokens, config, rl_settings: RLSettings) -> steps_lib.Loss:
+def rl_objective(score_tokens, config, rl_settings: RLSettings,
+                 response_width: int | None = None) -> steps_lib.Loss:
   """The train step's loss of an RL method (`RLDefaults.objective`, in `RL_OBJECTIVES`)."""
   build = RL_OBJECTIVES.lookup(rl_settings.defaults.objective)
-  return build(score_tokens, loss_config(config, rl_settings))
+  return build(score_tokens, loss_config(config, rl_settings, response_width))
 
 
 def run_rl(run: Run, params_in, *, main: bool = True):
@@ -324,6 +332,15 @@ def run_rl(run: Run, params_in, *, main: bool = True):
       top_k=rl.top_k, greedy=False, response_width=rl.max_response_len + 1)
   num_micro = mini // rl.micro_batch_size if rl.micro_batch_size else 1
   step_fns: dict[int, Any] = {}
+  full_width = rl.max_response_len + 1  # the response region of every row
+  budget, budget_step = None, None
+  if rl.token_budget:  # token-budget micro-batches: rows grouped by length, narrow widths
+    budget = packing.TokenBudget(tokens=rl.token_budget,
+                                 widths=packing.response_widths(full_width),
+                                 row_multiple=shd.batch_split(run.mesh))
+    budget_step = steps_lib.AccumulatingStep(
+        lambda w: rl_objective(score_tokens, c, s, response_width=w or None), run.graphdef, tx,
+        run.mesh, stage.shardings, nan_update_at=c.debug.nan_update_step)
   base_key = jax.random.PRNGKey(c.seed)
   with Progress("rl", rl.steps, start=stage.start, every=1, unit="update") as prog:
     for u in range(stage.start, rl.steps):
@@ -349,12 +366,12 @@ def run_rl(run: Run, params_in, *, main: bool = True):
       if buffer:
         data = buffer.assemble(rows_per_update)
         width = data.tokens.shape[1]
-        if width not in step_fns:
+        if budget is None and width not in step_fns:
           step_fns[width] = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh,
                                                       stage.shardings, data.take(slice(0, mini)),
                                                       num_micro=num_micro,
                                                       nan_update_at=c.debug.nan_update_step)
-        step_fn = step_fns[width]
+        step_fn = step_fns.get(width)
         prog.phase = (f"{rl.epochs} epoch(s) of {rows_per_update // mini} optimiser steps on "
                       f"{rows_per_update} rows")
         for e in range(rl.epochs):
@@ -364,7 +381,11 @@ def run_rl(run: Run, params_in, *, main: bool = True):
             mb = data.take(order[m * mini:(m + 1) * mini])
             if not (mb.pg_keep.any() or mb.refine_keep.any()):
               continue  # only padding rows (buffer not full): no step, not even AdamW momentum
-            stage.state, met = step_fn(stage.state, shd.put_batch(mb, run.mesh))
+            if budget is not None:
+              micro = packing.budget_micro_batches(mb, width - full_width, budget)
+              stage.state, met = budget_step(stage.state, mb, micro)
+            else:
+              stage.state, met = step_fn(stage.state, shd.put_batch(mb, run.mesh))
             step_metrics.append(met)
         step_metrics = [{k: float(v) for k, v in s.items()} for s in shd.to_host(step_metrics)]
       done = u + 1

@@ -83,7 +83,9 @@ def rl_settings(config: ConfigDict, score_values: Sequence[float],
                                  shaping_weight=rl.shaping_weight, recipe=recipe,
                                  invalid=rl.invalid, format_penalty=penalty)
   policy_loss = rl.policy_loss or defaults.policy_loss
-  pl = f"ppo (clip ε={rl.clip_eps:g})" if policy_loss == "ppo" else "reinforce"
+  clip = (f"{rl.clip_eps:g}" if not rl.clip_eps_high
+          else f"[1-{rl.clip_eps:g}, 1+{rl.clip_eps_high:g}]")
+  pl = f"ppo (clip ε={clip})" if policy_loss == "ppo" else "reinforce"
   label = (f"{advantages.reward} reward; advantages: {recipe_name} ({recipe.describe()}); "
            f"policy loss: {pl}, {rl.aggregation}")
   if defaults.objective == "real":

@@ -23,6 +23,7 @@ Batches are the typed pytrees of `train/batch.py`: `LMBatch` for the supervised 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from real_jax import objectives as obj
 from real_jax import sharding as shd
@@ -40,7 +41,7 @@ from real_jax.train.batch import LMBatch, RLBatch
 
 __all__ = ["Batch", "forward", "token_entropies", "Loss", "sft_objective", "raft_objective",
     "CotRaftDenominators", "cot_raft_objective", "RLLossConfig", "RealDenominators",
-    "real_objective", "grpo_objective", "batch_shardings", "make_train_step"]
+    "real_objective", "grpo_objective", "batch_shardings", "make_train_step", "AccumulatingStep"]
 
 Batch = LMBatch | RLBatch
 
@@ -177,6 +178,7 @@ class RLLossConfig:
   aggregation: str = "token-mean"
   policy_loss: str = "reinforce"
   clip_eps: float = 0.2
+  clip_eps_high: float | None = None  # upper PPO clip (None: clip_eps)
   score_temperature: float = 1.0
   kl_coef: float = 0.0
   kl_estimator: str = "k3"
@@ -225,7 +227,7 @@ def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
                   temperature=cfg.score_temperature, target_token_ids=mb.target_id,
                   policy_loss=cfg.policy_loss,
                   old_cot_log_probs=mb.old_lp if cfg.policy_loss == "ppo" else None,
-                  clip_eps=cfg.clip_eps)
+                  clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high)
     args = (lp, mb.cot_mask, mb.adv, logits, mb.target, spec.ids, spec.values)
     pg_sums, _ = obj.real_loss_sums(*args, sample_mask=mb.pg_keep, **common)
     ref_sums, aux = obj.real_loss_sums(*args, sample_mask=mb.refine_keep, **common)
@@ -283,7 +285,8 @@ def grpo_objective(cfg: RLLossConfig) -> Loss:
     loss, _ = obj.policy_gradient_loss(
         lp, mb.cot_mask, mb.adv,
         old_log_probs=mb.old_lp if cfg.policy_loss == "ppo" else None,
-        policy_loss=cfg.policy_loss, clip_eps=cfg.clip_eps, aggregation=agg,
+        policy_loss=cfg.policy_loss, clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
+        aggregation=agg,
         sample_mask=mb.pg_keep, denominator=den)
     metrics = {"pg_loss": loss}
     loss = loss + _regularisers(graphdef, params, mb, lp, den, cfg, metrics)
@@ -310,6 +313,40 @@ def _split_micro(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
   y = jnp.swapaxes(y, 0, 1)
   spec = shd.logical_to_spec((None, "batch") + (None,) * (x.ndim - 1))
   return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+
+
+def _apply_update(tx: optax.GradientTransformation, nan_update_at: int, state, grads, l,
+                  metrics):
+  """The optimiser update from a step's summed gradients, loss and metrics: skipped (state
+  kept, counted) when the loss, the gradient or the update is not finite."""
+  params = state["params"]
+  grad_norm = optax.tree.norm(grads)
+  ok = jnp.isfinite(l) & jnp.isfinite(grad_norm)
+  # Zero non-finite gradients before the optimizer so no NaN reaches its state; the where
+  # below then keeps the old state anyway.
+  safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
+  updates, new_opt = tx.update(safe_grads, state["opt_state"], params)
+  if nan_update_at:
+    updates = jax.tree.map(
+        lambda u: jnp.where(state["step"] == nan_update_at - 1, jnp.nan, u), updates)
+  new_params = optax.apply_updates(params, updates)
+  # The update itself must be finite too (a NaN learning rate gives a finite loss and
+  # gradient but NaN parameters): check the updates and the new optimizer state.
+  floats = lambda t: [x for x in jax.tree.leaves(t) if jnp.issubdtype(x.dtype, jnp.floating)]
+  ok = ok & jnp.isfinite(optax.tree.norm(updates)) & jnp.isfinite(
+      optax.tree.norm(floats(new_opt)))
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  new_state = {
+      "params": keep(new_params, params),
+      "opt_state": keep(new_opt, state["opt_state"]),
+      "step": state["step"] + 1,
+      "rng": state["rng"],
+      "skipped": state["skipped"] + jnp.where(ok, 0, 1).astype(jnp.int32),
+  }
+  metrics = dict(metrics)
+  metrics.update(loss=l, grad_norm=grad_norm, applied=ok.astype(jnp.float32),
+                 skipped=new_state["skipped"])
+  return new_state, metrics
 
 
 def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
@@ -356,33 +393,69 @@ def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransf
         zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
                  jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape))
         (grads, l, metrics), _ = jax.lax.scan(body, zeros, micro)
-      grad_norm = optax.tree.norm(grads)
-      ok = jnp.isfinite(l) & jnp.isfinite(grad_norm)
-      # Zero non-finite gradients before the optimizer so no NaN reaches its state; the where
-      # below then keeps the old state anyway.
-      safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
-      updates, new_opt = tx.update(safe_grads, state["opt_state"], params)
-      if nan_update_at:
-        updates = jax.tree.map(
-            lambda u: jnp.where(state["step"] == nan_update_at - 1, jnp.nan, u), updates)
-      new_params = optax.apply_updates(params, updates)
-      # The update itself must be finite too (a NaN learning rate gives a finite loss and
-      # gradient but NaN parameters): check the updates and the new optimizer state.
-      floats = lambda t: [x for x in jax.tree.leaves(t) if jnp.issubdtype(x.dtype, jnp.floating)]
-      ok = ok & jnp.isfinite(optax.tree.norm(updates)) & jnp.isfinite(
-          optax.tree.norm(floats(new_opt)))
-      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-      new_state = {
-          "params": keep(new_params, params),
-          "opt_state": keep(new_opt, state["opt_state"]),
-          "step": state["step"] + 1,
-          "rng": state["rng"],
-          "skipped": state["skipped"] + jnp.where(ok, 0, 1).astype(jnp.int32),
-      }
-      metrics = dict(metrics)
-      metrics.update(loss=l, grad_norm=grad_norm, applied=ok.astype(jnp.float32),
-                     skipped=new_state["skipped"])
-      return new_state, metrics
+      return _apply_update(tx, nan_update_at, state, grads, l, metrics)
 
   return jax.jit(step, in_shardings=(state_shardings, b_shard),
                  out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else ())
+
+
+class AccumulatingStep:
+  """One optimiser step over micro-batches of different shapes (token-budget micro-batches).
+
+  `step(state, full, micro) -> (state, metrics)`: `full` is the whole mini-batch (host arrays;
+  only its masks are read, for the denominators), `micro` a list of (response width, micro-batch)
+  whose rows together are `full`'s rows that count (any order, any padding rows with zero
+  weight). Each micro-batch's gradient comes from a function jitted once per shape, with the
+  loss `loss_for_width(width)` (its `response_width`) and the full mini-batch's denominators,
+  so the sum over micro-batches is the step `make_train_step` takes on `full`; then the same
+  optimiser update (`_apply_update`), jitted with donation of the state.
+  """
+
+  def __init__(self, loss_for_width: Callable[[int], Loss], graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation, mesh: Mesh, state_shardings: Any, *,
+               nan_update_at: int = 0):
+    self.loss_for_width, self.graphdef, self.mesh = loss_for_width, graphdef, mesh
+    self._den = jax.jit(lambda batch: loss_for_width(0).denominators(batch))
+    self._grads: dict[tuple, Any] = {}
+    self._zeros_fn = None
+    self._apply = jax.jit(functools.partial(_apply_update, tx, nan_update_at),
+                          out_shardings=(state_shardings, shd.replicated(mesh)),
+                          donate_argnums=(0,))
+
+  def _grad_fn(self, width: int, mb: Batch):
+    key = (width,) + tuple(np.shape(x) for x in jax.tree.leaves(mb))
+    if key not in self._grads:
+      loss, graphdef, mesh = self.loss_for_width(width), self.graphdef, self.mesh
+
+      def accumulate(params, mb, den, acc):
+        with shd.activation_sharding(mesh):
+          (l, m), g = jax.value_and_grad(lambda p: loss.fn(graphdef, p, mb, den),
+                                         has_aux=True)(params)
+          return (jax.tree.map(jnp.add, acc[0], g), acc[1] + l, jax.tree.map(jnp.add, acc[2], m))
+
+      self._grads[key] = jax.jit(accumulate, donate_argnums=(3,))
+    return self._grads[key]
+
+  @property
+  def compiled_shapes(self) -> int:
+    """Micro-batch shapes compiled so far (the bound the caller's widths set)."""
+    return len(self._grads)
+
+  def __call__(self, state, full: Batch, micro: list[tuple[int, Batch]]):
+    den = self._den(shd.put_batch(full, self.mesh))
+    params = state["params"]
+    placed = [(w, shd.put_batch(mb, self.mesh)) for w, mb in micro]
+    w0, mb0 = placed[0]
+    loss0 = self.loss_for_width(w0)
+    m_shape = jax.eval_shape(lambda p, mb: loss0.fn(self.graphdef, p, mb, den)[1], params, mb0)
+    acc = self._zeros(params, m_shape)
+    for width, mb in placed:
+      acc = self._grad_fn(width, mb)(params, mb, den, acc)
+    return self._apply(state, *acc)
+
+  def _zeros(self, params, m_shape):
+    if self._zeros_fn is None:
+      self._zeros_fn = jax.jit(lambda p: (jax.tree.map(jnp.zeros_like, p),
+                                          jnp.zeros((), jnp.float32)))
+    grads, l = self._zeros_fn(params)
+    return grads, l, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)

@@ -174,6 +174,11 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
       raise ConfigError(f"config.rl.mini_batch_size={config.rl.mini_batch_size} does not divide "
                         f"the {rows} rows of an update (rl.buffer_size={config.rl.buffer_size} x "
                         f"rl.group_size={config.rl.group_size}); pick a divisor of {rows}")
+    widest = (config.data.max_prompt_len + config.rl.max_response_len + 1) * nb
+    if 0 < config.rl.token_budget < widest:
+      raise ConfigError(f"config.rl.token_budget={config.rl.token_budget} holds no row at the "
+                        f"widest shape: (data.max_prompt_len + rl.max_response_len + 1) x the "
+                        f"{nb} devices the batch is split over = {widest}; use at least that")
     if config.rl.score_batch_size:
       _divides("rl.score_batch_size", config.rl.score_batch_size, nb, why)
     _divides("rl.prompts_per_step x rl.group_size",
