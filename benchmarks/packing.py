@@ -5,11 +5,13 @@ that holds the longest one and right-pads its targets to the smallest target buc
 (`data/batching.py`), one record per row. The packed batch holds the same records, laid end to
 end in rows of the same width (`train/packing.py`, `data.pack=true`). Both run the same jitted
 warm-up (SFT) train step (`steps.make_train_step`), each timed as the best of `--repeats` calls
-per batch (the two layouts alternate), over `--batches` batches; tokens/s counts real tokens
-only.
+per batch (the two layouts alternate; a call places its batch and, packed, packs it first),
+over `--batches` batches; tokens/s counts real tokens only.
 
 Length distributions (`--lengths`):
-  prometheus: Prometheus-like judge records, the shape of the Feedback Collection: prompts
+  prometheus: Prometheus-like judge records, a parametric stand-in for the Feedback
+    Collection (not fitted to it: the dataset is not available offline) spanning its ranges,
+    prompts of a few hundred to ~2,000 tokens and CoTs of ~50 to the 1,024 limit: prompts
     lognormal around 800 tokens clipped to [250, 2000], CoTs lognormal around 250 clipped to
     [50, 1024] (+ delimiter, score and EOS), each scaled by `--scale` (1/4 by default, so a
     29M model steps in seconds on a CPU; the buckets scale with it).
@@ -20,7 +22,8 @@ The RL update (`--lengths rl`): one optimiser step of the REAL loss over a mini-
 `--batch` rollout rows whose CoTs have Prometheus-like lengths (the response region as wide as
 the longest allowed CoT, 1024 x scale + 1), with fixed micro-batches of `--micro` rows
 (`rl.micro_batch_size`) against token-budget micro-batches of the same token count
-(`rl.token_budget = micro x the full row width`), both timed in alternation.
+(`rl.token_budget = micro x the full row width`), both timed in alternation; each timed call
+places its batch, groups its rows (budget) and donates its state, as `run_rl` does.
 
   python benchmarks/packing.py                                  # all three, cpu-29m, this CPU
   python benchmarks/packing.py --lengths prometheus --scale 1 --preset tiny-1m
@@ -38,12 +41,19 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from real_jax import sharding as shd  # noqa: E402
 from real_jax.layout import bucket_length, left_pad, right_pad  # noqa: E402
+from real_jax.models import get_preset, init_params  # noqa: E402
+from real_jax.data import build_synthetic_tokenizer  # noqa: E402
+from real_jax.data.batching import BatchConfig, JudgeBatcher  # noqa: E402
+from real_jax.data.records import RecordOptions, make_record  # noqa: E402
+from real_jax.data.synthetic import SyntheticConfig, generate_split  # noqa: E402
+from real_jax.judge import load_tokenizer  # noqa: E402
+from real_jax.judge.scores import ScoreTokens, resolve_score_tokens  # noqa: E402
+from real_jax.train.batch import RLBatch  # noqa: E402
 from real_jax.train import packing, state as state_lib, steps as steps_lib  # noqa: E402
 from real_jax.train.supervised import lm_batch  # noqa: E402
 
@@ -74,12 +84,6 @@ def _padded_from_lengths(prompt_len, target_len, scale, vocab, rng):
 
 def _synthetic_batches(n_batches: int, batch: int):
   """Padded SFT batches of the synthetic task through the real batcher (and its buckets)."""
-  from real_jax.data import build_synthetic_tokenizer
-  from real_jax.data.batching import BatchConfig, JudgeBatcher
-  from real_jax.data.records import RecordOptions, make_record
-  from real_jax.data.synthetic import SyntheticConfig, generate_split
-  from real_jax.judge import load_tokenizer
-  from real_jax.judge.scores import resolve_score_tokens
   tok_dir = os.path.join(tempfile.mkdtemp(), "tok")
   build_synthetic_tokenizer(tok_dir)
   tok = load_tokenizer(tok_dir)
@@ -108,8 +112,7 @@ def main(argv=None):
   p.add_argument("--scale", type=float, default=0.25, help="prometheus lengths are scaled so")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
-  from real_jax.models import get_preset, init_params
-
+  shd.use_cpu_without_accelerator()
   print(f"devices {jax.devices()}, load {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d')}")
   mesh = shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
   for which in args.lengths.split(","):
@@ -144,9 +147,12 @@ def main(argv=None):
       for layout, batch in (("padded", b), ("packed", packed)):
         state, sh = state_lib.init_state(jax.tree.map(np.asarray, params), tx, mesh, 0)
         step = steps_lib.make_train_step(loss, graphdef, tx, mesh, sh, batch, donate=False)
-        placed = shd.put_batch(batch, mesh)
-        calls[layout] = lambda step=step, state=state, placed=placed: jax.block_until_ready(
-            step(state, placed))
+        # The timed call includes placing the batch and, for the packed layout, packing it
+        # (host work run_supervised does before every step).
+        prep = ((lambda b=b: packing.pack_lm_batch(b, packing.PackSpec())[0])
+                if layout == "packed" else (lambda b=b: b))
+        calls[layout] = lambda step=step, state=state, prep=prep: jax.block_until_ready(
+            step(state, shd.put_batch(prep(), mesh)))
         st = stats[layout]
         st["tok"] += float(np.asarray(batch.mask).sum())
         st["rows"].append(batch.tokens.shape)
@@ -178,9 +184,6 @@ def _alternate(calls: dict, repeats: int) -> dict:
 
 def rl_update(args, mesh, rng):
   """Fixed vs token-budget micro-batches of one REAL optimiser step (module docstring)."""
-  from real_jax.judge.scores import ScoreTokens
-  from real_jax.models import get_preset, init_params
-  from real_jax.train.batch import RLBatch
   st = ScoreTokens(token_ids=(11, 12, 13, 14, 15), values=(1.0, 2.0, 3.0, 4.0, 5.0),
                    delimiter_ids=(20, 21, 22), eos_id=1)
   b, vocab = args.batch, 512
@@ -212,15 +215,26 @@ def rl_update(args, mesh, rng):
   loss_for = lambda w: steps_lib.real_objective(st, dataclasses.replace(
       loss_cfg, response_width=w or full))
   budget = packing.TokenBudget(tokens=args.micro * width, widths=packing.response_widths(full))
-  micro = packing.budget_micro_batches(batch, lp, budget)
-  state, sh = state_lib.init_state(jax.tree.map(np.asarray, params), tx, mesh, 0)
+  # Like for like: each side places its batch, groups its rows (budget) and donates and chains
+  # its own state inside the timed call, as run_rl does.
+  states = {}
+  states["fixed"], sh = state_lib.init_state(jax.tree.map(np.asarray, params), tx, mesh, 0)
+  states["budget"], _ = state_lib.init_state(jax.tree.map(np.asarray, params), tx, mesh, 0)
   fixed = steps_lib.make_train_step(loss_for(0), graphdef, tx, mesh, sh, batch,
-                                    num_micro=b // args.micro, donate=False)
+                                    num_micro=b // args.micro)
   dynamic = steps_lib.AccumulatingStep(loss_for, graphdef, tx, mesh, sh)
-  placed = shd.put_batch(batch, mesh)
-  calls = {"fixed": lambda: jax.block_until_ready(fixed(state, placed)),
-           "budget": lambda: jax.block_until_ready(dynamic(jax.tree.map(jnp.copy, state),
-                                                           batch, micro))}
+
+  def run_fixed():
+    states["fixed"], m = fixed(states["fixed"], shd.put_batch(batch, mesh))
+    jax.block_until_ready((states["fixed"], m))
+
+  def run_budget():
+    micro = packing.budget_micro_batches(batch, lp, budget)
+    states["budget"], m = dynamic(states["budget"], batch, micro)
+    jax.block_until_ready((states["budget"], m))
+
+  micro = packing.budget_micro_batches(batch, lp, budget)
+  calls = {"fixed": run_fixed, "budget": run_budget}
   best = _alternate(calls, args.repeats)
   print(f"\n[rl update] {args.preset}, one REAL step on {b} rows: prompts "
         f"p50 {int(np.median(prompt_len))} (width {lp}), CoTs p10/p50/p90/max "

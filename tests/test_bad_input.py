@@ -93,22 +93,31 @@ def test_a_nan_update_is_skipped_counted_and_the_run_goes_on(shared, tmp_path):
              for a, d in zip(jax.tree.leaves(p2), jax.tree.leaves(p3)))  # step 3 trained
 
 
-@pytest.mark.parametrize("log_every,stop,kept", [(1, 3, 2), (2, 4, 3)])
-def test_every_step_non_finite_stops_the_run(shared, tmp_path, monkeypatch, log_every, stop,
-                                             kept):
-  """Training that diverges (every update non-finite) stops after optim.max_skipped_in_a_row,
-  read at the log steps (the counter stays on the device between them): with log.every 2 the
-  limit of 3 is seen at step 4. A NaN learning rate stands for the divergence here:
-  validation, which rejects it, is bypassed."""
+@pytest.mark.parametrize("log_every,nan_steps,reached,stop,skipped", [
+    (1, None, 3, 3, 3), (2, None, 3, 4, 4),
+    # A run of NaN updates that starts and ends between two log steps (steps 2-4 of 5).
+    (5, (2, 3), 4, 5, 3)])
+def test_non_finite_steps_in_a_row_stop_the_run(shared, tmp_path, monkeypatch, log_every,
+                                                nan_steps, reached, stop, skipped):
+  """Training that diverges stops after optim.max_skipped_in_a_row (3) skipped steps in a row,
+  read from the per-step flags at the log steps (they stay on the device between them): with
+  log.every 2 the limit reached at step 3 is seen at step 4; a run of 3 that ends between two
+  log steps is still seen. Divergence is every update non-finite (a NaN learning rate;
+  validation, which rejects it, is bypassed) or debug.nan_update_step/count."""
   monkeypatch.setattr(validation, "check_ranges", lambda config: None)
   wd = str(tmp_path / "run")
-  c = tiny_config(shared, "sft", **{"train.steps": 10, "train.lr": float("nan"),
-                                    "optim.max_skipped_in_a_row": 3, "checkpoint.every": 1,
-                                    "log.every": log_every})
+  over = {"train.steps": 10, "optim.max_skipped_in_a_row": 3, "checkpoint.every": 1,
+          "log.every": log_every}
+  if nan_steps is None:
+    over["train.lr"] = float("nan")
+  else:
+    over["debug.nan_update_step"], over["debug.nan_update_count"] = nan_steps
+  c = tiny_config(shared, "sft", **over)
   with pytest.raises(runner.TooManySkippedSteps,
-                     match=rf"stage sft: {stop} steps in a row up to step {stop} had a "
-                           rf"non-finite loss, gradient or update \({stop} skipped in all\); "
-                           rf"stopping \(the last checkpoint, step {kept}, is kept\)"):
+                     match=rf"stage sft: 3 steps in a row up to step {reached} had a "
+                           rf"non-finite loss, gradient or update \({skipped} skipped in all by "
+                           rf"step {stop}\); stopping \(the last checkpoint, step {stop - 1}, is "
+                           rf"kept\)"):
     main_lib.run(c, wd)
   assert not os.path.exists(os.path.join(wd, "results.md"))
 

@@ -80,6 +80,30 @@ def test_packed_run_equals_padded_run(shared, warm, tmp_path):
       assert packed[k] == pytest.approx(padded[k], rel=1e-4), (padded["step"], k)
 
 
+def test_token_budget_update_equals_fixed_micro_batch_update(shared, warm, tmp_path):
+  """rl.token_budget through run_rl: GRPO with the PPO ratio (the old log-probs cut with the
+  rows), a KL term and sequence-level aggregation; the first update's loss terms and gradient
+  norm equal those of fixed micro-batches of 4 rows (the same rollouts: same parameters, same
+  keys)."""
+  common = {"init.checkpoint": warm[0], "warmup.steps": 0, "eval.at_end": False,
+            "rl.steps": 1, "rl.policy_loss": "ppo", "rl.kl_coef": 0.01,
+            "rl.aggregation": "sequence-sum"}
+  runs = {}
+  for name, extra in (("fixed", {"rl.micro_batch_size": 4}),
+                      ("budget", {"rl.token_budget": 4 * (128 + 56 + 1)})):
+    c = tiny_config(shared, "grpo", **common, **extra)
+    main_lib.run(c, str(tmp_path / name))
+    runs[name] = read_metrics(str(tmp_path / name), "rl")
+  fixed, budget = runs["fixed"][0], runs["budget"][0]
+  assert fixed["reward_mean"] == budget["reward_mean"]  # the same rollouts
+  # On-policy, the loss is a sum of O(1) terms that cancel (centred advantages, ratio 1, KL 0):
+  # its float noise is ~1e-5 absolute. The gradient norm is what tells the updates apart.
+  for k in ("loss", "pg_loss", "kl"):
+    assert budget[k] == pytest.approx(fixed[k], abs=1e-4), k
+  assert budget["grad_norm"] == pytest.approx(fixed["grad_norm"], rel=1e-4)
+  assert fixed["grad_norm"] > 1e-3
+
+
 def test_a_method_is_one_table_entry_plus_its_step_function(shared, warm, tmp_path):
   """A new method: one `Method` entry, plus the spec and function of its one new stage. The
   config accepts it, `--help` lists it with its description, validation checks its stage's
@@ -141,7 +165,8 @@ def test_real_with_warmup_and_tract_smoke(shared, warm, tmp_path):
   main_lib.run(c, str(tmp_path / "tract"))
   stages = {r["stage"] for r in read_metrics(str(tmp_path / "tract"))}
   assert stages >= {"tract1", "tract_gen", "tract2"}
-  assert all(r["rows"] < 8 for r in read_metrics(str(tmp_path / "tract"), "tract1"))
+  assert all(r["rows"] < 8 for stage in ("tract1", "tract2")
+             for r in read_metrics(str(tmp_path / "tract"), stage))
   gen = [r for r in read_metrics(str(tmp_path / "tract")) if r["stage"] == "tract_gen"][0]
   assert gen["generated"] == 16 and gen["kept"] > 0
   counts = json.load(open(str(tmp_path / "tract" / tract.TRACT_COUNTS)))
@@ -263,6 +288,13 @@ def test_bad_configs_fail_before_building_anything(shared, tmp_path, monkeypatch
   with pytest.raises(ConfigError, match=r"data\.pack_length=150 is shorter than the longest "
                                         r"record \(.* = 192\)"):
     main_lib.run(c, str(tmp_path / "d"))
+  # TRACT's stage 2 packs prompts with self-CoTs of up to rl.max_response_len tokens.
+  c = tiny_config(shared, "tract", **{"data.pack": True, "data.pack_length": 192,
+                                      "rl.max_response_len": 100})
+  with pytest.raises(ConfigError, match=r"data\.pack_length=192 is shorter than the longest "
+                                        r"record \(.*rl\.max_response_len \(TRACT's self-CoTs\) "
+                                        r"= 228\)"):
+    main_lib.run(c, str(tmp_path / "e"))
 
 
 def test_notebook_runs_headless(warm, monkeypatch):

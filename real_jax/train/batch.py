@@ -88,6 +88,17 @@ class RLBatch:
                         old_lp=w(self.old_lp), ref_lp=w(self.ref_lp),
                         score_pos=self.score_pos + shift)
 
+  def pad_rows(self, rows: int) -> "RLBatch":
+    """Padded to `rows` rows with copies of the first row that weigh zero in every term (static
+    shapes for a short batch)."""
+    have = self.num_rows
+    if have >= rows:
+      return self
+    out = jax.tree.map(lambda v: np.concatenate([v, np.repeat(v[:1], rows - have, 0)]), self)
+    out.pg_keep[have:] = 0.0
+    out.refine_keep[have:] = 0.0
+    return out
+
   @staticmethod
   def concat(parts: list["RLBatch"]) -> "RLBatch":
     """Rows of `parts` in order, sequences left-padded to the widest part."""

@@ -373,6 +373,7 @@ def base_config() -> ConfigDict:
   c.debug.kill_at_step = 0  # SIGKILL this process after step N of the main stage (before saving)
   c.debug.kill_in_save = 0  # SIGKILL this process while the checkpoint of step N is being written
   c.debug.nan_update_step = 0  # make the update of this optimiser step (1-based) NaN, every stage
+  c.debug.nan_update_count = 1  # ... and of the steps after it: this many in a row
   return c
 
 

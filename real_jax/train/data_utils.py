@@ -9,11 +9,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from real_jax import layout
 from real_jax.data import DATASETS, batching, build_synthetic_tokenizer, load_split
 from real_jax.judge import prompts as prompts_lib
 from real_jax.train import methods as methods_lib
 from real_jax.train.config_lib import ConfigError
+from real_jax.train.settings import prompt_buckets
 
 __all__ = ["SYNTHETIC_OPTIONS", "SYNTHETIC_EVAL_SPLITS", "PROMETHEUS_EVAL", "load_tokenizer",
     "dataset_options", "eval_entries", "VAL_SEED", "VAL_SPLIT", "Subset", "split_validation",
@@ -163,13 +163,6 @@ def check_context_length(config, max_positions: int, stages: Sequence[str]) -> N
     if total > max_positions:
       raise ConfigError(f"{name} (+1 for the score) = {total} tokens exceeds the model's context "
                         f"of {max_positions} (max_position_embeddings); lower them")
-
-
-def prompt_buckets(config) -> tuple[int, ...]:
-  """Prompt widths (`data.prompt_buckets`, default powers of two up to data.max_prompt_len)."""
-  if config.data.prompt_buckets:
-    return tuple(int(x) for x in config.data.prompt_buckets.split(","))
-  return layout.power_of_two_buckets(int(config.data.max_prompt_len))
 
 
 def thinking_flag(config) -> bool | None:

@@ -27,7 +27,11 @@ longest first, and cuts them into micro-batches: each takes the next rows, its p
 response regions cut to the smallest of `widths` that hold its longest prompt and its longest
 response, with as many rows as `tokens` allows at that width (a multiple of `row_multiple`;
 short groups are filled with zero-weight rows). One micro-batch shape per (prompt width,
-response width) pair, so an update compiles at most len(widths)^2 gradient functions. With the
+response width) pair: a prompt region is one of `widths` below the update's prompt width or
+that width itself (one of the prompt buckets), so a run compiles at most
+(len(widths) + len(prompt buckets)) x len(widths) gradient functions. A micro-batch of narrow
+rows holds more of them (tokens // width): the output projection's block
+[rows, logit chunk, vocabulary] grows with the rows, so size the budget for the vocabulary. With the
 full mini-batch's denominators (`steps.AccumulatingStep`) the update is the fixed micro-batch
 update, up to float summation order.
 """
@@ -194,10 +198,7 @@ def budget_micro_batches(batch: RLBatch, prompt_width: int, budget: TokenBudget
         break
       rows = fits
     take, order = order[:rows], order[rows:]
-    mb = batch.take(np.asarray(take + [take[0]] * (rows - len(take))))
-    if len(take) < rows:  # filler rows: copies with zero weight in every term
-      mb.pg_keep[len(take):] = 0.0
-      mb.refine_keep[len(take):] = 0.0
+    mb = batch.take(np.asarray(take)).pad_rows(rows)  # filler rows weigh zero
     lo, hi = prompt_width - pw, prompt_width + rw
     real = np.asarray(mb.mask).astype(bool)
     if real[:, :lo].any() or real[:, hi:].any():

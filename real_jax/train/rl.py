@@ -252,14 +252,7 @@ class Buffer:
     """The buffered rows (sequences left-padded to a common width), cut or padded to `rows`;
     padding rows are copies of the first with zero weight in both terms (static shapes when
     the buffer is not full)."""
-    out = RLBatch.concat(self.parts).take(slice(0, rows))
-    have = out.num_rows
-    if have < rows:
-      fill = rows - have
-      out = jax.tree.map(lambda v: np.concatenate([v, np.repeat(v[:1], fill, 0)]), out)
-      out.pg_keep[have:] = 0.0
-      out.refine_keep[have:] = 0.0
-    return out
+    return RLBatch.concat(self.parts).take(slice(0, rows)).pad_rows(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,7 +333,7 @@ def run_rl(run: Run, params_in, *, main: bool = True):
                                  row_multiple=shd.batch_split(run.mesh))
     budget_step = steps_lib.AccumulatingStep(
         lambda w: rl_objective(score_tokens, c, s, response_width=w or None), run.graphdef, tx,
-        run.mesh, stage.shardings, nan_update_at=c.debug.nan_update_step)
+        run.mesh, stage.shardings, nan_update_at=steps_lib.nan_updates(c.debug))
   base_key = jax.random.PRNGKey(c.seed)
   with Progress("rl", rl.steps, start=stage.start, every=1, unit="update") as prog:
     for u in range(stage.start, rl.steps):
@@ -370,7 +363,7 @@ def run_rl(run: Run, params_in, *, main: bool = True):
           step_fns[width] = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh,
                                                       stage.shardings, data.take(slice(0, mini)),
                                                       num_micro=num_micro,
-                                                      nan_update_at=c.debug.nan_update_step)
+                                                      nan_update_at=steps_lib.nan_updates(c.debug))
         step_fn = step_fns.get(width)
         prog.phase = (f"{rl.epochs} epoch(s) of {rows_per_update // mini} optimiser steps on "
                       f"{rows_per_update} rows")
@@ -398,5 +391,7 @@ def run_rl(run: Run, params_in, *, main: bool = True):
                                               "truncated_frac", "loss", "pg_loss", "grad_norm",
                                               "skipped", "rows_skipped")),
                   force=True)
-      stage.end_step(done, data=batcher.state())
+      # An update with no optimiser step (only padding rows) counts as applied, not skipped.
+      applied = max((s["applied"] for s in step_metrics), default=1.0)
+      stage.end_step(done, data=batcher.state(), applied=applied, check=True)
   return stage.close()

@@ -10,7 +10,8 @@ A stage's loop is then only its own work (big_vision's one readable loop):
   for step in range(stage.start, steps):
     stage.state, metrics = step_fn(stage.state, batch)
     run.writer.write("rl", step + 1, metrics)
-    stage.end_step(step + 1, data=batcher.state())   # eval + best, save when due, kill hook
+    stage.end_step(step + 1, data=batcher.state(),   # eval + best, save when due, kill hook
+                   applied=metrics["applied"])       # skipped-step bookkeeping
   return stage.close()
 
 Every stage checkpoints on its own (`<workdir>/ckpt/<stage>`) and resumes exactly from its last
@@ -179,9 +180,8 @@ class Stage:
     self.state, self.shardings, self.start, self.meta = state, shardings, start, meta
     self.total, self.main = total, main
     self.best = meta.get("best")
-    self._counts = (int(state["step"]), int(state["skipped"]))  # optimiser steps, skipped
-    self._checked_at = self.start  # the step (update) whose counts `_counts` are
-    self.skipped_in_a_row = 0
+    self._applied: list = []  # per step since the last check: 1 if an update was applied
+    self.skipped_in_a_row = 0  # the trailing run of skipped steps at the last check
 
   @property
   def finished(self) -> bool:
@@ -198,16 +198,19 @@ class Stage:
             f"stage {self.name}: the training data changed since this workdir's checkpoint "
             f"({e}); resume with the same data, or use a new --workdir") from None
 
-  def end_step(self, done: int, *, data) -> None:
-    """After optimiser step (or RL update) `done`: periodic evaluation and the best checkpoint
-    (main stage only), a checkpoint every `checkpoint.every` steps and at the end (with the data
-    position `data`), then the kill hook of the resume tests.
+  def end_step(self, done: int, *, data, applied, check: bool = False) -> None:
+    """After optimiser step (or RL update) `done`: the skipped-step check, periodic evaluation
+    and the best checkpoint (main stage only), a checkpoint every `checkpoint.every` steps and at
+    the end (with the data position `data`), then the kill hook of the resume tests.
 
-    The skipped-step counter stays on the device between log lines: it is read (a host
-    synchronisation) every `log.every` steps and at the stage's end, so
-    `optim.max_skipped_in_a_row` may stop a run up to `log.every` steps late."""
+    `applied` is the step's `metrics["applied"]` (for an RL update: 1 if any of its optimiser
+    steps was applied), left on the device: the flags are fetched together (one host
+    synchronisation) every `log.every` steps, at the stage's end, and at every step when `check`
+    (a caller that has them on the host already). `optim.max_skipped_in_a_row` then stops a run
+    up to `log.every` steps after the limit is reached, never later."""
     c = self.runner.config
-    if done % c.log.every == 0 or done == self.total:
+    self._applied.append(applied)
+    if check or done % c.log.every == 0 or done == self.total:
       self._check_skipped(done)
     self.best = self._maybe_eval(done)
     if self.main and c.debug.kill_at_step == done:  # a real kill, between two checkpoints
@@ -223,22 +226,25 @@ class Stage:
       raise SimulatedKill(f"debug.stop_after={n}: stopping after {done - self.start} steps")
 
   def _check_skipped(self, done: int) -> None:
-    """Counts steps (RL updates) whose every optimiser step was skipped as non-finite; stops the
-    run after `optim.max_skipped_in_a_row` of them in a row, keeping the last checkpoint."""
-    steps, skipped = int(self.state["step"]), int(self.state["skipped"])
-    d_steps, d_skipped = steps - self._counts[0], skipped - self._counts[1]
-    updates, self._checked_at = done - self._checked_at, done
-    self._counts = (steps, skipped)
-    all_skipped = d_steps and d_skipped == d_steps  # every step since the last check
-    self.skipped_in_a_row = self.skipped_in_a_row + updates if all_skipped else 0
+    """Counts steps (RL updates) whose every optimiser step was skipped as non-finite, step by
+    step from the flags since the last check; stops the run when `optim.max_skipped_in_a_row` of
+    them came in a row, keeping the last checkpoint."""
+    flags = [float(a) for a in shd.to_host(self._applied)]
+    first, self._applied = done - len(flags) + 1, []
     limit = self.runner.config.optim.max_skipped_in_a_row
-    if limit and self.skipped_in_a_row >= limit:
+    reached = None  # the step at which the limit was reached
+    for i, a in enumerate(flags):
+      self.skipped_in_a_row = self.skipped_in_a_row + 1 if a == 0 else 0
+      if limit and reached is None and self.skipped_in_a_row >= limit:
+        reached = first + i
+    if reached is not None:
+      skipped = int(self.state["skipped"])
       self.ck.wait()
       last = self.ck.latest_step()
       self.ck.close()
       raise TooManySkippedSteps(
-          f"stage {self.name}: {self.skipped_in_a_row} steps in a row up to step {done} had a "
-          f"non-finite loss, gradient or update ({skipped} skipped in all); stopping (the last "
+          f"stage {self.name}: {limit} steps in a row up to step {reached} had a non-finite "
+          f"loss, gradient or update ({skipped} skipped in all by step {done}); stopping (the last "
           f"checkpoint{f', step {last},' if last is not None else ''} is kept). Lower the "
           f"learning rate or check the data; optim.max_skipped_in_a_row={limit} sets the limit")
 

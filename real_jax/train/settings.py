@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+from real_jax import layout
 from real_jax import objectives as obj
 from real_jax.models import qwen3
 from real_jax.models.presets import get_preset
@@ -19,7 +20,7 @@ from real_jax.train.config_schema import INVALID_RULES, ConfigDict
 
 __all__ = ["AdvantageSettings", "RLSettings", "Evaluations", "RunSettings", "advantage_recipe",
            "rl_settings", "evaluations", "resolve", "model_overrides", "preset_model",
-           "EXACT_OVERRIDES", "exactness_gaps"]
+           "EXACT_OVERRIDES", "exactness_gaps", "prompt_buckets"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,3 +213,10 @@ def exactness_gaps(config: ConfigDict) -> list[str]:
   if rl.kl_coef or rl.entropy_coef:
     gaps.append("a KL or entropy term (not part of J)")
   return gaps
+
+
+def prompt_buckets(config) -> tuple[int, ...]:
+  """Prompt widths (`data.prompt_buckets`, default powers of two up to data.max_prompt_len)."""
+  if config.data.prompt_buckets:
+    return tuple(int(x) for x in config.data.prompt_buckets.split(","))
+  return layout.power_of_two_buckets(int(config.data.max_prompt_len))

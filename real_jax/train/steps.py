@@ -315,8 +315,14 @@ def _split_micro(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
   return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
 
 
-def _apply_update(tx: optax.GradientTransformation, nan_update_at: int, state, grads, l,
-                  metrics):
+def nan_updates(debug) -> tuple[int, int]:
+  """(first 1-based step, count) of the updates `debug.nan_update_step` /
+  `debug.nan_update_count` make NaN (tests only; (0, ...) = none)."""
+  return int(debug.nan_update_step), int(debug.nan_update_count)
+
+
+def _apply_update(tx: optax.GradientTransformation, nan_update_at: int | tuple[int, int], state,
+                  grads, l, metrics):
   """The optimiser update from a step's summed gradients, loss and metrics: skipped (state
   kept, counted) when the loss, the gradient or the update is not finite."""
   params = state["params"]
@@ -326,9 +332,10 @@ def _apply_update(tx: optax.GradientTransformation, nan_update_at: int, state, g
   # below then keeps the old state anyway.
   safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
   updates, new_opt = tx.update(safe_grads, state["opt_state"], params)
-  if nan_update_at:
-    updates = jax.tree.map(
-        lambda u: jnp.where(state["step"] == nan_update_at - 1, jnp.nan, u), updates)
+  first, count = (nan_update_at, 1) if isinstance(nan_update_at, int) else nan_update_at
+  if first:
+    hit = (state["step"] >= first - 1) & (state["step"] < first - 1 + count)
+    updates = jax.tree.map(lambda u: jnp.where(hit, jnp.nan, u), updates)
   new_params = optax.apply_updates(params, updates)
   # The update itself must be finite too (a NaN learning rate gives a finite loss and
   # gradient but NaN parameters): check the updates and the new optimizer state.
@@ -351,7 +358,8 @@ def _apply_update(tx: optax.GradientTransformation, nan_update_at: int, state, g
 
 def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     mesh: Mesh, state_shardings: Any, batch_example: Batch, *,
-                    num_micro: int = 1, donate: bool = True, nan_update_at: int = 0):
+                    num_micro: int = 1, donate: bool = True,
+                    nan_update_at: int | tuple[int, int] = 0):
   """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and donation.
 
   Args:
@@ -362,8 +370,9 @@ def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransf
     batch_example: a typed batch (arrays or ShapeDtypeStructs) giving the fields and ranks.
     num_micro: micro-batches per step (gradient accumulation); must divide the batch.
     donate: donate the input state's buffers.
-    nan_update_at: tests only (`debug.nan_update_step`): the update of this 1-based step is NaN,
-      as a NaN learning rate makes it (finite loss and gradient).
+    nan_update_at: tests only (`nan_updates(config.debug)`): the update of this 1-based step
+      (or of `(first, count)` steps in a row) is NaN, as a NaN learning rate makes it (finite
+      loss and gradient).
 
   Returns:
     The jitted step. metrics (replicated scalars): the loss's metrics, "grad_norm" (before
@@ -413,11 +422,12 @@ class AccumulatingStep:
 
   def __init__(self, loss_for_width: Callable[[int], Loss], graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, mesh: Mesh, state_shardings: Any, *,
-               nan_update_at: int = 0):
+               nan_update_at: int | tuple[int, int] = 0):
     self.loss_for_width, self.graphdef, self.mesh = loss_for_width, graphdef, mesh
     self._den = jax.jit(lambda batch: loss_for_width(0).denominators(batch))
     self._grads: dict[tuple, Any] = {}
     self._zeros_fn = None
+    self._m_shape = None  # the metrics' shapes (scalars), traced once
     self._apply = jax.jit(functools.partial(_apply_update, tx, nan_update_at),
                           out_shardings=(state_shardings, shd.replicated(mesh)),
                           donate_argnums=(0,))
@@ -445,10 +455,12 @@ class AccumulatingStep:
     den = self._den(shd.put_batch(full, self.mesh))
     params = state["params"]
     placed = [(w, shd.put_batch(mb, self.mesh)) for w, mb in micro]
-    w0, mb0 = placed[0]
-    loss0 = self.loss_for_width(w0)
-    m_shape = jax.eval_shape(lambda p, mb: loss0.fn(self.graphdef, p, mb, den)[1], params, mb0)
-    acc = self._zeros(params, m_shape)
+    if self._m_shape is None:
+      w0, mb0 = placed[0]
+      loss0 = self.loss_for_width(w0)
+      self._m_shape = jax.eval_shape(lambda p, mb: loss0.fn(self.graphdef, p, mb, den)[1],
+                                     params, mb0)
+    acc = self._zeros(params, self._m_shape)
     for width, mb in placed:
       acc = self._grad_fn(width, mb)(params, mb, den, acc)
     return self._apply(state, *acc)

@@ -146,7 +146,7 @@ def run_supervised(run: Run, stage: str, params_in, *, kind: str, steps: int, ba
       if step_fn is None:
         step_fn = steps_lib.make_train_step(loss, run.graphdef, tx, run.mesh, opened.shardings,
                                             batch, num_micro=num_micro,
-                                            nan_update_at=c.debug.nan_update_step)
+                                            nan_update_at=steps_lib.nan_updates(c.debug))
       n_tok += float(batch.mask.sum())
       n_slots += batch.mask.size
       opened.state, m = step_fn(opened.state, shd.put_batch(batch, run.mesh))
@@ -163,5 +163,5 @@ def run_supervised(run: Run, stage: str, params_in, *, kind: str, steps: int, ba
         run.writer.write(stage, done, m)
         prog.update(done, fmt_metrics(m, ("loss", "ce", "mse", "grad_norm", "skipped",
                                           "rows_skipped")), force=True)
-      opened.end_step(done, data=source.state())
+      opened.end_step(done, data=source.state(), applied=m["applied"])
   return opened.close()

@@ -128,7 +128,8 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
     raise ConfigError(problem)
   check_ranges(config)
   # Counts: a negative one would run "successfully" doing nothing (a stage of -3 steps).
-  for name in ("optim.max_skipped_in_a_row", "debug.nan_update_step", "rl.steps",
+  for name in ("optim.max_skipped_in_a_row", "debug.nan_update_step", "debug.nan_update_count",
+               "rl.steps",
                "warmup.steps", "train.steps", "pretrain.steps", "tract.stage1_steps",
                "log.heartbeat", "rl.epochs", "eval.every", "checkpoint.every", "eval.max_items",
                "rl.max_response_len", "eval.max_response_len", "data.max_prompt_len",
@@ -143,14 +144,22 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
     raise ConfigError(f"config.rl.group_size={config.rl.group_size}: group advantages need at "
                       "least 2 samples per prompt")
 
-  longest = config.data.max_prompt_len + config.data.max_target_len
-  if config.data.pack and 0 < config.data.pack_length < longest:
-    raise ConfigError(f"config.data.pack_length={config.data.pack_length} is shorter than the "
-                      f"longest record (data.max_prompt_len + data.max_target_len = {longest}); "
-                      "raise it, or use 0 (the padded batch's width)")
   mesh_shape, nb = batch_axes_size(config, num_devices)
   why = f"the batch is split over the mesh's data x fsdp = {nb} devices"
   stages = methods_lib.stages_for(config)
+  if config.data.pack and config.data.pack_length > 0:
+    # The widest record a packed stage reads: a prompt (at its bucket) and a target, or for
+    # TRACT's stage 2 a prompt and a self-CoT of up to rl.max_response_len tokens.
+    prompt = max(settings_lib.prompt_buckets(config))
+    longest, what = prompt + config.data.max_target_len, "data.max_target_len"
+    if "tract2" in stages:
+      self_cot = prompt + config.rl.max_response_len
+      if self_cot > longest:
+        longest, what = self_cot, "rl.max_response_len (TRACT's self-CoTs)"
+    if config.data.pack_length < longest:
+      raise ConfigError(f"config.data.pack_length={config.data.pack_length} is shorter than the "
+                        f"longest record (the widest prompt bucket {prompt} + {what} = "
+                        f"{longest}); raise it, or use 0 (the padded batch's width)")
 
   for stage in stages:  # every stage's step splits its batch over the mesh
     spec = methods_lib.STAGES.lookup(stage)
@@ -179,6 +188,15 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
       raise ConfigError(f"config.rl.token_budget={config.rl.token_budget} holds no row at the "
                         f"widest shape: (data.max_prompt_len + rl.max_response_len + 1) x the "
                         f"{nb} devices the batch is split over = {widest}; use at least that")
+    if config.rl.token_budget and config.rl.micro_batch_size:
+      raise ConfigError(f"config.rl.token_budget={config.rl.token_budget} and "
+                        f"config.rl.micro_batch_size={config.rl.micro_batch_size} are both set: "
+                        "a token budget makes the micro-batches itself; set one of them to 0")
+    policy_loss = config.rl.policy_loss or method.rl.policy_loss
+    if config.rl.clip_eps_high and policy_loss != "ppo":
+      raise ConfigError(f"config.rl.clip_eps_high={config.rl.clip_eps_high} clips the PPO "
+                        f"ratio, but the policy loss is {policy_loss!r}; set "
+                        "rl.policy_loss=ppo or rl.clip_eps_high=0")
     if config.rl.score_batch_size:
       _divides("rl.score_batch_size", config.rl.score_batch_size, nb, why)
     _divides("rl.prompts_per_step x rl.group_size",
