@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -111,9 +110,20 @@ def study_jobs(chosen: dict) -> dict[str, jobs_lib.Job]:
   return out
 
 
+# The chosen β × λ in the ablation: the study's own `real` runs, read over the ablation's seeds
+# only, so that every row of the ablation's tables averages the same seeds.
+ABLATION_REAL = "real@ablation"
+
+
+def run_of(name: str) -> str:
+  """The run (job) a table row reads: `real@ablation` reads `real`."""
+  return name.split("@")[0]
+
+
 def ablation_names(jobs: dict[str, jobs_lib.Job]) -> list[str]:
-  """The β × λ grid's runs; the chosen combination is the study's own `real` run."""
-  return [real_name(b, l) if real_name(b, l) in jobs else "real" for b in BETAS for l in LAMS]
+  """The β × λ grid's rows; the chosen combination reads the study's own `real` runs."""
+  return [real_name(b, l) if real_name(b, l) in jobs else ABLATION_REAL
+          for b in BETAS for l in LAMS]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,16 +223,18 @@ def aggregate(root: str, jobs: dict, names: list[str], seeds_of: dict[str, list[
   records = None
   preds_of: dict[str, list[dict]] = {}
   for name in names:
+    run = run_of(name)
     per_seed, seeds = [], []
     for s in seeds_of[name]:
-      wd = jobs_lib.workdir(root, name, s)
-      if jobs_lib.finished(jobs[name], wd):
+      wd = jobs_lib.workdir(root, run, s)
+      if jobs_lib.finished(jobs[run], wd):
         per_seed.append(jobs_lib.load_predictions(wd))
         seeds.append(s)
     if not per_seed:
       continue
     preds_of[name] = per_seed
-    m: dict = {"label": jobs[name].label, "seeds": seeds, "splits": {}}
+    label = jobs[run].label + (f" (seeds {', '.join(map(str, seeds))})" if run != name else "")
+    m: dict = {"label": label, "seeds": seeds, "splits": {}}
     for sp in SPLITS:
       target = seed_matrix(per_seed, sp, "target")
       entry = {}
@@ -239,13 +251,14 @@ def aggregate(root: str, jobs: dict, names: list[str], seeds_of: dict[str, list[
       entry["invalid_frac"] = float(1 - seed_matrix(per_seed, sp, "valid").mean())
       entry["n"] = int(target.shape[1])
       m["splits"][sp] = entry
-    if jobs[name].method in ("grpo", "real"):
-      m["diagnostics"] = rl_diagnostics([jobs_lib.workdir(root, name, s) for s in seeds])
+    if jobs[run].method in ("grpo", "real"):
+      m["diagnostics"] = rl_diagnostics([jobs_lib.workdir(root, run, s) for s in seeds])
     if records is None:
-      records = eval_records(jobs_lib.workdir(root, name, seeds[0]))
-    accs = [cot_accuracy(jobs_lib.workdir(root, name, s), records) for s in seeds]
+      records = eval_records(jobs_lib.workdir(root, run, seeds[0]))
+    accs = [cot_accuracy(jobs_lib.workdir(root, run, s), records) for s in seeds]
     if all(accs):
       m["cot_right"] = {sp: float(np.mean([a[sp]["all"] for a in accs])) for sp in SPLITS}
+      m["cot_right_per_seed"] = {sp: [float(a[sp]["all"]) for a in accs] for sp in SPLITS}
       m["cot_steps"] = {sp: {k: float(np.mean([a[sp][k] for a in accs])) for k in STEP_PARTS}
                         for sp in SPLITS}
     out["methods"][name] = m
@@ -288,7 +301,9 @@ def gate(agg: dict) -> dict:
     return {}
   ood = {sp: w[sp] for sp in SPLITS[1:]}
   met = all(GATE[0] <= v <= GATE[1] and v < w["test"] for v in ood.values())
-  return {"in_domain": w["test"], "ood": ood, "range": list(GATE), "met": bool(met)}
+  per_seed = agg["methods"]["warmup"].get("cot_right_per_seed", {})
+  return {"in_domain": w["test"], "ood": ood, "range": list(GATE), "met": bool(met),
+          "per_seed": per_seed}
 
 
 def gate_line(g: dict) -> str:
@@ -298,7 +313,10 @@ def gate_line(g: dict) -> str:
   verdict = "MET" if g["met"] else "NOT MET"
   return (f"Precondition ({verdict}): the warm-up's entirely-right CoTs: ID "
           f"{100 * g['in_domain']:.1f}%, {parts} (aim: each OOD split in "
-          f"{100 * g['range'][0]:.0f}–{100 * g['range'][1]:.0f}% and below ID).")
+          f"{100 * g['range'][0]:.0f}–{100 * g['range'][1]:.0f}% and below ID)." + (
+              " Per seed: " + "; ".join(
+                  f"{SPLIT_TITLES[sp]} " + " / ".join(f"{100 * v:.0f}%" for v in vals)
+                  for sp, vals in g["per_seed"].items()) + "." if g.get("per_seed") else ""))
 
 
 def rollout_signal(root: str, name: str, seed: int, config_arg: str) -> dict | None:
@@ -401,8 +419,8 @@ def render(agg: dict, *, main_names: list[str], ablation: list[str], wall_s: flo
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
       lines.append("")
   if ablation:
-    lines += ["### Ablation: REAL β × λ at the chosen LR and budget (Pearson × 100, RAIL; the "
-              "chosen combination is the REAL row above, over all its seeds)", ""]
+    lines += ["### Ablation: REAL β × λ at the chosen LR and budget (Pearson × 100, RAIL; "
+              "every row over the ablation's seeds, the chosen combination included)", ""]
     lines += _metric_table(agg, ablation, "rail", "pearson", 100, 1, ceiling=False)
     lines.append("")
   if signal:
@@ -577,7 +595,7 @@ def main(argv=None) -> int:
     main_names, seeds, ab_seeds = ["warmup"], seeds[:1], []
   ablation = ablation_names(jobs) if ab_seeds else []
   seeds_of = {**{n: ab_seeds for n in ablation}, **{n: seeds for n in main_names}}
-  items = list(dict.fromkeys((n, s) for n in main_names + ablation for s in seeds_of[n]))
+  items = list(dict.fromkeys((run_of(n), s) for n in main_names + ablation for s in seeds_of[n]))
   machine = jobs_lib.machine(a.jobs)
   try:
     wall = None if a.aggregate else jobs_lib.run_jobs(a.root, jobs, items, a.jobs, a.config_arg,
@@ -601,8 +619,9 @@ def main(argv=None) -> int:
     return 0
   previous = os.path.join(a.out, "results.json")
   if wall is None and os.path.exists(previous):  # --aggregate keeps the runs' wall time
-    with open(previous) as f:
-      wall = json.load(f).get("wall_s")
+    with open(previous) as f:  # and the machine line of the invocation that ran them
+      prev = json.load(f)
+    wall, machine = prev.get("wall_s"), prev.get("machine", machine)
   os.makedirs(a.out, exist_ok=True)
   names = [n for n in main_names if n in agg["methods"]]
   abl = [n for n in ablation if n in agg["methods"]]
@@ -613,7 +632,8 @@ def main(argv=None) -> int:
   with open(os.path.join(a.out, "results.json"), "w") as f:
     json.dump({**agg, "gate": g, "signal": signal, "chosen": chosen, "wall_s": wall,
                "machine": machine}, f, indent=1)
-  pngs = plot(a.root, agg, jobs, list(dict.fromkeys(names + abl)), a.out)
+  pngs = plot(a.root, agg, jobs, list(dict.fromkeys(names + [n for n in abl if n == run_of(n)])),
+              a.out)
   print(md)
   print("wrote", os.path.join(a.out, "results.md"), *pngs)
   return 0
