@@ -30,6 +30,41 @@ def matmul_peak_gflops(n: int = 2048) -> float:
   return 2 * n ** 3 / best_time(lambda: f(a).block_until_ready()) / 1e9
 
 
+def decode_matmul_program(mcfg, rows: int):
+  """(jitted fn, its arguments, its matmul FLOPs): every weight matmul of one decode step
+  ([rows, D] against each layer's q, k, v, o, gate, up and down weights, then the output
+  projection), chained as the step chains them."""
+  import jax
+  import jax.numpy as jnp
+  d, f, v = mcfg.hidden_size, mcfg.intermediate_size, mcfg.vocab_size
+  n, k, h = mcfg.num_heads, mcfg.num_kv_heads, mcfg.head_dim
+  shapes = [(d, n * h), (d, k * h), (d, k * h), (n * h, d), (d, f), (d, f), (f, d)]
+  key = jax.random.PRNGKey(0)
+  weights = [[jax.random.normal(jax.random.fold_in(key, 7 * i + j), s, jnp.float32) * 0.02
+              for j, s in enumerate(shapes)] for i in range(mcfg.num_layers)]
+  out = jax.random.normal(key, (d, v), jnp.float32) * 0.02
+  x = jnp.ones((rows, d), jnp.float32)
+
+  @jax.jit
+  def step(x, weights, out):
+    for wq, wk, wv, wo, wg, wu, wd in weights:
+      kv = jnp.pad(x @ wk + x @ wv, ((0, 0), (0, n * h - k * h)))
+      x = x + (x @ wq + kv) @ wo
+      x = x + (jax.nn.silu(x @ wg) * (x @ wu)) @ wd
+    return x @ out
+
+  flops = 2 * rows * (mcfg.num_layers * sum(a * b for a, b in shapes) + d * v)
+  return step, (x, weights, out), flops
+
+
+def decode_matmul_gflops(mcfg, rows: int) -> float:
+  """Measured float32 matmul throughput at the decode step's own shapes
+  (`decode_matmul_program`, best of 5): the second bound of the decode step, what its matmuls
+  alone reach at its small row count."""
+  step, args, flops = decode_matmul_program(mcfg, rows)
+  return flops / best_time(lambda: step(*args).block_until_ready()) / 1e9
+
+
 def train_step_flops(cfg, rows: int, seq: int, scored_columns: int) -> dict[str, float]:
   """Model FLOPs one train step executes (forward + backward = 3 x forward), by part.
 

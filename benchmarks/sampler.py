@@ -21,8 +21,10 @@ three, the growth of the process's resident memory during a call (sampled every 
 
 The decode step's fraction of the FLOP bound: model FLOPs of one decode step (2 x matmul
 weights x rows + the attention over the prompt and the generated tokens) over a measured
-float32 matmul peak of this machine (a 2048^3 jitted matmul, best of 5), against the measured
-step time ((call - prefill) / (new tokens - 1)).
+float32 matmul peak of this machine (a 2048^3 jitted matmul, best of 5), and over the rate the
+step's own weight matmuls reach at its row count (`common.decode_matmul_gflops`: one jitted
+program of one step's matmuls, [rows, D] against every layer's weights and the output
+projection), each against the measured step time ((call - prefill) / (new tokens - 1)).
 
   python benchmarks/sampler.py                        # the default case (8 prompts x n=8)
   python benchmarks/sampler.py --batch 4 --samples 16 --prompt-len 1024 --new-tokens 256
@@ -48,7 +50,7 @@ import time
 
 import numpy as np
 
-from common import matmul_peak_gflops
+from common import decode_matmul_gflops, matmul_peak_gflops
 
 _COMPILE = collections.defaultdict(float)
 
@@ -289,6 +291,7 @@ def main(argv=None):
             f"token fraction {len(np.unique(tok)) / tok.size:.2f})", flush=True)
 
   peak_gflops = matmul_peak_gflops() if jax.default_backend() == "cpu" else None
+  shape_gflops = decode_matmul_gflops(mcfg, rows) if peak_gflops else None
   flop_step = decode_step_gflop(mcfg, rows, args.prompt_len, args.new_tokens)
   kv_row_slot = 2 * mcfg.num_layers * mcfg.num_kv_heads * mcfg.head_dim * np.dtype(
       args.dtype if args.dtype != "bfloat16" else np.float16).itemsize
@@ -310,8 +313,11 @@ def main(argv=None):
             f" MiB")
     if peak_gflops:
       bound_ms = 1e3 * flop_step / peak_gflops
+      shape_ms = 1e3 * flop_step / shape_gflops
       line += (f"; decode step {flop_step:.2f} GFLOP: bound {bound_ms:.1f} ms at the measured "
-               f"{peak_gflops:.0f} GFLOP/s matmul peak = {bound_ms / step_ms:.0%} of it")
+               f"{peak_gflops:.0f} GFLOP/s matmul peak = {bound_ms / step_ms:.0%} of it; bound "
+               f"{shape_ms:.1f} ms at the {shape_gflops:.0f} GFLOP/s its own matmul shapes "
+               f"reach = {shape_ms / step_ms:.0%} of that")
     else:  # accelerator: bytes read per step (weights + the KV cache at mid-decode) / bandwidth
       kind = dev.device_kind.lower()
       bw = args.bandwidth_gbs or (4800.0 if "h200" in kind else 3350.0 if "h100" in kind

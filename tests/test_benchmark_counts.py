@@ -20,7 +20,8 @@ from real_jax.train.batch import RLBatch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
-from common import train_step_flops  # noqa: E402
+from common import decode_matmul_program, train_step_flops  # noqa: E402
+from sampler import decode_step_gflop  # noqa: E402
 
 
 def _dot_flops(jaxpr: jcore.Jaxpr, mult: int = 1) -> int:
@@ -90,3 +91,14 @@ def test_train_step_flops_equal_the_real_objectives_matmuls(response_width):
   # never saved): 2 x V x D per log-prob column, which model FLOPs (the MFU numerator) leave out.
   remat = 2 * 512 * 64 * rows * (cols - 1)
   assert train_step_flops(cfg, rows, seq, cols)["total"] + remat == _dot_flops(jaxpr.jaxpr)
+
+
+def test_decode_matmul_program_runs_the_decode_steps_matmuls():
+  """The second bound's program: its matmul FLOPs are the ones it divides by, and the decode
+  step's FLOPs without attention (benchmarks/sampler.decode_step_gflop at zero context)."""
+  cfg = Qwen3Config(vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=3,
+                    num_heads=4, num_kv_heads=2, head_dim=32, rope_theta=1e4)
+  rows = 8
+  step, args, flops = decode_matmul_program(cfg, rows)
+  assert _dot_flops(jax.make_jaxpr(step)(*args).jaxpr) == flops
+  assert flops == pytest.approx(1e9 * decode_step_gflop(cfg, rows, 0, 0))
