@@ -107,13 +107,15 @@ def test_packing_layout_and_bounds():
   assert int(packed.mask.sum()) == int(padded.mask.sum())  # every real token, once
   assert np.all((placement[:, 0] >= 0) == (padded.sample_mask > 0))
   assert float(packed.sample_mask.sum()) == float(padded.sample_mask.sum())
-  assert np.all((packed.segment_ids > 0).sum(axis=1) <= packed.tokens.shape[1])
+  for ids in packed.segment_ids:  # a row's records in order, padding only after them
+    real = np.flatnonzero(ids > 0)
+    assert np.all(np.diff(ids[real]) >= 0) and np.all(real == np.arange(len(real)))
   assert packed.segment_ids.max() <= 4
   pos = np.asarray(qwen3.positions_from_segments(jnp.asarray(packed.segment_ids)))
   for i in np.flatnonzero(padded.sample_mask):
     r, k = placement[i]
     cols = np.flatnonzero(packed.segment_ids[r] == k + 1)
-    assert len(cols) == lengths[i]
+    assert len(cols) == lengths[i] and np.all(np.diff(cols) == 1)  # contiguous
     np.testing.assert_array_equal(packed.tokens[r, cols], padded.tokens[i][padded.mask[i]])
     np.testing.assert_array_equal(pos[r, cols], np.arange(lengths[i]))  # RoPE restarts
     assert packed.tokens[r, packed.score_pos[r, k]] == padded.tokens[i, padded.score_pos[i]]

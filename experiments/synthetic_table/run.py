@@ -259,6 +259,8 @@ def aggregate(root: str, jobs: dict, names: list[str], seeds_of: dict[str, list[
     if all(accs):
       m["cot_right"] = {sp: float(np.mean([a[sp]["all"] for a in accs])) for sp in SPLITS}
       m["cot_right_per_seed"] = {sp: [float(a[sp]["all"]) for a in accs] for sp in SPLITS}
+      m["cot_steps_per_seed"] = {sp: {k: [float(a[sp][k]) for a in accs] for k in STEP_PARTS}
+                                 for sp in SPLITS}
       m["cot_steps"] = {sp: {k: float(np.mean([a[sp][k] for a in accs])) for k in STEP_PARTS}
                         for sp in SPLITS}
     out["methods"][name] = m
@@ -462,6 +464,18 @@ def render(agg: dict, *, main_names: list[str], ablation: list[str], wall_s: flo
       lines.append(f"| {agg['methods'][n]['label']} | " + " | ".join(
           f"{100 * st[sp][k]:.0f}%" for sp in SPLITS for k in STEP_PARTS) + " |")
     lines.append("")
+    w = agg["methods"].get("warmup", {})
+    if "cot_steps_per_seed" in w:
+      lines += ["The CE warm-up per seed (every method of a seed starts from it):", "",
+                "| Seed | " + " | ".join(f"{SPLIT_TITLES[s]} {k}" for s in SPLITS
+                                        for k in ("all",) + STEP_PARTS) + " |",
+                "|---|" + "---:|" * (len(SPLITS) * (len(STEP_PARTS) + 1))]
+      for i, seed in enumerate(w["seeds"]):
+        cells = [f"{100 * w['cot_right_per_seed'][sp][i]:.0f}%" if k == "all" else
+                 f"{100 * w['cot_steps_per_seed'][sp][k][i]:.0f}%"
+                 for sp in SPLITS for k in ("all",) + STEP_PARTS]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+      lines.append("")
   rl = [n for n in names if "diagnostics" in agg["methods"][n]]
   if rl:
     keys = [k for k in DIAGNOSTICS if k in agg["methods"][rl[0]]["diagnostics"]]
