@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from real_jax import sharding as shd  # noqa: E402
-from real_jax.layout import bucket_length, left_pad, right_pad  # noqa: E402
+from real_jax.layout import bucket_length, left_pad, power_of_two_buckets, right_pad  # noqa: E402
 from real_jax.models import get_preset, init_params  # noqa: E402
 from real_jax.data import build_synthetic_tokenizer  # noqa: E402
 from real_jax.data.batching import BatchConfig, JudgeBatcher  # noqa: E402
@@ -214,7 +214,7 @@ def rl_update(args, mesh, rng):
   loss_cfg = steps_lib.RLLossConfig(beta=1.0, lam=1.0, response_width=full)
   loss_for = lambda w: steps_lib.real_objective(st, dataclasses.replace(
       loss_cfg, response_width=w or full))
-  budget = packing.TokenBudget(tokens=args.micro * width, widths=packing.response_widths(full))
+  budget = packing.TokenBudget(tokens=args.micro * width, widths=power_of_two_buckets(full, 16))
   # Like for like: each side places its batch, groups its rows (budget) and donates and chains
   # its own state inside the timed call, as run_rl does.
   states = {}

@@ -42,10 +42,11 @@ import dataclasses
 
 import numpy as np
 
+from real_jax import layout
 from real_jax.train.batch import LMBatch, RLBatch
 
 __all__ = ["PackSpec", "record_lengths", "pack_lm_batch", "segment_sums", "TokenBudget",
-    "response_widths", "budget_micro_batches"]
+    "budget_micro_batches"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,15 +154,6 @@ class TokenBudget:
   row_multiple: int = 1
 
 
-def response_widths(full: int, smallest: int = 16) -> tuple[int, ...]:
-  """Powers of two from `smallest` below `full`, then `full` (the bucketed widths)."""
-  out, w = [], smallest
-  while w < full:
-    out.append(w)
-    w *= 2
-  return tuple(out) + (full,)
-
-
 def _needed_columns(batch: RLBatch, prompt_width: int) -> tuple[np.ndarray, np.ndarray]:
   """([B] prompt columns, [B] response columns) each row needs: from its first real token, and
   through its last real token and its score slot."""
@@ -182,8 +174,7 @@ def budget_micro_batches(batch: RLBatch, prompt_width: int, budget: TokenBudget
   keep = (np.asarray(batch.pg_keep) > 0) | (np.asarray(batch.refine_keep) > 0)
   need_p, need_r = _needed_columns(batch, prompt_width)
   full = batch.tokens.shape[1] - prompt_width
-  fit = lambda n, top: next(w for w in tuple(w for w in budget.widths if w < top) + (top,)
-                            if w >= n)
+  fit = lambda n, top: layout.bucket_length(n, tuple(w for w in budget.widths if w < top) + (top,))
   order = [int(i) for i in sorted(np.flatnonzero(keep),
                                   key=lambda i: (-(need_p[i] + need_r[i]), i))]
   out = []

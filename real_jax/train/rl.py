@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from real_jax import readout
+from real_jax import layout, readout
 from real_jax import objectives as obj
 from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
@@ -329,7 +329,7 @@ def run_rl(run: Run, params_in, *, main: bool = True):
   budget, budget_step = None, None
   if rl.token_budget:  # token-budget micro-batches: rows grouped by length, narrow widths
     budget = packing.TokenBudget(tokens=rl.token_budget,
-                                 widths=packing.response_widths(full_width),
+                                 widths=layout.power_of_two_buckets(full_width, 16),
                                  row_multiple=shd.batch_split(run.mesh))
     budget_step = steps_lib.AccumulatingStep(
         lambda w: rl_objective(score_tokens, c, s, response_width=w or None), run.graphdef, tx,
