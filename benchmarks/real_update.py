@@ -14,7 +14,9 @@ projection on the columns scored, attention over the full square.
 Each update = `prompts` prompts x `group` CoTs of up to `new_tokens` tokens (random-weight
 models rarely reach the delimiter, so rows run to the token limit: the worst case), one no-grad
 scoring pass over all rows, then `epochs` x (rows / mini_batch) optimiser steps of the REAL loss.
-The first update compiles; the second is timed. Prints prompts/s, generated tokens/s, the time
+The first update compiles; the second is timed. Then rollout + scores side by side: the
+teacher-forced scoring pass against `rl.scores_from_sampler` (the sampler's own log-probs and
+one decode step after the delimiter), best of --step_repeats each. Prints prompts/s, generated tokens/s, the time
 split, and (with --peak_tflops) the train step's model FLOPs utilisation (the executed FLOPs of
 `common.train_step_flops` over the measured step time).
 """
@@ -22,6 +24,7 @@ split, and (with --peak_tflops) the train step's model FLOPs utilisation (the ex
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -73,7 +76,7 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
            "target": rng.integers(1, 6, size=prompts).astype(np.float32)}
   batch["target_int"] = batch["target"].astype(np.int32)
   adv = rl.AdvantageSettings()
-  score_fn = readout.make_score_fn(graphdef, st, mesh, top_p=0.9)
+  score_fn = readout.make_score_fn(graphdef, st, mesh, top_p=0.9, response_width=new_tokens + 1)
   loss = steps_lib.real_objective(st, steps_lib.RLLossConfig(beta=1.0, lam=1.0,
                                                             response_width=new_tokens + 1))
   rows_n = prompts * group
@@ -108,6 +111,29 @@ def bench(preset: str, *, prompts: int, group: int, prompt_len: int, new_tokens:
     print(f"[{preset}] update {it} ({'compile + run' if it == 0 else 'timed'}): "
           f"total {total:.2f}s = rollout {t_roll:.2f}s + scoring {t_score:.2f}s + train "
           f"{t_train:.2f}s ({n_steps} steps)", flush=True)
+
+  # Rollout + scoring: the teacher-forced scoring pass vs the scores from the sampler
+  # (rl.scores_from_sampler), interleaved, each compiled first; best of --step_repeats.
+  variants = {"scoring pass": settings,
+              "from sampler": dataclasses.replace(settings, scores_from_sampler=True)}
+  roll = {k: [] for k in variants}
+  for r in range(step_repeats + 1):
+    for name, st_v in variants.items():
+      _, _, _, t_r, t_s = rl.rollout_round(
+          graphdef, state["params"], None, batch, jax.random.PRNGKey(100 + r), settings=st_v,
+          advantages=adv, score_fn=score_fn, score_tokens=st, mesh=mesh,
+          pad_id=int(tok.pad_token_id))
+      if r:  # the first round of each compiles
+        roll[name].append((t_r + t_s, t_r, t_s))
+  out["rollout_scoring"] = {k: min(v) for k, v in roll.items()}
+  for name, (t, t_r, t_s) in out["rollout_scoring"].items():
+    print(f"[{preset}] rollout + scores, {name:12s}: {t:.2f} s (sampling {t_r:.2f} s, "
+          f"scoring {t_s:.2f} s)", flush=True)
+  a, b = (out["rollout_scoring"][k][0] for k in variants)
+  out["scores_speedup"] = a / b
+  print(f"[{preset}] scoring pass / scores from the sampler: {a / b:.2f}x the time of rollout + "
+        f"scores; the update ({a:.2f} + {t_train:.2f} s train) -> ({b:.2f} + {t_train:.2f} s): "
+        f"{(a + t_train) / (b + t_train):.2f}x", flush=True)
 
   # The train step alone: all columns scored vs the response columns only, interleaved.
   mb = shd.put_batch(rows.take(slice(0, mini_batch)), mesh)

@@ -68,6 +68,12 @@ class Samples:
   found: np.ndarray  # [N] bool: the delimiter was reached
   eos: np.ndarray  # [N] bool: EOS before any delimiter
   truncated: np.ndarray  # [N] bool: neither
+  # What the sampler read on the way (`sample_cots(..., capture_scores=True)`, else None):
+  policy_lp: np.ndarray | None = None  # [N, R] log pi(token) at T = 1, 0 after `length`
+  entropy: np.ndarray | None = None  # [N, R] the policy's entropy (T = 1) at each kept token
+  score_log_probs: np.ndarray | None = None  # [N, K] log pi(k | x, c) after the delimiter
+  next_token: np.ndarray | None = None  # [N] the token drawn after the delimiter
+  next_token_lp: np.ndarray | None = None  # [N] its log pi at T = 1
 
   @classmethod
   def concatenate(cls, parts: Sequence[Samples], pad_id: int) -> Samples:
@@ -78,33 +84,61 @@ class Samples:
     cols = {f.name: [getattr(p, f.name) for p in parts] for f in dataclasses.fields(cls)}
     cols["prompt_tokens"] = [layout.widen_left(x, width, pad_id) for x in cols["prompt_tokens"]]
     cols["prompt_mask"] = [layout.widen_left(x, width, 0) for x in cols["prompt_mask"]]
-    return cls(**{k: np.concatenate(v) for k, v in cols.items()})
+    return cls(**{k: None if v[0] is None else np.concatenate(v) for k, v in cols.items()})
 
 
 def sample_cots(graphdef, params, prompt_tokens, prompt_mask, key, settings: SamplerSettings,
                 score_tokens: ScoreTokens, *, num_samples: int, mesh: Mesh | None,
-                pad_id: int, prompt_buckets: tuple[int, ...] | None = None) -> Samples:
+                pad_id: int, prompt_buckets: tuple[int, ...] | None = None,
+                capture_scores: bool = False, score_temperature: float = 1.0) -> Samples:
   """n CoTs per prompt, stopped at the delimiter, as host arrays (`Samples`).
 
   Every tokenisation of the delimiter the parser accepts (`score_tokens.variants`) is a stop
   sequence, so the sampler's first stop is the parser's first delimiter.
+
+  capture_scores: also keep what the sampler computes on the way (`Samples.policy_lp`,
+  `entropy`) and run one decode step after each delimiter: the score distribution at
+  `score_temperature` (`score_log_probs`) and a token drawn from it as the sampler draws
+  (`next_token`, `next_token_lp`), what `scores_from_samples` turns into a scoring pass's
+  output. The CoTs are the same as without it (the extra step is drawn after them; the buffer
+  is one token wider so a delimiter that ends at the token limit still gets its step).
   """
   cfg = sampling_config(settings, score_tokens, pad_id, prompt_buckets)
+  m = settings.max_new_tokens
+  if capture_scores:
+    cfg = cfg.replace(max_new_tokens=m + 1, extra_tokens_after_stop=1,
+                      capture_ids=tuple(score_tokens.token_ids), capture_temperature=score_temperature)
   out = sampling.sample(graphdef, params, np.asarray(prompt_tokens),
                         np.asarray(prompt_mask).astype(bool), key, cfg,
                         num_samples=num_samples, mesh=mesh)
   out = shd.to_host(out)
   status = np.asarray(out.status)
-  found = status == sampling.STOP_SEQUENCE
-  eos = status == sampling.EOS
-  truncated = status == sampling.TRUNCATED
-  keep = np.where(found, np.asarray(out.stop_lengths), np.asarray(out.lengths)).astype(np.int32)
-  tokens = np.asarray(out.tokens)
-  cols = np.arange(tokens.shape[1])[None, :]
-  response = np.where(cols < keep[:, None], tokens, pad_id).astype(np.int32)
+  stop_len = np.asarray(out.stop_lengths)
+  # Within the first m tokens (the capture buffer's extra column is past the token limit).
+  found = (status == sampling.STOP_SEQUENCE) & (stop_len <= m)
+  eos = (status == sampling.EOS) & (np.asarray(out.lengths) <= m)
+  truncated = ~found & ~eos
+  keep = np.where(found, stop_len, np.minimum(np.asarray(out.lengths), m)).astype(np.int32)
+  tokens = np.asarray(out.tokens)[:, :m]
+  cols = np.arange(m)[None, :]
+  kept = cols < keep[:, None]
+  response = np.where(kept, tokens, pad_id).astype(np.int32)
+  extra = {}
+  if capture_scores:
+    rows = np.arange(len(keep))
+    after = np.minimum(keep, m)  # the column of the token drawn after the delimiter
+    extra = dict(
+        policy_lp=np.where(kept, np.asarray(out.policy_log_probs)[:, :m], 0.0).astype(np.float32),
+        entropy=np.where(kept, np.asarray(out.entropy)[:, :m], 0.0).astype(np.float32),
+        score_log_probs=np.where(found[:, None], np.asarray(out.capture_log_probs),
+                                 0.0).astype(np.float32),
+        next_token=np.where(found, np.asarray(out.tokens)[rows, after], pad_id).astype(np.int32),
+        next_token_lp=np.where(found, np.asarray(out.policy_log_probs)[rows, after],
+                               0.0).astype(np.float32))
   return Samples(prompt_tokens=np.asarray(out.prompt_tokens).astype(np.int32),
                  prompt_mask=np.asarray(out.prompt_mask).astype(np.int32),
-                 response=response, length=keep, found=found, eos=eos, truncated=truncated)
+                 response=response, length=keep, found=found, eos=eos, truncated=truncated,
+                 **extra)
 
 
 def sampling_config(settings: SamplerSettings, score_tokens: ScoreTokens, pad_id: int,
@@ -260,6 +294,43 @@ def run_scoring(score_fn, params, seqs: Sequences, target_id: np.ndarray, key, m
     o = shd.to_host(o)
     outs.append({k: np.asarray(v)[:chunk - short] for k, v in o.items()})
   return Scores(**{k: np.concatenate([o[k] for o in outs], 0) for k in outs[0]})
+
+
+def scores_from_samples(gen: Samples, seqs: Sequences, target_id: np.ndarray,
+                        score_tokens: ScoreTokens, *, renormalize: bool = False) -> Scores:
+  """What `run_scoring` returns, from what the sampler read on the way (`sample_cots(...,
+  capture_scores=True)`) instead of a teacher-forced pass over `seqs` (`build_sequences` of
+  `gen`): the CoT tokens' log-probs and entropies from the decode steps, the score
+  distribution from the step after the delimiter, the sampled score token drawn there.
+
+  Equal to the scoring pass up to float order (decode step vs full forward; tests/
+  test_sampling.py states the tolerance). Rows without a delimiter get zeros: callers read a
+  score only where `gen.found`. `probe_logp` is not available (zeros): a pass under other
+  parameters (the KL reference) still needs `run_scoring`.
+  """
+  if gen.score_log_probs is None:
+    raise ValueError("scores_from_samples needs samples from sample_cots(capture_scores=True)")
+  n, lp_w = gen.prompt_tokens.shape
+  r = gen.response.shape[1]
+  spread = lambda a: np.concatenate(  # [N, R] response columns -> [N, L] of `seqs`
+      [np.zeros((n, lp_w), np.float32), a,
+       np.zeros((n, seqs.tokens.shape[1] - lp_w - r), np.float32)], axis=1)
+  spec = obj.ScoreSpec.of(score_tokens)
+  ids, values = np.asarray(spec.ids), np.asarray(spec.values, np.float32)
+  logp = gen.score_log_probs  # [N, K] full-vocabulary log-softmax at the score temperature
+  if renormalize:
+    probs = np.exp(logp - np.logaddexp.reduce(logp, axis=-1, keepdims=True))
+  else:
+    probs = np.exp(logp)
+  k_of = np.argmax(np.asarray(target_id)[:, None] == ids[None, :], axis=-1)
+  is_score = np.any(gen.next_token[:, None] == ids[None, :], axis=-1) & gen.found
+  return Scores(lp=spread(gen.policy_lp), entropy=spread(gen.entropy),
+                y_hat=(probs * values).sum(-1).astype(np.float32),
+                target_logp=np.take_along_axis(logp, k_of[:, None], 1)[:, 0],
+                score_mass=np.exp(logp).sum(-1).astype(np.float32),
+                score_probs=probs.astype(np.float32), sampled=gen.next_token,
+                sampled_is_score=is_score, sampled_logp=gen.next_token_lp,
+                probe_logp=np.zeros((n,), np.float32))
 
 
 def target_token_ids(target: np.ndarray, score_tokens: ScoreTokens) -> np.ndarray:

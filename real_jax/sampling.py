@@ -99,6 +99,12 @@ class SamplingConfig:
     vocab_chunk: chunk width of the inverse-CDF draw (0: a divisor of V near sqrt(V)).
     replicate_vocab: gather each step's logits over the vocabulary axis before sampling, so
       the samples do not depend on the mesh (costs one all-gather of [B*n, V] per step).
+    capture_ids: token ids (e.g. the score tokens) whose log-probs are recorded at the first
+      step after a stop sequence, i.e. the distribution that follows the delimiter
+      (`SampleOutput.capture_log_probs`: log softmax over the vocabulary of the logits divided
+      by `capture_temperature`); needs extra_tokens_after_stop >= 1, so that the step runs.
+      Also records each generated token's policy entropy (`SampleOutput.entropy`). () = off.
+    capture_temperature: divides the logits of `capture_log_probs` (not of the draw).
   """
 
   max_new_tokens: int = 256
@@ -117,10 +123,13 @@ class SamplingConfig:
   max_search_iters: int = 64
   vocab_chunk: int = 0
   replicate_vocab: bool = True
+  capture_ids: tuple[int, ...] = ()
+  capture_temperature: float = 1.0
 
   def __post_init__(self):
     # Normalise lists to tuples so the config stays hashable.
     object.__setattr__(self, "eos_ids", tuple(int(i) for i in self.eos_ids))
+    object.__setattr__(self, "capture_ids", tuple(int(i) for i in self.capture_ids))
     object.__setattr__(self, "stop_sequences",
                        tuple(tuple(int(t) for t in s) for s in self.stop_sequences))
     object.__setattr__(self, "prompt_buckets", tuple(sorted(int(b) for b in self.prompt_buckets)))
@@ -140,6 +149,11 @@ class SamplingConfig:
       raise ValueError(f"extra_tokens_after_stop={self.extra_tokens_after_stop} must be >= 0")
     if not self.prompt_buckets or min(self.prompt_buckets) < 1:
       raise ValueError(f"prompt_buckets={self.prompt_buckets} must be positive lengths")
+    if self.capture_ids and (not self.stop_sequences or self.extra_tokens_after_stop < 1):
+      raise ValueError("capture_ids needs stop_sequences and extra_tokens_after_stop >= 1 (the "
+                       "captured step is the first one after a stop sequence)")
+    if not self.capture_temperature > 0:
+      raise ValueError(f"capture_temperature={self.capture_temperature} must be > 0")
 
   def replace(self, **kw) -> "SamplingConfig":
     return dataclasses.replace(self, **kw)
@@ -160,6 +174,11 @@ class SampleOutput(NamedTuple):
     each row; `scoring_inputs` concatenates them with the generated tokens.
   prompt_index [R] int32: i, the prompt (input row) of each output row.
   sample_index [R] int32: j, the sample number within the group.
+  capture_log_probs [R, K] f32 (config.capture_ids, else None): log softmax(logits /
+    capture_temperature)[capture_ids] at the first step after the row's stop sequence (the
+    logits that predict the token after it); 0 for rows without a stop sequence.
+  entropy [R, M] f32 (config.capture_ids, else None): the entropy of the untempered policy at
+    each generated token's step (the distribution policy_log_probs reads); 0 after the end.
   """
   tokens: Array
   lengths: Array
@@ -171,6 +190,8 @@ class SampleOutput(NamedTuple):
   prompt_mask: Array
   prompt_index: Array
   sample_index: Array
+  capture_log_probs: Array | None = None
+  entropy: Array | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,6 +398,31 @@ class _State(NamedTuple):
   extra_left: Array   # [R] -1 = no stop sequence seen yet
   window: Array       # [R, W] last W generated tokens (-1 = none)
   seen: Array         # [R, V] bool tokens in the prompt or output (repetition penalty), else [R, 1]
+  capture: Array      # [R, K] f32 capture_log_probs ([R, 0] without capture_ids)
+  ent: Array          # [R, M] f32 entropy ([R, 0] without capture_ids)
+
+
+def _policy_entropy(logits: Array) -> Array:
+  """[R, V] logits -> [R] entropy of their softmax (float32)."""
+  x = logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(x, axis=-1)
+  return lse - jnp.sum(jnp.exp(x - lse[:, None]) * x, axis=-1)
+
+
+def _record_capture(state: _State, i: Array, logits: Array, cfg: SamplingConfig) -> _State:
+  """The `capture_ids` log-probs of rows whose stop sequence ended at token i - 1 (their
+  first extra step is this one) and the entropy of token i's distribution (running rows)."""
+  if not cfg.capture_ids:
+    return state
+  active = ~state.done
+  first_extra = active & (state.extra_left == cfg.extra_tokens_after_stop)
+  x = logits.astype(jnp.float32) / cfg.capture_temperature
+  lp = (jnp.take(x, jnp.asarray(cfg.capture_ids), axis=-1)
+        - jax.nn.logsumexp(x, axis=-1, keepdims=True))
+  capture = jnp.where(first_extra[:, None], lp, state.capture)
+  ent = jnp.where(active, _policy_entropy(logits), 0.0)
+  return state._replace(capture=capture,
+                        ent=jax.lax.dynamic_update_slice(state.ent, ent[:, None], (0, i)))
 
 
 def _emit(state: _State, i: Array, tok: Array, slp: Array, plp: Array,
@@ -471,13 +517,17 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
     seen0 = jnp.zeros((r, 1), bool)
 
   width = max((len(q) for q in cfg.stop_sequences), default=1)
+  k_cap = len(cfg.capture_ids)
   state = _State(
       i=jnp.int32(0), last_tok=jnp.zeros((r,), jnp.int32), cache=cache,
       tokens=jnp.full((r, m), cfg.pad_id, jnp.int32), slp=jnp.zeros((r, m), jnp.float32),
       plp=jnp.zeros((r, m), jnp.float32), done=jnp.zeros((r,), bool),
       lengths=jnp.zeros((r,), jnp.int32), status=jnp.full((r,), TRUNCATED, jnp.int32),
       stop_lengths=jnp.zeros((r,), jnp.int32), extra_left=jnp.full((r,), -1, jnp.int32),
-      window=jnp.full((r, width), -1, jnp.int32), seen=seen0)
+      window=jnp.full((r, width), -1, jnp.int32), seen=seen0,
+      capture=jnp.zeros((r, k_cap), jnp.float32),
+      ent=jnp.zeros((r, m if k_cap else 0), jnp.float32))
+  state = _record_capture(state, jnp.int32(0), logits0, cfg)
   tok, slp, plp = draw(logits0, 0, state.seen)
   state = _emit(state, jnp.int32(0), tok, slp, plp, cfg)
   state = state._replace(i=jnp.int32(1), seen=mark(state.seen, tok))
@@ -493,8 +543,9 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
     logits, cache = qwen3.decode_step(mcfg, weights, state.last_tok, prompt_len_r + state.i - 1,
                                       state.cache, state.i - 1)
     cache = jax.tree.map(lambda c: con(c, axes=qwen3.CACHE_AXES) if c.ndim == 4 else c, cache)
+    state = _record_capture(state._replace(cache=cache), state.i, logits, cfg)
     tok, slp, plp = draw(logits, state.i, state.seen)
-    state = _emit(state._replace(cache=cache), state.i, tok, slp, plp, cfg)
+    state = _emit(state, state.i, tok, slp, plp, cfg)
     return state._replace(i=state.i + 1, seen=mark(state.seen, tok))
 
   state = jax.lax.while_loop(cond, body, state)
@@ -507,7 +558,9 @@ def _finish(state: _State, prompt_tokens, prompt_mask, rep, b, sid) -> SampleOut
       stop_lengths=state.stop_lengths,
       sampling_log_probs=state.slp, policy_log_probs=state.plp,
       prompt_tokens=rep(prompt_tokens), prompt_mask=rep(prompt_mask),
-      prompt_index=rep(jnp.arange(b, dtype=jnp.int32)), sample_index=sid)
+      prompt_index=rep(jnp.arange(b, dtype=jnp.int32)), sample_index=sid,
+      capture_log_probs=state.capture if state.capture.shape[1] else None,
+      entropy=state.ent if state.capture.shape[1] else None)
 
 
 def _rules_key(rules) -> tuple:

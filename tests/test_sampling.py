@@ -12,9 +12,10 @@ import jax.numpy as jnp
 
 from hf_fixtures import make_tiny_qwen3
 from real_jax import layout
-from real_jax import models
+from real_jax import models, readout
 from real_jax import sampling as S
 from real_jax import sharding as shd
+from real_jax.judge.scores import ScoreTokens
 from real_jax.models import hf as hf_io
 
 V = 256
@@ -499,6 +500,68 @@ def test_sharded_shared_prompt_cache_equals_single_device(ckpt, prompts, sampled
                              atol=1e-5)
 
 
+# The scoring pass's outputs from the sampler: the CoTs' log-probs and entropies from the decode
+# steps, the score distribution from one decode step after the delimiter. A one-token delimiter
+# the model samples often (117 for this checkpoint and key) stops rows at lengths 2..M.
+CAPTURE_ST = ScoreTokens(token_ids=(11, 12, 13, 14, 15), values=(1.0, 2.0, 3.0, 4.0, 5.0),
+                         delimiter_ids=(117,), eos_id=255)
+CAPTURE_TOL = 1e-4  # decode step vs teacher-forced forward, float32 (measured: <= 5e-6)
+
+
+def _cots(model, prompts, max_new, capture):
+  _, graphdef, params = model
+  return readout.sample_cots(
+      graphdef, params, *prompts, jax.random.key(7),
+      readout.SamplerSettings(max_new_tokens=max_new, temperature=0.8, top_p=0.9), CAPTURE_ST,
+      num_samples=8, mesh=None, pad_id=0, prompt_buckets=(P,), capture_scores=capture,
+      score_temperature=0.7)
+
+
+def test_scores_from_sampler_equal_the_scoring_pass(model, prompts):
+  """`readout.scores_from_samples` equals `run_scoring` (the teacher-forced pass at the same
+  settings) within CAPTURE_TOL on every output the rollout reads, on rows stopped at the
+  delimiter at lengths 2..M (one exactly at the token limit), at EOS and truncated; capturing
+  changes no CoT."""
+  _, graphdef, params = model
+  plain, cap = _cots(model, prompts, M, False), _cots(model, prompts, M, True)
+  for f in ("prompt_tokens", "response", "length", "found", "eos", "truncated"):
+    np.testing.assert_array_equal(getattr(cap, f), getattr(plain, f), err_msg=f)
+  f = cap.found
+  assert f.sum() >= 5 and len(set(cap.length[f])) >= 5 and M in cap.length[f]
+  assert cap.eos.any() and cap.truncated.any()
+  seqs = readout.build_sequences(cap.prompt_tokens, cap.prompt_mask, cap.response, cap.length,
+                                 pad_id=0, extra=1)
+  tid = np.asarray(CAPTURE_ST.token_ids)[np.arange(len(f)) % 5]
+  mesh = shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  score_fn = readout.make_score_fn(graphdef, CAPTURE_ST, mesh, score_temperature=0.7,
+                                   sample_temperature=0.8, top_p=0.9, response_width=M + 1)
+  ref = readout.run_scoring(score_fn, params, seqs, tid, jax.random.key(1), mesh, chunk=64,
+                            probe=cap.next_token)
+  for renorm in (False, True):
+    got = readout.scores_from_samples(cap, seqs, tid, CAPTURE_ST, renormalize=renorm)
+    np.testing.assert_allclose(got.lp, ref.lp, atol=CAPTURE_TOL)
+    np.testing.assert_allclose(got.entropy, ref.entropy, atol=CAPTURE_TOL)
+    assert np.abs(ref.lp).max() > 0.1 and np.abs(ref.entropy).max() > 0.1
+    probs = ref.score_probs / ref.score_probs.sum(-1, keepdims=True) if renorm else ref.score_probs
+    np.testing.assert_allclose(got.score_probs[f], probs[f], atol=CAPTURE_TOL)
+    y_hat = (probs * np.asarray(CAPTURE_ST.values)).sum(-1)
+    np.testing.assert_allclose(got.y_hat[f], y_hat[f], atol=CAPTURE_TOL)
+    for k in ("target_logp", "score_mass"):
+      np.testing.assert_allclose(getattr(got, k)[f], getattr(ref, k)[f], atol=CAPTURE_TOL,
+                                 err_msg=k)
+    # The token drawn after the delimiter and its log-prob at T = 1 (the standard-RL action).
+    np.testing.assert_allclose(got.sampled_logp[f], ref.probe_logp[f], atol=CAPTURE_TOL)
+  # One token fewer: the row that stopped at the limit is truncated, the others unchanged.
+  short = _cots(model, prompts, M - 1, True)
+  at_limit = f & (cap.length == M)
+  assert short.truncated[at_limit].all() and not short.found[at_limit].any()
+  np.testing.assert_array_equal(short.found, f & ~at_limit)
+  np.testing.assert_allclose(short.score_log_probs[short.found], cap.score_log_probs[short.found],
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="capture_scores"):
+    readout.scores_from_samples(plain, seqs, tid, CAPTURE_ST)
+
+
 def test_bad_inputs_raise(model):
   _, graphdef, params = model
   with pytest.raises(ValueError, match="left-padded"):
@@ -506,6 +569,8 @@ def test_bad_inputs_raise(model):
              jax.random.key(0), GREEDY)
   with pytest.raises(ValueError, match="top_p"):
     S.SamplingConfig(top_p=0.0)
+  with pytest.raises(ValueError, match="extra_tokens_after_stop"):
+    S.SamplingConfig(capture_ids=(3,), stop_sequences=((5,),))
   assert layout.bucket_length(5, (4, 8), overflow="multiple") == 8 and layout.bucket_length(20, (4, 8), overflow="multiple") == 24
 
 

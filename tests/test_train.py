@@ -151,6 +151,50 @@ def test_rollout_entropy_is_the_policy_entropy_over_the_cot_tokens(response_widt
   assert 0.5 * np.log(CFG.vocab_size) < m["entropy"] <= np.log(CFG.vocab_size) + 1e-4
 
 
+def test_rollout_with_scores_from_sampler_equals_the_scoring_pass():
+  """`rl.scores_from_sampler`: `rl.rollout_round` with real sampling gives the rows, rewards,
+  advantages, old log-probs, group filter and statistics of the round with the teacher-forced
+  scoring pass (same CoTs; floats within 1e-4); PPO over several optimiser steps keeps the pass."""
+  mesh = _mesh1()
+  graphdef, params = init_params(EX_CFG, mesh=mesh, seed=3)
+  c = _rl_config(group_size=8, filter="all", max_response_len=6, top_p=1.0,
+                 scores_from_sampler=True)
+  c.data.max_prompt_len = 8
+  rng = np.random.default_rng(0)
+  prompts = {"prompt_tokens": rng.integers(2, 7, (4, 8)).astype(np.int32),
+             "prompt_mask": (np.arange(8)[None, :] >= np.array([[0], [2], [3], [5]])
+                             ).astype(np.int32),
+             "target": np.array([4.0, 2.0, 3.5, 5.0], np.float32),
+             "target_int": np.array([4, 2, 3, 5], np.int32)}
+  on = rl.RolloutSettings.from_config(c, config_lib.rl_settings(c, EX_ST.values, method="real"))
+  assert on.scores_from_sampler
+  off = dataclasses.replace(on, scores_from_sampler=False)
+  score_fn = readout.make_score_fn(graphdef, EX_ST, mesh, response_width=7)
+  adv = rl.AdvantageSettings(format_penalty=16.0)
+  rounds = [rl.rollout_round(graphdef, params, None, prompts, jax.random.PRNGKey(5), settings=s,
+                             advantages=adv, score_fn=score_fn, score_tokens=EX_ST, mesh=mesh,
+                             pad_id=0) for s in (off, on)]
+  ref, got = (dataclasses.asdict(r.batch) for r in rounds)
+  found = ref["refine_keep"] > 0
+  assert 4 <= found.sum() < len(found) and len(set(ref["score_pos"][found])) >= 3
+  for k in ("tokens", "mask", "score_pos", "cot_mask", "target", "target_id", "pg_keep",
+            "refine_keep"):
+    np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+  for k in ("old_lp", "adv"):
+    np.testing.assert_allclose(got[k], ref[k], atol=1e-4, err_msg=k)
+  assert np.abs(ref["adv"]).max() > 0.1
+  np.testing.assert_array_equal(rounds[1].keep_groups, rounds[0].keep_groups)
+  for k in ("reward_sum", "y_hat_sum", "abs_err_sum", "score_mass_sum", "entropy_sum"):
+    np.testing.assert_allclose(getattr(rounds[1].stats, k), getattr(rounds[0].stats, k),
+                               rtol=1e-4, atol=1e-4, err_msg=k)
+  # The PPO ratio over several optimiser steps reads the old log-probs off-policy: full pass.
+  c.rl.epochs = 2
+  ppo = config_lib.rl_settings(c, EX_ST.values, method="grpo")
+  assert ppo.policy_loss == "ppo" and not rl.RolloutSettings.from_config(c, ppo).scores_from_sampler
+  c.rl.epochs, c.rl.buffer_size, c.rl.mini_batch_size = 1, 4, 32  # one on-policy step
+  assert rl.RolloutSettings.from_config(c, ppo).scores_from_sampler
+
+
 def test_real_update_equals_objectives_by_hand(real_rows):
   """One REAL update from the same rollouts: advantages, loss and gradient equal
   real_jax.objectives applied by hand. The step accumulates 2 micro-batches, so this also checks

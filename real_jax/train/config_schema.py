@@ -294,6 +294,11 @@ def base_config() -> ConfigDict:
   # each as narrow as its longest CoT allows (a few bucketed widths); the same update.
   c.rl.token_budget = 0
   c.rl.score_batch_size = 0  # rows per no-grad scoring call (0 -> micro or mini-batch size)
+  # True: no teacher-forced scoring pass; the CoTs' log-probs and entropies come from the
+  # sampler's decode steps and the score distribution from one decode step after the delimiter
+  # (equal up to float order). A PPO ratio over several optimiser steps per update keeps the
+  # full pass (its old log-probs are then read off-policy); a KL reference pass always runs.
+  c.rl.scores_from_sampler = False
   c.rl.shuffle = False  # shuffle rows between epochs (authors: no)
   c.rl.temperature = 1.0  # rollout sampling temperature
   c.rl.top_p = 0.9  # rollout nucleus (1 = off)

@@ -40,6 +40,7 @@ from real_jax.judge.scores import ScoreTokens
 from real_jax.train import config_lib, data_utils, packing, state as state_lib
 from real_jax.train import steps as steps_lib
 from real_jax.registry import Registry
+from real_jax.train import settings as settings_lib
 from real_jax.train.settings import AdvantageSettings, RLSettings
 from real_jax.train.batch import RLBatch
 from real_jax.train.metrics import Progress, RolloutStats, fmt_metrics, rl_update_metrics
@@ -116,6 +117,11 @@ class RolloutSettings:
   sample_prompts: int = 0  # prompts per sampler call (0: all of the round's prompts)
   score_rows: int = 64  # rows per scoring call
   prompt_buckets: tuple[int, ...] = ()
+  # The scoring pass's outputs from the sampler (`readout.scores_from_samples`), at these
+  # score-position settings (those of the `score_fn` it replaces).
+  scores_from_sampler: bool = False
+  score_temperature: float = 1.0
+  renormalize: bool = False
 
   @classmethod
   def from_config(cls, config, rl_settings: RLSettings) -> "RolloutSettings":
@@ -127,7 +133,18 @@ class RolloutSettings:
                standard_rl=rl_settings.defaults.score_in_action,
                sample_prompts=rl.sample_prompts,
                score_rows=rl.score_batch_size or rl.micro_batch_size or rl.mini_batch_size,
-               prompt_buckets=data_utils.prompt_buckets(config))
+               prompt_buckets=data_utils.prompt_buckets(config),
+               scores_from_sampler=bool(rl.scores_from_sampler) and not needs_scoring_pass(
+                   config, rl_settings),
+               score_temperature=rl.score_temperature, renormalize=rl.renormalize)
+
+
+def needs_scoring_pass(config, rl_settings: RLSettings) -> bool:
+  """Whether the loss reads the rollout's old log-probs off-policy (a PPO ratio over several
+  optimiser steps per update), so they come from the teacher-forced pass the train step
+  repeats, not from the decode steps (`rl.scores_from_sampler` then keeps the full pass)."""
+  return (rl_settings.policy_loss == "ppo"
+          and settings_lib.optimizer_steps_per_update(config) > 1)
 
 
 class Round(NamedTuple):
@@ -160,7 +177,9 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
       gens.append(readout.sample_cots(
           graphdef, params, prompts["prompt_tokens"][s:s + chunk],
           prompts["prompt_mask"][s:s + chunk], jax.random.fold_in(key, 2 * j), settings.sampler,
-          score_tokens, num_samples=n, mesh=mesh, pad_id=pad_id, prompt_buckets=settings.prompt_buckets))
+          score_tokens, num_samples=n, mesh=mesh, pad_id=pad_id,
+          prompt_buckets=settings.prompt_buckets, capture_scores=settings.scores_from_sampler,
+          score_temperature=settings.score_temperature))
     # Prompts of different chunks share one bucket width only if their longest prompts do.
     gen = readout.Samples.concatenate(gens, pad_id)
   t_roll = time.time() - t0
@@ -171,8 +190,12 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
   target = np.repeat(prompts["target"], n).astype(np.float32)
   target_int = np.repeat(prompts["target_int"], n)
   target_id = readout.target_token_ids(target, score_tokens)
-  sc = readout.run_scoring(score_fn, params, seqs, target_id, jax.random.fold_in(key, 1), mesh,
-                           chunk=settings.score_rows)
+  if settings.scores_from_sampler:
+    sc = readout.scores_from_samples(gen, seqs, target_id, score_tokens,
+                                     renormalize=settings.renormalize)
+  else:
+    sc = readout.run_scoring(score_fn, params, seqs, target_id, jax.random.fold_in(key, 1),
+                             mesh, chunk=settings.score_rows)
   valid = gen.found
   sampled = np.where(valid & sc.sampled_is_score, score_tokens.values_of(sc.sampled, -1.0), -1.0)
   binary = np.asarray(obj.binary_reward(sampled, target_int)).astype(np.float32)
@@ -319,6 +342,10 @@ def run_rl(run: Run, params_in, *, main: bool = True):
       logging.info("[rl] exact generalized policy gradient: E[grad loss] = -grad J")
   loss = rl_objective(score_tokens, c, s)
   settings = RolloutSettings.from_config(c, s)
+  if rl.scores_from_sampler:
+    logging.info("[rl] scores from the sampler: %s", "yes" if settings.scores_from_sampler else
+                 "no, a PPO ratio over several optimiser steps per update reads the old "
+                 "log-probs off-policy: they come from the full scoring pass")
   score_fn = readout.make_score_fn(
       run.graphdef, score_tokens, run.mesh, score_temperature=rl.score_temperature,
       renormalize=rl.renormalize, sample_temperature=rl.temperature, top_p=rl.top_p,

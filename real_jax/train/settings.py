@@ -170,6 +170,12 @@ EXACT_OVERRIDES = ("rl.aggregation=sequence-sum", "rl.advantage=rloo", "rl.beta=
                    "rl.invalid=penalize", "rl.kl_coef=0", "rl.entropy_coef=0")
 
 
+def optimizer_steps_per_update(config: ConfigDict) -> int:
+  """Optimiser steps per RL update: rl.epochs x the update's mini-batches."""
+  rl = config.rl
+  return rl.epochs * (rl.buffer_size * rl.group_size // max(rl.mini_batch_size, 1))
+
+
 def exactness_gaps(config: ConfigDict) -> list[str]:
   """The conditions under which REAL's expected gradient is exactly -grad J (objectives' module
   docstring) that `config` does not meet; [] = the run uses the exact estimator.
@@ -196,7 +202,7 @@ def exactness_gaps(config: ConfigDict) -> list[str]:
                 "rl.shaping=log_prob and rl.shaping_weight=rl.lam, or lam=0 and no shaping)")
   if rl.filter != "all":
     gaps.append(f"rl.filter={rl.filter} (needs all: a filter on the sampled scores selects groups)")
-  steps_per_batch = rl.epochs * (rl.buffer_size * rl.group_size // max(rl.mini_batch_size, 1))
+  steps_per_batch = optimizer_steps_per_update(config)
   if steps_per_batch > 1:
     # After the first step the samples are off-policy: clipped per-token PPO ratios are not the
     # sequence-level importance weight, the refinement term is averaged over the old policy's
