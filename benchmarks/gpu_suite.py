@@ -12,6 +12,10 @@ Writes `gpu_suite.json` to $OUT (or --out) and prints each figure with its refer
   master weights, bf16 compute, remat, 16 rows x 768 tokens): model FLOPs utilisation against the
   card's dense bf16 peak (the FLOPs the step executes, `common.train_step_flops`: the output
   layer on the scored response columns only, attention over the full square; best step time);
+* attention backends (`model.attention`): `xla` and `cudnn` against `chunked` on left-padded,
+  packed and grouped-query bf16 inputs (max |diff| forward and gradients,
+  `benchmarks/attention.py`'s `compare`), then the attention op (forward + backward) and the REAL
+  train step above timed per backend, side by side (cudnn only on a GPU);
 * memory: per program, the plan tool's GPU estimate (`memory_table.program_estimate` x the
   TPU-calibrated factor), XLA's compiled peak, and the device's measured peak bytes in use.
 
@@ -31,10 +35,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from attention import CASES as ATTENTION_CASES, case_inputs, compare  # noqa: E402
 from common import best_time, train_step_flops  # noqa: E402
+from real_jax.models import attention as attention_lib  # noqa: E402
 from real_jax import models, sampling  # noqa: E402
 from real_jax import sharding as shd  # noqa: E402
 from real_jax.judge.scores import ScoreTokens  # noqa: E402
@@ -192,6 +197,8 @@ def run(smoke: bool, out_dir: str, peak_tflops: float, hbm_tbs: float) -> dict:
   print(f"REAL train step ({rows} rows x {width} tokens, {rows // s['micro']} micro-batches): "
         f"{t * 1e3:.1f} ms, {flops / t / 1e12:.2f} TFLOP/s{mfu} (compile {compile_s:.0f} s)",
         flush=True)
+  res["attention"] = attention_suite(cfg, graphdef, state, sh, loss, batch, tx, mesh, s,
+                                     on_gpu=dev.platform == "gpu")
   res["measured_peak_bytes_in_use"] = _peak_bytes_in_use()
   for m in res["memory"]:
     print(f"memory {m['program']}: plan estimate {m['estimate'] / _GIB:.2f} GiB, compiled peak "
@@ -203,6 +210,39 @@ def run(smoke: bool, out_dir: str, peak_tflops: float, hbm_tbs: float) -> dict:
   with open(os.path.join(out_dir, "gpu_suite.json"), "w") as f:
     json.dump(res, f, indent=2)
   return res
+
+
+def attention_suite(cfg, graphdef, state, sh, loss, batch, tx, mesh, s, *, on_gpu: bool) -> dict:
+  """The attention backends against chunked (equality on bf16 inputs), then the op's forward +
+  backward and the REAL train step per backend, each timed best of 3 after a compiling call."""
+  backends = ["chunked", "xla"] + (["cudnn"] if on_gpu else [])
+  rows_len = (8, 1024) if on_gpu else (2, 64)  # the smoke run on a CPU: small
+  cases = {k: rows_len + v[2:] for k, v in ATTENTION_CASES.items()}
+  out = {"backends": backends, "equality_bf16": compare(backends, "bfloat16", cases),
+         "op_s": {}, "train_step_s": {}}
+  for case, row in out["equality_bf16"].items():
+    for be, d in row.items():
+      print(f"attention {be} vs chunked, {case} (bf16): max |diff| out {d['out']:.2e}, "
+            f"dq {d['dq']:.2e}, dk {d['dk']:.2e}, dv {d['dv']:.2e}", flush=True)
+  rows, width = s["train_rows"], s["train_width"]
+  args = case_inputs((rows, width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, "left"),
+                     "bfloat16")
+  b = shd.put_batch(batch, mesh)
+  for be in backends:
+    f = jax.jit(lambda q, k, v, m, seg, cot, be=be: jax.vjp(
+        lambda q, k, v: attention_lib.attention(q, k, v, m, backend=be,
+                                                chunk=cfg.attention_chunk), q, k, v)[1](cot))
+    out["op_s"][be] = best_time(lambda: jax.block_until_ready(f(*args)), 3)
+    g, _ = models.abstract_model(cfg.replace(attention=be))
+    fn = steps_lib.make_train_step(loss, g, tx, mesh, sh, batch, donate=False,
+                                   num_micro=rows // s["micro"])
+    out["train_step_s"][be] = best_time(lambda: jax.block_until_ready(fn(state, b)), 3)
+  for what in ("op_s", "train_step_s"):
+    ref = out[what]["chunked"]
+    print(f"attention {'op fwd+bwd' if what == 'op_s' else 'REAL train step'} ({rows} x {width}): "
+          + ", ".join(f"{be} {t * 1e3:.1f} ms ({ref / t:.2f}x chunked)"
+                      for be, t in out[what].items()), flush=True)
+  return out
 
 
 def _memory_row(label: str, name: str, parts: dict[str, int], compiled: int) -> dict:

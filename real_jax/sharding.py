@@ -242,6 +242,16 @@ def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
     _ACTIVE.reset(token)
 
 
+def active_mesh() -> tuple[Mesh, Rules] | None:
+  """The (mesh, rules) of the enclosing `activation_sharding`, or None outside one."""
+  return _ACTIVE.get()
+
+
+def axis_size(mesh: Mesh, entry) -> int:
+  """Devices along a PartitionSpec entry of `mesh` (None: 1; a tuple: the product)."""
+  return _axis_size(mesh, entry)
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """`constrain_to` the mesh and rules of the active `activation_sharding` (none: `x`)."""
   active = _ACTIVE.get()

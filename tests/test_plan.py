@@ -41,7 +41,10 @@ def test_plan_fits_a_tiny_run_on_v5e(tmp_path):
                       str(tmp_path / "plan.json")], cwd=ROOT, capture_output=True, text=True)
   assert t.returncode == 0, t.stderr[-2000:]
   row = t.stdout.strip().splitlines()[-1]
-  assert row.startswith("| tiny | real | v5e:2x2 (4 x TPU v5") and row.endswith("| yes |")
+  # model.attention=auto compiles the TPU default: splash, in every program above.
+  assert rep["attention"] == "splash"
+  assert row.startswith("| tiny (splash attention) | real | v5e:2x2 (4 x TPU v5")
+  assert row.endswith("| yes |")
 
 
 def test_plan_reports_what_does_not_fit_and_exits_1(tmp_path):
@@ -113,6 +116,17 @@ def test_doc_plan_tables_are_the_committed_reports():
     assert all(p["peak"] > 0 and not p["error"] for p in r["programs"])
 
 
+def test_doc_attention_reports_are_the_committed_ones():
+  """docs/scale.md's 8b reports with the chunked and the splash attention are `plan`'s own
+  markdown of the committed reports; both backends compiled for v5p and fit."""
+  reports = _reports("attention-8b-")
+  assert [r["attention"] for r in reports] == ["chunked", "splash"]
+  assert _doc_block("attention") == "\n\n".join(plan.markdown(r) for r in reports)
+  for r in reports:
+    assert r["fits"] and {p["name"] for p in r["programs"]} == {"rl_step", "rollout_sampler"}
+    assert all(p["peak"] > 0 and not p["error"] for p in r["programs"])
+
+
 def _analytic_vs_compiled():
   for r in _reports("rl-") + _reports("sup-"):
     c = config_lib.load_config(r["config"])
@@ -176,6 +190,10 @@ def test_gpu_suite_smoke_on_cpu(tmp_path):
   for m in res["memory"]:
     assert 0.5 < m["ratio"] < 2.0, m  # the plan estimate against XLA's compiled peak
   assert "REAL train step" in r.stdout and "plan estimate" in r.stdout
+  att = res["attention"]  # cudnn joins chunked and xla on a GPU
+  assert att["backends"] == ["chunked", "xla"] and set(att["train_step_s"]) == {"chunked", "xla"}
+  for row in att["equality_bf16"].values():
+    assert row["xla"]["out"] < 5e-2 and row["xla"]["dq"] < 5e-1, row
 
 
 def test_the_8b_rollout_sampler_holds_its_kv_cache_once():

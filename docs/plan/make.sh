@@ -28,14 +28,20 @@ sup-5-mistral-7b-tract|size=mistral-7b,method=tract|v5p:2x2x1
 "
 run() {  # name arg topology
   python -m real_jax.tools.plan --config "$P:$2" --topology "$3" --json "docs/plan/$1.json" \
-    > "docs/plan/$1.log" 2>&1
+    --config.model.attention="${4:-chunked}" ${5:-} > "docs/plan/$1.log" 2>&1
   local rc=$?; [ $rc -le 1 ] && rm -f "docs/plan/$1.log"  # kept when the plan failed
   echo "$1: exit $rc ($(date +%T))"
 }
 jobs_running=0
+# The tables' reports use the chunked attention (the reference); the splash kernel (the TPU
+# default of model.attention=auto) has its own 8b report beside the chunked one.
+ROWS="$ROWS
+attention-8b-chunked|size=8b|v5p:2x2x1|chunked|--only=rl_step,rollout_sampler
+attention-8b-splash|size=8b|v5p:2x2x1|splash|--only=rl_step,rollout_sampler
+"
 for row in $ROWS; do
-  IFS='|' read -r name arg topo <<< "$row"
-  run "$name" "$arg" "$topo" &
+  IFS='|' read -r name arg topo attn extra <<< "$row"
+  run "$name" "$arg" "$topo" "$attn" "$extra" &
   jobs_running=$((jobs_running + 1))
   if [ "$jobs_running" -ge 2 ]; then wait -n; jobs_running=$((jobs_running - 1)); fi
 done
@@ -43,3 +49,5 @@ wait
 python -m real_jax.tools.plan --summarize docs/plan/rl-*.json
 echo
 python -m real_jax.tools.plan --summarize docs/plan/sup-*.json
+echo
+python -m real_jax.tools.plan --summarize docs/plan/attention-8b-*.json

@@ -18,8 +18,9 @@ forward pass. There is one transformer block, `decoder_layer`, a pure function o
 dict of per-layer arrays; how it attends is passed in (`attend`):
 
 * the full forward (`Qwen3.__call__`: training, the scoring pass, the prefill) attends
-  causally by slot index within the batch, query-chunked so no [B, N, T, S] float32
-  logits exist for T > `attention_chunk`;
+  causally by slot index within the batch through `Qwen3Config.attention`'s backend
+  (`models/attention.py`: query-chunked XLA by default, so no [B, N, T, S] float32 logits
+  exist for T > `attention_chunk`; `xla`, `cudnn` or Pallas `splash` kernels);
 * the decode step (`decode_step`, used by the sampler) feeds one token per row against
   a `DecodeCache`: the prompt's keys stored once per group [G, K, P, H] and each row's
   own generated keys [B, K, R, H]. Attention over the two parts is merged exactly with
@@ -33,7 +34,6 @@ validity mask: query `t` sees key `s` iff `kv_mask[b, s]` and `s <= t`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -42,6 +42,8 @@ from flax import nnx
 
 from real_jax import sharding as shd
 from real_jax.layout import positions_from_mask
+from real_jax.models import attention as attention_lib
+from real_jax.models.attention import attention
 
 __all__ = ["REMATS", "FAMILIES", "Qwen3Config", "PARAM_AXES", "CACHE_AXES", "DecoderLayers",
     "LAYER_PARAM_NAMES", "rms_norm", "apply_rope", "attention", "positions_from_segments",
@@ -79,9 +81,13 @@ class Qwen3Config:
   # Memory/compile switches.
   remat: str = "none"  # "none" | "full" (recompute the block) | "dots" (save matmul outputs)
   scan_layers: bool = True
-  # Queries per attention block in the full forward: attention logits exist as
+  # Queries per attention block of the `chunked` backend: attention logits exist as
   # [B, N, attention_chunk, S] float32 at most (forward and backward).
   attention_chunk: int = 512
+  # The full forward's attention (`models.attention.ATTENTION_BACKENDS`): chunked | xla | cudnn
+  # | splash (the config's `model.attention`, `auto` resolved per platform). The decode step is
+  # the same on every backend.
+  attention: str = "chunked"
   initializer_range: float = 0.02
   family: str = "qwen3"  # a key of FAMILIES: Hugging Face model_type, q/k norm or not
   # Mistral's sliding-window attention: sequences up to this length only (the window is not
@@ -100,6 +106,9 @@ class Qwen3Config:
       raise ValueError(f"remat={self.remat!r}; expected one of {REMATS}")
     if self.attention_chunk < 1:
       raise ValueError(f"attention_chunk={self.attention_chunk} must be >= 1")
+    if self.attention not in attention_lib.ATTENTION_BACKENDS:
+      raise ValueError(f"attention={self.attention!r}; expected one of "
+                       f"{sorted(attention_lib.ATTENTION_BACKENDS)}")
 
   def replace(self, **kw) -> "Qwen3Config":
     return dataclasses.replace(self, **kw)
@@ -202,97 +211,6 @@ def apply_rope(x: Array, positions: Array, theta: float) -> Array:
   return x * cos + rotated * sin
 
 
-def _attention_block(q: Array, k: Array, v: Array, mask: Array) -> Array:
-  """q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] bool -> [B,T,N,H] (softmax in float32)."""
-  b, t, n, h = q.shape
-  kv = k.shape[2]
-  q = q.reshape(b, t, kv, n // kv, h)
-  logits = jnp.einsum("BTKQH,BSKH->BKQTS", q, k, preferred_element_type=jnp.float32)
-  logits = logits * (h ** -0.5)
-  logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("BKQTS,BSKH->BTKQH", probs, v)
-  return out.reshape(b, t, n, h)
-
-
-def _causal_block(q: Array, k: Array, v: Array, kv_mask: Array, q_slots: Array,
-                  segments: Array | None = None, q_segments: Array | None = None) -> Array:
-  """Queries at slots q_slots [Tc] against all keys: key s is seen iff kv_mask[b, s], s <= slot
-  and, for packed rows, segments[b, s] == q_segments[b, query] ([B, S] and [B, Tc])."""
-  slots = jnp.arange(k.shape[1])
-  mask = kv_mask.astype(bool)[:, None, :] & (slots[None, None, :] <= q_slots[None, :, None])
-  if segments is not None:
-    mask = mask & (segments[:, None, :] == q_segments[:, :, None])
-  return _attention_block(q, k, v, mask)
-
-
-def _query_chunks(x: Array, chunk: int) -> Array:
-  """[B, T, ...] -> [nc, B, chunk, ...] (zero padded)."""
-  t = x.shape[1]
-  pad = (-t) % chunk
-  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-  return x.reshape(x.shape[0], -1, chunk, *x.shape[2:]).swapaxes(0, 1)
-
-
-def _blocks(q: Array, segments: Array | None, chunk: int):
-  """Per query block: (the block's slots [nc, chunk], its segment ids [nc, B, chunk] or None)."""
-  slots = _query_chunks(jnp.arange(q.shape[1])[None], chunk)[:, 0]
-  return slots, (None if segments is None else _query_chunks(segments, chunk))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _chunked_attention(q, k, v, kv_mask, segments, chunk):
-  t = q.shape[1]
-  slots, q_segs = _blocks(q, segments, chunk)
-  out = jax.lax.map(lambda xs: _causal_block(xs[0], k, v, kv_mask, xs[1], segments, xs[2]),
-                    (_query_chunks(q, chunk), slots, q_segs))
-  return out.swapaxes(0, 1).reshape(q.shape[0], -1, *q.shape[2:])[:, :t]
-
-
-def _chunked_attention_fwd(q, k, v, kv_mask, segments, chunk):
-  return _chunked_attention(q, k, v, kv_mask, segments, chunk), (q, k, v, kv_mask, segments)
-
-
-def _chunked_attention_bwd(chunk, res, g):
-  # Flash-style backward: each query block's logits are recomputed and differentiated, so only
-  # q, k, v and the masks are kept between the passes.
-  q, k, v, kv_mask, segments = res
-  t = q.shape[1]
-  slots, q_segs = _blocks(q, segments, chunk)
-
-  def one(carry, xs):
-    dk, dv = carry
-    qc, gc, sc, qs = xs
-    _, vjp = jax.vjp(lambda qc, k, v: _causal_block(qc, k, v, kv_mask, sc, segments, qs),
-                     qc, k, v)
-    dqc, dkc, dvc = vjp(gc)
-    return (dk + dkc, dv + dvc), dqc
-
-  (dk, dv), dq = jax.lax.scan(one, (jnp.zeros_like(k), jnp.zeros_like(v)),
-                              (_query_chunks(q, chunk), _query_chunks(g, chunk), slots, q_segs))
-  dq = dq.swapaxes(0, 1).reshape(q.shape[0], -1, *q.shape[2:])[:, :t]
-  return dq, dk, dv, None, None
-
-
-_chunked_attention.defvjp(_chunked_attention_fwd, _chunked_attention_bwd)
-
-
-def attention(q: Array, k: Array, v: Array, kv_mask: Array, *, chunk: int,
-              segment_ids: Array | None = None) -> Array:
-  """Causal grouped-query attention by slot index, in query blocks of `chunk`.
-
-  q [B,T,N,H], k/v [B,T,K,H], kv_mask [B,T] bool -> [B,T,N,H]; query t sees key s iff
-  kv_mask[b, s] and s <= t and, for packed rows (`segment_ids` [B,T] int, 0 on padding), both
-  belong to the same segment. For T > chunk the queries run in blocks, forward and backward
-  (a custom VJP that recomputes each block's logits), so float32 logits exist only as
-  [B,N,chunk,T] and the backward keeps only q, k, v between the passes.
-  """
-  t = q.shape[1]
-  if t <= chunk:
-    return _causal_block(q, k, v, kv_mask, jnp.arange(t), segment_ids, segment_ids)
-  return _chunked_attention(q, k, v, kv_mask, segment_ids, chunk)
-
-
 def positions_from_segments(segment_ids: Array) -> Array:
   """[B,T] int32 RoPE positions of packed rows: each segment counts from 0 at its first column.
 
@@ -380,7 +298,8 @@ class Qwen3(nnx.Module):
     x = shd.constrain(x, ("batch", "length", "act_embed"))
 
     def attend(q, k, v):
-      out = attention(q, k, v, kv_mask, chunk=cfg.attention_chunk, segment_ids=segment_ids)
+      out = attention(q, k, v, kv_mask, backend=cfg.attention, chunk=cfg.attention_chunk,
+                      segment_ids=segment_ids)
       return out, ((k, v) if return_kv else None)
 
     block = _remat(lambda x, p: decoder_layer(cfg, x, p, positions, attend), cfg.remat)

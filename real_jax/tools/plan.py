@@ -47,7 +47,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import topologies
 
 from real_jax import models, readout, sampling
@@ -131,7 +130,8 @@ def _batch_sds(cls, mesh, **fields):
 def programs(config, mesh) -> dict[str, tuple[Any, tuple, str]]:
   """name -> (jitted function, abstract arguments, shape description) of the run's programs."""
   c = config
-  cfg = config_lib.preset_model(c)  # the plan needs shapes, not weights
+  # The plan needs shapes, not weights; `auto` attention resolves for the target's platform.
+  cfg = config_lib.preset_model(c, platform=mesh.devices.flat[0].platform)
   graphdef, abstract = models.abstract_model(cfg)
   p_sh = models.param_shardings(abstract, mesh)
   params = state_lib.abstract_like(abstract, p_sh)
@@ -262,6 +262,7 @@ def plan(config, topology: str, *, headroom: float = 0.1, only: tuple[str, ...] 
   return {"topology": topology, "chips": len(devices), "device_kind": devices[0].device_kind,
           "mesh": mesh_shape, "hbm_bytes": hbm, "headroom": headroom,
           "model": config.model.preset, "method": config.method,
+          "attention": config_lib.attention_backend(config, devices[0].platform),
           "programs": [dataclasses.asdict(r) for r in reports],
           "fits": all(r.fits for r in reports)}
 
@@ -328,7 +329,8 @@ def suggest_markdown(rows: list[dict[str, Any]]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
   hbm = report["hbm_bytes"] / _GIB
-  lines = [f"{report['model']} {report['method']} on {report['topology']} "
+  attn = report.get("attention", "chunked")
+  lines = [f"{report['model']} {report['method']} ({attn} attention) on {report['topology']} "
            f"({report['chips']} x {report['device_kind']}, {hbm:.2f} GiB HBM each), mesh "
            f"{report['mesh']}, headroom {100 * report['headroom']:.0f}%", "",
            "| program | shape | arguments | temp | peak / device | of HBM | fits | compile |",
@@ -361,7 +363,9 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
       cells.append("–" if p is None else ("does not compile" if p["error"] else
                                           f"{p['peak'] / _GIB:.1f}"))
     m = r["mesh"]
-    lines.append(f"| {r['model']} | {r['method']} | {r['topology']} ({r['chips']} x "
+    attn = r.get("attention", "chunked")  # reports before the field: chunked
+    model = r["model"] if attn == "chunked" else f"{r['model']} ({attn} attention)"
+    lines.append(f"| {model} | {r['method']} | {r['topology']} ({r['chips']} x "
                  f"{r['device_kind']}, {r['hbm_bytes'] / _GIB:.2f} GiB) | "
                  f"{m['data']}x{m['fsdp']}x{m['tensor']} | " + " | ".join(cells) +
                  f" | {'yes' if r['fits'] else '**no**'} |")

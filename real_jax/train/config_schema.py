@@ -28,6 +28,7 @@ from real_jax import objectives as obj  # fills the registries
 from real_jax import readout, registry
 from real_jax.data import batching
 from real_jax.judge.formats import OutputFormat
+from real_jax.models import attention as attention_lib
 from real_jax.models import qwen3
 from real_jax.train import methods as methods_lib
 from real_jax.train import state as state_lib
@@ -165,6 +166,10 @@ def base_config() -> ConfigDict:
   c.model.param_dtype = ""  # master weights: "" keeps the preset's / checkpoint's
   c.model.remat = ""  # "" keeps the preset's; none | full | dots
   c.model.scan_layers = True  # lax.scan over the layers (flat compile time); False unrolls
+  # The full forward's attention kernel: auto (splash on TPU, xla on GPU, chunked on CPU) |
+  # chunked (query-chunked XLA, the reference) | xla | cudnn (GPU, bf16) | splash (TPU Pallas).
+  # The decode step is the same on every backend (docs/model.md).
+  c.model.attention = "auto"
 
   # Device mesh: sizes of the (data, fsdp, tensor) axes; -1 = all remaining devices.
   c.mesh = ConfigDict()
@@ -391,6 +396,7 @@ CHOICES: dict[str, Callable[[], tuple]] = {
     "data.enable_thinking": lambda: ("", "true", "false"),
     "data.overlong": lambda: tuple(batching.OVERLONG),
     "model.remat": lambda: ("",) + tuple(qwen3.REMATS),
+    "model.attention": lambda: ("auto",) + tuple(attention_lib.ATTENTION_BACKENDS),
     "optim.schedule": lambda: tuple(state_lib.SCHEDULES),
     "warmup.schedule": lambda: ("",) + tuple(state_lib.SCHEDULES),
     "rl.filter": lambda: tuple(registry.GROUP_FILTERS),

@@ -11,15 +11,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+import jax
+
 from real_jax import layout
 from real_jax import objectives as obj
+from real_jax.models import attention as attention_lib
 from real_jax.models import qwen3
 from real_jax.models.presets import get_preset
 from real_jax.train import methods as methods_lib
-from real_jax.train.config_schema import INVALID_RULES, ConfigDict
+from real_jax.train.config_schema import INVALID_RULES, ConfigDict, ConfigError
 
 __all__ = ["AdvantageSettings", "RLSettings", "Evaluations", "RunSettings", "advantage_recipe",
-           "rl_settings", "evaluations", "resolve", "model_overrides", "preset_model",
+           "rl_settings", "evaluations", "resolve", "attention_backend", "model_overrides", "preset_model",
            "EXACT_OVERRIDES", "exactness_gaps", "prompt_buckets"]
 
 
@@ -139,19 +142,39 @@ def resolve(config: ConfigDict, score_values: Sequence[float]) -> RunSettings:
                      rl=rl_settings(config, score_values) if m.rl is not None else None)
 
 
-def model_overrides(config: ConfigDict) -> dict[str, Any]:
-  """The `model` block's switches that apply to any model source (HF weights or a preset)."""
+GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+
+
+def attention_backend(config: ConfigDict, platform: str | None = None) -> str:
+  """`model.attention` on `platform` (default: jax's backend; the plan tool passes its target's):
+  `auto` -> splash on TPU, xla on GPU, chunked on CPU. A backend the platform cannot run is a
+  ConfigError (cudnn off an NVIDIA GPU, splash on a GPU; splash on CPU runs interpreted)."""
+  platform = platform or jax.default_backend()
+  name = attention_lib.resolve(config.model.attention, platform)
+  if name == "cudnn" and platform not in GPU_PLATFORMS:
+    raise ConfigError(f"model.attention=cudnn needs an NVIDIA GPU (this run targets {platform}); "
+                      "use xla, chunked or auto")
+  if name == "splash" and platform in GPU_PLATFORMS:
+    raise ConfigError("model.attention=splash is a TPU kernel; on a GPU use xla, cudnn or auto")
+  return name
+
+
+def model_overrides(config: ConfigDict, platform: str | None = None) -> dict[str, Any]:
+  """The `model` block's switches that apply to any model source (HF weights or a preset);
+  `platform` resolves `model.attention` (`attention_backend`)."""
   mc = config.model
   out: dict[str, Any] = {"remat": mc.remat} if mc.remat else {}
   out["scan_layers"] = bool(mc.scan_layers)
+  out["attention"] = attention_backend(config, platform)
   return out
 
 
-def preset_model(config: ConfigDict, tokenizer_size: int | None = None) -> qwen3.Qwen3Config:
+def preset_model(config: ConfigDict, tokenizer_size: int | None = None,
+                 platform: str | None = None) -> qwen3.Qwen3Config:
   """The config's preset model with the `model` block's overrides. vocab_size -1 sizes the
   vocabulary from the tokenizer (a multiple of 64; the preset's when no tokenizer is given)."""
   mc = config.model
-  over = model_overrides(config)
+  over = model_overrides(config, platform)
   if mc.vocab_size == -1 and tokenizer_size is not None:
     over["vocab_size"] = -(-tokenizer_size // 64) * 64
   elif mc.vocab_size > 0:
