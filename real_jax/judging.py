@@ -34,6 +34,7 @@ from real_jax import layout, models, readout
 from real_jax import sharding as shd
 from real_jax.judge import prompts as prompts_lib
 from real_jax.judge import scores as scores_lib
+from real_jax.models import attention as attention_lib
 from real_jax.models import hf as hf_io
 from real_jax.train import checkpoint as ckpt_lib
 
@@ -96,7 +97,8 @@ class Judge:
       raise FileNotFoundError(f"{path} not found: pass the workdir of a real_jax.main run")
     with open(path) as f:
       run = json.load(f)
-    cfg = models.Qwen3Config(**run["model"])
+    # The attention backend is this machine's (`auto`), not the one the run trained with.
+    cfg = models.Qwen3Config(**run["model"]).replace(attention=attention_lib.resolve("auto"))
     mesh = mesh if mesh is not None else shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
     graphdef, abstract = models.abstract_model(cfg)
     d, step, params = ckpt_lib.restore_run_params(
@@ -116,7 +118,8 @@ class Judge:
     """A Hugging Face Qwen3 directory (weights + config), its tokenizer from the same directory
     or `tokenizer_dir`."""
     mesh = mesh if mesh is not None else shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    _, graphdef, params = hf_io.load_hf(hf_dir, mesh=mesh, dtype=dtype)
+    cfg, _, params = hf_io.load_hf(hf_dir, mesh=mesh, dtype=dtype)
+    graphdef, _ = models.abstract_model(cfg.replace(attention=attention_lib.resolve("auto")))
     tok = prompts_lib.load_tokenizer(tokenizer_dir or hf_dir)
     return cls(graphdef, params, tok, output_format=output_format, mesh=mesh, source=hf_dir, **kw)
 

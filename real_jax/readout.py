@@ -33,7 +33,7 @@ from real_jax.models import score_sequences
 
 __all__ = ["READOUTS", "INVALID_READOUTS", "STATUS_NAMES", "SamplerSettings", "Samples",
     "sample_cots", "sampling_config", "Sequences", "build_sequences", "append_delimiter",
-    "make_score_fn", "Scores", "run_scoring", "target_token_ids", "EvalSettings", "Reading",
+    "make_score_fn", "Scores", "run_scoring", "scores_from_samples", "target_token_ids", "EvalSettings", "Reading",
     "apply_invalid_rule", "read_batch"]
 
 READOUTS = ("cot", "direct")  # a CoT before the score | the delimiter right after the prompt

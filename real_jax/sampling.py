@@ -103,7 +103,9 @@ class SamplingConfig:
       step after a stop sequence, i.e. the distribution that follows the delimiter
       (`SampleOutput.capture_log_probs`: log softmax over the vocabulary of the logits divided
       by `capture_temperature`); needs extra_tokens_after_stop >= 1, so that the step runs.
-      Also records each generated token's policy entropy (`SampleOutput.entropy`). () = off.
+      The buffer's last column is then the captured step's only: a row without a stop sequence
+      by the column before it ends there (TRUNCATED, one token short of max_new_tokens). Also
+      records each generated token's policy entropy (`SampleOutput.entropy`). () = off.
     capture_temperature: divides the logits of `capture_log_probs` (not of the draw).
   """
 
@@ -530,6 +532,8 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
   state = _record_capture(state, jnp.int32(0), logits0, cfg)
   tok, slp, plp = draw(logits0, 0, state.seen)
   state = _emit(state, jnp.int32(0), tok, slp, plp, cfg)
+  if cfg.capture_ids and m <= 2:  # the last column is for captured steps only (as below)
+    state = state._replace(done=state.done | (state.extra_left < 0))
   state = state._replace(i=jnp.int32(1), seen=mark(state.seen, tok))
 
   if m == 1:  # nothing left to decode
@@ -546,6 +550,8 @@ def _sample_impl(params, prompt_tokens, prompt_mask, key, prompt_ids, *, graphde
     state = _record_capture(state._replace(cache=cache), state.i, logits, cfg)
     tok, slp, plp = draw(logits, state.i, state.seen)
     state = _emit(state, state.i, tok, slp, plp, cfg)
+    if cfg.capture_ids:  # the last column is for captured steps only
+      state = state._replace(done=state.done | ((state.i >= m - 2) & (state.extra_left < 0)))
     return state._replace(i=state.i + 1, seen=mark(state.seen, tok))
 
   state = jax.lax.while_loop(cond, body, state)

@@ -15,6 +15,7 @@ import pytest
 
 from real_jax import models
 from real_jax import sampling as S
+from real_jax import sharding as shd
 from real_jax.models import attention as A
 from real_jax.train import config_lib
 from real_jax.train.config_schema import ConfigError
@@ -105,6 +106,21 @@ def test_splash_interpreted_equals_chunked(case):
     np.testing.assert_allclose(a, b, atol=2e-5, err_msg=f"d{name}")
 
 
+@pytest.mark.parametrize("mesh_shape", [{"data": 2, "fsdp": 2, "tensor": 2}, {"tensor": 8}])
+def test_splash_sharded_equals_unsharded(mesh_shape):
+  """`splash` under an `activation_sharding` mesh runs in shard_map (batch over data x fsdp,
+  heads over tensor where both head counts divide it, else whole): the unsharded output and
+  gradients, grouped-query heads, packed rows."""
+  mesh = shd.make_mesh(mesh_shape)
+  q, k, v, mask, seg, cot = _inputs((4, 128, 8, 2, 16, "packed"), seed=2)
+  ref = _run("splash", q, k, v, mask, seg, cot)
+  with shd.activation_sharding(mesh):
+    got = jax.jit(lambda *a: _run("splash", *a))(q, k, v, mask, seg, cot)
+  _assert_close(got[0], ref[0], mask, 1e-6, "output")
+  for name, a, b in zip("qkv", got[1], ref[1]):
+    np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"d{name}")
+
+
 def test_model_forward_prefill_and_decode_on_each_backend():
   """Through the model: `Qwen3Config.attention` = xla / splash gives the chunked model's logits
   on a left-padded batch (float32), and the sampler (prefill on the backend, then the decode
@@ -133,11 +149,11 @@ def test_backend_choice_and_fallbacks():
   error; cudnn hands float32 inputs to xla (logged once); unknown names are refused."""
   assert [A.resolve("auto", p) for p in ("tpu", "gpu", "cpu")] == ["splash", "xla", "chunked"]
   c = config_lib.base_config()
-  assert config_lib.preset_model(c).attention == "chunked"  # auto on this CPU
+  assert config_lib.preset_model(c, platform="cpu").attention == "chunked"
   assert config_lib.preset_model(c, platform="tpu").attention == "splash"
   c.model.attention = "cudnn"
   with pytest.raises(ConfigError, match="cudnn needs an NVIDIA GPU"):
-    config_lib.preset_model(c)
+    config_lib.preset_model(c, platform="cpu")
   assert config_lib.preset_model(c, platform="gpu").attention == "cudnn"
   c.model.attention = "splash"
   with pytest.raises(ConfigError, match="TPU kernel"):

@@ -192,8 +192,7 @@ def test_gpu_suite_smoke_on_cpu(tmp_path):
   assert "REAL train step" in r.stdout and "plan estimate" in r.stdout
   att = res["attention"]  # cudnn joins chunked and xla on a GPU
   assert att["backends"] == ["chunked", "xla"] and set(att["train_step_s"]) == {"chunked", "xla"}
-  for row in att["equality_bf16"].values():
-    assert row["xla"]["out"] < 5e-2 and row["xla"]["dq"] < 5e-1, row
+  assert att["equal"] and all(row["xla"]["ok"] for row in att["equality_bf16"].values())
 
 
 def test_the_8b_rollout_sampler_holds_its_kv_cache_once():

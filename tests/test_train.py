@@ -193,6 +193,18 @@ def test_rollout_with_scores_from_sampler_equals_the_scoring_pass():
   assert ppo.policy_loss == "ppo" and not rl.RolloutSettings.from_config(c, ppo).scores_from_sampler
   c.rl.epochs, c.rl.buffer_size, c.rl.mini_batch_size = 1, 4, 32  # one on-policy step
   assert rl.RolloutSettings.from_config(c, ppo).scores_from_sampler
+  # Standard RL: the score token drawn after the delimiter joins the action; every old
+  # log-prob, that token's included, is the teacher-forced one of the row at T = 1.
+  grpo = rl.RolloutSettings.from_config(c, ppo)
+  assert grpo.scores_from_sampler and grpo.standard_rl
+  g = rl.rollout_round(graphdef, params, None, prompts, jax.random.PRNGKey(5), settings=grpo,
+                       advantages=rl.AdvantageSettings(reward="binary", format_penalty=16.0),
+                       score_fn=score_fn, score_tokens=EX_ST, mesh=mesh, pad_id=0).batch
+  appended = (g.cot_mask > 0) & (ref["cot_mask"] == 0)
+  assert appended.sum() == found.sum() and np.isin(g.tokens[appended], EX_ST.token_ids).any()
+  tf = np.asarray(score_sequences(graphdef, params, jnp.asarray(g.tokens), jnp.asarray(g.mask),
+                                  jnp.asarray(g.score_pos)).token_log_probs)
+  np.testing.assert_allclose(g.old_lp[g.cot_mask > 0], tf[g.cot_mask > 0], atol=1e-4)
 
 
 def test_real_update_equals_objectives_by_hand(real_rows):

@@ -203,8 +203,10 @@ def cudnn_attention(q: Array, k: Array, v: Array, kv_mask: Array, *, chunk: int 
     _log_once(f"cudnn takes bf16/fp16, not {q.dtype.name}: this model's attention runs on xla")
     return xla_attention(q, k, v, kv_mask, chunk=chunk, segment_ids=segment_ids)
   h = q.shape[-1]
-  if h % 8 or h > 256:
-    _log_once(f"cudnn takes head_dim a multiple of 8 up to 256, not {h}: chunked attention")
+  hopper = any(k in jax.devices()[0].device_kind for k in ("H100", "H200", "H800", "GH200"))
+  if h % 8 or h > (256 if hopper else 128):
+    _log_once(f"cudnn takes head_dim a multiple of 8 up to 128 (256 on Hopper), not {h}: "
+              "chunked attention")
     return chunked_attention(q, k, v, kv_mask, chunk=chunk, segment_ids=segment_ids)
   return jax.nn.dot_product_attention(q, k, v, mask=_dense_mask(kv_mask, segment_ids, q.shape[1]),
                                       implementation="cudnn")
@@ -249,14 +251,14 @@ def splash_attention(q: Array, k: Array, v: Array, kv_mask: Array, *, chunk: int
   """JAX's Pallas TPU splash attention (MaxText's and Tunix's kernel): a causal mask per head,
   grouped-query heads natively, padding and packed rows as segment ids (padding = segment 0,
   which no real token shares). Lengths are padded to a multiple of 128 (the kernel's lane
-  width). Under an `activation_sharding` mesh it runs in `shard_map` (batch over the batch
+  width), of 512 past 512 tokens (its blocks are then 512 wide). Under an `activation_sharding` mesh it runs in `shard_map` (batch over the batch
   axes, heads over the tensor axis where they divide it), the kernel vmapped over the batch.
   Off TPU it runs in Pallas interpret mode (tests on CPU)."""
   del chunk
   b, t, _, _ = q.shape
   seg = kv_mask.astype(jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
   seg = jnp.where(kv_mask.astype(bool), seg, 0)
-  pad = (-t) % SPLASH_LANES
+  pad = (-t) % (512 if t > 512 else SPLASH_LANES)  # 512-wide blocks past 512 tokens
   if pad:  # padded columns: segment 0, after every real token (causal: nothing real sees them)
     q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
     seg = jnp.pad(seg, ((0, 0), (0, pad)))
@@ -267,9 +269,9 @@ def splash_attention(q: Array, k: Array, v: Array, kv_mask: Array, *, chunk: int
   if mesh is None:
     out = local(q, k, v, seg)
   else:
-    def spec(x, axes):  # a dimension that does not divide its mesh axes stays whole
-      s = shd.logical_to_spec(axes, rules)
-      return P(*[e if x.shape[i] % shd.axis_size(mesh, e) == 0 else None
+    def spec(x, axes):  # batch and heads only (length and head_dim stay whole in a shard);
+      s = shd.logical_to_spec(axes, rules)  # a dimension that does not divide stays whole
+      return P(*[e if i in (0, 2) and x.shape[i] % shd.axis_size(mesh, e) == 0 else None
                  for i, e in enumerate(s)])
     qs = spec(q, ("batch", "length", "q_heads", "head_dim"))
     ks = spec(k, ("batch", "length", "kv_heads", "head_dim"))

@@ -75,8 +75,11 @@ def _layer_bytes(cfg: Qwen3Config, itemsize: int, tensor: int) -> int:
   return (2 * d * n * h + 2 * d * k * h + 3 * d * f) * itemsize // tensor
 
 
-def program_estimate(config, mesh_shape: dict[str, int]) -> dict[str, dict[str, int]]:
-  """program -> {part: bytes per device} for the programs `plan.programs` builds."""
+def program_estimate(config, mesh_shape: dict[str, int], attention: str = "chunked"
+                     ) -> dict[str, dict[str, int]]:
+  """program -> {part: bytes per device} for the programs `plan.programs` builds, with the
+  attention backend `attention` (`xla` holds a layer's whole [rows, N, width, width] float32
+  logit square; the others at most `attention_chunk` query rows of it)."""
   c = config
   cfg = PRESETS[c.model.preset].model
   over = {k: v for k, v in (("dtype", c.model.dtype), ("param_dtype", c.model.param_dtype)) if v}
@@ -101,7 +104,7 @@ def program_estimate(config, mesh_shape: dict[str, int]) -> dict[str, dict[str, 
     """One layer's working set: q/k/v/o, the MLP's three [., F] blocks, float32 norms and the
     [rows, N, chunk, width] float32 attention-logit block (x3 with its backward)."""
     per_token = (2 * (n_h + k_h) * h * cb // tensor + 3 * f * cb // tensor + 4 * d * f32)
-    attn = rows * heads * min(chunk, width) * width * f32
+    attn = rows * heads * (width if attention == "xla" else min(chunk, width)) * width * f32
     return (rows * width * per_token + attn) * (3 if backward else 1)
 
   def train(rows, width, micro):

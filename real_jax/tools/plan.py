@@ -387,20 +387,22 @@ def gpu_plan(config, gpu: str, *, headroom: float = 0.1) -> dict[str, Any]:
   fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75"))
   usable = int(GPUS[kind] * 2**20 * fraction)
   programs = []
-  for name, parts in memory_table.program_estimate(config, mesh_shape).items():
+  attention = config_lib.attention_backend(config, "gpu")  # what `auto` runs on a GPU
+  for name, parts in memory_table.program_estimate(config, mesh_shape, attention).items():
     analytic = sum(parts.values())
     est = memory_table.calibrated(name, analytic, memory_table.CALIBRATION)
     programs.append({"name": name, "parts": parts, "analytic": analytic, "estimate": est,
                      "fits": est <= usable * (1.0 - headroom)})
   return {"gpu": kind, "chips": chips, "mesh": mesh_shape, "usable_bytes": usable,
           "mem_fraction": fraction, "headroom": headroom, "model": config.model.preset,
-          "method": config.method, "programs": programs,
+          "method": config.method, "attention": attention, "programs": programs,
           "fits": all(p["fits"] for p in programs)}
 
 
 def gpu_markdown(report: dict[str, Any]) -> str:
   lines = [f"ESTIMATE (analytic x TPU-calibrated factor; no GPU compiler without a GPU): "
-           f"{report['model']} {report['method']} on {report['chips']} x {report['gpu']}, mesh "
+           f"{report['model']} {report['method']} ({report.get('attention', 'chunked')} "
+           f"attention) on {report['chips']} x {report['gpu']}, mesh "
            f"{report['mesh']}, {report['usable_bytes'] / _GIB:.1f} GiB usable per GPU "
            f"(XLA_PYTHON_CLIENT_MEM_FRACTION={report['mem_fraction']}), headroom "
            f"{100 * report['headroom']:.0f}%", "",

@@ -143,6 +143,7 @@ def resolve(config: ConfigDict, score_values: Sequence[float]) -> RunSettings:
 
 
 GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+NVIDIA_PLATFORMS = ("gpu", "cuda")  # cuDNN's (jax names a CUDA device's platform "gpu")
 
 
 def attention_backend(config: ConfigDict, platform: str | None = None) -> str:
@@ -151,7 +152,7 @@ def attention_backend(config: ConfigDict, platform: str | None = None) -> str:
   ConfigError (cudnn off an NVIDIA GPU, splash on a GPU; splash on CPU runs interpreted)."""
   platform = platform or jax.default_backend()
   name = attention_lib.resolve(config.model.attention, platform)
-  if name == "cudnn" and platform not in GPU_PLATFORMS:
+  if name == "cudnn" and platform not in NVIDIA_PLATFORMS:
     raise ConfigError(f"model.attention=cudnn needs an NVIDIA GPU (this run targets {platform}); "
                       "use xla, chunked or auto")
   if name == "splash" and platform in GPU_PLATFORMS:
