@@ -49,7 +49,8 @@ def test_plan_fits_a_tiny_run_on_v5e(tmp_path):
 
 def test_plan_reports_what_does_not_fit_and_exits_1(tmp_path):
   # 32768 evaluation prompts x 4224 cached positions: ~21 GiB of KV cache per v5e chip.
-  r, rep = _plan(tmp_path, "--only=eval_sampler", "--set", "eval.batch_size=32768",
+  r, rep = _plan(tmp_path, "--only=eval_sampler", "--set", "model.attention=chunked",
+                 "--set", "eval.batch_size=32768",
                  "--set", "eval.max_response_len=4096")
   assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
   (p,) = rep["programs"]
@@ -67,7 +68,7 @@ def test_plan_rejects_an_unknown_topology_and_field(tmp_path):
 def test_plan_suggest_bisects_to_the_largest_setting_that_fits(tmp_path):
   """--suggest: the RL micro-batch among the accepted values (multiples of the 4 batch shards
   dividing the 16-row mini-batch); every tried value up to the answer fits, none above it."""
-  r, rows = _plan(tmp_path, "--suggest", "--only=rl_step")
+  r, rows = _plan(tmp_path, "--suggest", "--only=rl_step", "--set", "model.attention=chunked")
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
   (row,) = rows
   assert row["program"] == "rl_step" and row["field"] == "rl.micro_batch_size"
