@@ -49,6 +49,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from real_jax import layout
+from real_jax import objectives as obj
 from real_jax import sharding as shd
 from real_jax.models import qwen3
 
@@ -404,13 +405,6 @@ class _State(NamedTuple):
   ent: Array          # [R, M] f32 entropy ([R, 0] without capture_ids)
 
 
-def _policy_entropy(logits: Array) -> Array:
-  """[R, V] logits -> [R] entropy of their softmax (float32)."""
-  x = logits.astype(jnp.float32)
-  lse = jax.nn.logsumexp(x, axis=-1)
-  return lse - jnp.sum(jnp.exp(x - lse[:, None]) * x, axis=-1)
-
-
 def _record_capture(state: _State, i: Array, logits: Array, cfg: SamplingConfig) -> _State:
   """The `capture_ids` log-probs of rows whose stop sequence ended at token i - 1 (their
   first extra step is this one) and the entropy of token i's distribution (running rows)."""
@@ -422,7 +416,7 @@ def _record_capture(state: _State, i: Array, logits: Array, cfg: SamplingConfig)
   lp = (jnp.take(x, jnp.asarray(cfg.capture_ids), axis=-1)
         - jax.nn.logsumexp(x, axis=-1, keepdims=True))
   capture = jnp.where(first_extra[:, None], lp, state.capture)
-  ent = jnp.where(active, _policy_entropy(logits), 0.0)
+  ent = jnp.where(active, obj.token_entropy(logits), 0.0)
   return state._replace(capture=capture,
                         ent=jax.lax.dynamic_update_slice(state.ent, ent[:, None], (0, i)))
 
