@@ -108,7 +108,9 @@ def test_group_decode_matches_full_forward(scan_layers, share):
   for i in range(r):
     logits, cache = step(jnp.asarray(own[:, i]), jnp.asarray(prompt_len + i), cache, i)
     np.testing.assert_allclose(logits, full[:, p + i], atol=1e-5, err_msg=f"decode step {i}")
-  assert np.all(np.asarray(cache.k[0])[:, :, r:] == 0)  # spare slots untouched
+  assert cache.k[0].shape[2:] == (cfg.head_dim, r + 2)  # keys [B, K, H, R]
+  assert np.all(np.asarray(cache.k[0])[..., r:] == 0)  # spare slots untouched
+  assert np.all(np.asarray(cache.v[0])[:, :, r:] == 0)
 
 
 def test_chunked_attention_exact_and_memory_bounded():

@@ -363,14 +363,18 @@ def test_ahead_of_time_sampler_is_the_program_sample_runs(model, prompts, sample
 
 
 @pytest.mark.parametrize("finish_k", [32, 4096])
-@pytest.mark.parametrize("kind", ["gauss0.5", "gauss3", "zipf", "peaked", "ties"])
+@pytest.mark.parametrize("kind", ["gauss0.5", "gauss3", "zipf", "peaked", "ties", "odd_vocab"])
 def test_nucleus_threshold_matches_sort(kind, finish_k):
   """The sort-free search keeps exactly the sort-and-cumsum nucleus on 32k-token rows. With
   finish_k=4096 the search stops while brackets still hold thousands of elements, so the
-  top_k finish, not the search, picks the threshold."""
-  rng = np.random.default_rng({"gauss0.5": 0, "gauss3": 1, "zipf": 2, "peaked": 3, "ties": 4}[kind])
-  rows, v, top_p = 16, 32000, 0.9
-  if kind.startswith("gauss"):
+  top_k finish, not the search, picks the threshold; with 32 the finish lists its candidates
+  from the 32 chunks with the largest maxima (a vocabulary of 31,993: the last chunk padded)."""
+  rng = np.random.default_rng(
+      {"gauss0.5": 0, "gauss3": 1, "zipf": 2, "peaked": 3, "ties": 4, "odd_vocab": 5}[kind])
+  rows, v, top_p = 16, 31993 if kind == "odd_vocab" else 32000, 0.9
+  if kind == "odd_vocab":
+    x = rng.normal(size=(rows, v)) * 2.0
+  elif kind.startswith("gauss"):
     x = rng.normal(size=(rows, v)) * float(kind[5:])
   elif kind == "zipf":
     x = -1.1 * np.log(np.arange(1, v + 1))[None] + 0.3 * rng.normal(size=(rows, v))

@@ -23,7 +23,8 @@ dict of per-layer arrays; how it attends is passed in (`attend`):
   exist for T > `attention_chunk`; `xla`, `cudnn` or Pallas `splash` kernels);
 * the decode step (`decode_step`, used by the sampler) feeds one token per row against
   a `DecodeCache`: the prompt's keys stored once per group [G, K, P, H] and each row's
-  own generated keys [B, K, R, H]. Attention over the two parts is merged exactly with
+  own generated keys [B, K, H, R] (head-dim-major: the one-query score product reads them
+  without a transpose) and values [B, K, R, H]. Attention over the two parts is merged exactly with
   their shared max and normaliser (cascade attention), so a group of n samples reads its
   prompt's keys once per step instead of n copies.
 
@@ -45,9 +46,11 @@ from real_jax.layout import positions_from_mask
 from real_jax.models import attention as attention_lib
 from real_jax.models.attention import attention
 
-__all__ = ["REMATS", "FAMILIES", "Qwen3Config", "PARAM_AXES", "CACHE_AXES", "DecoderLayers",
-    "LAYER_PARAM_NAMES", "rms_norm", "apply_rope", "attention", "positions_from_segments",
-    "Attend", "decoder_layer", "Qwen3", "DecodeCache", "decode_cache", "decode_weights", "decode_step", "forward_logits"]
+__all__ = [
+    "REMATS", "FAMILIES", "Qwen3Config", "PARAM_AXES", "CACHE_AXES", "KEY_CACHE_AXES",
+    "DecoderLayers", "LAYER_PARAM_NAMES", "rms_norm", "apply_rope", "attention",
+    "positions_from_segments", "Attend", "decoder_layer", "Qwen3", "DecodeCache", "decode_cache",
+    "constrain_cache", "decode_weights", "decode_step", "forward_logits"]
 
 Array = jax.Array
 
@@ -157,8 +160,10 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "layers/down_proj": ("layers", "mlp", "embed"),
 }
 
-# Logical axes of one layer's KV cache, prompt part [G, K, P, H] and own part [B, K, R, H].
+# Logical axes of one layer's KV cache: the prompt's keys and values [G, K, P, H] and each
+# row's own values [B, K, R, H] (CACHE_AXES); each row's own keys [B, K, H, R] (KEY_CACHE_AXES).
 CACHE_AXES = ("cache_batch", "kv_heads", "cache_length", "head_dim")
+KEY_CACHE_AXES = ("cache_batch", "kv_heads", "head_dim", "cache_length")
 
 
 def _normal(rngs: nnx.Rngs, shape, std, dtype):
@@ -341,7 +346,11 @@ class DecodeCache(NamedTuple):
 
   prompt_k, prompt_v: per layer [G, K, P, H], the prefilled prompt, once per group (read-only).
   prompt_mask: [G, P] bool, real prompt tokens (left padding is False).
-  k, v: per layer [B, K, R, H], each row's own tokens: slot r holds the r-th token fed.
+  k: per layer [B, K, H, R], each row's own keys, head-dim-major: slot r (the last axis) holds
+    the r-th token fed. The decode step's score product (one query, R keys) then reads them in
+    place; in the [B, K, R, H] layout XLA:CPU copies the whole buffer transposed every step
+    (2.5 vs 0.55 ms a layer at the sampler benchmark's shapes).
+  v: per layer [B, K, R, H], each row's own values (slot r on axis 2).
   Per-layer tuples (not stacked [L, ...] arrays): the decode loop updates each layer's
   buffer in place without slicing a stacked one.
   """
@@ -362,7 +371,8 @@ class DecodeCache(NamedTuple):
 
 def decode_cache(kv: tuple[Array, Array], prompt_mask: Array, rows: int, length: int,
                  dtype: Any = None, *, share_prompt: bool = True,
-                 constrain: Callable[[Array], Array] = lambda a: a) -> DecodeCache:
+                 constrain: Callable[[Array, tuple], Array] = lambda a, axes: a
+                 ) -> DecodeCache:
   """The decode cache after a prefill.
 
   Args:
@@ -374,7 +384,8 @@ def decode_cache(kv: tuple[Array, Array], prompt_mask: Array, rows: int, length:
     share_prompt: store each prompt once per group (G x P + B x R slots). False repeats it for
       each of its rows (B x (P + R) slots, the layout of a plain per-row cache): same results,
       kept to measure what sharing saves.
-    constrain: applied to every per-layer cache array (a sharding constraint).
+    constrain: `constrain(array, logical_axes)`, applied to every per-layer cache array (a
+      sharding constraint; see `constrain_cache`).
   """
   k, v = kv
   num_layers, g = k.shape[:2]
@@ -386,32 +397,44 @@ def decode_cache(kv: tuple[Array, Array], prompt_mask: Array, rows: int, length:
     n = rows // g
     k, v = jnp.repeat(k, n, axis=1), jnp.repeat(v, n, axis=1)
     mask = jnp.repeat(mask, n, axis=0)
-  heads_major = lambda a: constrain(jnp.swapaxes(a, 1, 2).astype(dtype))  # [G,P,K,H]->[G,K,P,H]
-  own = lambda: tuple(constrain(jnp.zeros((rows, k.shape[3], length, k.shape[4]), dtype))
-                      for _ in range(num_layers))
+  heads_major = lambda a: constrain(jnp.swapaxes(a, 1, 2).astype(dtype), CACHE_AXES)  # [G,K,P,H]
+  kh, h = k.shape[3], k.shape[4]
+  own = lambda shape, axes: tuple(constrain(jnp.zeros(shape, dtype), axes)
+                                  for _ in range(num_layers))
   return DecodeCache(prompt_k=tuple(heads_major(k[i]) for i in range(num_layers)),
                      prompt_v=tuple(heads_major(v[i]) for i in range(num_layers)),
-                     prompt_mask=mask, k=own(), v=own())
+                     prompt_mask=mask, k=own((rows, kh, h, length), KEY_CACHE_AXES),
+                     v=own((rows, kh, length, h), CACHE_AXES))
+
+
+def constrain_cache(cache: DecodeCache, constrain: Callable[[Array, tuple], Array]
+                    ) -> DecodeCache:
+  """`constrain(array, logical_axes)` applied to every per-layer array of the cache."""
+  per_layer = lambda arrays, axes: tuple(constrain(a, axes) for a in arrays)
+  return cache._replace(prompt_k=per_layer(cache.prompt_k, CACHE_AXES),
+                        prompt_v=per_layer(cache.prompt_v, CACHE_AXES),
+                        k=per_layer(cache.k, KEY_CACHE_AXES), v=per_layer(cache.v, CACHE_AXES))
 
 
 def _cascade_attention(q: Array, pk: Array, pv: Array, pmask: Array, k: Array, v: Array,
                        own_valid: Array) -> Array:
   """One query per row over its group's prompt keys and its own keys, merged exactly.
 
-  q [B,N,H]; pk/pv [G,K,P,H]; pmask [G,P] bool; k/v [B,K,R,H]; own_valid [R] bool -> [B,N,H].
+  q [B,N,H]; pk/pv [G,K,P,H]; pmask [G,P] bool; k [B,K,H,R]; v [B,K,R,H]; own_valid [R] bool
+  -> [B,N,H].
   Both parts share one max and one normaliser, so the result is softmax attention over the
   concatenated keys. The prompt part is one matrix product per (group, kv head) for all n
   rows and Q heads of the group.
   """
   b, n_heads, h = q.shape
   g, kh = pk.shape[:2]
-  n, qh, r = b // g, n_heads // kh, k.shape[2]
+  n, qh, r = b // g, n_heads // kh, v.shape[2]
   scale = h ** -0.5
   f32 = jnp.float32
   lp = jnp.einsum("GnKQH,GKPH->GnKQP", q.reshape(g, n, kh, qh, h), pk,
                   preferred_element_type=f32) * scale
   lp = jnp.where(pmask[:, None, None, None, :], lp, _MASK_VALUE)
-  lo = jnp.einsum("BKQH,BKRH->BKQR", q.reshape(b, kh, qh, h), k,
+  lo = jnp.einsum("BKQH,BKHR->BKQR", q.reshape(b, kh, qh, h), k,
                   preferred_element_type=f32) * scale
   lo = jnp.where(own_valid, lo, _MASK_VALUE).reshape(g, n, kh, qh, r)
   m = jnp.maximum(lp.max(-1), lo.max(-1))[..., None]  # [G,n,K,Q,1]
@@ -446,12 +469,13 @@ def decode_step(cfg: Qwen3Config, weights: dict[str, Any], tokens: Array, positi
   dt = cfg.compute_dtype
   x = jnp.take(weights["embedding"], tokens, axis=0).astype(dt)[:, None]  # [B,1,D]
   x = shd.constrain(x, ("batch", "length", "act_embed"))
-  own_valid = jnp.arange(cache.k[0].shape[2]) <= slot
+  own_valid = jnp.arange(cache.v[0].shape[2]) <= slot
   new_k, new_v = [], []
   for layer, p in enumerate(weights["layers"]):
     def attend(q, k, v, layer=layer):
-      ck = jax.lax.dynamic_update_slice(  # [B,1,K,H] -> slot of [B,K,R,H]
-          cache.k[layer], jnp.swapaxes(k, 1, 2).astype(cache.k[layer].dtype), (0, 0, slot, 0))
+      ck = jax.lax.dynamic_update_slice(  # [B,1,K,H] -> slot of [B,K,H,R]
+          cache.k[layer], jnp.transpose(k, (0, 2, 3, 1)).astype(cache.k[layer].dtype),
+          (0, 0, 0, slot))
       cv = jax.lax.dynamic_update_slice(
           cache.v[layer], jnp.swapaxes(v, 1, 2).astype(cache.v[layer].dtype), (0, 0, slot, 0))
       out = _cascade_attention(q[:, 0], cache.prompt_k[layer].astype(dt),
