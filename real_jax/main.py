@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
+from flax import nnx
 from ml_collections import config_flags
 
 from real_jax import models
@@ -55,6 +56,7 @@ def _resolve_model(config, mesh, tokenizer):
   parameters of config.init.checkpoint. Shape/mesh problems raise ConfigError before compiling."""
   mc = config.model
   overrides = config_lib.model_overrides(config)
+  lora = settings_lib.lora_fields(config)
   if mc.hf_dir:
     cfg = hf.config_from_hf(hf.read_config(mc.hf_dir), dtype=mc.dtype or None,
                             param_dtype=mc.param_dtype or None, **overrides)
@@ -71,16 +73,47 @@ def _resolve_model(config, mesh, tokenizer):
     raise config_lib.ConfigError(
         f"the model does not divide over mesh {dict(mesh.shape)}: {e}. Change config.mesh.* (e.g. "
         "a smaller tensor axis)") from None
+  # The base model first (LoRA adapters are added on top of whatever the weights come from).
+  base_cfg = cfg.replace(lora_rank=0)
   if mc.hf_dir:
-    cfg, graphdef, params = hf.load_hf(mc.hf_dir, mesh=mesh, dtype=mc.dtype or None,
-                                       param_dtype=mc.param_dtype or None, **overrides)
+    base_over = {k: v for k, v in overrides.items() if k not in lora}
+    base_cfg, graphdef, params = hf.load_hf(mc.hf_dir, mesh=mesh, dtype=mc.dtype or None,
+                                            param_dtype=mc.param_dtype or None, **base_over)
+    cfg = base_cfg.replace(**lora)
   else:
-    graphdef, params = models.init_params(cfg, mesh=mesh, seed=config.seed)
+    graphdef, params = models.init_params(base_cfg, mesh=mesh, seed=config.seed)
+  if lora:
+    graphdef, params = models.add_lora(cfg, params, seed=config.seed, mesh=mesh)
   if config.init.checkpoint:
-    d, step, params = ckpt_lib.restore_run_params(config.init.checkpoint, params,
-                                                  stage=config.init.stage, best=config.init.best)
+    d, step, params = _restore_initial(config, params, cfg)
     logging.info("initial parameters from %s step %d", d, step)
   return cfg, graphdef, params
+
+
+def _restore_initial(config, params, cfg):
+  """config.init.checkpoint's parameters into `params`. A LoRA run from a checkpoint of a LoRA
+  run (its run.json names the adapters; e.g. a LoRA warm-up) continues its adapters; from a
+  checkpoint without adapters (full fine-tuning) the base comes from it and the adapters start
+  fresh."""
+  ic = config.init
+  restore = lambda target: ckpt_lib.restore_run_params(ic.checkpoint, target, stage=ic.stage,
+                                                       best=ic.best)
+  if not cfg.lora_rank or _checkpoint_lora_rank(ic.checkpoint, ic.stage, ic.best):
+    return restore(params)
+  adapters, base = nnx.split_state(params, nnx.LoRAParam, ...)
+  d, step, base = restore(base)
+  logging.info("init.checkpoint has no adapters: its weights are the frozen base")
+  return d, step, nnx.merge_state(base, adapters)
+
+
+def _checkpoint_lora_rank(path: str, stage: str, best: bool) -> int:
+  """The LoRA rank of the run that wrote a checkpoint (0: none, or no run.json to say)."""
+  d, _ = ckpt_lib.find_params_checkpoint(path, stage, best)
+  run_json = os.path.join(os.path.dirname(os.path.dirname(d)), "run.json")
+  if not os.path.exists(run_json):
+    return 0
+  with open(run_json) as f:
+    return int(json.load(f).get("model", {}).get("lora_rank", 0))
 
 
 def _check_response_room(config, settings: settings_lib.RunSettings, vocab: JudgeVocab) -> None:

@@ -16,10 +16,12 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
 from real_jax import sharding as shd
+from real_jax.models import qwen3
 from real_jax.models.presets import PRESETS, Preset, get_preset
 from real_jax.models.qwen3 import (CACHE_AXES, PARAM_AXES, DecodeCache, Qwen3, Qwen3Config,
                                    decode_cache, decode_step, decode_weights, forward_logits,
@@ -29,7 +31,8 @@ from real_jax.models.scoring import ScoreOutput, output_columns, score_sequences
 __all__ = [
     "CACHE_AXES", "PARAM_AXES", "PRESETS", "DecodeCache", "Preset", "Qwen3", "Qwen3Config",
     "ScoreOutput", "abstract_model", "decode_cache", "decode_step", "decode_weights",
-    "forward_logits", "get_preset", "init_params", "output_columns", "param_path",
+    "forward_logits", "get_preset", "init_params", "add_lora", "without_lora", "merge_lora",
+    "output_columns", "param_path",
     "param_shardings", "positions_from_mask", "score_sequences",
 ]
 
@@ -81,3 +84,58 @@ def _compiled_init(cfg: Qwen3Config, mesh: Mesh | None, rules_key: tuple):
     return nnx.split(Qwen3(cfg, rngs=nnx.Rngs(params=key)))[1]
 
   return graphdef, jax.jit(init, out_shardings=out_shardings)
+
+
+def add_lora(cfg: Qwen3Config, params: nnx.State, *, seed: int, mesh: Mesh | None = None,
+             rules=shd.DEFAULT_RULES) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, params) of `cfg` (which has `lora_rank` > 0) from the base model's `params`
+  (without adapters): the base arrays as they are (no copy), plus fresh adapters in their
+  shardings (A uniform in +-1/sqrt(fan_in) from `seed`, B zero, so the model's outputs are the
+  base's exactly)."""
+  graphdef, abstract = abstract_model(cfg)
+  adapters, _ = nnx.split_state(abstract, nnx.LoRAParam, ...)
+  shardings = param_shardings(adapters, mesh, rules) if mesh is not None else None
+  layers = abstract["layers"]
+
+  def init(key):
+    values = {}
+    for i, t in enumerate(cfg.lora_targets):
+      values[f"{t}_lora_a"], values[f"{t}_lora_b"] = qwen3.lora_adapter_init(
+          jax.random.fold_in(key, i), layers[t].shape, t, cfg.lora_rank,
+          layers[f"{t}_lora_a"].dtype)
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, _: values[param_path(kp).split("/", 1)[1]], adapters)
+
+  fresh = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+  return graphdef, nnx.merge_state(params, fresh)
+
+
+def without_lora(params: nnx.State) -> nnx.State:
+  """The base model of LoRA `params`: every B zeroed (small arrays; the base weights are
+  shared, not copied), so the adapted model computes exactly its base (the KL reference)."""
+  adapters, base = nnx.split_state(params, nnx.LoRAParam, ...)
+  zeroed = jax.tree_util.tree_map_with_path(
+      lambda kp, x: jnp.zeros_like(x) if param_path(kp).endswith("_lora_b") else x, adapters)
+  return nnx.merge_state(base, zeroed)
+
+
+def merge_lora(cfg: Qwen3Config, params: nnx.State) -> tuple[Qwen3Config, nnx.State]:
+  """(config without adapters, params with W + (alpha / rank) * A B folded into each target
+  weight, computed in float32 and cast to the weight's dtype): the plain model that computes
+  what the adapted one does (an export)."""
+  if not cfg.lora_rank:
+    return cfg, params
+  adapters, base = nnx.split_state(params, nnx.LoRAParam, ...)
+  layers = {k: v[...] for k, v in adapters["layers"].items()}
+  merged = {}
+  for t in cfg.lora_targets:
+    a, b = layers[f"{t}_lora_a"].astype(jnp.float32), layers[f"{t}_lora_b"].astype(jnp.float32)
+    w = base["layers"][t][...]
+    rank = a.shape[-1]
+    delta = jnp.einsum("lir,lro->lio", a.reshape(a.shape[0], -1, rank),
+                       b.reshape(b.shape[0], rank, -1)).reshape(w.shape)
+    merged[t] = (w.astype(jnp.float32) + cfg.lora_scale * delta).astype(w.dtype)
+  out = jax.tree_util.tree_map_with_path(
+      lambda kp, x: merged.get(param_path(kp).split("/", 1)[-1], x)
+      if param_path(kp).startswith("layers/") else x, base)
+  return cfg.replace(lora_rank=0), out

@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 from jax.sharding import Mesh
 
 from real_jax import sharding as shd
-from real_jax.models import abstract_model, param_path, param_shardings
+from real_jax.models import abstract_model, merge_lora, param_path, param_shardings
 from real_jax.models.qwen3 import FAMILIES, Qwen3Config
 
 __all__ = ["config_from_hf", "config_to_hf", "KeyRule", "KEY_MAP", "read_config", "load_hf",
@@ -287,7 +287,9 @@ def export_hf(out_dir: str, cfg: Qwen3Config, params: nnx.State, *, dtype: str |
               max_shard_bytes: int = 4 << 30, token_ids: dict[str, int] | None = None) -> str:
   """Writes `params` as a Hugging Face directory of the config's family (config.json +
   safetensors shards). `token_ids` (`eos_token_id`, `pad_token_id`, `bos_token_id`) go into
-  config.json."""
+  config.json. LoRA parameters are merged first (`merge_lora`: W + (alpha / rank) A B), so the
+  directory is a plain model of the family."""
+  cfg, params = merge_lora(cfg, params)
   os.makedirs(out_dir, exist_ok=True)
   dtype = dtype or cfg.param_dtype
   np_dtype = np.dtype(jax.numpy.dtype(dtype))

@@ -35,6 +35,8 @@ validity mask: query `t` sees key `s` iff `kv_mask[b, s]` and `s <= t`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -47,7 +49,7 @@ from real_jax.models import attention as attention_lib
 from real_jax.models.attention import attention
 
 __all__ = [
-    "REMATS", "FAMILIES", "Qwen3Config", "PARAM_AXES", "CACHE_AXES", "KEY_CACHE_AXES",
+    "REMATS", "FAMILIES", "LORA_TARGETS", "LORA_INPUT_AXES", "lora_adapter_init", "Qwen3Config", "PARAM_AXES", "CACHE_AXES", "KEY_CACHE_AXES",
     "DecoderLayers", "LAYER_PARAM_NAMES", "rms_norm", "apply_rope", "attention",
     "positions_from_segments", "Attend", "decoder_layer", "Qwen3", "DecodeCache", "decode_cache",
     "constrain_cache", "decode_weights", "decode_step", "forward_logits"]
@@ -57,6 +59,11 @@ Array = jax.Array
 _MASK_VALUE = -1e30  # finite, so a fully masked (padding) query row gives no NaN
 
 
+# Projections LoRA can adapt (all of attention and the MLP, as TRACT's recipe does), with the
+# number of input axes of each stacked weight after the layer axis (o_proj reads [N, H]).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_INPUT_AXES = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2, "gate_proj": 1,
+                   "up_proj": 1, "down_proj": 1}
 REMATS = ("none", "full", "dots")  # no recompute | recompute each block | save matmul outputs
 # Model families and whether their attention normalises each q/k head (Hugging Face model_type).
 FAMILIES = {"qwen3": True, "llama": False, "mistral": False}
@@ -96,8 +103,21 @@ class Qwen3Config:
   # Mistral's sliding-window attention: sequences up to this length only (the window is not
   # implemented; within it, attention is plain causal). None: no window.
   sliding_window: int | None = None
+  # LoRA adapters on the stacked projections (0 = none): each target t gets `t_lora_a`
+  # [L, *in, rank] and `t_lora_b` [L, rank, *out] (`nnx.LoRAParam`, B zero at init), and the
+  # block computes x @ W + (lora_alpha / lora_rank) * (x @ A) @ B.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = LORA_TARGETS
 
   def __post_init__(self):
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # from JSON lists
+    unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+    if unknown or (self.lora_rank and not self.lora_targets):
+      raise ValueError(f"lora_targets={self.lora_targets}: expected a non-empty subset of "
+                       f"{LORA_TARGETS}")
+    if self.lora_rank < 0:
+      raise ValueError(f"lora_rank={self.lora_rank} must be >= 0 (0 = no adapters)")
     if self.family not in FAMILIES:
       raise ValueError(f"family={self.family!r}; expected one of {sorted(FAMILIES)}")
     if self.num_heads % self.num_kv_heads:
@@ -119,6 +139,11 @@ class Qwen3Config:
   @property
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
+
+  @property
+  def lora_scale(self) -> float:
+    """alpha / rank, the adapters' scale (0 without adapters)."""
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
   @property
   def qk_norm(self) -> bool:
@@ -160,6 +185,14 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "layers/down_proj": ("layers", "mlp", "embed"),
 }
 
+# Adapters are sharded like the weight they adapt: A keeps its input axes, B its output axes;
+# the rank axis is never sharded.
+for _t, _n in LORA_INPUT_AXES.items():
+  _base = PARAM_AXES[f"layers/{_t}"]
+  PARAM_AXES[f"layers/{_t}_lora_a"] = _base[:1 + _n] + (None,)
+  PARAM_AXES[f"layers/{_t}_lora_b"] = ("layers", None) + _base[1 + _n:]
+del _t, _n, _base
+
 # Logical axes of one layer's KV cache: the prompt's keys and values [G, K, P, H] and each
 # row's own values [B, K, R, H] (CACHE_AXES); each row's own keys [B, K, H, R] (KEY_CACHE_AXES).
 CACHE_AXES = ("cache_batch", "kv_heads", "cache_length", "head_dim")
@@ -189,12 +222,43 @@ class DecoderLayers(nnx.Module):
     self.gate_proj = nnx.Param(_normal(rngs, (L, D, F), std, pd))
     self.up_proj = nnx.Param(_normal(rngs, (L, D, F), std, pd))
     self.down_proj = nnx.Param(_normal(rngs, (L, F, D), std, pd))
+    # After every base weight, so the base draws the same random numbers with or without them.
+    for t in cfg.lora_targets if cfg.lora_rank else ():
+      a, b = lora_adapter_init(rngs.params(), getattr(self, t).shape, t, cfg.lora_rank, pd)
+      setattr(self, f"{t}_lora_a", nnx.LoRAParam(a))
+      setattr(self, f"{t}_lora_b", nnx.LoRAParam(b))
 
   def arrays(self) -> dict[str, Array]:
     return {name: getattr(self, name)[...] for name in LAYER_PARAM_NAMES if hasattr(self, name)}
 
 
 LAYER_PARAM_NAMES = tuple(k.split("/", 1)[1] for k in PARAM_AXES if k.startswith("layers/"))
+
+
+def lora_adapter_init(key: Array, weight_shape: tuple[int, ...], target: str, rank: int,
+                      dtype) -> tuple[Array, Array]:
+  """(A [L, *in, rank], B [L, rank, *out]) for the stacked weight [L, *in, *out] of `target`:
+  A uniform in +-1/sqrt(fan_in) (PEFT's kaiming_uniform(a=sqrt(5))), B zero, so an adapted
+  model starts as its base."""
+  n = LORA_INPUT_AXES[target]
+  ins, outs = weight_shape[1:1 + n], weight_shape[1 + n:]
+  bound = 1.0 / math.sqrt(math.prod(ins))
+  a = jax.random.uniform(key, (weight_shape[0], *ins, rank), jnp.float32, -bound, bound)
+  return a.astype(dtype), jnp.zeros((weight_shape[0], rank, *outs), dtype)
+
+
+def _project(w: dict[str, Array], scale: float, name: str, spec: str, x: Array) -> Array:
+  """einsum(spec, x, W) plus, when the layer carries adapters for `name`,
+  scale * (x @ A) @ B. spec: "BT<in>,<in><out>-><out>" (batch axes B, T first)."""
+  y = jnp.einsum(spec, x, w[name])
+  a = w.get(f"{name}_lora_a")
+  if a is None:
+    return y
+  lhs, rest = spec.split(",")
+  wspec, out = rest.split("->")
+  ins, outs = wspec[:a.ndim - 1], wspec[a.ndim - 1:]
+  xa = jnp.einsum(f"{lhs},{ins}r->BTr", x, a) * jnp.asarray(scale, x.dtype)
+  return y + jnp.einsum(f"BTr,r{outs}->{out}", xa, w[f"{name}_lora_b"])
 
 
 def rms_norm(x: Array, weight: Array, eps: float) -> Array:
@@ -241,21 +305,22 @@ def decoder_layer(cfg: Qwen3Config, x: Array, p: dict[str, Array], positions: Ar
   """
   dt = cfg.compute_dtype
   w = {name: a.astype(dt) for name, a in p.items()}
+  proj = functools.partial(_project, w, cfg.lora_scale)
   h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
-  q = jnp.einsum("BTD,DNH->BTNH", h, w["q_proj"])
-  k = jnp.einsum("BTD,DKH->BTKH", h, w["k_proj"])
-  v = jnp.einsum("BTD,DKH->BTKH", h, w["v_proj"])
+  q = proj("q_proj", "BTD,DNH->BTNH", h)
+  k = proj("k_proj", "BTD,DKH->BTKH", h)
+  v = proj("v_proj", "BTD,DKH->BTKH", h)
   if cfg.qk_norm:  # Qwen3 normalises each head before RoPE; Llama/Mistral do not.
     q = rms_norm(q, w["q_norm"], cfg.rms_norm_eps)
     k = rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
   q = apply_rope(q, positions, cfg.rope_theta)
   k = apply_rope(k, positions, cfg.rope_theta)
   attn, aux = attend(q, k, v)
-  x = x + jnp.einsum("BTNH,NHD->BTD", attn, w["o_proj"])
+  x = x + proj("o_proj", "BTNH,NHD->BTD", attn)
   h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
-  gate = jnp.einsum("BTD,DF->BTF", h, w["gate_proj"])
-  up = jnp.einsum("BTD,DF->BTF", h, w["up_proj"])
-  x = x + jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, w["down_proj"])
+  gate = proj("gate_proj", "BTD,DF->BTF", h)
+  up = proj("up_proj", "BTD,DF->BTF", h)
+  x = x + proj("down_proj", "BTF,FD->BTD", jax.nn.silu(gate) * up)
   x = shd.constrain(x, ("batch", "length", "act_embed"))
   return x, aux
 

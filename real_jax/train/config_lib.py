@@ -15,11 +15,12 @@ from real_jax.train.config_schema import (CHOICES, INVALID_RULES, RANGES, Config
                                           set_field)
 from real_jax.train.methods import METHODS, stages_for
 from real_jax.train.settings import (EXACT_OVERRIDES, attention_backend, exactness_gaps,
-                                     model_overrides, preset_model, resolve, rl_settings)
+                                     lora_fields, model_overrides, preset_model, resolve,
+                                     rl_settings)
 from real_jax.train.validation import batch_axes_size, check_fields, check_ranges, validate
 
 __all__ = ["CHOICES", "INVALID_RULES", "RANGES", "ConfigDict", "ConfigError", "base_config",
            "describe", "field_docs", "flatten", "get_field", "assign", "load_config", "parse_arg",
            "parse_bool", "set_field", "METHODS", "stages_for", "EXACT_OVERRIDES",
-           "attention_backend", "exactness_gaps", "model_overrides", "preset_model", "resolve", "rl_settings",
+           "attention_backend", "exactness_gaps", "lora_fields", "model_overrides", "preset_model", "resolve", "rl_settings",
            "batch_axes_size", "check_fields", "check_ranges", "validate"]

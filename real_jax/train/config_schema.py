@@ -170,6 +170,13 @@ def base_config() -> ConfigDict:
   # chunked (query-chunked XLA, the reference) | xla | cudnn (GPU, bf16) | splash (TPU Pallas).
   # The decode step is the same on every backend (docs/model.md).
   c.model.attention = "auto"
+  # LoRA (docs/training.md#lora): rank > 0 adds adapters A [L, in, rank], B [L, rank, out] (B
+  # zero) to each target projection of every layer and trains only them (the optimizer holds
+  # the nnx.LoRAParam variables; the base stays frozen and is the KL reference).
+  c.model.lora = ConfigDict()
+  c.model.lora.rank = 0  # 0 = full fine-tuning
+  c.model.lora.alpha = 16.0  # the update is (alpha / rank) * x A B
+  c.model.lora.targets = "all"  # all | comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 
   # Device mesh: sizes of the (data, fsdp, tensor) axes; -1 = all remaining devices.
   c.mesh = ConfigDict()
@@ -431,6 +438,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "checkpoint.every": (1, True, None, False),
     "data.pack_length": (0, True, None, False), "data.pack_max_segments": (1, True, None, False),
     "rl.token_budget": (0, True, None, False),
+    "model.lora.rank": (0, True, None, False), "model.lora.alpha": (0.0, False, None, False),
     "data.synthetic.label_noise": (0.0, True, 1.0, True),
     "data.synthetic.cot_error_rate": (0.0, True, 1.0, True),
     "data.synthetic.near_miss_rate": (0.0, True, 1.0, True),

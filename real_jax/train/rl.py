@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from real_jax import layout, readout
+from real_jax import layout, models, readout
 from real_jax import objectives as obj
 from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
@@ -323,7 +323,13 @@ def run_rl(run: Run, params_in, *, main: bool = True):
   mini = rl.mini_batch_size
   total_opt_steps = rl.steps * rl.epochs * (rows_per_update // mini)
   tx = state_lib.optimizer_from_config(c.optim, lr=rl.lr, steps=total_opt_steps)
-  ref_params = jax.tree.map(lambda x: x.copy(), params_in) if rl.kl_coef else None
+  # The KL reference: the policy RL starts from (a copy); with LoRA, the frozen base, read from
+  # the current parameters with the adapters' B zeroed at each rollout (no second copy of the
+  # weights; the train step donates the state, so the base buffers are the current state's).
+  lora_ref = bool(rl.kl_coef and run.model_cfg.lora_rank)
+  ref_params = (jax.tree.map(lambda x: x.copy(), params_in)
+                if rl.kl_coef and not lora_ref else None)
+  reference = lambda params: models.without_lora(params) if lora_ref else ref_params
   stage = run.runner.open("rl", params_in, tx, total=rl.steps, main=main)
   if stage.finished:
     return stage.close()
@@ -372,7 +378,8 @@ def run_rl(run: Run, params_in, *, main: bool = True):
         prog.phase = (f"rollout round {rounds + 1} (at most {rl.max_rounds}): "
                       f"{rl.prompts_per_step} prompts x {n} CoTs, then the scoring pass; "
                       f"{buffer.kept_prompts}/{rl.buffer_size} prompts kept so far")
-        r = rollout_round(run.graphdef, stage.state["params"], ref_params, next(batcher),
+        r = rollout_round(run.graphdef, stage.state["params"], reference(stage.state["params"]),
+                          next(batcher),
                           jax.random.fold_in(key_u, rounds), settings=settings,
                           advantages=s.advantages, score_fn=score_fn, score_tokens=score_tokens,
                           mesh=run.mesh, pad_id=run.vocab.pad_id)

@@ -22,7 +22,8 @@ from real_jax.train import methods as methods_lib
 from real_jax.train.config_schema import INVALID_RULES, ConfigDict, ConfigError
 
 __all__ = ["AdvantageSettings", "RLSettings", "Evaluations", "RunSettings", "advantage_recipe",
-           "rl_settings", "evaluations", "resolve", "attention_backend", "model_overrides", "preset_model",
+           "rl_settings", "evaluations", "resolve", "attention_backend", "model_overrides", "lora_fields",
+           "preset_model",
            "EXACT_OVERRIDES", "exactness_gaps", "prompt_buckets"]
 
 
@@ -167,7 +168,18 @@ def model_overrides(config: ConfigDict, platform: str | None = None) -> dict[str
   out: dict[str, Any] = {"remat": mc.remat} if mc.remat else {}
   out["scan_layers"] = bool(mc.scan_layers)
   out["attention"] = attention_backend(config, platform)
+  out.update(lora_fields(config))
   return out
+
+
+def lora_fields(config: ConfigDict) -> dict[str, Any]:
+  """`Qwen3Config`'s LoRA fields from `model.lora` (empty when rank is 0: no adapters)."""
+  lc = config.model.lora
+  if not lc.rank:
+    return {}
+  targets = (qwen3.LORA_TARGETS if lc.targets.strip() == "all" else
+             tuple(t.strip() for t in lc.targets.split(",") if t.strip()))
+  return {"lora_rank": int(lc.rank), "lora_alpha": float(lc.alpha), "lora_targets": targets}
 
 
 def preset_model(config: ConfigDict, tokenizer_size: int | None = None,

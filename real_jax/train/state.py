@@ -6,6 +6,9 @@ The train state is a dict pytree, so steps stay pure functions of arrays:
    "skipped": int32[]}
 
 `skipped` counts optimiser steps whose loss or gradient was not finite (never applied).
+Parameters that hold LoRA adapters (`nnx.LoRAParam`, `model.lora.rank` > 0) train only the
+adapters: `split_trainable` separates them (the filter `nnx.LoRAParam`) from the frozen base,
+the optimizer state is built from them alone, and the base passes through every step unchanged.
 Parameters are sharded by the model's logical rules; the optimizer moments follow their
 parameter's sharding (`optax.tree_map_params`); scalars are replicated.
 """
@@ -18,12 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import Mesh
 
 from real_jax import sharding as shd
 from real_jax.models import param_shardings
 
-__all__ = ["TrainState", "SCHEDULES", "make_schedule", "make_optimizer", "optimizer_from_config",
+__all__ = ["TrainState", "trainable_filter", "split_trainable", "merge_trainable", "SCHEDULES", "make_schedule", "make_optimizer", "optimizer_from_config",
     "state_shardings", "init_state", "abstract_state", "abstract_like"]
 
 TrainState = dict[str, Any]
@@ -75,6 +79,28 @@ def optimizer_from_config(optim, *, lr: float | None = None, steps: int,
                         warmup_steps=optim.warmup_steps if warmup_steps < 0 else warmup_steps)
 
 
+def trainable_filter(params: Any):
+  """What trains: `nnx.LoRAParam` when the parameters hold LoRA adapters (the rest is the
+  frozen base), else `nnx.Param` (every parameter)."""
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  if any(isinstance(v, nnx.LoRAParam) for v in jax.tree.leaves(params, is_leaf=is_var)):
+    return nnx.LoRAParam
+  return nnx.Param
+
+
+def split_trainable(params: Any) -> tuple[Any, Any]:
+  """(trainable, frozen): the adapters and the frozen base of a LoRA model, else (params,
+  None)."""
+  if not isinstance(params, nnx.State) or trainable_filter(params) is nnx.Param:
+    return params, None
+  return nnx.split_state(params, nnx.LoRAParam, ...)
+
+
+def merge_trainable(trainable: Any, frozen: Any) -> Any:
+  """The full parameters from `split_trainable`'s parts."""
+  return trainable if frozen is None else nnx.merge_state(trainable, frozen)
+
+
 def _is_sds(x) -> bool:
   return isinstance(x, jax.ShapeDtypeStruct)
 
@@ -83,8 +109,9 @@ def state_shardings(params: Any, tx: optax.GradientTransformation, mesh: Mesh) -
   """NamedShardings for every leaf of the train state."""
   p_shard = param_shardings(params, mesh)
   rep = shd.replicated(mesh)
-  abstract_opt = jax.eval_shape(tx.init, params)
-  o_shard = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_shard,
+  trainable, _ = split_trainable(params)
+  abstract_opt = jax.eval_shape(tx.init, trainable)
+  o_shard = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, split_trainable(p_shard)[0],
                                   transform_non_params=lambda _: rep, is_leaf=_is_sds)
   return {"params": p_shard, "opt_state": o_shard, "step": rep, "rng": rep, "skipped": rep}
 
@@ -93,7 +120,7 @@ def init_state(params: Any, tx: optax.GradientTransformation, mesh: Mesh, seed: 
                ) -> tuple[TrainState, TrainState]:
   """(train state, its shardings). The optimizer state is created directly in its shardings."""
   shardings = state_shardings(params, tx, mesh)
-  opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+  opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(split_trainable(params)[0])
   rep = shd.replicated(mesh)
   state = {
       "params": params,
@@ -109,7 +136,7 @@ def abstract_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
   """ShapeDtypeStructs of the train state `init_state` builds (a checkpoint restore target)."""
   sds = jax.ShapeDtypeStruct
   return {"params": jax.tree.map(lambda x: sds(x.shape, x.dtype), params),
-          "opt_state": jax.eval_shape(tx.init, params),
+          "opt_state": jax.eval_shape(tx.init, split_trainable(params)[0]),
           "step": sds((), jnp.int32), "rng": sds((2,), jnp.uint32), "skipped": sds((), jnp.int32)}
 
 

@@ -37,6 +37,7 @@ from real_jax import objectives as obj
 from real_jax import sharding as shd
 from real_jax.layout import positions_from_mask
 from real_jax.models import score_sequences
+from real_jax.train import state as state_lib
 from real_jax.train.batch import LMBatch, RLBatch
 
 __all__ = ["Batch", "forward", "token_entropies", "Loss", "sft_objective", "raft_objective",
@@ -324,8 +325,9 @@ def nan_updates(debug) -> tuple[int, int]:
 def _apply_update(tx: optax.GradientTransformation, nan_update_at: int | tuple[int, int], state,
                   grads, l, metrics):
   """The optimiser update from a step's summed gradients, loss and metrics: skipped (state
-  kept, counted) when the loss, the gradient or the update is not finite."""
-  params = state["params"]
+  kept, counted) when the loss, the gradient or the update is not finite. `grads` are those of
+  the trainable parameters (`state_lib.split_trainable`); the frozen ones pass through."""
+  params, frozen = state_lib.split_trainable(state["params"])
   grad_norm = optax.tree.norm(grads)
   ok = jnp.isfinite(l) & jnp.isfinite(grad_norm)
   # Zero non-finite gradients before the optimizer so no NaN reaches its state; the where
@@ -344,7 +346,7 @@ def _apply_update(tx: optax.GradientTransformation, nan_update_at: int | tuple[i
       optax.tree.norm(floats(new_opt)))
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
   new_state = {
-      "params": keep(new_params, params),
+      "params": state_lib.merge_trainable(keep(new_params, params), frozen),
       "opt_state": keep(new_opt, state["opt_state"]),
       "step": state["step"] + 1,
       "rng": state["rng"],
@@ -383,9 +385,11 @@ def make_train_step(loss: Loss, graphdef: nnx.GraphDef, tx: optax.GradientTransf
 
   def step(state, batch):
     with shd.activation_sharding(mesh):
-      params = state["params"]
+      params, frozen = state_lib.split_trainable(state["params"])  # LoRA: adapters | base
       den = loss.denominators(batch)
-      grad_fn = jax.value_and_grad(lambda p, mb: loss.fn(graphdef, p, mb, den), has_aux=True)
+      grad_fn = jax.value_and_grad(
+          lambda p, mb: loss.fn(graphdef, state_lib.merge_trainable(p, frozen), mb, den),
+          has_aux=True)
       if num_micro == 1:
         (l, metrics), grads = grad_fn(params, batch)
       else:
@@ -437,10 +441,12 @@ class AccumulatingStep:
     if key not in self._grads:
       loss, graphdef, mesh = self.loss_for_width(width), self.graphdef, self.mesh
 
-      def accumulate(params, mb, den, acc):
+      def accumulate(full_params, mb, den, acc):
         with shd.activation_sharding(mesh):
-          (l, m), g = jax.value_and_grad(lambda p: loss.fn(graphdef, p, mb, den),
-                                         has_aux=True)(params)
+          params, frozen = state_lib.split_trainable(full_params)
+          (l, m), g = jax.value_and_grad(
+              lambda p: loss.fn(graphdef, state_lib.merge_trainable(p, frozen), mb, den),
+              has_aux=True)(params)
           return (jax.tree.map(jnp.add, acc[0], g), acc[1] + l, jax.tree.map(jnp.add, acc[2], m))
 
       self._grads[key] = jax.jit(accumulate, donate_argnums=(3,))
@@ -460,7 +466,7 @@ class AccumulatingStep:
       loss0 = self.loss_for_width(w0)
       self._m_shape = jax.eval_shape(lambda p, mb: loss0.fn(self.graphdef, p, mb, den)[1],
                                      params, mb0)
-    acc = self._zeros(params, self._m_shape)
+    acc = self._zeros(state_lib.split_trainable(params)[0], self._m_shape)
     for width, mb in placed:
       acc = self._grad_fn(width, mb)(params, mb, den, acc)
     return self._apply(state, *acc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from real_jax import objectives as obj
+from real_jax.models import qwen3
 from real_jax.train import methods as methods_lib
 from real_jax.train import settings as settings_lib
 from real_jax.train.config_schema import (CHOICES, RANGES, ConfigDict, ConfigError, base_config,
@@ -123,6 +124,11 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
                       "(the invalid row's reward is its negative) or -1 (derived)")
   if not config.model.preset and not config.model.hf_dir:
     raise ConfigError("set config.model.preset (random init) or config.model.hf_dir (weights)")
+  lora = settings_lib.lora_fields(config)
+  unknown = sorted(set(lora.get("lora_targets", ())) - set(qwen3.LORA_TARGETS))
+  if unknown or (lora and not lora["lora_targets"]):
+    raise ConfigError(f"config.model.lora.targets={config.model.lora.targets!r}: use all or a "
+                      f"comma list of {','.join(qwen3.LORA_TARGETS)}")
   problem = method.check(config) if method.check is not None else ""
   if problem:
     raise ConfigError(problem)

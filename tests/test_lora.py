@@ -1,0 +1,210 @@
+"""LoRA on the stacked layers: exact at init, equal to the dense update, trains only adapters."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from real_jax import models
+from real_jax import sharding as shd
+from real_jax.models import qwen3
+from real_jax.train import config_lib
+from real_jax.train import state as state_lib
+from real_jax.train import steps as steps_lib
+from real_jax.train.batch import LMBatch
+
+CFG = models.get_preset("tiny").model.replace(vocab_size=96)
+LORA = CFG.replace(lora_rank=3, lora_alpha=6.0)
+pytestmark = pytest.mark.usefixtures("fast_compiles_module")  # compile time dominates
+
+
+def _tokens(rows=3, length=11, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(1, CFG.vocab_size, (rows, length)).astype(np.int32)
+  mask = np.ones_like(tokens, bool)
+  mask[0, :4] = False  # one left-padded row
+  return jnp.asarray(tokens), jnp.asarray(mask)
+
+
+def _adapted(seed=1, scale=0.3):
+  """A LoRA model whose B are random (an adapter that changes the output)."""
+  _, base = models.init_params(CFG, seed=0)
+  graphdef, params = models.add_lora(LORA, base, seed=seed)
+  key = jax.random.key(seed)
+  params = jax.tree_util.tree_map_with_path(
+      lambda kp, x: scale * jax.random.normal(jax.random.fold_in(key, hash(models.param_path(kp))
+                                                                 % 2**31), x.shape, x.dtype)
+      if models.param_path(kp).endswith("_lora_b") else x, params)
+  return graphdef, base, params
+
+
+def test_fresh_adapters_give_the_base_logits_exactly():
+  graphdef0, base = models.init_params(CFG, seed=0)
+  graphdef, params = models.add_lora(LORA, base, seed=5)
+  names = set(params["layers"].keys())
+  for t in qwen3.LORA_TARGETS:  # every projection, layer axis leading, B zero
+    a, b = params["layers"][f"{t}_lora_a"][...], params["layers"][f"{t}_lora_b"][...]
+    w = params["layers"][t][...]
+    n = qwen3.LORA_INPUT_AXES[t]
+    assert a.shape == w.shape[:1 + n] + (3,) and b.shape == (w.shape[0], 3) + w.shape[1 + n:]
+    assert not np.any(np.asarray(b)) and np.any(np.asarray(a))
+  assert {f"{t}_lora_{x}" for t in qwen3.LORA_TARGETS for x in "ab"} <= names
+  tokens, mask = _tokens()
+  np.testing.assert_array_equal(qwen3.forward_logits(graphdef, params, tokens, mask),
+                                qwen3.forward_logits(graphdef0, base, tokens, mask))
+
+
+def test_adapter_equals_the_dense_update_in_logits_and_gradients():
+  """x W + (alpha/r)(x A) B == x (W + (alpha/r) A B): logits, and the gradient with respect to
+  A and B through the adapter path equals that through the merged dense weights."""
+  lora = LORA  # the scanned block (the trainer's path)
+  graphdef, base_params, params = _adapted()
+  base_graphdef, _ = models.abstract_model(CFG)
+  merged_cfg, merged = models.merge_lora(lora, params)
+  assert merged_cfg.lora_rank == 0 and "q_proj_lora_a" not in merged["layers"]
+  dense_graphdef, _ = models.abstract_model(merged_cfg)
+  tokens, mask = _tokens()
+  ours = qwen3.forward_logits(graphdef, params, tokens, mask)
+  dense = qwen3.forward_logits(dense_graphdef, merged, tokens, mask)
+  base = qwen3.forward_logits(base_graphdef, base_params, tokens, mask)
+  assert float(jnp.abs(ours - base).max()) > 1e-2  # the adapters change the output
+  np.testing.assert_allclose(ours, dense, atol=2e-5)
+
+  adapters, base = nnx.split_state(params, nnx.LoRAParam, ...)
+  target = jax.nn.one_hot(tokens, CFG.vocab_size)
+
+  def loss_adapter(a):
+    logits = qwen3.forward_logits(graphdef, nnx.merge_state(base, a), tokens, mask)
+    return jnp.sum(jax.nn.log_softmax(logits) * target * mask[..., None])
+
+  def loss_dense(a):
+    _, p = models.merge_lora(lora, nnx.merge_state(base, a))
+    return jnp.sum(jax.nn.log_softmax(qwen3.forward_logits(dense_graphdef, p, tokens, mask))
+                   * target * mask[..., None])
+
+  g1, g2 = jax.grad(loss_adapter)(adapters), jax.grad(loss_dense)(adapters)
+  for (path, x), (_, y) in zip(jax.tree_util.tree_flatten_with_path(g1)[0],
+                               jax.tree_util.tree_flatten_with_path(g2)[0]):
+    assert float(jnp.abs(x).max()) > 0, models.param_path(path)
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5, err_msg=models.param_path(path))
+
+
+def test_train_step_updates_only_the_adapters_and_optimizer_holds_only_them():
+  graphdef, _, params = _adapted(scale=0.05)
+  before = jax.tree.map(np.asarray, params)
+  mesh = shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  tx = state_lib.make_optimizer(lr=1e-2, steps=3, weight_decay=0.1)
+  state, sh = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mesh, 0)
+  adapters = nnx.split_state(params, nnx.LoRAParam, ...)[0]
+  n_adapter = len(jax.tree.leaves(adapters))
+  moments = [x for x in jax.tree.leaves(state["opt_state"]) if np.ndim(x) > 0]
+  assert state_lib.trainable_filter(params) is nnx.LoRAParam
+  assert len(moments) == 2 * n_adapter  # Adam's mu and nu of the adapters, nothing else
+  tokens, mask = _tokens(rows=4, length=12)
+  batch = LMBatch(tokens=np.asarray(tokens), mask=np.asarray(mask),
+                  loss_mask=np.asarray(mask, np.float32), score_pos=np.full((4,), 10, np.int32),
+                  target=np.full((4,), 3.0, np.float32), target_id=np.full((4,), 7, np.int32),
+                  sample_mask=np.ones((4,), np.float32))
+  step = steps_lib.make_train_step(steps_lib.sft_objective(), graphdef, tx, mesh, sh, batch,
+                                   num_micro=2)
+  for _ in range(3):
+    state, metrics = step(state, batch)
+  assert float(metrics["applied"]) == 1.0
+  after = jax.tree.map(np.asarray, state["params"])
+  for (path, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(before)[0],
+                               jax.tree_util.tree_flatten_with_path(after)[0]):
+    name = models.param_path(path)
+    if "_lora_" in name:
+      assert not np.array_equal(a, b), f"{name} did not train"
+    else:
+      np.testing.assert_array_equal(a, b, err_msg=f"frozen {name} changed")
+
+
+def test_lora_config_fields_and_errors():
+  c = config_lib.load_config("configs/synthetic.py:runlocal")
+  c.unlock()
+  c.model.lora.rank = 4
+  c.model.lora.targets = "q_proj, v_proj"
+  c.lock()
+  fields = config_lib.lora_fields(c)
+  assert fields == {"lora_rank": 4, "lora_alpha": 16.0, "lora_targets": ("q_proj", "v_proj")}
+  cfg = config_lib.preset_model(c)
+  _, abstract = models.abstract_model(cfg)
+  assert sorted(k for k in abstract["layers"].keys() if "_lora_" in k) == [
+      "q_proj_lora_a", "q_proj_lora_b", "v_proj_lora_a", "v_proj_lora_b"]
+  c.unlock()
+  c.model.lora.targets = "q_proj,qkv"
+  c.lock()
+  with pytest.raises(config_lib.ConfigError, match="config.model.lora.targets='q_proj,qkv'"):
+    config_lib.validate(c, 1)
+  with pytest.raises(ValueError, match="lora_targets"):
+    CFG.replace(lora_rank=2, lora_targets=())
+
+
+def test_lora_run_resumes_exactly_keeps_the_base_exports_and_grades(shared, warm, tmp_path):
+  """REAL with LoRA from a full-fine-tuning checkpoint (its weights become the frozen base, KL to
+  it): a killed and resumed run equals the uninterrupted one; the base leaves of the final
+  checkpoint equal the starting checkpoint's bitwise; the merged export computes the adapter
+  model's logits in transformers; Judge.from_workdir grades as Judge.from_hf on the export."""
+  import torch
+  from transformers import AutoModelForCausalLM
+
+  import real_jax
+  from real_jax import main as main_lib
+  from real_jax.train import checkpoint as ckpt_lib
+  from real_jax.train import runner
+  from real_jax.train.metrics import read_metrics
+  from real_jax.tools import export_hf
+  from run_helpers import tiny_config
+  from test_judging import _records
+
+  over = {"init.checkpoint": warm[0], "warmup.steps": 0, "eval.at_end": False, "rl.steps": 3,
+          "checkpoint.every": 1, "model.lora.rank": 4, "model.lora.alpha": 8.0,
+          "rl.kl_coef": 0.05, "rl.lr": 3e-3}
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  main_lib.run(tiny_config(shared, "real", **over), a)
+  with pytest.raises(runner.SimulatedKill):
+    main_lib.run(tiny_config(shared, "real", **over, **{"debug.stop_after": 1}), b)
+  main_lib.run(tiny_config(shared, "real", **over), b)  # resumes at update 1
+  ra, rb = read_metrics(a, "rl"), read_metrics(b, "rl")
+  assert [r["step"] for r in rb] == [1, 2, 3]
+  skip = {"time", "time_rollout", "time_scoring", "time_update", "gen_tokens_per_s"}
+  for x, y in zip(ra, rb):
+    for k in x:
+      if k not in skip and not isinstance(x[k], str):
+        assert x[k] == pytest.approx(y[k], rel=1e-6, abs=1e-7), (x["step"], k)
+
+  run = json.load(open(os.path.join(a, "run.json")))
+  cfg = models.Qwen3Config(**run["model"])
+  assert cfg.lora_rank == 4
+  graphdef, abstract = models.abstract_model(cfg)
+  _, _, final = ckpt_lib.restore_run_params(a, abstract)
+  base_cfg = models.Qwen3Config(**json.load(open(os.path.join(warm[0], "run.json")))["model"])
+  _, start = ckpt_lib.restore_run_params(warm[0], models.abstract_model(base_cfg)[1])[1:]
+  adapters, frozen = nnx.split_state(final, nnx.LoRAParam, ...)
+  for (path, x), (_, y) in zip(jax.tree_util.tree_flatten_with_path(frozen)[0],
+                               jax.tree_util.tree_flatten_with_path(start)[0]):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=models.param_path(path))
+  assert any(np.any(np.asarray(x)) for p, x in jax.tree_util.tree_flatten_with_path(adapters)[0]
+             if models.param_path(p).endswith("_lora_b"))  # the adapters trained
+
+  out = str(tmp_path / "hf")
+  assert export_hf.main(["--workdir", a, "--out", out]) == 0
+  tokens, mask = _tokens(rows=2, length=9)
+  tokens = tokens % cfg.vocab_size
+  ours = np.asarray(qwen3.forward_logits(graphdef, final, tokens, jnp.ones_like(mask)))
+  hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+  with torch.no_grad():
+    theirs = hf(torch.tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
+  np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+  records = _records(shared, 3)
+  ga = real_jax.Judge.from_workdir(a).grade(records, greedy=True, max_new_tokens=48)
+  gb = real_jax.Judge.from_hf(out).grade(records, greedy=True, max_new_tokens=48)
+  for x, y in zip(ga, gb):
+    assert x.cot == y.cot
+    np.testing.assert_allclose(x.y_hat, y.y_hat, rtol=1e-4, atol=1e-5)
