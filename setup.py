@@ -24,9 +24,12 @@ INSTALL_REQUIRES = [
 
 LIBTPU = "libtpu==0.0.42.1"  # the TPU compiler (what jax[tpu]==0.10.2 pins): plans without a TPU
 
+WANDB = ["wandb==0.31.0", "pillow==13.0.0"]  # pillow: wandb.Image from arrays
+
 EXTRAS = {
     "tpu": [LIBTPU],
     "tensorboard": ["tensorboard==2.21.0"],  # the viewer: tensorboard --logdir WORKDIR/tb
+    "wandb": WANDB,  # log.wandb.project: Weights & Biases logging (offline needs no account)
     "test": [
         LIBTPU,  # tests/test_plan.py compiles for a TPU topology
         "pytest==9.2.0",
@@ -36,6 +39,7 @@ EXTRAS = {
         "nbclient==0.11.0",
         "nbformat==5.11.1",
         "ipykernel==7.4.0",
+        *WANDB,  # tests/test_tracking.py runs the logger in offline mode
     ],
 }
 

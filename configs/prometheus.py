@@ -10,7 +10,10 @@ and a workdir on a filesystem all hosts share, e.g. NFS or a gcsfuse mount):
 
 `:arg` keys: size=0.6b|1.7b|4b|8b|14b|32b|mistral-7b (default 8b), method=sft|raft|tract|grpo|real|eval
 (default real), beta=<float> (REAL's refinement weight; default 0.01, the authors' README best;
-their scripts ship 0), hf_dir=, manual_dir= (same as the --config.* overrides), runlocal.
+their scripts ship 0), hf_dir=, manual_dir= (same as the --config.* overrides), runlocal,
+lora=R (LoRA of rank R on every projection, alpha 2R, the frozen base in bfloat16; default 0 =
+full fine-tuning), qlora (LoRA with the frozen projections stored int8; rank 16 unless lora=R).
+The plan tool's reports for 8b LoRA and QLoRA are in docs/scale.md ("LoRA and QLoRA").
 
 `runlocal`: the real-data path on one CPU in about a minute — the same datasets, prompt
 template, readouts and tables, with the committed synthetic base (tiny-1m and its word-level
@@ -84,7 +87,7 @@ SFT_EPOCHS = {"mistral-7b": 2}
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, size="8b", method="real", beta=0.01, hf_dir="", manual_dir="",
-                           runlocal=False)
+                           runlocal=False, lora=0, qlora=False)
   if a.size not in SIZES:
     raise config_lib.ConfigError(f"size={a.size!r}; expected one of {SIZES}")
   c = config_lib.base_config()
@@ -96,6 +99,11 @@ def get_config(arg=None):
   c.model.remat = "full"
 
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = MESH[a.size]
+  if a.lora or a.qlora:  # LoRA (TRACT's recipe: every projection), alpha = 2 x rank
+    c.model.lora.rank = int(a.lora) or 16
+    c.model.lora.alpha = 2.0 * c.model.lora.rank
+    c.model.param_dtype = "bfloat16"  # the frozen base; the adapters train in float32
+    c.model.lora.quantize = "int8" if a.qlora else ""
 
   c.data.name = "feedback_collection"
   c.data.manual_dir = a.manual_dir

@@ -44,9 +44,10 @@ from real_jax.train import settings as settings_lib
 from real_jax.train import stages as stages_lib
 from real_jax.train import workdir as workdir_lib
 from real_jax.train.metrics import MetricsWriter, set_heartbeat
+from real_jax.train.wandb_log import WandbLogger
 from real_jax.train.runner import JudgeVocab, Run, Sources, StageRunner, TooManySkippedSteps
 
-__all__ = ["setup", "claim_workdir", "run", "main"]
+__all__ = ["setup", "claim_workdir", "run", "main", "RESULT_COLUMNS", "results_table"]
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "synthetic.py")
@@ -74,7 +75,7 @@ def _resolve_model(config, mesh, tokenizer):
         f"the model does not divide over mesh {dict(mesh.shape)}: {e}. Change config.mesh.* (e.g. "
         "a smaller tensor axis)") from None
   # The base model first (LoRA adapters are added on top of whatever the weights come from).
-  base_cfg = cfg.replace(lora_rank=0)
+  base_cfg = cfg.replace(lora_rank=0, quantize="")
   if mc.hf_dir:
     base_over = {k: v for k, v in overrides.items() if k not in lora}
     base_cfg, graphdef, params = hf.load_hf(mc.hf_dir, mesh=mesh, dtype=mc.dtype or None,
@@ -83,37 +84,39 @@ def _resolve_model(config, mesh, tokenizer):
   else:
     graphdef, params = models.init_params(base_cfg, mesh=mesh, seed=config.seed)
   if lora:
-    graphdef, params = models.add_lora(cfg, params, seed=config.seed, mesh=mesh)
-  if config.init.checkpoint:
-    d, step, params = _restore_initial(config, params, cfg)
-    logging.info("initial parameters from %s step %d", d, step)
-  return cfg, graphdef, params
-
-
-def _restore_initial(config, params, cfg):
-  """config.init.checkpoint's parameters into `params`. A LoRA run from a checkpoint of a LoRA
-  run (its run.json names the adapters; e.g. a LoRA warm-up) continues its adapters; from a
-  checkpoint without adapters (full fine-tuning) the base comes from it and the adapters start
-  fresh."""
+    graphdef, params = models.add_lora(cfg.replace(quantize=""), params, seed=config.seed,
+                                       mesh=mesh)
   ic = config.init
   restore = lambda target: ckpt_lib.restore_run_params(ic.checkpoint, target, stage=ic.stage,
                                                        best=ic.best)
-  if not cfg.lora_rank or _checkpoint_lora_rank(ic.checkpoint, ic.stage, ic.best):
-    return restore(params)
-  adapters, base = nnx.split_state(params, nnx.LoRAParam, ...)
-  d, step, base = restore(base)
-  logging.info("init.checkpoint has no adapters: its weights are the frozen base")
-  return d, step, nnx.merge_state(base, adapters)
+  written_by = _checkpoint_model(ic.checkpoint, ic.stage, ic.best) if ic.checkpoint else {}
+  continues = bool(cfg.lora_rank and written_by.get("lora_rank"))  # its adapters continue
+  quantized_first = bool(cfg.quantize and continues and written_by.get("quantize"))
+  if quantized_first:  # a QLoRA run's checkpoint: the same int8 layout
+    graphdef, params = models.quantize_params(cfg, params, mesh=mesh)
+  if ic.checkpoint and (continues or not cfg.lora_rank):
+    d, step, params = restore(params)
+  elif ic.checkpoint:  # a checkpoint without adapters: its weights become the frozen base
+    adapters, base = nnx.split_state(params, nnx.LoRAParam, ...)
+    d, step, base = restore(base)
+    params = nnx.merge_state(base, adapters)
+  if ic.checkpoint:
+    logging.info("initial parameters from %s step %d%s", d, step,
+                 "" if continues or not cfg.lora_rank else " (the frozen base of the adapters)")
+  if cfg.quantize and not quantized_first:  # QLoRA: the frozen targets stored int8
+    graphdef, params = models.quantize_params(cfg, params, mesh=mesh)
+  return cfg, graphdef, params
 
 
-def _checkpoint_lora_rank(path: str, stage: str, best: bool) -> int:
-  """The LoRA rank of the run that wrote a checkpoint (0: none, or no run.json to say)."""
+def _checkpoint_model(path: str, stage: str, best: bool) -> dict[str, Any]:
+  """The model fields (`Qwen3Config`) of the run that wrote a checkpoint, from its run.json
+  ({} without one: a checkpoint without adapters)."""
   d, _ = ckpt_lib.find_params_checkpoint(path, stage, best)
   run_json = os.path.join(os.path.dirname(os.path.dirname(d)), "run.json")
   if not os.path.exists(run_json):
-    return 0
+    return {}
   with open(run_json) as f:
-    return int(json.load(f).get("model", {}).get("lora_rank", 0))
+    return json.load(f).get("model", {})
 
 
 def _check_response_room(config, settings: settings_lib.RunSettings, vocab: JudgeVocab) -> None:
@@ -172,7 +175,17 @@ def setup(config, workdir: str, identity: dict[str, Any] | None = None
   data_utils.check_eval_sources(config, eval_srcs, tokenizer, score_tokens)
   if settings.method.judge_data:
     data_utils.check_context_length(config, model_cfg.max_position_embeddings, stages)
-  writer = MetricsWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process)
+  wandb = None
+  if config.log.wandb.project and main_process:
+    try:
+      wandb = WandbLogger(workdir, project=config.log.wandb.project,
+                          entity=config.log.wandb.entity, mode=config.log.wandb.mode,
+                          name=config.name, config={"config": config.to_dict(),
+                                                    "model": dataclasses.asdict(model_cfg)})
+    except ImportError as e:
+      raise config_lib.ConfigError(str(e)) from None
+  writer = MetricsWriter(workdir, tensorboard=config.log.tensorboard, enabled=main_process,
+                         wandb=wandb)
   evaluator = Evaluator(config, workdir, graphdef=graphdef, mesh=mesh, tokenizer=tokenizer,
                         score_tokens=score_tokens, delim_start=vocab.delim_start,
                         eval_sources=eval_srcs,
@@ -269,7 +282,7 @@ def _run(config, workdir: str, identity: dict[str, Any]) -> dict[str, Any] | Non
       if s.evaluations.final:
         summary = evaluate(carry.params, name=name, tag=s.method.final_tag,
                            checkpoint=stages_lib.initial_label(c))
-      _print_results(workdir, time.time() - t_start)
+      _print_results(workdir, time.time() - t_start, r.writer)
       return summary
     final_stage = s.stages[-1]
     if s.evaluations.final:
@@ -281,7 +294,7 @@ def _run(config, workdir: str, identity: dict[str, Any]) -> dict[str, Any] | Non
     if best is not None:
       logging.info("best checkpoint by validation %s: step %d (%.4f) in %s", best["metric"],
                    best["step"], best["value"], os.path.join(workdir, "ckpt", final_stage + "_best"))
-    _print_results(workdir, time.time() - t_start)
+    _print_results(workdir, time.time() - t_start, r.writer)
     return summary
   finally:
     r.writer.close()
@@ -313,7 +326,29 @@ def _method_label(run: Run, base_label: str) -> str:
   return f"{stages_lib.stage_steps(c, s.stages[-1])} steps from {base_label}"
 
 
-def _print_results(workdir: str, seconds: float) -> None:
+RESULT_COLUMNS = ("model", "split", "readout", "n", "pearson", "spearman", "kendall", "mse")
+
+
+def results_table(workdir: str) -> list[list[Any]]:
+  """results.json as rows of RESULT_COLUMNS: one per evaluated model, split and readout."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = json.load(f)["rows"]
+  out = []
+  for row in rows:
+    for split, s in row["summary"].get("splits", {}).items():
+      for readout in ("rail", "standard"):
+        m = s.get(readout, {})
+        out.append([row["name"], split, readout, m.get("n", 0)] +
+                   [m.get(k, float("nan")) for k in RESULT_COLUMNS[4:]])
+  return out
+
+
+def _print_results(workdir: str, seconds: float, writer: MetricsWriter | None = None) -> None:
+  if writer is not None:
+    writer.write_table("results", RESULT_COLUMNS, results_table(workdir))
   path = os.path.join(workdir, "results.md")
   if os.path.exists(path):
     with open(path) as f:

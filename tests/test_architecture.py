@@ -31,7 +31,8 @@ def _doc_ranks() -> dict[str, int]:
 RANKS = _doc_ranks()
 # Function-local imports allowed: optional or test-only heavy dependencies, and the package's
 # lazy `real_jax.Judge` attribute.
-LOCAL_OK = {"torch", "transformers", "pyarrow.parquet", "tensorboardX", "real_jax.judging"}
+LOCAL_OK = {"torch", "transformers", "pyarrow.parquet", "tensorboardX", "wandb",
+            "real_jax.judging"}
 
 
 def _modules():

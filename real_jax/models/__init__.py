@@ -32,6 +32,7 @@ __all__ = [
     "CACHE_AXES", "PARAM_AXES", "PRESETS", "DecodeCache", "Preset", "Qwen3", "Qwen3Config",
     "ScoreOutput", "abstract_model", "decode_cache", "decode_step", "decode_weights",
     "forward_logits", "get_preset", "init_params", "add_lora", "without_lora", "merge_lora",
+    "quantize_params",
     "output_columns", "param_path",
     "param_shardings", "positions_from_mask", "score_sequences",
 ]
@@ -127,15 +128,48 @@ def merge_lora(cfg: Qwen3Config, params: nnx.State) -> tuple[Qwen3Config, nnx.St
     return cfg, params
   adapters, base = nnx.split_state(params, nnx.LoRAParam, ...)
   layers = {k: v[...] for k, v in adapters["layers"].items()}
+  stacked = {k: v[...] for k, v in base["layers"].items()}
+  dtype = jnp.dtype(cfg.param_dtype)
   merged = {}
   for t in cfg.lora_targets:
     a, b = layers[f"{t}_lora_a"].astype(jnp.float32), layers[f"{t}_lora_b"].astype(jnp.float32)
-    w = base["layers"][t][...]
+    w = qwen3.dequantize(stacked, t, stacked=True)  # int8 weights (QLoRA) dequantized
     rank = a.shape[-1]
     delta = jnp.einsum("lir,lro->lio", a.reshape(a.shape[0], -1, rank),
                        b.reshape(b.shape[0], rank, -1)).reshape(w.shape)
-    merged[t] = (w.astype(jnp.float32) + cfg.lora_scale * delta).astype(w.dtype)
+    merged[t] = (w + cfg.lora_scale * delta).astype(dtype)
+  plain_cfg = cfg.replace(lora_rank=0, quantize="")
+  _, abstract = abstract_model(plain_cfg)
   out = jax.tree_util.tree_map_with_path(
-      lambda kp, x: merged.get(param_path(kp).split("/", 1)[-1], x)
-      if param_path(kp).startswith("layers/") else x, base)
-  return cfg.replace(lora_rank=0), out
+      lambda kp, _: merged.get(param_path(kp).split("/", 1)[-1]) if param_path(kp).split(
+          "/", 1)[-1] in merged and param_path(kp).startswith("layers/")
+      else _lookup(base, param_path(kp)), abstract)
+  return plain_cfg, out
+
+
+def _lookup(state: nnx.State, path: str):
+  node = state
+  for part in path.split("/"):
+    node = node[part]
+  return node[...]
+
+
+def quantize_params(cfg: Qwen3Config, params: nnx.State, *, mesh: Mesh | None = None,
+                    rules=shd.DEFAULT_RULES) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, params) of `cfg` (`quantize="int8"`) from the same model's float `params`:
+  each LoRA target weight stored int8 with its per-output-channel scale (`quantize_int8`), in
+  its shardings; the other arrays as they are."""
+  graphdef, abstract = abstract_model(cfg)
+  shardings = param_shardings(abstract, mesh, rules) if mesh is not None else None
+
+  def convert(params):
+    stacked = {k: v[...] for k, v in params["layers"].items()}
+    values = {}
+    for t in cfg.lora_targets:
+      values[t], values[f"{t}_scale"] = qwen3.quantize_int8(stacked[t], qwen3.LORA_INPUT_AXES[t])
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, _: values.get(param_path(kp).split("/", 1)[-1])
+        if param_path(kp).startswith("layers/") and param_path(kp).split("/", 1)[-1] in values
+        else _lookup(params, param_path(kp)), abstract)
+
+  return graphdef, jax.jit(convert, out_shardings=shardings)(params)

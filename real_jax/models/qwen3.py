@@ -49,7 +49,8 @@ from real_jax.models import attention as attention_lib
 from real_jax.models.attention import attention
 
 __all__ = [
-    "REMATS", "FAMILIES", "LORA_TARGETS", "LORA_INPUT_AXES", "lora_adapter_init", "Qwen3Config", "PARAM_AXES", "CACHE_AXES", "KEY_CACHE_AXES",
+    "REMATS", "FAMILIES", "LORA_TARGETS", "LORA_INPUT_AXES", "lora_adapter_init", "QUANTIZERS", "quantize_int8",
+    "dequantize", "Qwen3Config", "PARAM_AXES", "CACHE_AXES", "KEY_CACHE_AXES",
     "DecoderLayers", "LAYER_PARAM_NAMES", "rms_norm", "apply_rope", "attention",
     "positions_from_segments", "Attend", "decoder_layer", "Qwen3", "DecodeCache", "decode_cache",
     "constrain_cache", "decode_weights", "decode_step", "forward_logits"]
@@ -64,6 +65,7 @@ _MASK_VALUE = -1e30  # finite, so a fully masked (padding) query row gives no Na
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_INPUT_AXES = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2, "gate_proj": 1,
                    "up_proj": 1, "down_proj": 1}
+QUANTIZERS = ("", "int8")  # storage of the frozen LoRA targets ("": param_dtype)
 REMATS = ("none", "full", "dots")  # no recompute | recompute each block | save matmul outputs
 # Model families and whether their attention normalises each q/k head (Hugging Face model_type).
 FAMILIES = {"qwen3": True, "llama": False, "mistral": False}
@@ -104,11 +106,15 @@ class Qwen3Config:
   # implemented; within it, attention is plain causal). None: no window.
   sliding_window: int | None = None
   # LoRA adapters on the stacked projections (0 = none): each target t gets `t_lora_a`
-  # [L, *in, rank] and `t_lora_b` [L, rank, *out] (`nnx.LoRAParam`, B zero at init), and the
-  # block computes x @ W + (lora_alpha / lora_rank) * (x @ A) @ B.
+  # [L, *in, rank] and `t_lora_b` [L, rank, *out] (`nnx.LoRAParam`, float32, B zero at init),
+  # and the block computes x @ W + (lora_alpha / lora_rank) * (x @ A) @ B in the compute dtype.
   lora_rank: int = 0
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = LORA_TARGETS
+  # QLoRA: "int8" stores the LoRA targets' frozen weights as int8 with a float32 scale per
+  # output channel (`t_scale` [L, *out], `quantize_int8`), dequantized per layer inside the
+  # block; "" keeps them in param_dtype.
+  quantize: str = ""
 
   def __post_init__(self):
     object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # from JSON lists
@@ -116,6 +122,8 @@ class Qwen3Config:
     if unknown or (self.lora_rank and not self.lora_targets):
       raise ValueError(f"lora_targets={self.lora_targets}: expected a non-empty subset of "
                        f"{LORA_TARGETS}")
+    if self.quantize not in QUANTIZERS:
+      raise ValueError(f"quantize={self.quantize!r}; expected one of {QUANTIZERS}")
     if self.lora_rank < 0:
       raise ValueError(f"lora_rank={self.lora_rank} must be >= 0 (0 = no adapters)")
     if self.family not in FAMILIES:
@@ -191,6 +199,7 @@ for _t, _n in LORA_INPUT_AXES.items():
   _base = PARAM_AXES[f"layers/{_t}"]
   PARAM_AXES[f"layers/{_t}_lora_a"] = _base[:1 + _n] + (None,)
   PARAM_AXES[f"layers/{_t}_lora_b"] = ("layers", None) + _base[1 + _n:]
+  PARAM_AXES[f"layers/{_t}_scale"] = ("layers",) + _base[1 + _n:]  # int8 weights' scales
 del _t, _n, _base
 
 # Logical axes of one layer's KV cache: the prompt's keys and values [G, K, P, H] and each
@@ -224,9 +233,14 @@ class DecoderLayers(nnx.Module):
     self.down_proj = nnx.Param(_normal(rngs, (L, F, D), std, pd))
     # After every base weight, so the base draws the same random numbers with or without them.
     for t in cfg.lora_targets if cfg.lora_rank else ():
-      a, b = lora_adapter_init(rngs.params(), getattr(self, t).shape, t, cfg.lora_rank, pd)
+      a, b = lora_adapter_init(rngs.params(), getattr(self, t).shape, t, cfg.lora_rank,
+                               jnp.float32)  # trained: float32 whatever the frozen base's dtype
       setattr(self, f"{t}_lora_a", nnx.LoRAParam(a))
       setattr(self, f"{t}_lora_b", nnx.LoRAParam(b))
+    for t in cfg.lora_targets if cfg.quantize else ():
+      q, scale = quantize_int8(getattr(self, t)[...], LORA_INPUT_AXES[t])
+      setattr(self, t, nnx.Param(q))
+      setattr(self, f"{t}_scale", nnx.Param(scale))
 
   def arrays(self) -> dict[str, Array]:
     return {name: getattr(self, name)[...] for name in LAYER_PARAM_NAMES if hasattr(self, name)}
@@ -245,6 +259,30 @@ def lora_adapter_init(key: Array, weight_shape: tuple[int, ...], target: str, ra
   bound = 1.0 / math.sqrt(math.prod(ins))
   a = jax.random.uniform(key, (weight_shape[0], *ins, rank), jnp.float32, -bound, bound)
   return a.astype(dtype), jnp.zeros((weight_shape[0], rank, *outs), dtype)
+
+
+def quantize_int8(w: Array, input_axes: int) -> tuple[Array, Array]:
+  """(q int8, scale float32 [L, *out]) of a stacked weight w [L, *in, *out]: symmetric, one scale
+  per layer and output channel, scale = max |w| over the input axes / 127. Dequantized,
+  q * scale is within scale / 2 of w elementwise (round to nearest)."""
+  axes = tuple(range(1, 1 + input_axes))
+  w32 = w.astype(jnp.float32)
+  amax = jnp.max(jnp.abs(w32), axis=axes)
+  scale = jnp.where(amax > 0, amax / 127.0, 1.0)
+  q = jnp.clip(jnp.round(w32 / jnp.expand_dims(scale, axes)), -127, 127).astype(jnp.int8)
+  return q, scale
+
+
+def dequantize(p: dict[str, Array], name: str, *, stacked: bool = False) -> Array:
+  """Weight `name` of one layer's arrays `p` (or, `stacked`, of all layers: a leading layer
+  axis on the weight and its scale) in float32: q * scale when it is stored int8, else as is."""
+  scale = p.get(f"{name}_scale")
+  if scale is None:
+    return p[name]
+  q = p[name]
+  if stacked:  # scale [L, *out] against q [L, *in, *out]
+    scale = jnp.expand_dims(scale, tuple(range(1, 1 + q.ndim - scale.ndim)))
+  return q.astype(jnp.float32) * scale.astype(jnp.float32)
 
 
 def _project(w: dict[str, Array], scale: float, name: str, spec: str, x: Array) -> Array:
@@ -304,7 +342,7 @@ def decoder_layer(cfg: Qwen3Config, x: Array, p: dict[str, Array], positions: Ar
   Returns (x, aux).
   """
   dt = cfg.compute_dtype
-  w = {name: a.astype(dt) for name, a in p.items()}
+  w = {name: dequantize(p, name).astype(dt) for name in p if not name.endswith("_scale")}
   proj = functools.partial(_project, w, cfg.lora_scale)
   h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
   q = proj("q_proj", "BTD,DNH->BTNH", h)
@@ -516,8 +554,9 @@ def decode_weights(model: "Qwen3") -> dict[str, Any]:
   (outside the decode loop), and the input/output embeddings."""
   dt = model.cfg.compute_dtype
   stacked = model.layers.arrays()  # slice, then cast: one fused pass, no cast copy of the stack
-  return {"layers": tuple({name: a[i].astype(dt) for name, a in stacked.items()}
-                          for i in range(model.cfg.num_layers)),
+  layer = lambda i: {name: a[i] for name, a in stacked.items()}
+  return {"layers": tuple({name: dequantize(layer(i), name).astype(dt) for name in stacked
+                           if not name.endswith("_scale")} for i in range(model.cfg.num_layers)),
           "embedding": model.embedding[...], "final_norm": model.final_norm[...].astype(dt),
           "output": model.output_embedding()}
 

@@ -32,6 +32,7 @@ from real_jax.models import attention as attention_lib
 from real_jax.models import qwen3
 from real_jax.train import methods as methods_lib
 from real_jax.train import state as state_lib
+from real_jax.train import wandb_log
 
 __all__ = ["ConfigDict", "ConfigError", "parse_bool", "parse_arg", "load_config", "get_field",
            "assign", "set_field", "base_config", "CHOICES", "RANGES", "INVALID_RULES", "field_docs",
@@ -177,6 +178,7 @@ def base_config() -> ConfigDict:
   c.model.lora.rank = 0  # 0 = full fine-tuning
   c.model.lora.alpha = 16.0  # the update is (alpha / rank) * x A B
   c.model.lora.targets = "all"  # all | comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+  c.model.lora.quantize = ""  # QLoRA: int8 stores the frozen targets int8 (a scale per output channel)
 
   # Device mesh: sizes of the (data, fsdp, tensor) axes; -1 = all remaining devices.
   c.mesh = ConfigDict()
@@ -296,6 +298,11 @@ def base_config() -> ConfigDict:
   c.rl.group_size = 16  # n CoTs per prompt
   c.rl.buffer_size = 256  # prompts per update (groups kept by the filter accumulate up to this)
   c.rl.sample_prompts = 0  # prompts per sampler call (0 = a whole generation round)
+  # Every this many updates (0 = never), the first rollout round's first log_sample_groups
+  # groups (prompt, CoTs, sampled scores, y_hat, rewards, advantages) go to rollouts.jsonl,
+  # TensorBoard text and W&B.
+  c.rl.log_samples_every = 10  # updates between rollout samples in rollouts.jsonl (0 = never)
+  c.rl.log_sample_groups = 2  # groups of CoTs per logged update
   c.rl.max_rounds = 8  # generation rounds per update before training on a partial buffer
   c.rl.filter = "partial"  # partial | all | not_all_correct | not_all_wrong
   c.rl.epochs = 3  # passes over each update's rows
@@ -383,6 +390,12 @@ def base_config() -> ConfigDict:
   # Seconds without a progress line after which a running step, rollout or evaluation batch logs
   # "still running" with what it is doing (a first compile, a large model's rollout); 0 = off.
   c.log.heartbeat = 60.0
+  # Weights & Biases (pip install -e ".[wandb]"): the same scalars, the resolved config, the
+  # rollout samples and the results table, in <workdir>/wandb. "" = off.
+  c.log.wandb = ConfigDict()
+  c.log.wandb.project = ""  # a W&B project name turns the logger on
+  c.log.wandb.entity = ""  # team or user ("" = your default)
+  c.log.wandb.mode = "offline"  # offline (disk only; wandb sync uploads) | online | disabled
 
   # Testing hooks.
   c.debug = ConfigDict()
@@ -403,6 +416,8 @@ CHOICES: dict[str, Callable[[], tuple]] = {
     "data.enable_thinking": lambda: ("", "true", "false"),
     "data.overlong": lambda: tuple(batching.OVERLONG),
     "model.remat": lambda: ("",) + tuple(qwen3.REMATS),
+    "log.wandb.mode": lambda: tuple(wandb_log.MODES),
+    "model.lora.quantize": lambda: tuple(qwen3.QUANTIZERS),
     "model.attention": lambda: ("auto",) + tuple(attention_lib.ATTENTION_BACKENDS),
     "optim.schedule": lambda: tuple(state_lib.SCHEDULES),
     "warmup.schedule": lambda: ("",) + tuple(state_lib.SCHEDULES),

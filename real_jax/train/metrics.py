@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-__all__ = ["summary_writer_class", "MetricsWriter", "read_metrics", "format_duration",
+__all__ = ["summary_writer_class", "ROLLOUTS_FILE", "MetricsWriter", "read_metrics", "format_duration",
     "HEARTBEAT_SECS", "set_heartbeat", "Progress", "fmt_metrics", "lookup", "eval_metrics",
     "RolloutStats", "rl_update_metrics"]
 
@@ -46,13 +46,20 @@ def summary_writer_class():
   return SummaryWriter
 
 
+ROLLOUTS_FILE = "rollouts.jsonl"
+
+
 class MetricsWriter:
-  """Appends `{"stage", "step", "time", **metrics}` lines to `<workdir>/metrics.jsonl`."""
+  """Appends `{"stage", "step", "time", **metrics}` lines to `<workdir>/metrics.jsonl` (and the
+  same scalars to TensorBoard and, given a `wandb_log.WandbLogger`, to W&B); rollout samples
+  to `<workdir>/rollouts.jsonl` (TensorBoard text, a W&B table)."""
 
   def __init__(self, workdir: str, *, tensorboard: bool = True, filename: str = "metrics.jsonl",
-               enabled: bool = True):
+               enabled: bool = True, wandb: Any = None):
     self.path = os.path.join(workdir, filename)
+    self.rollouts_path = os.path.join(workdir, ROLLOUTS_FILE)
     self.enabled = enabled  # False on every process but the first of a multi-process run
+    self.wandb = wandb if enabled else None
     self._tb = None
     self._tb_dir = os.path.join(workdir, "tb")
     if not enabled:
@@ -65,22 +72,13 @@ class MetricsWriter:
         logging.info("TensorBoard summaries off (%s)", e)
 
   def truncate(self, stage: str, after_step: int) -> None:
-    """Drops rows of `stage` with step > after_step (a resumed run re-logs them)."""
-    if not self.enabled or not os.path.exists(self.path):
+    """Drops rows of `stage` with step > after_step (a resumed run re-logs them), in
+    metrics.jsonl and rollouts.jsonl."""
+    if not self.enabled:
       return
-    with open(self.path) as f:
-      rows = [line for line in f if line.strip()]
-    kept = []
-    for line in rows:
-      try:
-        r = json.loads(line)
-      except json.JSONDecodeError:
-        continue  # a line cut by a kill
-      if r.get("stage") == stage and int(r.get("step", -1)) > after_step:
-        continue
-      kept.append(line if line.endswith("\n") else line + "\n")
-    with open(self.path, "w") as f:
-      f.writelines(kept)
+    _truncate_jsonl(self.rollouts_path, stage, after_step)
+    if not _truncate_jsonl(self.path, stage, after_step):
+      return
     self._rebuild_tensorboard()
 
   def _rebuild_tensorboard(self) -> None:
@@ -114,6 +112,34 @@ class MetricsWriter:
       f.write(json.dumps(row) + "\n")
     if self._tb is not None:
       self._add_scalars(row)
+    if self.wandb is not None:
+      self.wandb.log_scalars(stage, step, row)
+
+  def write_samples(self, stage: str, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rollout samples (one dict per CoT, the same keys in each) of `stage` at `step`: appended
+    to rollouts.jsonl with the stage and step, to TensorBoard as a markdown table
+    (`<stage>/rollouts`), to W&B as a table (`<stage>/rollouts`)."""
+    if not self.enabled or not rows:
+      return
+    with open(self.rollouts_path, "a") as f:
+      for r in rows:
+        f.write(json.dumps({"stage": stage, "step": int(step),
+                            **{k: _jsonable(v) for k, v in r.items()}}) + "\n")
+    columns = list(rows[0])
+    if self._tb is not None:
+      cell = lambda v: (f"{v:.3f}" if isinstance(v, float) else str(v)).replace("|", "\\|") \
+          .replace("\n", " ")
+      table = "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] +
+                        ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows])
+      self._tb.add_text(f"{stage}/rollouts", table, int(step))
+    if self.wandb is not None:
+      self.wandb.log_table(f"{stage}/rollouts", ["step"] + columns,
+                           [[int(step)] + [_jsonable(r[c]) for c in columns] for r in rows])
+
+  def write_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A table for W&B only (the workdir has it already, e.g. results.json)."""
+    if self.enabled and self.wandb is not None:
+      self.wandb.log_table(key, columns, rows)
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -123,6 +149,30 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+    if self.wandb is not None:
+      self.wandb.finish()
+      self.wandb = None
+
+
+def _truncate_jsonl(path: str, stage: str, after_step: int) -> bool:
+  """Drops the rows of `stage` with step > after_step (and lines cut by a kill) from a JSONL
+  file; False when there is no file."""
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    rows = [line for line in f if line.strip()]
+  kept = []
+  for line in rows:
+    try:
+      r = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line cut by a kill
+    if r.get("stage") == stage and int(r.get("step", -1)) > after_step:
+      continue
+    kept.append(line if line.endswith("\n") else line + "\n")
+  with open(path, "w") as f:
+    f.writelines(kept)
+  return True
 
 
 def read_metrics(workdir: str, stage: str | None = None, *, filename: str = "metrics.jsonl"
@@ -293,6 +343,7 @@ class RolloutStats:
   truncated: float = 0.0
   eos: float = 0.0
   length_sum: float = 0.0
+  length_max: float = 0.0  # the longest CoT (tokens); `+` keeps the maximum
   gen_tokens: float = 0.0
   adv_abs_sum: float = 0.0
   adv_sum: float = 0.0
@@ -302,7 +353,8 @@ class RolloutStats:
   cot_tokens: float = 0.0  # CoT tokens (the entropy's denominator)
 
   def __add__(self, other: "RolloutStats") -> "RolloutStats":
-    return RolloutStats(**{f.name: getattr(self, f.name) + getattr(other, f.name)
+    combine = lambda name, a, b: max(a, b) if name == "length_max" else a + b
+    return RolloutStats(**{f.name: combine(f.name, getattr(self, f.name), getattr(other, f.name))
                            for f in dataclasses.fields(self)})
 
 
@@ -332,6 +384,7 @@ def rl_update_metrics(stats: RolloutStats, step_metrics: Sequence[Mapping[str, f
       "truncated_frac": stats.truncated / rows,
       "eos_before_delimiter_frac": stats.eos / rows,
       "response_len_mean": stats.length_sum / rows,
+      "response_len_max": stats.length_max,
       "adv_abs_mean": stats.adv_abs_sum / rows,
       "adv_mean": stats.adv_sum / rows,
       "entropy": stats.entropy_sum / max(stats.cot_tokens, 1.0),

@@ -47,7 +47,8 @@ from real_jax.train.metrics import Progress, RolloutStats, fmt_metrics, rl_updat
 from real_jax.train.runner import Run
 
 __all__ = ["LOG_PROB_FLOOR", "GroupAdvantages", "compute_advantages", "group_filter",
-    "groups_with_signal", "RolloutSettings", "Round", "rollout_round", "Buffer", "loss_config",
+    "groups_with_signal", "RolloutSettings", "RolloutSamples", "sample_rows", "Round",
+    "rollout_round", "Buffer", "loss_config",
     "rl_objective", "RL_OBJECTIVES", "run_rl"]
 
 LOG_PROB_FLOOR = float(np.log(1e-8))  # log pi(y*) of an invalid row (and the floor of all rows)
@@ -147,14 +148,51 @@ def needs_scoring_pass(config, rl_settings: RLSettings) -> bool:
           and settings_lib.optimizer_steps_per_update(config) > 1)
 
 
+class RolloutSamples(NamedTuple):
+  """A rollout round's rows as a researcher reads them (host arrays over N = P * n rows, row
+  i*n+j = sample j of prompt i): `sample_rows` turns the first groups into text."""
+  prompt_tokens: np.ndarray  # [N, Lp] left-padded
+  prompt_mask: np.ndarray  # [N, Lp]
+  response: np.ndarray  # [N, R] the CoT (through the delimiter when found)
+  length: np.ndarray  # [N] its tokens
+  status: np.ndarray  # [N] str: delimiter | eos | truncated
+  sampled_score: np.ndarray  # [N] the score sampled after the delimiter (nan: none)
+  y_hat: np.ndarray  # [N] RAIL y_hat
+  target: np.ndarray  # [N] the label y*
+  reward: np.ndarray  # [N] the method's reward
+  binary_reward: np.ndarray  # [N] 1 if the sampled score is the label
+  advantage: np.ndarray  # [N]
+
+
+def sample_rows(samples: RolloutSamples, tokenizer, *, groups: int, group_size: int
+                ) -> list[dict[str, Any]]:
+  """One dict per CoT of the first `groups` groups: prompt (text), cot (text), status,
+  sampled_score, y_hat, target, reward, binary_reward, advantage, cot_tokens."""
+  rows = []
+  for i in range(min(groups * group_size, len(samples.length))):
+    prompt = samples.prompt_tokens[i][samples.prompt_mask[i].astype(bool)]
+    score = float(samples.sampled_score[i])
+    rows.append({
+        "group": i // group_size, "sample": i % group_size,
+        "prompt": tokenizer.decode(prompt.tolist()) if i % group_size == 0 else "",
+        "cot": tokenizer.decode(samples.response[i, :int(samples.length[i])].tolist()),
+        "status": str(samples.status[i]),
+        "sampled_score": score if np.isfinite(score) else None,
+        "y_hat": float(samples.y_hat[i]), "target": float(samples.target[i]),
+        "reward": float(samples.reward[i]), "binary_reward": float(samples.binary_reward[i]),
+        "advantage": float(samples.advantage[i]), "cot_tokens": int(samples.length[i])})
+  return rows
+
+
 class Round(NamedTuple):
-  """What one rollout round returns: its rows, the groups the filter keeps, their statistics
-  and where the time went."""
+  """What one rollout round returns: its rows, the groups the filter keeps, their statistics,
+  where the time went, and the rows to read (`RolloutSamples`)."""
   batch: RLBatch  # N = P * n rows
   keep_groups: np.ndarray  # [P] bool
   stats: RolloutStats
   t_rollout: float
   t_scoring: float
+  samples: RolloutSamples | None = None
 
 
 def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], key, *,
@@ -242,13 +280,21 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
       score_mass_sum=float(sc.score_mass[valid].sum()),
       valid=float(valid.sum()), truncated=float(gen.truncated.sum()),
       eos=float(gen.eos.sum()), length_sum=float(gen.length.astype(np.float32).sum()),
+      length_max=float(gen.length.max(initial=0)),
       gen_tokens=float(np.minimum(gen.length, settings.sampler.max_new_tokens).sum()),
       adv_abs_sum=float(np.abs(ga.advantage).sum()), adv_sum=float(ga.advantage.sum()),
       signal_binary_groups=float(groups_with_signal(binary, n).sum()),
       signal_regression_groups=float(groups_with_signal(
           np.where(valid, -(y_hat - target) ** 2, -1e3), n).sum()),
       entropy_sum=entropy_sum, cot_tokens=cot_tokens)
-  return Round(batch, keep_g, stats, t_roll, t_score)
+  samples = RolloutSamples(
+      prompt_tokens=gen.prompt_tokens, prompt_mask=gen.prompt_mask, response=gen.response,
+      length=gen.length,
+      status=np.where(gen.found, "delimiter", np.where(gen.eos, "eos", "truncated")),
+      sampled_score=np.where(sampled >= 0, sampled, np.nan), y_hat=np.asarray(y_hat),
+      target=target, reward=np.asarray(ga.reward), binary_reward=binary,
+      advantage=np.asarray(ga.advantage))
+  return Round(batch, keep_g, stats, t_roll, t_score, samples)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +420,7 @@ def run_rl(run: Run, params_in, *, main: bool = True):
       buffer, rounds = Buffer(n), 0
       stats = RolloutStats()
       t_roll = t_score = 0.0
+      first_round = None
       while buffer.kept_prompts < rl.buffer_size and rounds < rl.max_rounds:
         prog.phase = (f"rollout round {rounds + 1} (at most {rl.max_rounds}): "
                       f"{rl.prompts_per_step} prompts x {n} CoTs, then the scoring pass; "
@@ -386,6 +433,7 @@ def run_rl(run: Run, params_in, *, main: bool = True):
         t_roll += r.t_rollout
         t_score += r.t_scoring
         stats = stats + r.stats
+        first_round = first_round or r
         buffer.add(r)
         rounds += 1
       t2 = time.time()
@@ -421,6 +469,10 @@ def run_rl(run: Run, params_in, *, main: bool = True):
                                   t_scoring=t_score, t_update=time.time() - t2)
       metrics["rows_skipped"] = float(batcher.skipped_rows())
       run.writer.write("rl", done, metrics)
+      if rl.log_samples_every and done % rl.log_samples_every == 0 and first_round:
+        run.writer.write_samples("rl", done, sample_rows(
+            first_round.samples, run.vocab.tokenizer, groups=rl.log_sample_groups,
+            group_size=n))
       prog.update(done, fmt_metrics(metrics, ("reward_mean", "abs_err_rollout", "keep_rate",
                                               "truncated_frac", "loss", "pg_loss", "grad_norm",
                                               "skipped", "rows_skipped")),

@@ -179,7 +179,8 @@ def lora_fields(config: ConfigDict) -> dict[str, Any]:
     return {}
   targets = (qwen3.LORA_TARGETS if lc.targets.strip() == "all" else
              tuple(t.strip() for t in lc.targets.split(",") if t.strip()))
-  return {"lora_rank": int(lc.rank), "lora_alpha": float(lc.alpha), "lora_targets": targets}
+  return {"lora_rank": int(lc.rank), "lora_alpha": float(lc.alpha), "lora_targets": targets,
+          "quantize": lc.quantize}
 
 
 def preset_model(config: ConfigDict, tokenizer_size: int | None = None,

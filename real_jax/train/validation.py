@@ -129,6 +129,9 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
   if unknown or (lora and not lora["lora_targets"]):
     raise ConfigError(f"config.model.lora.targets={config.model.lora.targets!r}: use all or a "
                       f"comma list of {','.join(qwen3.LORA_TARGETS)}")
+  if config.model.lora.quantize and not config.model.lora.rank:
+    raise ConfigError(f"config.model.lora.quantize={config.model.lora.quantize!r} stores the "
+                      "frozen weights of a LoRA run: set config.model.lora.rank > 0 too")
   problem = method.check(config) if method.check is not None else ""
   if problem:
     raise ConfigError(problem)
@@ -142,7 +145,8 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
                "rl.buffer_size", "rl.prompts_per_step", "rl.sample_prompts",
                "rl.mini_batch_size", "rl.micro_batch_size", "rl.score_batch_size",
                "train.batch_size", "train.micro_batch_size", "warmup.batch_size",
-               "warmup.micro_batch_size", "eval.batch_size"):
+               "warmup.micro_batch_size", "eval.batch_size", "rl.log_samples_every",
+               "rl.log_sample_groups"):
     v = get_field(config, name, None)
     if v is not None and v < 0:
       raise ConfigError(f"config.{name}={v} is negative; use 0 or more")
