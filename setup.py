@@ -24,7 +24,7 @@ INSTALL_REQUIRES = [
 
 LIBTPU = "libtpu==0.0.42.1"  # the TPU compiler (what jax[tpu]==0.10.2 pins): plans without a TPU
 
-WANDB = ["wandb==0.31.0", "pillow==13.0.0"]  # pillow: wandb.Image from arrays
+WANDB = ["wandb==0.31.0"]
 
 EXTRAS = {
     "tpu": [LIBTPU],

@@ -90,6 +90,7 @@ def _resolve_model(config, mesh, tokenizer):
   restore = lambda target: ckpt_lib.restore_run_params(ic.checkpoint, target, stage=ic.stage,
                                                        best=ic.best)
   written_by = _checkpoint_model(ic.checkpoint, ic.stage, ic.best) if ic.checkpoint else {}
+  _check_adapters(written_by, cfg, ic.checkpoint)
   continues = bool(cfg.lora_rank and written_by.get("lora_rank"))  # its adapters continue
   quantized_first = bool(cfg.quantize and continues and written_by.get("quantize"))
   if quantized_first:  # a QLoRA run's checkpoint: the same int8 layout
@@ -106,6 +107,23 @@ def _resolve_model(config, mesh, tokenizer):
   if cfg.quantize and not quantized_first:  # QLoRA: the frozen targets stored int8
     graphdef, params = models.quantize_params(cfg, params, mesh=mesh)
   return cfg, graphdef, params
+
+
+def _check_adapters(written_by: dict[str, Any], cfg, path: str) -> None:
+  """A checkpoint with LoRA adapters continues only under the same adapters (rank, alpha,
+  targets; its int8 base only as QLoRA): otherwise a one-line config error says what to do."""
+  rank = int(written_by.get("lora_rank", 0) or 0)
+  if not rank:
+    return
+  mine = (cfg.lora_rank, float(cfg.lora_alpha), tuple(cfg.lora_targets))
+  theirs = (rank, float(written_by.get("lora_alpha", 16.0)),
+            tuple(written_by.get("lora_targets", ())))
+  if mine != theirs or (written_by.get("quantize") and not cfg.quantize):
+    raise config_lib.ConfigError(
+        f"config.init.checkpoint={path} holds LoRA adapters (rank {rank}, alpha {theirs[1]:g}, "
+        f"targets {','.join(theirs[2])}, base {written_by.get('quantize') or 'not quantized'}); "
+        "continue it with the same config.model.lora.*, or merge it into a Hugging Face "
+        "directory (python -m real_jax.tools.export_hf) and start from config.model.hf_dir")
 
 
 def _checkpoint_model(path: str, stage: str, best: bool) -> dict[str, Any]:

@@ -155,7 +155,8 @@ def test_qlora_run_resumes_keeps_the_base_exports_grades_and_logs(shared, warm, 
   from real_jax.tools import export_hf
   from run_helpers import tiny_config
   from test_judging import _records
-  from test_tracking import check_tracking
+  from test_tracking import check_tracking, tb_rollout_texts
+  from real_jax.train.config_lib import ConfigError
 
   over = {"init.checkpoint": warm[0], "warmup.steps": 0, "eval.at_end": False, "rl.steps": 3,
           "checkpoint.every": 1, "model.lora.rank": 4, "model.lora.alpha": 8.0,
@@ -174,6 +175,10 @@ def test_qlora_run_resumes_keeps_the_base_exports_grades_and_logs(shared, warm, 
     for k in x:
       if k not in skip and not isinstance(x[k], str):
         assert x[k] == pytest.approx(y[k], rel=1e-6, abs=1e-7), (x["step"], k)
+  # KL to the frozen base: 0 while the adapters are fresh (B = 0), then positive.
+  assert ra[0]["kl"] == 0.0 and ra[1]["kl"] > 0 and ra[2]["kl"] > 0
+  # The resumed run's TensorBoard was rebuilt from the JSONL files: every update's rollouts.
+  assert sorted(t[1] for t in tb_rollout_texts(b)) == [1, 2, 3]
   rollouts = lambda d: [json.loads(line) for line in open(os.path.join(d, "rollouts.jsonl"))]
   assert len(rollouts(a)) == len(rollouts(b)) == 3 * 8  # the resumed run continues the file
   for x, y in zip(rollouts(a), rollouts(b)):
@@ -221,6 +226,11 @@ def test_qlora_run_resumes_keeps_the_base_exports_grades_and_logs(shared, warm, 
     np.testing.assert_allclose(x.y_hat, y.y_hat, rtol=1e-4, atol=1e-5)
 
   check_tracking(a, ra, monkeypatch, group_size=4, max_cot=56)
+
+  # A full fine-tuning config cannot start from the adapters' checkpoint: one config error.
+  with pytest.raises(ConfigError, match="holds LoRA adapters .rank 4, alpha 8, targets q_proj"):
+    main_lib.run(tiny_config(shared, "real", **{"init.checkpoint": a, "warmup.steps": 0}),
+                 str(tmp_path / "c"))
 
 
 def test_qlora_int8_weights_within_the_quantiser_error_and_merge():

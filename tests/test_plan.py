@@ -128,6 +128,20 @@ def test_doc_attention_reports_are_the_committed_ones():
     assert all(p["peak"] > 0 and not p["error"] for p in r["programs"])
 
 
+def test_doc_lora_reports_are_the_committed_ones():
+  """docs/scale.md's LoRA table is `plan --summarize` of the committed 8b reports on a v5e-8:
+  full fine-tuning's train step does not fit, the LoRA and QLoRA runs fit with the headroom."""
+  reports = _reports("lora-")
+  assert _doc_block("lora") == plan.summary_table(reports)
+  full, lora, qlora = reports
+  assert not full["fits"] and lora["fits"] and qlora["fits"]
+  assert "lora=16" in lora["config"] and "qlora" in qlora["config"]
+  for r in (lora, qlora):
+    assert r["topology"] == "v5e:2x4" and r["headroom"] >= 0.1
+    assert {p["name"] for p in r["programs"]} >= {"rl_step", "rollout_sampler"}
+    assert all(p["peak"] > 0 and not p["error"] for p in r["programs"])
+
+
 def _analytic_vs_compiled():
   for r in _reports("rl-") + _reports("sup-"):
     c = config_lib.load_config(r["config"])

@@ -49,6 +49,22 @@ def _history(records):
   return rows
 
 
+def tb_rollout_texts(wd):
+  """(tag, step, markdown) of the rollout text summaries in <wd>/tb (TFRecord framing read by
+  hand; the Event proto from tensorboardX)."""
+  from tensorboardX.proto import event_pb2
+  texts = []
+  for name in os.listdir(os.path.join(wd, "tb")):
+    data, i = open(os.path.join(wd, "tb", name), "rb").read(), 0
+    while i < len(data):
+      (size,) = struct.unpack("<Q", data[i:i + 8])
+      ev = event_pb2.Event.FromString(data[i + 12:i + 12 + size])
+      i += 12 + size + 4
+      texts += [(v.tag, ev.step, v.tensor.string_val[0].decode()) for v in ev.summary.value
+                if v.tag.startswith("rl/rollouts")]
+  return texts
+
+
 def check_tracking(wd, metrics, monkeypatch, *, group_size: int, max_cot: int):
   """What an RL run with `rl.log_samples_every=1` (2 groups), TensorBoard, W&B offline and a
   final evaluation wrote (tests/test_lora.py runs it): rollouts.jsonl, TensorBoard text, the
@@ -73,16 +89,7 @@ def check_tracking(wd, metrics, monkeypatch, *, group_size: int, max_cot: int):
   assert any(s["advantage"] != 0 for s in samples)
 
   # TensorBoard: the rollout table as text.
-  from tensorboardX.proto import event_pb2
-  texts = []
-  for name in os.listdir(os.path.join(wd, "tb")):
-    data, i = open(os.path.join(wd, "tb", name), "rb").read(), 0
-    while i < len(data):
-      (size,) = struct.unpack("<Q", data[i:i + 8])
-      ev = event_pb2.Event.FromString(data[i + 12:i + 12 + size])
-      i += 12 + size + 4
-      texts += [(v.tag, ev.step, v.tensor.string_val[0].decode()) for v in ev.summary.value
-                if v.tag.startswith("rl/rollouts")]
+  texts = tb_rollout_texts(wd)
   assert sorted(t[1] for t in texts) == steps
   assert samples[0]["cot"][:40].replace("|", "\\|") in [t for t in texts if t[1] == 1][0][2]
 

@@ -68,6 +68,24 @@ def _param_bytes(cfg: Qwen3Config, mesh, dtype) -> int:
              for x, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
 
 
+def _stored_bytes(cfg: Qwen3Config, mesh, trainable_only: bool = False) -> int:
+  """Per-device bytes of the parameters as the model stores them (each array in its own dtype:
+  a LoRA model's adapters in float32, QLoRA's int8 projections and their scales); with
+  `trainable_only`, of what trains (the adapters of a LoRA model, else every parameter) in
+  float32: one AdamW moment or one gradient buffer."""
+  _, abstract = abstract_model(cfg)
+  shardings = param_shardings(abstract, mesh)
+  leaves = jax.tree_util.tree_leaves_with_path(abstract)
+  total = 0
+  for (path, x), s in zip(leaves, jax.tree.leaves(shardings)):
+    is_adapter = "_lora_" in jax.tree_util.keystr(path)
+    if trainable_only and cfg.lora_rank and not is_adapter:
+      continue
+    itemsize = 4 if trainable_only else np.dtype(x.dtype).itemsize
+    total += math.prod(s.shard_shape(x.shape)) * itemsize
+  return total
+
+
 def _layer_bytes(cfg: Qwen3Config, itemsize: int, tensor: int) -> int:
   """One decoder layer's weights, gathered over fsdp (still split over tensor)."""
   d, n, k, h, f = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
@@ -79,22 +97,25 @@ def program_estimate(config, mesh_shape: dict[str, int], attention: str = "chunk
                      ) -> dict[str, dict[str, int]]:
   """program -> {part: bytes per device} for the programs `plan.programs` builds, with the
   attention backend `attention` (`xla` holds a layer's whole [rows, N, width, width] float32
-  logit square; the others at most `attention_chunk` query rows of it)."""
+  logit square; the others at most `attention_chunk` query rows of it). With `model.lora`, the
+  parameters are stored as the LoRA / QLoRA model holds them and the AdamW moments and
+  gradients are the adapters' only (the calibration factors come from full fine-tuning
+  compiles)."""
   c = config
   cfg = PRESETS[c.model.preset].model
   over = {k: v for k, v in (("dtype", c.model.dtype), ("param_dtype", c.model.param_dtype)) if v}
-  cfg = cfg.replace(**over)
+  cfg = cfg.replace(**over, **settings_lib.lora_fields(c))
   mesh = shd.abstract_mesh(mesh_shape, math.prod(mesh_shape.values()))
   data, fsdp, tensor = (mesh_shape.get(a, 1) for a in ("data", "fsdp", "tensor"))
   shards = data * fsdp  # the batch axis
-  pb, cb = np.dtype(cfg.param_dtype).itemsize, np.dtype(cfg.dtype).itemsize
+  cb = np.dtype(cfg.dtype).itemsize
   d, n_h, k_h, h, f, v, layers = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
                                   cfg.head_dim, cfg.intermediate_size, cfg.vocab_size,
                                   cfg.num_layers)
   heads = max(n_h // tensor, 1)
-  params = _param_bytes(cfg, mesh, cfg.param_dtype)
-  f32_copy = _param_bytes(cfg, mesh, np.float32)  # one AdamW moment, or one gradient buffer
-  compute_copy = _param_bytes(cfg, mesh, cfg.dtype)
+  params = _stored_bytes(cfg, mesh)
+  f32_copy = _stored_bytes(cfg, mesh, trainable_only=True)  # one AdamW moment or gradient buffer
+  compute_copy = _param_bytes(cfg.replace(lora_rank=0, quantize=""), mesh, cfg.dtype)
   gathered = 2 * _layer_bytes(cfg, cb, tensor)  # this layer's and the next one's (prefetch)
   chunk = cfg.attention_chunk
   lp = max(data_utils.prompt_buckets(c))

@@ -263,6 +263,9 @@ def plan(config, topology: str, *, headroom: float = 0.1, only: tuple[str, ...] 
           "mesh": mesh_shape, "hbm_bytes": hbm, "headroom": headroom,
           "model": config.model.preset, "method": config.method,
           "attention": config_lib.attention_backend(config, devices[0].platform),
+          "lora": (f"rank {config.model.lora.rank}" + (
+              f", {config.model.lora.quantize}" if config.model.lora.quantize else "")
+                   if config.model.lora.rank else ""),
           "programs": [dataclasses.asdict(r) for r in reports],
           "fits": all(r.fits for r in reports)}
 
@@ -365,6 +368,8 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
     m = r["mesh"]
     attn = r.get("attention", "chunked")  # reports before the field: chunked
     model = r["model"] if attn == "chunked" else f"{r['model']} ({attn} attention)"
+    if r.get("lora"):  # reports before the field: full fine-tuning
+      model += f" (LoRA {r['lora']})"
     lines.append(f"| {model} | {r['method']} | {r['topology']} ({r['chips']} x "
                  f"{r['device_kind']}, {r['hbm_bytes'] / _GIB:.2f} GiB) | "
                  f"{m['data']}x{m['fsdp']}x{m['tensor']} | " + " | ".join(cells) +

@@ -91,6 +91,12 @@ class MetricsWriter:
     self._tb = summary_writer_class()(self._tb_dir)
     for row in read_metrics(os.path.dirname(self.path), filename=os.path.basename(self.path)):
       self._add_scalars(row)
+    samples: dict[tuple[str, int], list] = {}  # the rollout text tables too
+    for r in read_metrics(os.path.dirname(self.rollouts_path),
+                          filename=os.path.basename(self.rollouts_path)):
+      samples.setdefault((r.pop("stage"), r.pop("step")), []).append(r)
+    for (stage, step), rows in samples.items():
+      self._tb.add_text(f"{stage}/rollouts", _markdown_table(rows), step)
     self._tb.flush()
 
   def _add_scalars(self, row: Mapping[str, Any]) -> None:
@@ -127,11 +133,7 @@ class MetricsWriter:
                             **{k: _jsonable(v) for k, v in r.items()}}) + "\n")
     columns = list(rows[0])
     if self._tb is not None:
-      cell = lambda v: (f"{v:.3f}" if isinstance(v, float) else str(v)).replace("|", "\\|") \
-          .replace("\n", " ")
-      table = "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] +
-                        ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows])
-      self._tb.add_text(f"{stage}/rollouts", table, int(step))
+      self._tb.add_text(f"{stage}/rollouts", _markdown_table(rows), int(step))
     if self.wandb is not None:
       self.wandb.log_table(f"{stage}/rollouts", ["step"] + columns,
                            [[int(step)] + [_jsonable(r[c]) for c in columns] for r in rows])
@@ -152,6 +154,15 @@ class MetricsWriter:
     if self.wandb is not None:
       self.wandb.finish()
       self.wandb = None
+
+
+def _markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """Rows of the same keys as a markdown table (floats to 3 decimals, one line per cell)."""
+  columns = list(rows[0])
+  cell = lambda v: (f"{v:.3f}" if isinstance(v, float) else str(v)).replace("|", "\\|").replace(
+      "\n", " ")
+  return "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] +
+                   ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows])
 
 
 def _truncate_jsonl(path: str, stage: str, after_step: int) -> bool:

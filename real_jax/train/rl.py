@@ -433,7 +433,7 @@ def run_rl(run: Run, params_in, *, main: bool = True):
         t_roll += r.t_rollout
         t_score += r.t_scoring
         stats = stats + r.stats
-        first_round = first_round or r
+        first_round = r if first_round is None else first_round
         buffer.add(r)
         rounds += 1
       t2 = time.time()

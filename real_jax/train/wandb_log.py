@@ -4,12 +4,13 @@
 resumed run continues the same W&B run) under `<workdir>/wandb/`, with the resolved config. It
 receives what `MetricsWriter` writes: every scalar as `<stage>/<name>` against the stage's own
 step (`<stage>/step`, declared with `define_metric`, so W&B draws each stage's curves on its
-own axis), tables (the rollout samples, the results table) as `wandb.Table`. A resumed run
-logs the steps after its checkpoint again, as metrics.jsonl does; W&B keeps both copies.
+own axis), tables (the rollout samples, the results table) as `wandb.Table`; W&B draws the training
+curves from the scalars. A resumed run logs the steps after its checkpoint again, as
+metrics.jsonl does; W&B keeps both copies.
 
 `mode="offline"` writes the run to disk only (no key, no network); `wandb sync
-<workdir>/wandb/offline-run-*` uploads it later. `sent` records what was handed to W&B (the
-tests read it back against the `.wandb` record stream).
+<workdir>/wandb/offline-run-*` uploads it later. tests/test_tracking.py reads an offline run's
+`.wandb` record stream back.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ class WandbLogger:
                           settings=wandb.Settings(silent=True, disable_git=True,
                                                   save_code=False))
     self._stages: set[str] = set()
-    self.sent: list[dict[str, Any]] = []  # what was logged, in order (scalars and tables)
 
   def log_scalars(self, stage: str, step: int, metrics: Mapping[str, Any]) -> None:
     """Every finite number of `metrics` as `<stage>/<name>` at `<stage>/step` = step."""
@@ -62,13 +62,10 @@ class WandbLogger:
            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     row[f"{stage}/step"] = int(step)
     self.run.log(row)
-    self.sent.append({"kind": "scalars", **row})
 
   def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A table under `key` (e.g. "rl/rollouts", "results")."""
     self.run.log({key: self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
-    self.sent.append({"kind": "table", "key": key, "columns": list(columns),
-                      "rows": [list(r) for r in rows]})
 
   def finish(self) -> None:
     self.run.finish()

@@ -56,6 +56,7 @@ RESUMABLE = (
     "eval.at_end", "eval.after_warmup", "eval.before_training",  # evaluation effort and when
     "data.data_dir",  # where the prepared copy lives, not what it holds
     "rl.score_batch_size", "rl.sample_prompts", "rl.micro_batch_size",  # memory, not math
+    "rl.log_samples_every", "rl.log_sample_groups",  # what rollouts.jsonl keeps
     "train.micro_batch_size", "warmup.micro_batch_size",
     "model.remat", "model.scan_layers",  # how the same model is computed
 )
