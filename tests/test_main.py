@@ -17,7 +17,7 @@ from real_jax.train import stages as stages_lib
 from real_jax.train.supervised import run_supervised
 from real_jax.train.config_lib import ConfigError
 from real_jax.train.metrics import read_metrics
-from run_helpers import png_count, run_notebook, tiny_config
+from run_helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -295,15 +295,6 @@ def test_bad_configs_fail_before_building_anything(shared, tmp_path, monkeypatch
                                         r"record \(.*rl\.max_response_len \(TRACT's self-CoTs\) "
                                         r"= 228\)"):
     main_lib.run(c, str(tmp_path / "e"))
-
-
-def test_notebook_runs_headless(warm, monkeypatch):
-  monkeypatch.setenv("REAL_JAX_WORKDIR", warm[0])
-  monkeypatch.setenv("XLA_FLAGS", "")
-  outputs, text = run_notebook("02_inspect_run.ipynb")
-  assert "sft: loss" in text and "expected calibration error" in text and "y_hat=" in text
-  assert "| Model | Checkpoint | Training |" in text  # the comparison's rows table
-  assert png_count(outputs) >= 3
 
 
 def _read_meta(d):

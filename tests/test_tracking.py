@@ -127,6 +127,9 @@ def check_tracking(wd, metrics, monkeypatch, *, group_size: int, max_cot: int):
   monkeypatch.setenv("XLA_FLAGS", "")
   outputs, text = run_notebook("02_inspect_run.ipynb")
   assert f"rollouts.jsonl: {len(samples)} CoTs at updates {steps}" in text
+  # ... and the rest of the notebook: curves, calibration, the rows table, the judge again.
+  assert "warmup: loss" in text and "expected calibration error" in text and "y_hat=" in text
+  assert "| Model | Checkpoint | Training |" in text
   assert [s for s in samples if s["step"] == steps[-1]][0]["cot"][:60] in text
   assert png_count(outputs) >= 4
 
