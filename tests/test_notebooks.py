@@ -1,7 +1,7 @@
 """The notebooks execute headless, top to bottom, without errors, and print what they claim.
 
 (`02_inspect_run.ipynb` and `03_score_a_dataset.ipynb` need a training work directory:
-tests/test_main.py and tests/test_judging.py run them on one.)"""
+tests/test_lora.py (on its RL run) and tests/test_judging.py run them on one.)"""
 
 import glob
 import os
