@@ -464,7 +464,7 @@ def eval_settings(config, periodic: bool = False) -> EvalSettings:
   return EvalSettings(batch_size=e.batch_size, max_items=max_items, readout=readout,
                       greedy=e.greedy, temperature=e.temperature, top_p=e.top_p,
                       max_response_len=e.max_response_len, renormalize=e.renormalize,
-                      invalid=e.invalid)
+                      invalid=e.invalid, num_cots=e.num_cots)
 
 
 # The method behind a results row, by its evaluation tag (the final row is the run's method).
@@ -505,6 +505,7 @@ class Evaluator:
     info = {"readout": settings.readout, "greedy": settings.greedy,
             "temperature": settings.temperature, "top_p": settings.top_p,
             "renormalize": settings.renormalize, "invalid": settings.invalid,
+            "num_cots": settings.num_cots if settings.readout != "direct" else 1,
             "seconds": round(time.time() - t0, 1), "tag": tag, "checkpoint": checkpoint,
             "training": training, "method": _ROW_METHOD.get(tag, self.config.method),
             "counts": {sp: v.get("counts") for sp, v in summary["splits"].items()}}
@@ -533,7 +534,19 @@ class Evaluator:
             "full-vocabulary softmax, not renormalised (authors' choice)")
     invalid = ("read by both readouts at the delimiter appended to the CoT" if
                settings.invalid == "force" else "given the midpoint score by both readouts")
-    return (f"One {'greedy' if settings.greedy else 'sampled'} CoT per item ({how}); RAIL ŷ = "
-            f"Σ k·p(k) at the score position, {norm}; standard = the sampled score token. "
+    k = settings.num_cots
+    if settings.readout == "direct":
+      cots = "No CoT (direct readout: the delimiter right after the prompt)"
+      rail, std = "RAIL ŷ", "standard = the score token sampled there"
+    elif k == 1:
+      cots = f"One {'greedy' if settings.greedy else 'sampled'} CoT per item ({how})"
+      rail, std = "RAIL ŷ", "standard = the sampled score token"
+    else:
+      kind = "greedy" if settings.greedy else "sampled"
+      cots = f"{k} {kind} CoTs per item ({how}; eval.num_cots={k})"
+      rail = "RAIL ŷ = the mean over the CoTs of"
+      std = ("standard = the vote of the CoTs' sampled scores (a tie: the score nearest the tied "
+             "scores' mean, halves up)")
+    return (f"{cots}; {rail} Σ k·p(k) at the score position, {norm}; {std}. "
             f"CoTs without the delimiter are {invalid} (eval.invalid={settings.invalid}). "
             f"Data: {self.config.data.name}.")

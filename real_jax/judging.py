@@ -53,6 +53,10 @@ class Grade:
   sampled_score: the score token sampled at that position (None if it was not a score token).
   status: "delimiter" (the CoT reached it), "eos_before_delimiter" or "truncated" (the delimiter
     was appended to read a score anyway).
+  With `grade(..., num_cots=k)`: score_probs, score_mass and y_hat are means over the k CoTs,
+  sampled_score their vote (`readout.vote`), cot and status the first CoT's; `cots`,
+  `cot_y_hats` (each CoT's RAIL prediction after the `invalid` rule) and `cot_sampled_scores`
+  keep each CoT's.
   """
   cot: str
   score_probs: dict[float, float]
@@ -60,19 +64,24 @@ class Grade:
   y_hat: float
   sampled_score: float | None
   status: str
+  cots: tuple[str, ...] = ()
+  cot_y_hats: tuple[float, ...] = ()
+  cot_sampled_scores: tuple[float | None, ...] = ()
 
 
 class Judge:
   """A judge model with its tokenizer and score tokens (see the module docstring)."""
 
   def __init__(self, graphdef, params, tokenizer, *, output_format: str = "score_phrase",
-               mesh=None, enable_thinking: bool | None = None, renormalize: bool = False,
-               max_prompt_len: int = 2048, source: str = ""):
+               scores: str = "1-5", mesh=None, enable_thinking: bool | None = None,
+               renormalize: bool = False, max_prompt_len: int = 2048, source: str = ""):
     self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
     self.mesh = mesh if mesh is not None else shd.make_mesh({"data": 1},
                                                             devices=jax.devices()[:1])
     self.output_format = str(output_format)
-    self.score_tokens = scores_lib.resolve_score_tokens(tokenizer, self.output_format)
+    self.score_tokens = scores_lib.resolve_score_tokens(tokenizer, self.output_format,
+                                                        scale=scores)
+    self.scale = self.score_tokens.scale
     self.enable_thinking = enable_thinking
     self.renormalize = bool(renormalize)
     self.max_prompt_len = int(max_prompt_len)
@@ -81,8 +90,8 @@ class Judge:
     self.pad_id = int(pad if pad is not None else self.score_tokens.eos_id)
 
   def __repr__(self) -> str:
-    return (f"Judge({self.source or 'in-memory'}, format={self.output_format}, "
-            f"score tokens={list(self.score_tokens.token_ids)})")
+    return (f"Judge({self.source or 'in-memory'}, format={self.output_format}, scores "
+            f"{self.scale.spec}, score tokens={list(self.score_tokens.token_ids)})")
 
   # --- loading -------------------------------------------------------------------------------
 
@@ -106,22 +115,32 @@ class Judge:
     data = run["config"]["data"]
     thinking = data.get("enable_thinking", "")
     return cls(graphdef, params, prompts_lib.load_tokenizer(run["tokenizer"]),
-               output_format=data.get("output_format", "score_phrase"), mesh=mesh,
+               output_format=data.get("output_format", "score_phrase"),
+               scores=data.get("scores", "1-5"), mesh=mesh,
                enable_thinking=prompts_lib.thinking_value(thinking),
                renormalize=bool(run["config"].get("eval", {}).get("renormalize", False)),
                max_prompt_len=int(data.get("max_prompt_len", 2048)),
                source=f"{d} step {step}")
 
   @classmethod
-  def from_hf(cls, hf_dir: str, *, tokenizer_dir: str = "", output_format: str = "score_phrase",
-              dtype: str | None = None, mesh=None, **kw) -> "Judge":
+  def from_hf(cls, hf_dir: str, *, tokenizer_dir: str = "", output_format: str | None = None,
+              scores: str | None = None, dtype: str | None = None, mesh=None, **kw) -> "Judge":
     """A Hugging Face Qwen3 directory (weights + config), its tokenizer from the same directory
-    or `tokenizer_dir`."""
+    or `tokenizer_dir`. The output format and score scale: as given, else the export's
+    (real_jax_export.json), else score_phrase and 1-5."""
+    meta_path = os.path.join(hf_dir, "real_jax_export.json")
+    meta = {}
+    if os.path.exists(meta_path):
+      with open(meta_path) as f:
+        meta = json.load(f)
+    output_format = output_format or meta.get("output_format", "score_phrase")
+    scores = scores or meta.get("scores", "1-5")
     mesh = mesh if mesh is not None else shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
     cfg, _, params = hf_io.load_hf(hf_dir, mesh=mesh, dtype=dtype)
     graphdef, _ = models.abstract_model(cfg.replace(attention=attention_lib.resolve("auto")))
     tok = prompts_lib.load_tokenizer(tokenizer_dir or hf_dir)
-    return cls(graphdef, params, tok, output_format=output_format, mesh=mesh, source=hf_dir, **kw)
+    return cls(graphdef, params, tok, output_format=output_format, scores=scores, mesh=mesh,
+               source=hf_dir, **kw)
 
   # --- grading -------------------------------------------------------------------------------
 
@@ -129,13 +148,18 @@ class Judge:
     """The judge prompt of a record (its "prompt", else built from its fields)."""
     if record.get("prompt"):
       return str(record["prompt"])
-    return prompts_lib.build_judge_prompt(record, output_format=self.output_format)
+    return prompts_lib.build_judge_prompt(record, output_format=self.output_format,
+                                          scale=self.scale)
 
   def grade(self, records: Sequence[Mapping[str, Any]], *, batch_size: int = 16,
             greedy: bool = False, temperature: float = 1.0, top_p: float = 0.9,
-            max_new_tokens: int = 1024, seed: int = 0, invalid: str = "force") -> list[Grade]:
-    """Grades `records` in batches: one CoT each (T / top-p as the paper's evaluation, or
-    greedy), both readouts. The same seed gives the same grades. A prompt longer than the
+            max_new_tokens: int = 1024, seed: int = 0, invalid: str = "force",
+            num_cots: int = 1) -> list[Grade]:
+    """Grades `records` in batches: `num_cots` CoTs each (one: the paper's evaluation; T /
+    top-p, or greedy), both readouts (k > 1: ŷ averaged, the sampled scores' vote, as
+    `eval.num_cots`). The same seed gives the same grades, and a record's draws are keyed by
+    (seed, its index in `records`, CoT number): its grade does not depend on `batch_size` or
+    on the other records (up to float rounding of the batch's shapes). A prompt longer than the
     judge's max_prompt_len raises (grade it with a larger one; nothing is dropped)."""
     for i, r in enumerate(records):
       if not isinstance(r, Mapping):
@@ -145,7 +169,10 @@ class Judge:
     settings = readout.EvalSettings(batch_size=batch_size, greedy=greedy,
                                     temperature=temperature, top_p=top_p,
                                     max_response_len=max_new_tokens,
-                                    renormalize=self.renormalize, invalid=invalid)
+                                    renormalize=self.renormalize, invalid=invalid,
+                                    num_cots=int(num_cots))
+    if settings.num_cots < 1:
+      raise ValueError(f"num_cots={num_cots}: grade with at least one CoT per record")
     score_fn = settings.score_fn(self.graphdef, self.score_tokens, self.mesh)
     ids = []
     for i, r in enumerate(records):
@@ -161,21 +188,31 @@ class Judge:
                        f"{self.max_prompt_len} tokens; pass a Judge with a larger max_prompt_len")
     values = self.score_tokens.values
     out: list[Grade] = []
-    for b, start in enumerate(range(0, len(ids), batch_size)):
+    for start in range(0, len(ids), batch_size):
       chunk = ids[start:start + batch_size]
       width = layout.bucket_length(max(len(x) for x in chunk),
                                    layout.power_of_two_buckets(self.max_prompt_len))
       pt, pm = layout.left_pad(chunk, width, self.pad_id)
-      r = readout.read_batch(self.graphdef, self.params, pt, pm,
-                        jax.random.fold_in(jax.random.PRNGKey(seed), b), settings=settings,
-                        score_tokens=self.score_tokens, score_fn=score_fn, mesh=self.mesh,
-                        pad_id=self.pad_id, prompt_buckets=(width,))
+      r = readout.read_batch(self.graphdef, self.params, pt, pm, jax.random.PRNGKey(seed),
+                             settings=settings, score_tokens=self.score_tokens,
+                             score_fn=score_fn, mesh=self.mesh, pad_id=self.pad_id,
+                             prompt_buckets=(width,),
+                             item_ids=np.arange(start, start + len(chunk), dtype=np.int32))
       for i in range(len(chunk)):
-        cot = self.tokenizer.decode(r.cot_tokens(i))
+        k = settings.num_cots
+        cots = tuple(self.tokenizer.decode(r.cot_tokens(i, j)) for j in range(k))
+        if k == 1:
+          y_hats, sampled = (float(r.rail[i]),), (float(r.standard[i]) if r.standard_valid[i]
+                                                   else None,)
+        else:
+          y_hats = tuple(float(x) for x in r.cot_rail[i])
+          sampled = tuple(float(x) if ok else None
+                          for x, ok in zip(r.cot_standard[i], r.cot_standard_valid[i]))
         out.append(Grade(
-            cot=cot, score_probs={float(v): float(p) for v, p in zip(values, r.score_probs[i])},
+            cot=cots[0], score_probs={float(v): float(p) for v, p in zip(values, r.score_probs[i])},
             score_mass=float(r.score_mass[i]), y_hat=float(r.y_hat[i]),
             sampled_score=float(r.standard[i]) if r.standard_valid[i] else None,
-            status=readout.STATUS_NAMES[int(r.status[i])]))
+            status=readout.STATUS_NAMES[int(r.status[i])], cots=cots, cot_y_hats=y_hats,
+            cot_sampled_scores=sampled))
     return out
 

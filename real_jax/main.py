@@ -179,11 +179,20 @@ def setup(config, workdir: str, identity: dict[str, Any] | None = None
   mesh = shd.make_mesh(mesh_shape, devices=jax.devices()[:n_mesh])
   main_process = shd.is_main_process()
   tokenizer, tok_dir = _first_process_first(lambda: data_utils.load_tokenizer(config, workdir))
-  score_tokens = scores_lib.resolve_score_tokens(tokenizer, config.data.output_format)
+  score_tokens = scores_lib.resolve_score_tokens(tokenizer, config.data.output_format,
+                                                 scale=config.data.scores)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else score_tokens.eos_id
   vocab = JudgeVocab(tokenizer, tok_dir, score_tokens, int(pad_id),
                      data_utils.delimiter_at_start(tokenizer, score_tokens))
   settings = settings_lib.resolve(config, score_tokens.values)
+  score_stages = [s for s in settings.stages if s not in ("sft", methods_lib.WARMUP_STAGE)]
+  if score_tokens.multi_token and score_stages:
+    raise config_lib.ConfigError(
+        f"config.data.scores={config.data.scores!r}: some score is more than one token for this "
+        f"tokenizer ({score_tokens.scale.labels[-1]!r} is {len(score_tokens.sequences[-1])}), "
+        f"and the {score_stages[0]!r} stage trains on one score token's logits; such scales "
+        "evaluate and grade exactly (readout.candidate_log_probs) and train with method=sft. "
+        "Use a scale of one-token scores (e.g. 0-9) to train with this method")
   _check_response_room(config, settings, vocab)
   model_cfg, graphdef, params = _resolve_model(config, mesh, tokenizer)
   stages = list(settings.stages)

@@ -101,6 +101,10 @@ class ScoreSpec(NamedTuple):
 
   @classmethod
   def of(cls, score_tokens) -> "ScoreSpec":
+    if getattr(score_tokens, "multi_token", False):
+      raise ValueError(f"scores {score_tokens.scale.spec} are more than one token each for this "
+                       "tokenizer: the objectives read one score token's logits; use "
+                       "readout.candidate_log_probs for their exact probabilities")
     return cls(jnp.asarray(score_tokens.token_ids, jnp.int32),
                jnp.asarray(score_tokens.values, jnp.float32))
 

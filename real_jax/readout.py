@@ -34,7 +34,7 @@ from real_jax.models import score_sequences
 __all__ = ["READOUTS", "INVALID_READOUTS", "STATUS_NAMES", "SamplerSettings", "Samples",
     "sample_cots", "sampling_config", "Sequences", "build_sequences", "append_delimiter",
     "make_score_fn", "Scores", "run_scoring", "scores_from_samples", "target_token_ids", "EvalSettings", "Reading",
-    "apply_invalid_rule", "read_batch"]
+    "apply_invalid_rule", "read_batch", "vote", "row_uniforms", "candidate_paths", "candidate_log_probs"]
 
 READOUTS = ("cot", "direct")  # a CoT before the score | the delimiter right after the prompt
 INVALID_READOUTS = ("force", "midpoint")  # how a CoT without a delimiter gets a prediction
@@ -90,11 +90,15 @@ class Samples:
 def sample_cots(graphdef, params, prompt_tokens, prompt_mask, key, settings: SamplerSettings,
                 score_tokens: ScoreTokens, *, num_samples: int, mesh: Mesh | None,
                 pad_id: int, prompt_buckets: tuple[int, ...] | None = None,
-                capture_scores: bool = False, score_temperature: float = 1.0) -> Samples:
+                capture_scores: bool = False, score_temperature: float = 1.0,
+                prompt_ids: np.ndarray | None = None) -> Samples:
   """n CoTs per prompt, stopped at the delimiter, as host arrays (`Samples`).
 
   Every tokenisation of the delimiter the parser accepts (`score_tokens.variants`) is a stop
   sequence, so the sampler's first stop is the parser's first delimiter.
+
+  prompt_ids: [P] ids for the sampler's row keys (default: the prompts' positions; pass item ids
+  to make an item's CoTs independent of its batch).
 
   capture_scores: also keep what the sampler computes on the way (`Samples.policy_lp`,
   `entropy`) and run one decode step after each delimiter: the score distribution at
@@ -110,7 +114,7 @@ def sample_cots(graphdef, params, prompt_tokens, prompt_mask, key, settings: Sam
                       capture_ids=tuple(score_tokens.token_ids), capture_temperature=score_temperature)
   out = sampling.sample(graphdef, params, np.asarray(prompt_tokens),
                         np.asarray(prompt_mask).astype(bool), key, cfg,
-                        num_samples=num_samples, mesh=mesh)
+                        num_samples=num_samples, mesh=mesh, prompt_ids=prompt_ids)
   out = shd.to_host(out)
   status = np.asarray(out.status)
   stop_len = np.asarray(out.stop_lengths)
@@ -217,7 +221,8 @@ def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
   `response_width` > 0: `lp` only on the last `response_width` columns (the responses of
   `build_sequences`' layout; 0 before them), see `models.score_sequences`.
 
-  `fn(params, batch, key)` with batch {tokens, mask, score_pos, target_id, probe} returns
+  `fn(params, batch)` with batch {tokens, mask, score_pos, target_id, probe, u} (u [N]: the
+  uniform that draws row n's score token) returns
   {lp [N, L] (token log-probs at T=1), entropy [N, L] (the policy's entropy at T=1 at each
   column of lp, from the same chunked logits), y_hat [N], target_logp [N] (log pi(y*|x,c)),
   score_mass [N], score_probs [N, K] (pi(k|x,c) of each score token, renormalised or not as
@@ -227,9 +232,8 @@ def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
   draw_cfg = sampling.SamplingConfig(temperature=sample_temperature if not greedy else 1.0,
                                      top_p=top_p, top_k=top_k, greedy=greedy)
   spec = obj.ScoreSpec.of(score_tokens)
-  rep = shd.replicated(mesh)
 
-  def fn(params, batch, key):
+  def fn(params, batch):
     with shd.activation_sharding(mesh):
       out = score_sequences(graphdef, params, batch["tokens"], batch["mask"], batch["score_pos"],
                             temperature=1.0, response_width=response_width, with_entropy=True)
@@ -241,8 +245,7 @@ def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
       probs = jnp.exp(obj.score_token_log_probs(logits, spec.ids, renormalize=renormalize,
                                                 temperature=score_temperature))
       # The score token drawn as the sampler would have drawn it (temperature, top-k, top-p).
-      u = jax.random.uniform(key, logits.shape[:1])
-      tok, _, _ = sampling.sample_from_logits(logits, u, draw_cfg)
+      tok, _, _ = sampling.sample_from_logits(logits, batch["u"], draw_cfg)
       is_score = jnp.any(tok[:, None] == spec.ids[None, :], axis=-1)
       logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # policy, T = 1
       at = lambda t: jnp.take_along_axis(logp, t[:, None].astype(jnp.int32), axis=-1)[:, 0]
@@ -252,13 +255,14 @@ def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
               "sampled_logp": at(tok), "probe_logp": at(batch["probe"])}
 
   in_b = {k: shd.batch_sharding(mesh, nd) for k, nd in
-          (("tokens", 2), ("mask", 2), ("score_pos", 1), ("target_id", 1), ("probe", 1))}
+          (("tokens", 2), ("mask", 2), ("score_pos", 1), ("target_id", 1), ("probe", 1),
+           ("u", 1))}
   out_b = {"lp": shd.batch_sharding(mesh, 2), "entropy": shd.batch_sharding(mesh, 2),
            "score_probs": shd.batch_sharding(mesh, 2),
            **{k: shd.batch_sharding(mesh, 1) for k in (
       "y_hat", "target_logp", "score_mass", "sampled", "sampled_is_score", "sampled_logp",
       "probe_logp")}}
-  return jax.jit(fn, in_shardings=(None, in_b, rep), out_shardings=out_b)
+  return jax.jit(fn, in_shardings=(None, in_b), out_shardings=out_b)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,21 +280,35 @@ class Scores:
   probe_logp: np.ndarray  # [N] log pi at T = 1 of the `probe` token
 
 
+def row_uniforms(key, item_ids: np.ndarray, num_samples: int) -> np.ndarray:
+  """[N * k] uniforms keyed by (item id, sample number), rows i*k .. i*k+k-1 for item i: the
+  same draws for an item however it is batched (the sampler's row keys, `sampling.sample`)."""
+  ids = np.repeat(np.asarray(item_ids, np.int32), num_samples)
+  js = np.tile(np.arange(num_samples, dtype=np.int32), len(item_ids))
+  draw = lambda p, j: jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, p), j))
+  return np.asarray(jax.vmap(draw)(ids, js), np.float32)
+
+
 def run_scoring(score_fn, params, seqs: Sequences, target_id: np.ndarray, key, mesh: Mesh,
-                chunk: int, probe: np.ndarray | None = None) -> Scores:
-  """`score_fn` over the rows in chunks of `chunk` rows (padded to full chunks); host arrays."""
+                chunk: int, probe: np.ndarray | None = None,
+                uniforms: np.ndarray | None = None) -> Scores:
+  """`score_fn` over the rows in chunks of `chunk` rows (padded to full chunks); host arrays.
+  The score tokens are drawn with `uniforms` [N] (default: uniform(fold_in(key, chunk i)) over
+  each chunk's rows)."""
   n = seqs.tokens.shape[0]
   chunk = min(chunk, n)
   probe = np.zeros((n,), np.int32) if probe is None else np.asarray(probe, np.int32)
   outs = []
   for i, start in enumerate(range(0, n, chunk)):
     sl = slice(start, start + chunk)
+    u = (np.asarray(jax.random.uniform(jax.random.fold_in(key, i), (chunk,)))
+         if uniforms is None else np.asarray(uniforms[sl], np.float32))
     b = {"tokens": seqs.tokens[sl], "mask": seqs.mask[sl], "score_pos": seqs.score_pos[sl],
-         "target_id": target_id[sl], "probe": probe[sl]}
+         "target_id": target_id[sl], "probe": probe[sl], "u": u[:len(seqs.tokens[sl])]}
     short = chunk - b["tokens"].shape[0]
     if short:
       b = {k: np.concatenate([v, np.repeat(v[-1:], short, 0)], 0) for k, v in b.items()}
-    o = score_fn(params, shd.put_batch(b, mesh), jax.random.fold_in(key, i))
+    o = score_fn(params, shd.put_batch(b, mesh))
     o = shd.to_host(o)
     outs.append({k: np.asarray(v)[:chunk - short] for k, v in o.items()})
   return Scores(**{k: np.concatenate([o[k] for o in outs], 0) for k in outs[0]})
@@ -341,6 +359,79 @@ def target_token_ids(target: np.ndarray, score_tokens: ScoreTokens) -> np.ndarra
 
 
 # ---------------------------------------------------------------------------------------------
+# Scores of more than one token ("10" as "1" "0"): each score's exact probability
+
+
+def candidate_paths(score_tokens: ScoreTokens) -> tuple[tuple[tuple[int, ...], ...],
+                                                        tuple[tuple[int, int], ...]]:
+  """(paths, where): the token sequences to teacher-force after the delimiter (the scores that
+  are not a prefix of another score), and for each score k the (path, length) that holds it."""
+  seqs = score_tokens.sequences
+  paths = tuple(s for s in seqs if not any(o != s and o[:len(s)] == s for o in seqs))
+  where = tuple(next((p, len(s)) for p, path in enumerate(paths) if path[:len(s)] == s)
+                for s in seqs)
+  return paths, where
+
+
+@functools.lru_cache(maxsize=16)
+def _path_fn(graphdef, depth: int, continuation_ids: tuple[int, ...], mesh: Mesh):
+  cont = jnp.asarray(continuation_ids, jnp.int32)
+
+  def fn(params, tokens, mask, positions, path):
+    with shd.activation_sharding(mesh):
+      logits = score_sequences(graphdef, params, tokens, mask, positions).score_logits
+      logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [N, depth + 1, V]
+      step = jnp.take_along_axis(logp[:, :depth], path[:, :, None], axis=-1)[..., 0]
+      prefix = jnp.concatenate([jnp.zeros_like(step[:, :1]), jnp.cumsum(step, axis=1)], axis=1)
+      p_cont = jnp.sum(jnp.exp(jnp.take(logp, cont, axis=-1)), axis=-1)  # [N, depth + 1]
+      end = jnp.log1p(-jnp.minimum(p_cont, 1.0 - 1e-7))
+      return prefix, end
+
+  b2 = shd.batch_sharding(mesh, 2)
+  return jax.jit(fn, in_shardings=(None, b2, b2, b2, b2), out_shardings=(b2, b2))
+
+
+def candidate_log_probs(graphdef, params, seqs: Sequences, score_tokens: ScoreTokens, mesh: Mesh,
+                        *, pad_id: int) -> np.ndarray:
+  """[N, K] log pi(score k | prompt, CoT) of every score, each read over all of its tokens.
+
+  A score's probability is that of its tokens after the delimiter followed by a token that ends
+  the number, i.e. any token but the `continuation_ids` (the digits): p("1") on a 1-10 scale
+  is p("1") * (1 - p(digit | "1")), so the "1" that starts "10" (or "17") is not a 1. Mass on
+  continuations that are no score ("17", a word) counts for no score, as the full-vocabulary
+  readout does on one-token scales. Teacher-forced, one pass per path of the score tree (for
+  1-10: "10" and "2".."9"; "1" is read on the path of "10"), every path's positions in one pass.
+
+  `seqs`: rows whose `score_pos` is the last delimiter token (anything after it is ignored).
+  """
+  paths, where = candidate_paths(score_tokens)
+  depth = max(len(p) for p in paths)
+  n, width = seqs.tokens.shape
+  cols = np.arange(width + depth)[None, :]
+  base_tokens = np.full((n, width + depth), pad_id, np.int32)
+  base_tokens[:, :width] = seqs.tokens
+  base_mask = np.zeros((n, width + depth), bool)
+  base_mask[:, :width] = seqs.mask
+  base_mask &= cols <= seqs.score_pos[:, None]
+  fn = _path_fn(graphdef, depth, tuple(score_tokens.continuation_ids), mesh)
+  per_path = []
+  for path in paths:
+    tokens, mask = base_tokens.copy(), base_mask.copy()
+    for j, t in enumerate(path):
+      tokens[np.arange(n), seqs.score_pos + 1 + j] = t
+      mask[np.arange(n), seqs.score_pos + 1 + j] = True
+    # Logits at the delimiter and after each of the path's tokens (the last one repeated).
+    positions = seqs.score_pos[:, None] + np.minimum(np.arange(depth + 1), len(path))[None, :]
+    ids = np.zeros((n, depth), np.int32)
+    ids[:, :len(path)] = path
+    b = shd.put_batch({"t": tokens, "m": mask, "p": positions.astype(np.int32), "i": ids}, mesh)
+    prefix, end = shd.to_host(fn(params, b["t"], b["m"], b["p"], b["i"]))
+    per_path.append((np.asarray(prefix), np.asarray(end)))
+  return np.stack([per_path[p][0][:, m] + per_path[p][1][:, m] for p, m in where],
+                  axis=1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
 # One CoT per prompt, both readouts (evaluation and `real_jax.Judge`)
 
 
@@ -356,9 +447,13 @@ class EvalSettings:
   max_response_len: int = 1024
   renormalize: bool = False
   invalid: str = "force"  # one of INVALID_READOUTS
+  num_cots: int = 1  # CoTs per item: RAIL ŷ averaged over them, the standard readout by vote
 
   def score_fn(self, graphdef, score_tokens: ScoreTokens, mesh: Mesh):
-    """The scoring pass that draws the score token with these settings."""
+    """The scoring pass that draws the score token with these settings (None for scores of
+    several tokens: `read_batch` reads them with `candidate_log_probs`)."""
+    if score_tokens.multi_token:
+      return None
     return make_score_fn(graphdef, score_tokens, mesh, score_temperature=1.0,
                          renormalize=self.renormalize, sample_temperature=self.temperature,
                          top_p=self.top_p, top_k=0, greedy=self.greedy)
@@ -378,11 +473,22 @@ class Reading:
   length: np.ndarray  # [N] tokens read: the CoT, plus the delimiter appended under "force"
   cot_length: np.ndarray  # [N] tokens of the sampled CoT
   response: np.ndarray | None  # [N, R] the sampled CoTs (None for the direct readout)
+  # With num_cots = k > 1 the fields above aggregate the k CoTs of each item (rail, y_hat,
+  # score_probs, score_mass: means; standard: the vote; valid: every CoT reached the delimiter;
+  # status, lengths and response: the first CoT) and these keep each CoT: [N, k] (None if k = 1).
+  cot_rail: np.ndarray | None = None
+  cot_standard: np.ndarray | None = None
+  cot_standard_valid: np.ndarray | None = None
+  all_responses: np.ndarray | None = None  # [N, k, R]
+  all_cot_lengths: np.ndarray | None = None  # [N, k]
 
-  def cot_tokens(self, i: int) -> list[int]:
-    """The sampled CoT of row `i` (empty for the direct readout)."""
+  def cot_tokens(self, i: int, j: int = 0) -> list[int]:
+    """The sampled CoT of row `i` (its `j`-th with num_cots > 1; empty for the direct
+    readout)."""
     if self.response is None:
       return []
+    if j:
+      return self.all_responses[i, j, :int(self.all_cot_lengths[i, j])].tolist()
     return self.response[i, :int(self.cot_length[i])].tolist()
 
 
@@ -410,10 +516,48 @@ def apply_invalid_rule(invalid: str, found: np.ndarray, y_hat: np.ndarray,
   return rail, std, std_valid
 
 
+def vote(sampled: np.ndarray, valid: np.ndarray, values: Sequence[float], midpoint: float
+         ) -> tuple[np.ndarray, np.ndarray]:
+  """The standard readout of k CoTs per item: the score sampled most often among the valid
+  ones; a tie goes to the score nearest the tied scores' mean, halves up (3 and 4 tied: 4; 2
+  and 4: 3). No valid score: `midpoint`, not valid. [N, k] -> ([N] f32, [N] bool)."""
+  values = np.asarray(values, np.float64)
+  out = np.full(len(sampled), midpoint, np.float64)
+  for i, (row, ok) in enumerate(zip(np.asarray(sampled), np.asarray(valid, bool))):
+    if not ok.any():
+      continue
+    picked, counts = np.unique(row[ok], return_counts=True)
+    mean = picked[counts == counts.max()].mean()
+    dist = np.abs(values - mean)
+    out[i] = values[np.flatnonzero(dist == dist.min())[-1]]  # the larger on a half
+  return out.astype(np.float32), np.asarray(valid, bool).any(axis=1)
+
+
+def _aggregate(r: Reading, k: int, values: Sequence[float], midpoint: float) -> Reading:
+  """A `Reading` of N * k rows (k CoTs per item, adjacent) as one per item (see `Reading`)."""
+  per = lambda a: a.reshape(-1, k, *a.shape[1:])
+  std, std_valid = vote(per(r.standard), per(r.standard_valid), values, midpoint)
+  first = lambda a: None if a is None else a[::k]
+  return Reading(
+      rail=per(r.rail).mean(1).astype(np.float32), y_hat=per(r.y_hat).mean(1).astype(np.float32),
+      score_probs=per(r.score_probs).mean(1).astype(np.float32),
+      score_mass=per(r.score_mass).mean(1).astype(np.float32), standard=std,
+      standard_valid=std_valid, valid=per(r.valid).all(1), status=first(r.status),
+      length=first(r.length), cot_length=first(r.cot_length), response=first(r.response),
+      cot_rail=per(r.rail), cot_standard=per(r.standard),
+      cot_standard_valid=per(r.standard_valid),
+      all_responses=None if r.response is None else per(r.response),
+      all_cot_lengths=per(r.cot_length))
+
+
 def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: EvalSettings,
                score_tokens: ScoreTokens, score_fn, mesh, pad_id: int, delim_start=None,
-               prompt_buckets=None) -> Reading:
-  """One CoT per prompt and both readouts: the judging step shared by evaluation and `Judge`.
+               prompt_buckets=None, item_ids: np.ndarray | None = None) -> Reading:
+  """`settings.num_cots` CoTs per prompt (one by default: the paper's protocol) and both
+  readouts: the judging step shared by evaluation and `Judge`. With k > 1 CoTs (cot readout
+  only), each CoT is read under the same rules as one, then RAIL ŷ is their mean and the
+  standard readout their vote (`vote`). The direct readout has no CoT: `num_cots` does not
+  apply to it.
 
   Args:
     prompt_tokens, prompt_mask: `[N, Lp]` chat-rendered, left-padded prompts.
@@ -421,12 +565,31 @@ def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: E
     settings: `EvalSettings` (readout cot | direct, sampling, invalid = force | midpoint).
     score_fn: `settings.score_fn(...)` (`make_score_fn` with the same sampling settings).
     delim_start: the delimiter's ids at the start of a response (direct readout).
+    item_ids: [N] ints: every random draw of item n (its CoTs, its sampled scores) is keyed by
+      (key, item_ids[n], CoT number), so an item reads the same in any batch (`Judge.grade`, the
+      server). None: keyed by the row's position in this batch (evaluation).
 
   Returns a `Reading` (host arrays).
   """
+  k = settings.num_cots if settings.readout != "direct" else 1
+  r = _read_rows(graphdef, params, prompt_tokens, prompt_mask, key, settings=settings,
+                 score_tokens=score_tokens, score_fn=score_fn, mesh=mesh, pad_id=pad_id,
+                 delim_start=delim_start, prompt_buckets=prompt_buckets, num_cots=k,
+                 item_ids=item_ids)
+  if k == 1:
+    return r
+  values = np.asarray(score_tokens.values, np.float32)
+  return _aggregate(r, k, values, float(values.mean()))
+
+
+def _read_rows(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: EvalSettings,
+               score_tokens: ScoreTokens, score_fn, mesh, pad_id: int, delim_start=None,
+               prompt_buckets=None, num_cots: int = 1, item_ids=None) -> Reading:
+  """`num_cots` CoTs per prompt (rows i*k .. i*k+k-1 are prompt i's), each with both
+  readouts (see `read_batch`)."""
   values = np.asarray(score_tokens.values, np.float32)
   midpoint = float(values.mean())
-  n = len(prompt_tokens)
+  n = len(prompt_tokens) * num_cots
   if settings.readout == "direct":
     seqs = append_delimiter(prompt_tokens, prompt_mask, delim_start)
     found = np.ones(n, bool)
@@ -438,8 +601,8 @@ def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: E
                               temperature=settings.temperature, top_p=settings.top_p,
                               greedy=settings.greedy)
     g = sample_cots(graphdef, params, prompt_tokens, prompt_mask, jax.random.fold_in(key, 0),
-                    sampler, score_tokens, num_samples=1, mesh=mesh, pad_id=pad_id,
-                    prompt_buckets=prompt_buckets)
+                    sampler, score_tokens, num_samples=num_cots, mesh=mesh, pad_id=pad_id,
+                    prompt_buckets=prompt_buckets, prompt_ids=item_ids)
     found, length = g.found, g.length.copy()
     status = np.where(found, sampling.STOP_SEQUENCE,
                       np.where(g.eos, sampling.EOS, sampling.TRUNCATED)).astype(np.int32)
@@ -458,12 +621,48 @@ def read_batch(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: E
     seqs = build_sequences(g.prompt_tokens, g.prompt_mask, response, length,
                            pad_id=pad_id, extra=0)
   cot_length = length if resp_tokens is None else np.asarray(g.length)
-  out = run_scoring(score_fn, params, seqs, np.zeros(n, np.int32), jax.random.fold_in(key, 1),
-                    mesh, chunk=n)
-  rail, std, std_valid = apply_invalid_rule(
-      settings.invalid, found, out.y_hat, score_tokens.values_of(out.sampled, midpoint),
-      out.sampled_is_score, midpoint)
-  return Reading(rail=rail, y_hat=out.y_hat, score_probs=out.score_probs,
-                 score_mass=out.score_mass, standard=std, standard_valid=std_valid,
+  score_key = jax.random.fold_in(key, 1)
+  u = None if item_ids is None else row_uniforms(score_key, item_ids, num_cots)
+  if score_tokens.multi_token:
+    y_hat, probs, mass, sampled_value, sampled_is_score = _read_candidates(
+        graphdef, params, seqs, score_tokens, mesh, score_key, settings, pad_id=pad_id,
+        midpoint=midpoint, uniforms=u)
+  else:
+    out = run_scoring(score_fn, params, seqs, np.zeros(n, np.int32), score_key, mesh, chunk=n,
+                      uniforms=u)
+    y_hat, probs, mass = out.y_hat, out.score_probs, out.score_mass
+    sampled_value = score_tokens.values_of(out.sampled, midpoint)
+    sampled_is_score = out.sampled_is_score
+  rail, std, std_valid = apply_invalid_rule(settings.invalid, found, y_hat, sampled_value,
+                                            sampled_is_score, midpoint)
+  return Reading(rail=rail, y_hat=y_hat, score_probs=probs,
+                 score_mass=mass, standard=std, standard_valid=std_valid,
                  valid=found, status=status, length=np.asarray(length),
                  cot_length=np.asarray(cot_length), response=resp_tokens)
+
+
+def _read_candidates(graphdef, params, seqs: Sequences, score_tokens: ScoreTokens, mesh: Mesh,
+                     key, settings: EvalSettings, *, pad_id: int, midpoint: float,
+                     uniforms: np.ndarray | None = None):
+  """What `run_scoring` reads at the score position, for scores of several tokens
+  (`candidate_log_probs`): y_hat, pi(k) (renormalised or not as `settings`), the mass on the
+  scores, and the standard readout's score: drawn from the scores' exact probabilities at T = 1
+  (no top-p; the remaining mass draws no score), or the most probable score when greedy."""
+  logp = candidate_log_probs(graphdef, params, seqs, score_tokens, mesh, pad_id=pad_id)
+  full = np.exp(logp.astype(np.float64))
+  mass = full.sum(-1)
+  probs = full / mass[:, None] if settings.renormalize else full
+  values = np.asarray(score_tokens.values, np.float64)
+  y_hat = (probs * values).sum(-1)
+  if settings.greedy:
+    pick = np.argmax(full, axis=-1)
+    is_score = np.ones(len(full), bool)
+  else:
+    u = np.asarray(jax.random.uniform(key, (len(full),)) if uniforms is None else uniforms,
+                   np.float64)
+    cum = np.cumsum(full, axis=-1)
+    pick = np.minimum((cum < u[:, None]).sum(-1), len(values) - 1)
+    is_score = u < cum[:, -1]
+  sampled = np.where(is_score, values[pick], midpoint)
+  return (y_hat.astype(np.float32), probs.astype(np.float32), mass.astype(np.float32),
+          sampled.astype(np.float32), is_score)

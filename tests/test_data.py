@@ -479,7 +479,7 @@ def test_duplicates_are_counted_or_dropped_and_fractional_labels_rejected(tmp_pa
   v = kept.validation
   assert (v["rows"], v["kept"], v["duplicates"]) == (5, 4, 1)
   assert v["skipped"] == {"fractional_score": 1}
-  assert "orig_score='3.5' is not an integer" in v["examples"]["fractional_score"]
+  assert "orig_score='3.5' is not a score" in v["examples"]["fractional_score"]
   deduped = load_split("feedback_collection", data_dir=str(tmp_path / "d"),
                        manual_dir=str(tmp_path / "m"), dedup=True)
   v = deduped.validation

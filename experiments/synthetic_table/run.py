@@ -37,10 +37,9 @@ import subprocess
 import sys
 
 import numpy as np
-from ml_collections import ConfigDict
 
 from real_jax import bootstrap, evaluate
-from real_jax.train import data_utils
+from real_jax.train import config_lib, data_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jobs as jobs_lib  # noqa: E402  (this directory's shared runner)
@@ -133,7 +132,7 @@ def ablation_names(jobs: dict[str, jobs_lib.Job]) -> list[str]:
 def eval_records(wd: str) -> dict[str, list[dict]]:
   """split -> the evaluation records of a run (as its evaluation read them)."""
   with open(os.path.join(wd, "run.json")) as f:
-    config = ConfigDict(json.load(f)["config"])
+    config = config_lib.with_defaults(json.load(f)["config"])
   _, evals, _ = data_utils.load_sources(config, wd, train=False, evaluation=True)
   return {sp: [src[i] for i in range(len(src))] for sp, src in evals.items()}
 

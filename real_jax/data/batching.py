@@ -54,6 +54,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from real_jax.judge import prompts as prompts_lib
+from real_jax.judge.scales import ScoreScale, as_scale
 from real_jax.layout import (bucket_length, left_pad, positions_from_mask, power_of_two_buckets,
                              right_pad)
 
@@ -119,13 +120,15 @@ class TooFewRowsError(ValueError):
   yield (or would loop forever skipping everything)."""
 
 
-def sft_score(record: Mapping[str, Any]) -> int | None:
-  """The score an SFT target ends with: the demonstration's own score, else the integer label."""
+def sft_score(record: Mapping[str, Any], scale: ScoreScale | str | None = None) -> int | None:
+  """The score an SFT target ends with: the demonstration's own score, else the integer label
+  (each only if it is a score of `scale`, default 1-5)."""
+  scale = as_scale(scale)
   fs = int(record.get("feedback_score", -1))
-  if 1 <= fs <= 5 and record.get("feedback"):
+  if fs >= 0 and scale.contains(fs) and record.get("feedback"):
     return fs
   ti = int(record.get("target_int", -1))
-  return ti if 1 <= ti <= 5 else None
+  return ti if ti >= 0 and scale.contains(ti) else None
 
 
 class JudgeBatcher:
@@ -221,7 +224,7 @@ class JudgeBatcher:
         return None
     completion = None
     if cfg.with_targets:
-      score = sft_score(rec)
+      score = sft_score(rec, None if self.score_tokens is None else self.score_tokens.scale)
       if score is None:
         self.stats["no_sft_target"] += 1
         return None

@@ -10,11 +10,11 @@ Every dataset (the five real ones and the synthetic task) becomes records with t
                   str    the prompt's sections, so a prompt can be rebuilt in another format
   target          float  ground truth: orig_score (Feedback Collection/Bench) or the mean of the
                          grader scores (gpt4_score; FLASK optionally human_score)
-  target_int      int    target as an int 1..5 when it is integral, else -1 (a mean like 3.67)
+  target_int      int    target as an int when it is a score of the scale, else -1 (a mean like 3.67)
   scores          float[] the raw grader scores the target was computed from
   feedback        str    demonstration CoT (e.g. GPT-4's feedback) *without* its final
                          "So the overall score is N" / "[RESULT] N"; "" if none
-  feedback_score  int    the score that demonstration concludes (1..5), -1 if none
+  feedback_score  int    the score that demonstration concludes (a score of the scale), -1 if none
   extra           str    JSON with dataset-specific fields (idx, criteria, category, human_score...)
 
 An SFT target is `build_target_text(feedback, feedback_score or target_int)`.
@@ -32,6 +32,7 @@ import os
 from typing import Any, Iterator, Mapping, Sequence
 
 from real_jax.judge import prompts as prompts_lib
+from real_jax.judge.scales import DEFAULT_SCALE, ScoreScale, as_scale
 
 __all__ = ["REASONS", "GROUND_TRUTHS", "NoUsableRowsError", "InvalidRowError", "ValidationReport",
     "find_manual_file", "read_rows", "parse_scores", "target_int", "ground_truth_scores",
@@ -43,8 +44,8 @@ REASONS = (
     "empty_response",      # the response to grade is empty
     "missing_score",       # no ground-truth score field (or an empty list)
     "unparsable_score",    # a score that is not a number
-    "score_out_of_range",  # a score outside [1, 5]
-    "fractional_score",    # orig_score (an integer label, 1..5) that is not an integer
+    "score_out_of_range",  # a score outside the scale's [lo, hi] (default [1, 5])
+    "fractional_score",    # orig_score (a label of the scale) that is not one of its scores
     "prompt_too_long",     # over max_prompt_chars / max_prompt_tokens
     "duplicate",           # the same prompt, response and score as an earlier row (dedup=True)
 )
@@ -191,8 +192,10 @@ def _looks_like_jsonl(text: str) -> bool:
 
 # --- scores ------------------------------------------------------------------------------------
 
-def parse_scores(value: Any, field: str) -> list[float]:
-  """Scores from a scalar, a numeric string or a list of them; each must be a number in [1, 5]."""
+def parse_scores(value: Any, field: str, scale: ScoreScale | str | None = None) -> list[float]:
+  """Scores from a scalar, a numeric string or a list of them; each must be a number in
+  [lo, hi] of `scale` (default 1-5)."""
+  scale = as_scale(scale)
   if value is None or (isinstance(value, (list, tuple)) and len(value) == 0) or (
       isinstance(value, str) and not value.strip()):
     raise InvalidRowError("missing_score", f"{field} is missing or empty")
@@ -209,15 +212,18 @@ def parse_scores(value: Any, field: str) -> list[float]:
       raise InvalidRowError("unparsable_score", f"{field}={value!r} is not a number") from None
     if not math.isfinite(v):
       raise InvalidRowError("unparsable_score", f"{field}={value!r} is not finite")
-    if not 1.0 <= v <= 5.0:
-      raise InvalidRowError("score_out_of_range", f"{field}={value!r} is outside [1, 5]")
+    if not scale.within(v):
+      raise InvalidRowError("score_out_of_range",
+                            f"{field}={value!r} is outside [{scale.lo}, {scale.hi}]")
     out.append(v)
   return out
 
 
-def target_int(target: float) -> int:
-  """target as int when integral (1..5), else -1."""
-  return int(round(target)) if abs(target - round(target)) < 1e-6 else -1
+def target_int(target: float, scale: ScoreScale | str | None = None) -> int:
+  """target as int when it is a score of `scale` (default 1-5: integral), else -1."""
+  if abs(target - round(target)) >= 1e-6 or not as_scale(scale).contains(round(target)):
+    return -1
+  return int(round(target))
 
 
 def _first_text(x: Any) -> str:
@@ -228,8 +234,10 @@ def _first_text(x: Any) -> str:
   return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def ground_truth_scores(row: Mapping[str, Any], mode: str) -> list[float]:
-  """The grader scores of a row under ground-truth `mode` (see GROUND_TRUTHS)."""
+def ground_truth_scores(row: Mapping[str, Any], mode: str,
+                        scale: ScoreScale | str | None = None) -> list[float]:
+  """The grader scores of a row under ground-truth `mode` (see GROUND_TRUTHS) on `scale`."""
+  scale = as_scale(scale)
   if mode not in GROUND_TRUTHS:
     raise ValueError(f"ground_truth must be one of {GROUND_TRUTHS}, got {mode!r}")
   if mode == "auto":
@@ -238,10 +246,10 @@ def ground_truth_scores(row: Mapping[str, Any], mode: str) -> list[float]:
                             "nor gpt4_score (the benchmarks) is present")
     mode = "orig_score" if row.get("orig_score") is not None else "gpt4"
   field = {"orig_score": "orig_score", "gpt4": "gpt4_score", "human": "human_score"}[mode]
-  scores = parse_scores(row.get(field), field)
-  if field == "orig_score" and any(abs(v - round(v)) > 1e-6 for v in scores):
-    raise InvalidRowError("fractional_score", f"orig_score={row.get(field)!r} is not an "
-                          "integer (this source's labels are the integers 1..5)")
+  scores = parse_scores(row.get(field), field, scale)
+  if field == "orig_score" and not all(scale.contains(v) for v in scores):
+    raise InvalidRowError("fractional_score", f"orig_score={row.get(field)!r} is not a score "
+                          f"(this source's labels are the scores {scale.spec})")
   return scores
 
 
@@ -254,6 +262,7 @@ class RecordOptions:
   max_prompt_chars: int | None = None
   max_prompt_tokens: int | None = None
   tokenizer: Any = None  # needed for max_prompt_tokens (counts chat-rendered tokens)
+  scores: str = DEFAULT_SCALE.spec  # the score scale (judge.scales): "1-5", "0-4", "1-10", ...
 
 
 EXTRA_KEYS = ("idx", "criteria", "category", "response_source", "human_score", "gpt4_score",
@@ -266,15 +275,16 @@ def make_record(row: Any, *, source: str, row_id: str, options: RecordOptions) -
     raise row
   if not isinstance(row, Mapping):
     raise InvalidRowError("malformed_row", f"row is a {type(row).__name__}, not an object")
+  scale = as_scale(options.scores)
   try:
-    fields = prompts_lib.fields_from_record(row)
+    fields = prompts_lib.fields_from_record(row, scale)
   except ValueError as e:
     raise InvalidRowError("bad_prompt", str(e)) from None
   if not fields.response.strip():
     raise InvalidRowError("empty_response", "the response to evaluate is empty")
-  scores = ground_truth_scores(row, options.ground_truth)
+  scores = ground_truth_scores(row, options.ground_truth, scale)
   target = float(sum(scores) / len(scores))
-  prompt = prompts_lib.render_prompt(fields, output_format=options.output_format)
+  prompt = prompts_lib.render_prompt(fields, output_format=options.output_format, scale=scale)
   if options.max_prompt_chars is not None and len(prompt) > options.max_prompt_chars:
     raise InvalidRowError("prompt_too_long", f"{len(prompt)} chars > {options.max_prompt_chars}")
   if options.max_prompt_tokens is not None:
@@ -285,7 +295,8 @@ def make_record(row: Any, *, source: str, row_id: str, options: RecordOptions) -
       raise InvalidRowError("prompt_too_long", f"{n} tokens > {options.max_prompt_tokens}")
   raw_feedback = _first_text(row.get("orig_feedback")) or _first_text(row.get("gpt4_feedback")) \
       or _first_text(row.get("output"))
-  feedback, feedback_score = prompts_lib.strip_score_suffix(raw_feedback) if raw_feedback else ("", None)
+  feedback, feedback_score = (prompts_lib.strip_score_suffix(raw_feedback, scale) if raw_feedback
+                              else ("", None))
   extra = {}
   for k in EXTRA_KEYS:
     if k in row and row[k] is not None:
@@ -300,7 +311,7 @@ def make_record(row: Any, *, source: str, row_id: str, options: RecordOptions) -
       "reference_answer": fields.reference_answer,
       "rubric": fields.rubric,
       "target": target,
-      "target_int": target_int(target),
+      "target_int": target_int(target, scale),
       "scores": scores,
       "feedback": feedback,
       "feedback_score": feedback_score if feedback_score is not None else -1,

@@ -31,6 +31,15 @@ Knobs (`SyntheticConfig`):
                    (off by one); its verdict and final score follow the wrong step (the analogue
                    of imperfect GPT-4 feedback for warm-up SFT).
   near_miss_rate   fraction of wrong answers that are off by one (vs uniform over 0..max sum).
+  ood_hard         "level" (default): OOD hard is the next difficulty level; "carry": the same
+                   level, split by the sum: every other split's items have one-digit sums, OOD
+                   hard's two-digit sums (at difficulty 1: 5+7, 9+9 against 2+7, 4+4), so the
+                   judge has copied every operand and (with answer_max 18) every answer token in
+                   domain and meets new sums only.
+  answer_max       the other wrong answers are uniform over 0..answer_max without the sum
+                   (0, the default: the level's max sum). Above the max sum (e.g. 18 at
+                   difficulty 0), a judge copies answers it could never compute in domain, as
+                   every answer of the larger OOD-hard items is.
   near_miss_credit q > 0 makes near misses AMBIGUOUS (graded ambiguity): each grader counts an
                    off-by-one answer as right with probability q, independently, so graders
                    genuinely disagree and E[y*|x] is fractional and differs from the mode. The
@@ -39,6 +48,9 @@ Knobs (`SyntheticConfig`):
                    E[label | item] (`expected_score()`: Binomial credit, then the label noise's
                    mean shift), so the Bayes-optimal predictor's correlation is computable.
                    0 (the default): off by one is plainly wrong, as before.
+  scores           the score scale: "1-5" (default: score = 1 + number correct) or "0-4"
+                   (score = number correct; the HelpSteer-style variant). Labels, graders,
+                   demonstrations and the rubric's keys (orig_score0..4_description) follow it.
   reference_has_answers  if True the reference answer lists the correct sums (easier: compare
                    instead of add); default False: a generic reference sentence.
   shuffle_items    if True the instruction lists the 4 labelled items in a random order of
@@ -144,6 +156,9 @@ class SyntheticConfig:
   cot_error_rate: float = 0.1
   near_miss_rate: float = 0.5
   near_miss_credit: float = 0.0
+  ood_hard: str = "level"
+  answer_max: int = 0
+  scores: str = "1-5"
   reference_has_answers: bool = False
   shuffle_items: bool = False
   train_size: int = 8192
@@ -159,6 +174,21 @@ class SyntheticConfig:
         raise ValueError(f"{name} must be in [0, 1], got {v}")
     if self.n_eval_graders < 1:
       raise ValueError("n_eval_graders must be >= 1")
+    if self.ood_hard not in ("level", "carry"):
+      raise ValueError(f"ood_hard must be 'level' or 'carry', got {self.ood_hard!r}")
+    if self.ood_hard == "carry" and LEVELS[self.difficulty][0] != 2:
+      raise ValueError("ood_hard='carry' needs two operands per item (difficulty 0 or 1)")
+    if self.scores not in ("1-5", "0-4"):
+      raise ValueError(f"scores must be '1-5' or '0-4' (five scores for 0..4 right answers), "
+                       f"got {self.scores!r}")
+    if not 0 <= self.answer_max <= 99:
+      raise ValueError(f"answer_max must be in 0..99 (the tokenizer's numbers), got "
+                       f"{self.answer_max}")
+
+  @property
+  def score_lo(self) -> int:
+    """The lowest score: 1 on 1-5, 0 on 0-4 (the score of no right answer)."""
+    return int(self.scores.split("-")[0])
 
   def split_size(self, split: str) -> int:
     return {"train": self.train_size, "test": self.test_size}.get(split, self.ood_size)
@@ -193,32 +223,37 @@ class _Uniforms:
     return sorted(range(n), key=keys.__getitem__)
 
 
-def noisy_label(true_score: int, p: float, rng) -> int:
-  """true_score moved by ±1 with probability p (inward at the ends, so it changes w.p. exactly p)."""
+def noisy_label(true_score: int, p: float, rng, lo: int = 1) -> int:
+  """true_score moved by ±1 with probability p (inward at the ends lo and lo + 4, so it changes
+  w.p. exactly p)."""
   if rng.random() >= p:
     return true_score
   step = 1 if rng.random() < 0.5 else -1
-  if not 1 <= true_score + step <= 5:
+  if not lo <= true_score + step <= lo + N_ITEMS:
     step = -step
   return true_score + step
 
 
 def grader_score(n_right: int, n_close: int, config: SyntheticConfig, rng) -> int:
-  """One grader's label: 1 + the exact answers + the near misses this grader credits (each with
-  probability near_miss_credit), then moved by ±1 with probability label_noise."""
+  """One grader's label: the lowest score (1, or 0 on 0-4) + the exact answers + the near misses
+  this grader credits (each with probability near_miss_credit), then moved by ±1 with
+  probability label_noise."""
+  lo = config.score_lo
   credited = sum(rng.random() < config.near_miss_credit for _ in range(n_close))
-  return noisy_label(1 + n_right + credited, config.label_noise, rng)
+  return noisy_label(lo + n_right + credited, config.label_noise, rng, lo)
 
 
 def expected_score(n_right: int, n_close: int, config: SyntheticConfig) -> float:
   """E[one grader's label | item], exactly: the Bayes-optimal prediction of a test target (the
   mean of graders drawn independently given the item). Binomial(n_close, credit) over the
-  credited near misses, then the label noise's mean shift (+p at 1, −p at 5, 0 inside)."""
+  credited near misses, then the label noise's mean shift (+p at the lowest score, −p at the
+  highest, 0 inside)."""
   q, p = config.near_miss_credit, config.label_noise
+  lo = config.score_lo
   total = 0.0
   for k in range(n_close + 1):
-    s = 1 + n_right + k
-    shift = p if s == 1 else (-p if s == 5 else 0.0)
+    s = lo + n_right + k
+    shift = p if s == lo else (-p if s == lo + N_ITEMS else 0.0)
     total += comb(n_close, k) * q ** k * (1 - q) ** (n_close - k) * (s + shift)
   return total
 
@@ -226,9 +261,19 @@ def expected_score(n_right: int, n_close: int, config: SyntheticConfig) -> float
 def _split_params(config: SyntheticConfig, split: str) -> tuple[int, tuple[Wording, ...]]:
   if split not in SPLITS:
     raise ValueError(f"unknown synthetic split {split!r}; expected one of {SPLITS}")
-  level = min(config.difficulty + 1, MAX_LEVEL) if split == "test_ood_hard" else config.difficulty
+  level = (min(config.difficulty + 1, MAX_LEVEL) if split == "test_ood_hard"
+           and config.ood_hard == "level" else config.difficulty)
   wordings = OOD_WORDINGS if split == "test_ood_rubric" else IN_DOMAIN_WORDINGS
   return level, wordings
+
+
+def _draw_item(rng, n_ops: int, max_op: int, config: SyntheticConfig, split: str) -> list[int]:
+  """One item's operands; with ood_hard="carry", redrawn until its sum is one digit (every split
+  but OOD hard) or two digits (OOD hard)."""
+  while True:
+    item = [rng.integers(max_op + 1) for _ in range(n_ops)]
+    if config.ood_hard != "carry" or (sum(item) >= 10) == (split == "test_ood_hard"):
+      return item
 
 
 def _expr(ops) -> str:
@@ -247,7 +292,7 @@ def _make_example(rng: _Uniforms, config: SyntheticConfig, split: str):
   n_ops, max_op = LEVELS[level]
   max_sum = n_ops * max_op
   wording = wordings[rng.integers(len(wordings))]
-  ops = [[rng.integers(max_op + 1) for _ in range(n_ops)] for _ in range(N_ITEMS)]
+  ops = [_draw_item(rng, n_ops, max_op, config, split) for _ in range(N_ITEMS)]
   sums = [sum(item) for item in ops]
   k_correct = rng.integers(N_ITEMS + 1)
   correct = [False] * N_ITEMS
@@ -261,10 +306,10 @@ def _make_example(rng: _Uniforms, config: SyntheticConfig, split: str):
     elif rng.random() < config.near_miss_rate:
       step = 1 if (s == 0 or rng.random() < 0.5) else -1
       answers.append(s + step)
-    else:  # uniform over 0..max_sum without s
-      v = rng.integers(max_sum)
+    else:  # uniform over 0..answer_max (default: max_sum) without s
+      v = rng.integers(max(config.answer_max, max_sum))
       answers.append(v + 1 if v >= s else v)
-  true_score = 1 + k_correct
+  true_score = config.score_lo + k_correct
   graded = config.near_miss_credit > 0  # near misses are ambiguous: graders may credit them
   n_close = sum(abs(a - s) == 1 for a, s in zip(answers, sums)) if graded else 0
 
@@ -277,7 +322,7 @@ def _make_example(rng: _Uniforms, config: SyntheticConfig, split: str):
   words = [("right" if a == s else "close" if graded and abs(a - s) == 1 else "wrong")
            for a, s in zip(answers, shown)]
   # The teacher credits each near miss it sees as a grader would (with near_miss_credit).
-  demo_score = 1 + words.count("right") + sum(
+  demo_score = config.score_lo + words.count("right") + sum(
       rng.random() < config.near_miss_credit for _ in range(words.count("close")))
   steps = [f"{ITEM_LABELS[i]}) {_expr(ops[i])}={shown[i]} vs {answers[i]} {words[i]}."
            for i in range(N_ITEMS)]
@@ -294,7 +339,8 @@ def _make_example(rng: _Uniforms, config: SyntheticConfig, split: str):
       "orig_response": response,
       "orig_reference_answer": reference,
       "orig_criteria": wording.criteria,
-      **{f"orig_score{k + 1}_description": d for k, d in enumerate(wording.descriptions)},
+      **{f"orig_score{config.score_lo + k}_description": d
+         for k, d in enumerate(wording.descriptions)},
       "orig_feedback": feedback,
       "true_score": true_score,
       "expected_score": expected_score(k_correct, n_close, config),
@@ -363,7 +409,10 @@ def _pre_tokenizer():
 
 
 def _added_lines(template: prompts_lib.PromptTemplate) -> list[str]:
-  return template.boilerplate() + [f"Score {k}:" for k in range(1, 6)]
+  """The template's fixed lines as single tokens: those of the 1-5 scale, then (appended, so the
+  1-5 ids never move) the lines that differ on the 0-4 variant's scale."""
+  lines = template.boilerplate() + [f"Score {k}:" for k in range(1, 6)]
+  return lines + [l for l in template.scaled("0-4").boilerplate() if l not in lines] + ["Score 0:"]
 
 
 def synthetic_vocab(template: prompts_lib.PromptTemplate = prompts_lib.PROMETHEUS_ABSOLUTE) -> list[str]:
@@ -414,6 +463,8 @@ class SyntheticBuilderConfig(JudgeBuilderConfig):
   cot_error_rate: float = 0.1
   near_miss_rate: float = 0.5
   near_miss_credit: float = 0.0
+  ood_hard: str = "level"
+  answer_max: int = 0
   reference_has_answers: bool = False
   shuffle_items: bool = False
   train_size: int = 8192

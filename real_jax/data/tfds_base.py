@@ -54,6 +54,7 @@ class JudgeBuilderConfig(tfds.core.BuilderConfig):
   tokenizer_dir: str | None = None
   source_file: str | None = None
   dedup: bool = False
+  scores: str = "1-5"
 
   def options_dict(self) -> dict[str, Any]:
     """The config's data-relevant fields (everything but the TFDS bookkeeping fields)."""
@@ -141,7 +142,8 @@ class JudgeBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       tokenizer = prompts_lib.load_tokenizer(cfg.tokenizer_dir)
     return records_lib.RecordOptions(output_format=cfg.output_format, ground_truth=ground_truth,
                                      max_prompt_chars=cfg.max_prompt_chars,
-                                     max_prompt_tokens=cfg.max_prompt_tokens, tokenizer=tokenizer)
+                                     max_prompt_tokens=cfg.max_prompt_tokens, tokenizer=tokenizer,
+                                     scores=cfg.scores)
 
   def _generate_from_rows(self, split: str, rows, *, path: str, ground_truth: str
                           ) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -62,6 +62,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from real_jax.judge.formats import OutputFormat, as_output_format, encode_text, load_tokenizer
+from real_jax.judge.scales import DEFAULT_SCALE, ScoreScale, as_scale
 from real_jax.judge.scores import parse_generation
 
 __all__ = ["PromptTemplate", "PROMETHEUS_ABSOLUTE", "JudgeFields", "format_rubric",
@@ -109,6 +110,27 @@ class PromptTemplate:
   def __hash__(self):  # Mappings are not hashable; templates are compared by value anyway.
     return hash((self.description, self.rule1, tuple(sorted(self.rule3.items()))))
 
+  def scaled(self, scale: ScoreScale | str | None) -> PromptTemplate:
+    """The template for another score scale: rules 2 and 3 name its range ("an integer between
+    0 and 4"; "one of 1, 3, 5" for explicit labels) and the reference answer is its top score's.
+    The default scale (1-5) returns the template itself, so its prompts are unchanged."""
+    scale = as_scale(scale)
+    if scale == DEFAULT_SCALE:
+      return self
+    contiguous = "-" in scale.spec
+    between = (f"an integer between {scale.lo} and {scale.hi}" if contiguous
+               else f"one of {', '.join(scale.labels)}")
+    number = (f"an integer number between {scale.lo} and {scale.hi}" if contiguous
+              else f"one of {', '.join(scale.labels)}")
+    sub = lambda t: (t.replace("an integer number between 1 and 5", number)
+                     .replace("an integer between 1 and 5", between)
+                     .replace("a score of 5", f"a score of {scale.hi}")
+                     .replace("(Score 5)", f"(Score {scale.hi})"))
+    return dataclasses.replace(
+        self, description=sub(self.description), rule2=sub(self.rule2),
+        rule3={k: sub(v) for k, v in self.rule3.items()},
+        reference_header=sub(self.reference_header))
+
   def boilerplate(self) -> list[str]:
     """Every fixed line of the template (all formats), e.g. to make them single tokens."""
     lines = [self.task_header, self.description, self.description_no_reference, self.rule1,
@@ -131,21 +153,25 @@ class JudgeFields:
   rubric: str
 
 
-def format_rubric(criteria: str, descriptions: Sequence[str]) -> str:
-  """The Prometheus rubric block from a criteria string and the 5 score descriptions."""
-  if len(descriptions) != 5:
-    raise ValueError(f"need 5 score descriptions, got {len(descriptions)}")
+def format_rubric(criteria: str, descriptions: Sequence[str],
+                  scale: ScoreScale | str | None = None) -> str:
+  """The Prometheus rubric block from a criteria string and one description per score of
+  `scale` (default 1-5: five descriptions)."""
+  scale = as_scale(scale)
+  if len(descriptions) != len(scale.labels):
+    raise ValueError(f"need {len(scale.labels)} score descriptions for scores {scale.spec}, got "
+                     f"{len(descriptions)}")
   criteria = criteria.strip()
   if not (criteria.startswith("[") and criteria.endswith("]")):
     criteria = f"[{criteria}]"
-  lines = [criteria] + [f"Score {k}: {d.strip()}" for k, d in enumerate(descriptions, start=1)]
+  lines = [criteria] + [f"Score {k}: {d.strip()}" for k, d in zip(scale.labels, descriptions)]
   return "\n".join(lines)
 
 
 _SECTION_RE = re.compile(
     r"###The instruction to evaluate:\s*(?P<instruction>.*?)\s*"
     r"###Response to evaluate:\s*(?P<response>.*?)\s*"
-    r"(?:###Reference Answer \(Score 5\):\s*(?P<reference>.*?)\s*)?"
+    r"(?:###Reference Answer \(Score \d+\):\s*(?P<reference>.*?)\s*)?"
     r"###Score Rubrics:\s*(?P<rubric>.*?)\s*"
     r"(?:###Feedback:.*)?$",
     re.S,
@@ -174,17 +200,21 @@ def split_prometheus_prompt(text: str) -> JudgeFields:
 _FIELD_KEYS = ("orig_instruction", "orig_response", "orig_criteria")
 
 
-def fields_from_record(record: Mapping[str, Any]) -> JudgeFields:
-  """`JudgeFields` from a record: the `orig_*` fields if present, else the prebuilt `instruction`.
+def fields_from_record(record: Mapping[str, Any],
+                       scale: ScoreScale | str | None = None) -> JudgeFields:
+  """`JudgeFields` from a record: the `orig_*` fields if present (one
+  `orig_score{label}_description` per score of `scale`, default 1-5), else the prebuilt
+  `instruction`.
 
   A record that already is a `JudgeFields`-like dict (keys instruction/response/
   reference_answer/rubric) is accepted too.
   """
   if isinstance(record, JudgeFields):
     return record
+  scale = as_scale(scale)
   if all(k in record and record[k] is not None for k in _FIELD_KEYS):
     descriptions = []
-    for k in range(1, 6):
+    for k in scale.labels:
       key = f"orig_score{k}_description"
       if record.get(key) is None:
         raise ValueError(f"record has orig_* fields but no {key!r}")
@@ -192,7 +222,8 @@ def fields_from_record(record: Mapping[str, Any]) -> JudgeFields:
     return JudgeFields(instruction=_as_text(record["orig_instruction"]).strip(),
                        response=_as_text(record["orig_response"]).strip(),
                        reference_answer=_as_text(record.get("orig_reference_answer") or "").strip(),
-                       rubric=format_rubric(_as_text(record["orig_criteria"]), descriptions))
+                       rubric=format_rubric(_as_text(record["orig_criteria"]), descriptions,
+                                            scale))
   if "rubric" in record and "response" in record and "instruction" in record:
     return JudgeFields(instruction=_as_text(record["instruction"]).strip(),
                        response=_as_text(record["response"]).strip(),
@@ -210,9 +241,11 @@ def _as_text(x: Any) -> str:
 
 
 def render_prompt(fields: JudgeFields, *, output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE,
-                  template: PromptTemplate = PROMETHEUS_ABSOLUTE) -> str:
-  """The judge prompt text (before the chat template) for `fields`."""
+                  template: PromptTemplate = PROMETHEUS_ABSOLUTE,
+                  scale: ScoreScale | str | None = None) -> str:
+  """The judge prompt text (before the chat template) for `fields`, on `scale` (default 1-5)."""
   fmt = as_output_format(output_format)
+  template = template.scaled(scale)
   has_ref = bool(fields.reference_answer.strip())
   parts = [
       template.task_header,
@@ -237,21 +270,26 @@ def render_prompt(fields: JudgeFields, *, output_format: OutputFormat | str = Ou
 
 def build_judge_prompt(record: Mapping[str, Any] | JudgeFields, *,
                        output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE,
-                       template: PromptTemplate = PROMETHEUS_ABSOLUTE) -> str:
+                       template: PromptTemplate = PROMETHEUS_ABSOLUTE,
+                       scale: ScoreScale | str | None = None) -> str:
   """The judge prompt for a record (orig_* fields, or a prebuilt `instruction` prompt)."""
-  return render_prompt(fields_from_record(record), output_format=output_format, template=template)
+  return render_prompt(fields_from_record(record, scale), output_format=output_format,
+                       template=template, scale=scale)
 
 
-def build_target_text(feedback: str, score: int, output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE) -> str:
+def build_target_text(feedback: str, score: int,
+                      output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE, *,
+                      scale: ScoreScale | str | None = None) -> str:
   """The text the judge should generate after the prompt: feedback, delimiter, score.
 
   No EOS here: append the tokenizer's EOS *id* (see `build_target_ids`), never an EOS string.
   An empty feedback gives just "So the overall score is N".
   """
   fmt = as_output_format(output_format)
+  scale = as_scale(scale)
   score = int(score)
-  if not 1 <= score <= 5:
-    raise ValueError(f"score must be in 1..5, got {score}")
+  if not scale.contains(score):
+    raise ValueError(f"score must be one of the scores {scale.spec}, got {score}")
   feedback = feedback.strip()
   suffix = f"{fmt.delimiter} {score}"
   return f"{feedback} {suffix}" if feedback else suffix
@@ -262,11 +300,12 @@ def build_target_text(feedback: str, score: int, output_format: OutputFormat | s
 _SUFFIX_RE = re.compile(r"(?:So the overall score is|\[RESULT\])\s*:?\s*(?P<score>\d+(?:\.\d+)?)?", re.I)
 
 
-def strip_score_suffix(text: str) -> tuple[str, int | None]:
+def strip_score_suffix(text: str, scale: ScoreScale | str | None = None
+                       ) -> tuple[str, int | None]:
   """Splits demonstration feedback into (CoT text, score it concludes).
 
   The CoT is the text before the *first* "So the overall score is" or "[RESULT]"; the score is the
-  number right after it (if it is an integer in 1..5; else None). A leading "Feedback:" is removed.
+  number right after it (if it is a score of `scale`, default 1-5; else None). A leading "Feedback:" is removed.
   Feedback Collection's `output` ("... So the overall score is 4. [RESULT] 4") gives
   ("...", 4).
   """
@@ -280,7 +319,7 @@ def strip_score_suffix(text: str) -> tuple[str, int | None]:
   score = None
   if m.group("score") is not None:
     value = float(m.group("score"))
-    if value.is_integer() and 1 <= value <= 5:
+    if as_scale(scale).contains(value):
       score = int(value)
   return cot, score
 
@@ -354,10 +393,11 @@ def build_target_ids(tokenizer, feedback: str, score: int,
   With `score_tokens` (a `ScoreTokens`), checks that the ids end in delimiter + score token (+ EOS),
   i.e. that the target is tokenised the way the parser and the score readout expect.
   """
-  ids = encode_text(tokenizer, build_target_text(feedback, score, output_format))
+  scale = score_tokens.scale if score_tokens is not None else None
+  ids = encode_text(tokenizer, build_target_text(feedback, score, output_format, scale=scale))
   if score_tokens is not None:
     parsed = parse_generation(ids, score_tokens)
-    if parsed.score != int(score) or parsed.score_pos != len(ids) - 1:
+    if parsed.score != int(score) or parsed.score_pos + parsed.score_len != len(ids):
       raise ValueError(f"target for score {score} does not tokenise as <delimiter><score token> "
                        f"at its end (parse: {parsed}); feedback={feedback[-80:]!r}")
   if add_eos:

@@ -1,9 +1,10 @@
 """Score tokens from the tokenizer, and parsing of generated judge outputs on token ids.
 
 Score tokens are never hard-coded (docs/architecture.md, A2): `resolve_score_tokens` encodes
-``"<context> <delimiter> <d>"`` for d = 1..5 after three different contexts, and requires, in each,
-that the five encodings share a prefix and differ in exactly one final token that decodes to the
-digit, with the same ids in every context. That final token is the score token *as it appears
+``"<context> <delimiter> <d>"`` for each label d of the score scale (`judge.scales`; default
+1..5) after three different contexts, and requires, in each, that the encodings share a prefix
+and differ in exactly one final token that decodes to the label, with the same ids in every
+context. That final token is the score token *as it appears
 after the delimiter in generated text*: "4" after a separate "Ġ" token (Qwen-style digit
 splitting), "Ġ4" (GPT-2 style) or "▁4" (SentencePiece). The shared prefix minus the context's own
 tokens is the delimiter's ids in context (`delimiter_ids`; for Qwen-style tokenizers it ends with
@@ -22,13 +23,13 @@ Parsing (`parse_generation`), on the generated token ids only (no prompt):
   delimiter is not found, `cot_end` = `n_valid` and `score_pos` = -1: there is no score
   position; don't read one.
 * status:
-  - "ok": delimiter, then one of the 5 score tokens. Anything after it (".", text) is allowed and
+  - "ok": delimiter, then one of the scale's score tokens. Anything after it (".", text) is allowed and
     counted in `n_trailing`; a missing EOS after the score is allowed too.
   - "delimiter_only": the tokens end right after the delimiter with no EOS (the sampler stopped at
     the delimiter). Usable: the score distribution at `cot_end - 1` is well defined.
-  - "bad_score": the token after the delimiter is not a score token ("0", "6", "10", ".", EOS...).
-    A score token followed by another digit ("1" "0" for 10 with digit-splitting tokenizers) is
-    bad_score too.
+  - "bad_score": the token after the delimiter is not a score token (on 1..5: "0", "6", "10",
+    ".", EOS...). A score token followed by another digit ("1" "0" for 10 with digit-splitting
+    tokenizers) is bad_score too.
   - "no_delimiter": EOS without the delimiter before it.
   - "truncated": no EOS and no delimiter (ran out of tokens).
 """
@@ -41,6 +42,7 @@ from typing import Sequence
 import numpy as np
 
 from real_jax.judge.formats import OutputFormat, as_output_format, encode_text
+from real_jax.judge.scales import ScoreScale, as_scale
 
 __all__ = ["STATUSES", "USABLE_STATUSES", "ScoreTokens", "resolve_score_tokens",
     "ParsedGeneration", "parse_generation", "ParsedText", "parse_text"]
@@ -54,8 +56,8 @@ class ScoreTokens:
   """Token ids of the score digits and of the delimiter, for one tokenizer and output format.
 
   Attributes:
-    token_ids: ids of scores 1..5 as generated right after the delimiter.
-    values: the score values (1., 2., 3., 4., 5.), aligned with `token_ids`.
+    token_ids: ids of the scale's scores (e.g. 1..5) as generated right after the delimiter.
+    values: the score values (e.g. 1., 2., 3., 4., 5.), aligned with `token_ids`.
     delimiter_ids: the delimiter's ids as tokenised inside generated text, after a space.
     eos_id: end of turn / sequence id that ends a generation.
     output_format: "score_phrase" or "result".
@@ -73,6 +75,18 @@ class ScoreTokens:
   output_format: str = OutputFormat.SCORE_PHRASE.value
   delimiter_variants: tuple[tuple[int, ...], ...] = ()
   continuation_ids: tuple[int, ...] = ()
+  candidates: tuple[tuple[int, ...], ...] = ()
+
+  @property
+  def multi_token(self) -> bool:
+    """Some score is more than one token ("10" as "1" "0" with digit-splitting tokenizers):
+    its probability is then read over its tokens (`readout.candidate_log_probs`)."""
+    return any(len(c) > 1 for c in self.candidates)
+
+  @property
+  def sequences(self) -> tuple[tuple[int, ...], ...]:
+    """Each score's tokens after the delimiter, aligned with `values`."""
+    return self.candidates or tuple((t,) for t in self.token_ids)
 
   def score_of(self, token_id: int) -> int | None:
     try:
@@ -86,6 +100,11 @@ class ScoreTokens:
     lut = dict(zip(self.token_ids, self.values))
     return np.array([lut.get(int(t), default) for t in np.asarray(token_ids).reshape(-1)],
                     np.float32)
+
+  @property
+  def scale(self) -> ScoreScale:
+    """The score scale these tokens write."""
+    return ScoreScale(tuple(str(int(v)) for v in self.values))
 
   @property
   def variants(self) -> tuple[tuple[int, ...], ...]:
@@ -112,28 +131,32 @@ def _decode(tokenizer, ids: Sequence[int]) -> str:
   return tokenizer.decode(list(ids))
 
 
-def _resolve_in_context(tokenizer, ctx: str, joiner: str, delim: str):
+def _resolve_in_context(tokenizer, ctx: str, joiner: str, delim: str, labels: Sequence[str]):
   """(delimiter_ids, score_ids, ctx_ids) from `ctx + joiner + delim + " " + d`, or ValueError."""
   ctx_ids = encode_text(tokenizer, ctx) if ctx else []
-  seqs = [encode_text(tokenizer, f"{ctx}{joiner}{delim} {d}") for d in "12345"]
-  prefix = _common_prefix(seqs)
+  seqs = [encode_text(tokenizer, f"{ctx}{joiner}{delim} {d}") for d in labels]
+  probes = []
+  if any(len(d) > 1 for d in labels):  # "10".."15" share "1": single digits mark where scores start
+    probes = [encode_text(tokenizer, f"{ctx}{joiner}{delim} {d}") for d in "0123456789"]
+  prefix = _common_prefix(seqs + probes)
   problems = []
   score_ids = []
-  for d, ids in zip("12345", seqs):
+  for d, ids in zip(labels, seqs):
     suffix = ids[len(prefix):]
-    if len(suffix) != 1:
-      problems.append(f"score {d} is {len(suffix)} tokens {_pieces(tokenizer, suffix)} after the "
-                      f"delimiter (full: {_pieces(tokenizer, ids)})")
+    if not suffix:
+      problems.append(f"score {d} has no tokens of its own after the delimiter (the scores "
+                      "tokenise alike: are its digits unknown to the tokenizer?)")
       continue
     text = _decode(tokenizer, suffix).strip().lstrip("\u2581").strip()
     if text != d:
-      problems.append(f"score {d}: the token after the shared prefix is "
-                      f"{_pieces(tokenizer, suffix)}, which decodes to {text!r}, not {d!r}")
-    score_ids.append(suffix[0])
+      problems.append(f"score {d}: the tokens after the shared prefix are "
+                      f"{_pieces(tokenizer, suffix)}, which decode to {text!r}, not {d!r}")
+    score_ids.append(tuple(suffix))
   if problems:
     raise ValueError("; ".join(problems))
-  if len(set(score_ids)) != 5:
-    raise ValueError(f"scores 1..5 do not map to 5 distinct tokens: {score_ids}")
+  if len(set(score_ids)) != len(labels):
+    raise ValueError(f"scores {','.join(labels)} do not map to {len(labels)} distinct tokens: "
+                     f"{score_ids}")
   if prefix[:len(ctx_ids)] != ctx_ids:
     raise ValueError(f"the context {ctx!r} tokenises differently when followed by the "
                      f"delimiter ({_pieces(tokenizer, ctx_ids)} vs {_pieces(tokenizer, prefix)})")
@@ -143,18 +166,27 @@ def _resolve_in_context(tokenizer, ctx: str, joiner: str, delim: str):
   return tuple(delim_ids), tuple(score_ids), list(ctx_ids)
 
 
+def _complete_prefixes(sequences) -> bool:
+  """Whether some score's tokens are a proper prefix of another's ("1" of "10")."""
+  return any(a != b and b[:len(a)] == a for a in sequences for b in sequences)
+
+
 _CONTEXTS = ("The response is correct.", "Good.", "it is fine")
 
 
 def resolve_score_tokens(tokenizer, output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE, *,
-                         eos_id: int | None = None) -> ScoreTokens:
-  """Score and delimiter token ids for `tokenizer` (HF tokenizer or raw `tokenizers.Tokenizer`).
+                         eos_id: int | None = None,
+                         scale: ScoreScale | str | None = None) -> ScoreTokens:
+  """Score and delimiter token ids for `tokenizer` (HF tokenizer or raw `tokenizers.Tokenizer`)
+  and the score `scale` (default 1-5).
 
-  Raises ValueError (naming the tokenizer and the failed check) if a score digit 1..5 is not
-  exactly one token after the delimiter, if the digits are not distinct tokens, or if the
+  Raises ValueError (naming the tokenizer and the failed check) if a score of the scale is not
+  exactly one token after the delimiter, if the scores are not distinct tokens, or if the
   delimiter cannot be isolated from the text before it.
   """
   fmt = as_output_format(output_format)
+  scale = as_scale(scale)
+  labels = scale.labels
   delim = fmt.delimiter
   if eos_id is None:
     eos_id = getattr(tokenizer, "eos_token_id", None)
@@ -165,45 +197,49 @@ def resolve_score_tokens(tokenizer, output_format: OutputFormat | str = OutputFo
   results = []
   for ctx in _CONTEXTS:
     try:
-      results.append(_resolve_in_context(tokenizer, ctx, " ", delim))
+      results.append(_resolve_in_context(tokenizer, ctx, " ", delim, labels))
     except ValueError as e:
       name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
       raise ValueError(
-          f"tokenizer {name!r} cannot be used for judge scores with output_format={fmt.value!r}: "
-          f"each score 1..5 must be exactly one token right after the delimiter {delim!r}. "
-          f"After {ctx!r}: {e}") from None
-  delim_ids, score_ids, ctx_ids = results[0]
+          f"tokenizer {name!r} cannot be used for judge scores {scale.spec} with "
+          f"output_format={fmt.value!r}: each score must tokenise the same way right after the "
+          f"delimiter {delim!r}. After {ctx!r}: {e}") from None
+  delim_ids, seqs, ctx_ids = results[0]
   for ctx, (d_ids, s_ids, _) in zip(_CONTEXTS[1:], results[1:]):
-    if (d_ids, s_ids) != (delim_ids, score_ids):
+    if (d_ids, s_ids) != (delim_ids, seqs):
       raise ValueError(
           f"the delimiter/score tokenisation depends on the preceding text: after "
-          f"{_CONTEXTS[0]!r}: {_pieces(tokenizer, delim_ids + score_ids)}, after {ctx!r}: "
-          f"{_pieces(tokenizer, d_ids + s_ids)}")
+          f"{_CONTEXTS[0]!r}: {_pieces(tokenizer, delim_ids + sum(seqs, ()))}, after {ctx!r}: "
+          f"{_pieces(tokenizer, d_ids + sum(s_ids, ()))}")
   ctx = _CONTEXTS[0]
   variants = [delim_ids]
   for v_ctx, joiner in ((ctx, "\n"), ("", "")):  # after a newline; at the start of the text
     try:
-      v_delim, v_scores, _ = _resolve_in_context(tokenizer, v_ctx, joiner, delim)
+      v_delim, v_scores, _ = _resolve_in_context(tokenizer, v_ctx, joiner, delim, labels)
     except ValueError:
       continue
     unk = getattr(tokenizer, "unk_token_id", None)
-    if v_scores == score_ids and v_delim not in variants and (unk is None or unk not in v_delim):
+    if v_scores == seqs and v_delim not in variants and (unk is None or unk not in v_delim):
       variants.append(v_delim)
-  if int(eos_id) in score_ids:
-    raise ValueError(f"eos id {eos_id} is one of the score tokens {score_ids}")
-  # Ids that turn a score token into a longer number ("1" then "0" for 10).
+  if any(int(eos_id) in s for s in seqs):
+    raise ValueError(f"eos id {eos_id} is one of the score tokens {seqs}")
+  # Ids that turn a score into a longer number ("1" then "0" for 10).
   cont = set()
-  for k, d in enumerate("12345"):
-    head = ctx_ids + list(delim_ids) + [score_ids[k]]
+  for k, d in enumerate(labels):
+    head = ctx_ids + list(delim_ids) + list(seqs[k])
     for e in "0123456789":
       ids = encode_text(tokenizer, f"{ctx} {delim} {d}{e}")
       if ids[:len(head)] == head and len(ids) == len(head) + 1:
         cont.add(ids[-1])
-  return ScoreTokens(token_ids=tuple(int(t) for t in score_ids), values=(1.0, 2.0, 3.0, 4.0, 5.0),
+  multi = any(len(s) > 1 for s in seqs)
+  if not multi and _complete_prefixes(seqs):
+    raise ValueError(f"scores {scale.spec}: a score token is a prefix of another: {seqs}")
+  return ScoreTokens(token_ids=tuple(int(s[0]) for s in seqs), values=scale.values,
                      delimiter_ids=tuple(int(t) for t in delim_ids), eos_id=int(eos_id),
                      output_format=fmt.value,
                      delimiter_variants=tuple(tuple(int(t) for t in v) for v in variants),
-                     continuation_ids=tuple(sorted(int(t) for t in cont)))
+                     continuation_ids=tuple(sorted(int(t) for t in cont)),
+                     candidates=(tuple(tuple(int(t) for t in s) for s in seqs) if multi else ()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,11 +249,12 @@ class ParsedGeneration:
   status: str
   found_delimiter: bool
   cot_end: int           # index just past the delimiter (= score position); n_valid if not found
-  score: int | None      # the sampled score 1..5, if status == "ok"
+  score: int | None      # the sampled score (a label of the scale), if status == "ok"
   score_pos: int         # = cot_end if found_delimiter else -1
   eos_pos: int           # index of the first EOS, or -1
   n_valid: int           # tokens up to and including the first EOS (all tokens if none)
   n_trailing: int = 0    # tokens between the score token and EOS/end (e.g. a trailing ".")
+  score_len: int = 1     # the score's tokens (2 for "10" as "1" "0")
 
   @property
   def usable(self) -> bool:
@@ -256,11 +293,16 @@ def parse_generation(token_ids: Sequence[int], score_tokens: ScoreTokens, *,
   if cot_end >= len(region):
     status = "bad_score" if eos_pos >= 0 else "delimiter_only"
     return ParsedGeneration(status, True, cot_end, None, cot_end, eos_pos, n_valid)
-  score = score_tokens.score_of(region[cot_end])
-  if score is None or (cot_end + 1 < len(region) and region[cot_end + 1] in score_tokens.continuation_ids):
-    return ParsedGeneration("bad_score", True, cot_end, None, cot_end, eos_pos, n_valid)
-  return ParsedGeneration("ok", True, cot_end, score, cot_end, eos_pos, n_valid,
-                          n_trailing=len(region) - cot_end - 1)
+  cont = score_tokens.continuation_ids
+  # The longest score whose tokens follow the delimiter and are not continued into a longer
+  # number ("1" "0" is 10, not 1; "1" "7" on a 1-10 scale is no score).
+  for k in sorted(range(len(score_tokens.values)), key=lambda k: -len(score_tokens.sequences[k])):
+    seq = score_tokens.sequences[k]
+    end = cot_end + len(seq)
+    if tuple(region[cot_end:end]) == seq and not (end < len(region) and region[end] in cont):
+      return ParsedGeneration("ok", True, cot_end, int(score_tokens.values[k]), cot_end, eos_pos,
+                              n_valid, n_trailing=len(region) - end, score_len=len(seq))
+  return ParsedGeneration("bad_score", True, cot_end, None, cot_end, eos_pos, n_valid)
 
 
 # --- text level --------------------------------------------------------------------------------
@@ -272,11 +314,13 @@ class ParsedText:
   score: int | None
 
 
-def parse_text(text: str, output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE) -> ParsedText:
-  """Text-level parse with the same rules (first delimiter wins; score must be an integer 1..5
-  standing alone: "4", "4." are ok; "0", "6", "10", "4.5" are bad_score). Use for logs and
-  external generations; training uses `parse_generation` on token ids."""
+def parse_text(text: str, output_format: OutputFormat | str = OutputFormat.SCORE_PHRASE, *,
+               scale: ScoreScale | str | None = None) -> ParsedText:
+  """Text-level parse with the same rules (first delimiter wins; the score must be a label of
+  `scale` (default 1-5) standing alone: on 1..5, "4", "4." are ok; "0", "6", "10", "4.5" are
+  bad_score). Use for logs and external generations; training uses `parse_generation` on ids."""
   fmt = as_output_format(output_format)
+  scale = as_scale(scale)
   idx = text.find(fmt.delimiter)
   if idx < 0:
     return ParsedText("no_delimiter", text.strip(), None)
@@ -288,6 +332,6 @@ def parse_text(text: str, output_format: OutputFormat | str = OutputFormat.SCORE
   if m is None:
     return ParsedText("bad_score", feedback, None)
   num = m.group(1)
-  if num in ("1", "2", "3", "4", "5"):
+  if num in scale.labels:
     return ParsedText("ok", feedback, int(num))
   return ParsedText("bad_score", feedback, None)

@@ -59,7 +59,10 @@ def export_run(workdir: str, out_dir: str, *, stage: str = "", best: bool = Fals
     json.dump({"workdir": os.path.basename(os.path.abspath(workdir)),
                "checkpoint": os.path.relpath(d, workdir), "step": step,
                "method": run.get("config", {}).get("method"),
-               "seed": run.get("config", {}).get("seed")}, f, indent=2)
+               "seed": run.get("config", {}).get("seed"),
+               "output_format": run.get("config", {}).get("data", {}).get("output_format",
+                                                                         "score_phrase"),
+               "scores": run.get("config", {}).get("data", {}).get("scores", "1-5")}, f, indent=2)
   method = METHODS.get(run.get("config", {}).get("method"))
   if method is not None and not method.judge_data:  # a base keeps its training record
     _copy_pretrain_record(workdir, out_dir)

@@ -215,9 +215,8 @@ def _scoring(score_fn, params, rows: int, width: int, mesh):
   b = lambda shape, dt: _input(shape, dt, mesh)
   batch = {"tokens": b((rows, width), jnp.int32), "mask": b((rows, width), bool),
            "score_pos": b((rows,), jnp.int32), "target_id": b((rows,), jnp.int32),
-           "probe": b((rows,), jnp.int32)}
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=shd.replicated(mesh))
-  return score_fn, (params, batch, key), f"{rows} rows x {width} tokens"
+           "probe": b((rows,), jnp.int32), "u": b((rows,), jnp.float32)}
+  return score_fn, (params, batch), f"{rows} rows x {width} tokens"
 
 
 def compile_report(name: str, fn, args, shape: str, hbm: int, headroom: float) -> ProgramReport:

@@ -22,11 +22,10 @@ import sys
 
 import jax
 from absl import logging
-from ml_collections import ConfigDict
 
 from real_jax import main as main_lib
 from real_jax import readout
-from real_jax.train import data_utils, rl
+from real_jax.train import config_lib, data_utils, rl
 from real_jax.train import settings as settings_lib
 from real_jax.train.methods import METHODS
 from real_jax.train.metrics import RolloutStats, rl_update_metrics
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
           file=sys.stderr)
     return 2
   with open(run_json) as f:
-    config = ConfigDict(json.load(f)["config"])
+    config = config_lib.with_defaults(json.load(f)["config"])
   rl_methods = [n for n, m in METHODS.items() if m.rl is not None]
   method = a.method or (config.method if config.method in rl_methods else "real")
   group_size = a.group_size or int(config.rl.group_size)

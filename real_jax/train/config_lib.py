@@ -12,7 +12,7 @@ It is split by job:
 from real_jax.train.config_schema import (CHOICES, INVALID_RULES, RANGES, ConfigDict, ConfigError,
                                           assign, base_config, describe, field_docs, flatten,
                                           get_field, load_config, parse_arg, parse_bool,
-                                          set_field)
+                                          set_field, with_defaults)
 from real_jax.train.methods import METHODS, stages_for
 from real_jax.train.settings import (EXACT_OVERRIDES, attention_backend, exactness_gaps,
                                      lora_fields, model_overrides, preset_model, resolve,
@@ -23,4 +23,4 @@ __all__ = ["CHOICES", "INVALID_RULES", "RANGES", "ConfigDict", "ConfigError", "b
            "describe", "field_docs", "flatten", "get_field", "assign", "load_config", "parse_arg",
            "parse_bool", "set_field", "METHODS", "stages_for", "EXACT_OVERRIDES",
            "attention_backend", "exactness_gaps", "lora_fields", "model_overrides", "preset_model", "resolve", "rl_settings",
-           "batch_axes_size", "check_fields", "check_ranges", "validate"]
+           "batch_axes_size", "check_fields", "check_ranges", "validate", "with_defaults"]

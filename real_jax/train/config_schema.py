@@ -20,7 +20,7 @@ import io
 import os
 import re
 import tokenize
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
@@ -202,6 +202,10 @@ def base_config() -> ConfigDict:
   c.data.tokenizer = ""  # HF tokenizer dir ("" -> synthetic: built in the workdir; else model.hf_dir)
   # score_phrase (the judge ends "So the overall score is N") | result ("[RESULT] N")
   c.data.output_format = "score_phrase"
+  # The score scale: "1-5" (the paper's) | "0-4" | "1-10" | "0-1" | labels "1,3,5" (non-negative
+  # integers). It drives the prompt's rules and rubric, the score tokens, parsing, targets,
+  # rewards and the RAIL readout; every score must be one token after the delimiter.
+  c.data.scores = "1-5"
   # Qwen3 chat template switch: "" = not passed (the template's default; the authors never set
   # it, so their prompts have no <think></think> block) | "false" (empty think block) | "true".
   c.data.enable_thinking = ""
@@ -231,6 +235,8 @@ def base_config() -> ConfigDict:
   c.data.synthetic.cot_error_rate = 0.1  # demonstrations with one wrong sum
   c.data.synthetic.near_miss_rate = 0.5  # wrong answers that are off by one
   c.data.synthetic.near_miss_credit = 0.0  # > 0: graders credit an off-by-one answer w.p. this
+  c.data.synthetic.ood_hard = "level"  # level: OOD hard = difficulty + 1 | carry: 2-digit sums
+  c.data.synthetic.answer_max = 0  # other wrong answers uniform over 0..this (0: the max sum)
   c.data.synthetic.reference_has_answers = False  # the reference lists the correct sums
   c.data.synthetic.shuffle_items = False  # list items and answers in a random order of labels
   c.data.synthetic.train_size = 8192  # records in train
@@ -374,6 +380,8 @@ def base_config() -> ConfigDict:
   c.eval.max_response_len = 1024  # tokens per CoT before it counts as truncated
   c.eval.renormalize = False  # RAIL y_hat over the score tokens only
   c.eval.invalid = "force"  # no delimiter: force (append it, read there) | midpoint
+  # CoTs per item (1: the paper's protocol): RAIL ŷ = their mean, the standard readout their vote
+  c.eval.num_cots = 1
   # Keep the best checkpoint by this metric of the VALIDATION split (data.val_size records of
   # the training data; never a test split): rail|standard / pearson|spearman|kendall ("" = off).
   # Periodic evaluations (eval.every) score the validation split only.
@@ -413,6 +421,7 @@ def base_config() -> ConfigDict:
 CHOICES: dict[str, Callable[[], tuple]] = {
     "method": lambda: tuple(methods_lib.METHODS),
     "data.output_format": lambda: tuple(f.value for f in OutputFormat),
+    "data.synthetic.ood_hard": lambda: ("level", "carry"),
     "data.enable_thinking": lambda: ("", "true", "false"),
     "data.overlong": lambda: tuple(batching.OVERLONG),
     "model.remat": lambda: ("",) + tuple(qwen3.REMATS),
@@ -452,7 +461,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "tract.lam": (0.0, True, None, False), "log.heartbeat": (0.0, True, None, False),
     "checkpoint.every": (1, True, None, False),
     "data.pack_length": (0, True, None, False), "data.pack_max_segments": (1, True, None, False),
-    "rl.token_budget": (0, True, None, False),
+    "rl.token_budget": (0, True, None, False), "eval.num_cots": (1, True, None, False),
     "model.lora.rank": (0, True, None, False), "model.lora.alpha": (0.0, False, None, False),
     "data.synthetic.label_noise": (0.0, True, 1.0, True),
     "data.synthetic.cot_error_rate": (0.0, True, 1.0, True),
@@ -462,6 +471,20 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
 
 
 _FIELD_LINE = re.compile(r"c\.([A-Za-z_][\w.]*)\s*=")
+
+
+def with_defaults(saved: Mapping[str, Any]) -> ConfigDict:
+  """A saved config (a run.json's "config") with today's defaults for the fields it predates, so
+  a workdir written before a field existed reads as it ran (the field's default is what it had)."""
+  def merge(base: ConfigDict, over: Mapping[str, Any]) -> None:
+    for k, v in over.items():
+      if k in base and isinstance(base[k], ConfigDict) and isinstance(v, Mapping):
+        merge(base[k], v)
+      else:
+        base[k] = v
+  c = base_config()
+  merge(c, saved)
+  return c
 
 
 def field_docs() -> dict[str, str]:

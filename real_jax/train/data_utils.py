@@ -11,6 +11,7 @@ import numpy as np
 
 from real_jax.data import DATASETS, batching, build_synthetic_tokenizer, load_split
 from real_jax.judge import prompts as prompts_lib
+from real_jax.judge import scales
 from real_jax.train import methods as methods_lib
 from real_jax.train.config_lib import ConfigError
 from real_jax.train.settings import prompt_buckets
@@ -21,7 +22,7 @@ __all__ = ["SYNTHETIC_OPTIONS", "SYNTHETIC_EVAL_SPLITS", "PROMETHEUS_EVAL", "loa
     "thinking_flag", "data_order_seed", "make_batcher", "delimiter_at_start", "ArrayIterator"]
 
 SYNTHETIC_OPTIONS = ("seed", "difficulty", "label_noise", "n_eval_graders", "cot_error_rate",
-                     "near_miss_rate", "near_miss_credit", "reference_has_answers", "shuffle_items",
+                     "near_miss_rate", "near_miss_credit", "ood_hard", "answer_max", "reference_has_answers", "shuffle_items",
                      "train_size", "test_size",
                      "ood_size")
 SYNTHETIC_EVAL_SPLITS = ("test", "test_ood_hard", "test_ood_rubric")
@@ -51,6 +52,8 @@ def dataset_options(config) -> dict[str, Any]:
     opts.update({k: config.data.synthetic[k] for k in SYNTHETIC_OPTIONS})
   if config.data.ground_truth != "auto":
     opts["ground_truth"] = config.data.ground_truth
+  if scales.as_scale(config.data.scores) != scales.DEFAULT_SCALE:
+    opts["scores"] = scales.as_scale(config.data.scores).spec
   return opts
 
 
@@ -125,7 +128,7 @@ def load_sources(config, workdir: str, *, train: bool, evaluation: bool):
   if evaluation:
     for ds, split, name in eval_entries(config):
       o = opts if ds == config.data.name else {
-          k: v for k, v in opts.items() if k == "ground_truth"}
+          k: v for k, v in opts.items() if k in ("ground_truth", "scores")}
       evals[name] = load_split(ds, split, data_dir=data_dir, manual_dir=manual,
                                output_format=fmt, **o)
   return train_src, evals, val_src
@@ -199,12 +202,14 @@ def make_batcher(config, source, tokenizer, score_tokens, *, batch_size: int, wi
 def delimiter_at_start(tokenizer, score_tokens) -> tuple[int, ...]:
   """Token ids of the delimiter when the response *starts* with it (RAFT's direct readout),
   checked to be followed by the score tokens exactly as the parser expects."""
-  fmt = score_tokens.output_format
-  ids = prompts_lib.encode_text(tokenizer, prompts_lib.build_target_text("", 4, fmt))
-  if not ids or ids[-1] != score_tokens.token_ids[3]:
-    raise ValueError(f"'{prompts_lib.build_target_text('', 4, fmt)}' does not end with the score "
-                     f"token {score_tokens.token_ids[3]}: {ids}")
-  return tuple(ids[:-1])
+  fmt, scale = score_tokens.output_format, score_tokens.scale
+  top = scale.hi
+  text = prompts_lib.build_target_text("", top, fmt, scale=scale)
+  ids = prompts_lib.encode_text(tokenizer, text)
+  seq = list(score_tokens.sequences[-1])
+  if len(ids) <= len(seq) or ids[-len(seq):] != seq:
+    raise ValueError(f"'{text}' does not end with the score tokens {seq}: {ids}")
+  return tuple(ids[:-len(seq)])
 
 
 class ArrayIterator:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from real_jax import objectives as obj
+from real_jax.judge import scales
 from real_jax.models import qwen3
 from real_jax.train import methods as methods_lib
 from real_jax.train import settings as settings_lib
@@ -111,6 +112,14 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
       raise ConfigError(f"config.rl.{changed[0]} is only read with config.rl.advantage=custom "
                         f"(now {config.rl.advantage!r}); set --config.rl.advantage=custom or "
                         f"pick a recipe: {list(obj.ADVANTAGE_RECIPES)}")
+  try:
+    scale = scales.as_scale(config.data.scores)
+  except ValueError as e:
+    raise ConfigError(f"config.data.scores={config.data.scores!r}: {e}") from None
+  if (config.data.name in ("synthetic", "synthetic_judge")
+      and scale.labels != tuple(str(scale.lo + k) for k in range(5))):
+    raise ConfigError(f"config.data.scores={config.data.scores!r}: the synthetic task scores "
+                      "0..4 right answers on 5 consecutive scores; use 1-5 (default) or 0-4")
   if config.data.val_size < 0:
     raise ConfigError(f"config.data.val_size={config.data.val_size} must be >= 0")
   if config.eval.best_metric:
