@@ -26,10 +26,13 @@ LIBTPU = "libtpu==0.0.42.1"  # the TPU compiler (what jax[tpu]==0.10.2 pins): pl
 
 WANDB = ["wandb==0.31.0"]
 
+SERVE = ["fastapi==0.165.0", "uvicorn==0.55.0"]  # python -m real_jax.serve (pydantic comes along)
+
 EXTRAS = {
     "tpu": [LIBTPU],
     "tensorboard": ["tensorboard==2.21.0"],  # the viewer: tensorboard --logdir WORKDIR/tb
     "wandb": WANDB,  # log.wandb.project: Weights & Biases logging (offline needs no account)
+    "serve": SERVE,  # the batched scoring server over HTTP
     "test": [
         LIBTPU,  # tests/test_plan.py compiles for a TPU topology
         "pytest==9.2.0",
@@ -40,6 +43,7 @@ EXTRAS = {
         "nbformat==5.11.1",
         "ipykernel==7.4.0",
         *WANDB,  # tests/test_tracking.py runs the logger in offline mode
+        *SERVE,  # tests/test_serve.py starts the server on localhost
     ],
 }
 

@@ -151,6 +151,42 @@ class Judge:
     return prompts_lib.build_judge_prompt(record, output_format=self.output_format,
                                           scale=self.scale)
 
+  def settings(self, *, batch_size: int = 16, greedy: bool = False, temperature: float = 1.0,
+               top_p: float = 0.9, max_new_tokens: int = 1024, invalid: str = "force",
+               num_cots: int = 1) -> readout.EvalSettings:
+    """The readout settings of a grading call (ValueError for one that cannot run)."""
+    if int(num_cots) < 1:
+      raise ValueError(f"num_cots={num_cots}: grade with at least one CoT per record")
+    if int(max_new_tokens) < 1:
+      raise ValueError(f"max_new_tokens={max_new_tokens}: allow at least one CoT token")
+    if invalid not in readout.INVALID_READOUTS:
+      raise ValueError(f"invalid={invalid!r}: use one of {readout.INVALID_READOUTS}")
+    if not 0.0 < float(top_p) <= 1.0 or float(temperature) <= 0.0:
+      raise ValueError(f"top_p={top_p} must be in (0, 1] and temperature={temperature} > 0")
+    return readout.EvalSettings(batch_size=int(batch_size), greedy=bool(greedy),
+                                temperature=float(temperature), top_p=float(top_p),
+                                max_response_len=int(max_new_tokens),
+                                renormalize=self.renormalize, invalid=invalid,
+                                num_cots=int(num_cots))
+
+  def prompt_ids(self, record: Mapping[str, Any], where: str = "record") -> list[int]:
+    """The chat-rendered prompt ids of one record; ValueError naming `where` if it cannot be
+    made into a prompt or is longer than max_prompt_len."""
+    if not isinstance(record, Mapping):
+      raise TypeError(f"{where} is a {type(record).__name__}, not a mapping: pass dicts with a "
+                      "\"prompt\" (or the Prometheus fields: instruction, response, "
+                      "reference_answer, rubric)")
+    try:
+      ids = prompts_lib.render_chat(self.tokenizer, self.prompt_text(record),
+                                    enable_thinking=self.enable_thinking)
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"{where} cannot be made into a judge prompt ({e}); give it a "
+                       "\"prompt\" or the Prometheus fields") from None
+    if len(ids) > self.max_prompt_len:
+      raise ValueError(f"{where} has a prompt of {len(ids)} tokens, longer than max_prompt_len="
+                       f"{self.max_prompt_len}; pass a Judge with a larger max_prompt_len")
+    return ids
+
   def grade(self, records: Sequence[Mapping[str, Any]], *, batch_size: int = 16,
             greedy: bool = False, temperature: float = 1.0, top_p: float = 0.9,
             max_new_tokens: int = 1024, seed: int = 0, invalid: str = "force",
@@ -161,58 +197,53 @@ class Judge:
     (seed, its index in `records`, CoT number): its grade does not depend on `batch_size` or
     on the other records (up to float rounding of the batch's shapes). A prompt longer than the
     judge's max_prompt_len raises (grade it with a larger one; nothing is dropped)."""
-    for i, r in enumerate(records):
-      if not isinstance(r, Mapping):
-        raise TypeError(f"records[{i}] is a {type(r).__name__}, not a mapping: pass dicts with a "
-                        "\"prompt\" (or the Prometheus fields: instruction, response, "
-                        "reference_answer, rubric)")
-    settings = readout.EvalSettings(batch_size=batch_size, greedy=greedy,
-                                    temperature=temperature, top_p=top_p,
-                                    max_response_len=max_new_tokens,
-                                    renormalize=self.renormalize, invalid=invalid,
-                                    num_cots=int(num_cots))
-    if settings.num_cots < 1:
-      raise ValueError(f"num_cots={num_cots}: grade with at least one CoT per record")
-    score_fn = settings.score_fn(self.graphdef, self.score_tokens, self.mesh)
-    ids = []
-    for i, r in enumerate(records):
-      try:
-        ids.append(prompts_lib.render_chat(self.tokenizer, self.prompt_text(r),
-                                           enable_thinking=self.enable_thinking))
-      except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"records[{i}] cannot be made into a judge prompt ({e}); give it a "
-                         "\"prompt\" or the Prometheus fields") from None
-    too_long = [i for i, x in enumerate(ids) if len(x) > self.max_prompt_len]
-    if too_long:
-      raise ValueError(f"records {too_long[:5]} have prompts longer than max_prompt_len="
-                       f"{self.max_prompt_len} tokens; pass a Judge with a larger max_prompt_len")
-    values = self.score_tokens.values
+    settings = self.settings(batch_size=batch_size, greedy=greedy, temperature=temperature,
+                             top_p=top_p, max_new_tokens=max_new_tokens, invalid=invalid,
+                             num_cots=num_cots)
+    ids = [self.prompt_ids(r, f"records[{i}]") for i, r in enumerate(records)]
     out: list[Grade] = []
     for start in range(0, len(ids), batch_size):
       chunk = ids[start:start + batch_size]
-      width = layout.bucket_length(max(len(x) for x in chunk),
-                                   layout.power_of_two_buckets(self.max_prompt_len))
-      pt, pm = layout.left_pad(chunk, width, self.pad_id)
-      r = readout.read_batch(self.graphdef, self.params, pt, pm, jax.random.PRNGKey(seed),
-                             settings=settings, score_tokens=self.score_tokens,
-                             score_fn=score_fn, mesh=self.mesh, pad_id=self.pad_id,
-                             prompt_buckets=(width,),
-                             item_ids=np.arange(start, start + len(chunk), dtype=np.int32))
-      for i in range(len(chunk)):
-        k = settings.num_cots
-        cots = tuple(self.tokenizer.decode(r.cot_tokens(i, j)) for j in range(k))
-        if k == 1:
-          y_hats, sampled = (float(r.rail[i]),), (float(r.standard[i]) if r.standard_valid[i]
-                                                   else None,)
-        else:
-          y_hats = tuple(float(x) for x in r.cot_rail[i])
-          sampled = tuple(float(x) if ok else None
-                          for x, ok in zip(r.cot_standard[i], r.cot_standard_valid[i]))
-        out.append(Grade(
-            cot=cots[0], score_probs={float(v): float(p) for v, p in zip(values, r.score_probs[i])},
-            score_mass=float(r.score_mass[i]), y_hat=float(r.y_hat[i]),
-            sampled_score=float(r.standard[i]) if r.standard_valid[i] else None,
-            status=readout.STATUS_NAMES[int(r.status[i])], cots=cots, cot_y_hats=y_hats,
-            cot_sampled_scores=sampled))
+      out += self.grade_ids(chunk, np.arange(start, start + len(chunk)), seed=seed,
+                            settings=settings)
+    return out
+
+  def grade_ids(self, ids: Sequence[Sequence[int]], item_ids: Sequence[int], *, seed: int,
+                settings: readout.EvalSettings, rows: int = 0) -> list[Grade]:
+    """One batch of rendered prompts (`prompt_ids`), item n's draws keyed by (seed,
+    item_ids[n], CoT number). `rows` > len(ids) pads the batch to that many prompts (copies of
+    the first, discarded), so that every batch has one compiled shape (the server)."""
+    ids = [list(x) for x in ids]
+    n = len(ids)
+    item_ids = np.asarray(item_ids, np.int32)
+    if rows > n:
+      ids += [ids[0]] * (rows - n)
+      item_ids = np.concatenate([item_ids, np.full(rows - n, item_ids[0], np.int32)])
+    width = layout.bucket_length(max(len(x) for x in ids),
+                                 layout.power_of_two_buckets(self.max_prompt_len))
+    pt, pm = layout.left_pad(ids, width, self.pad_id)
+    score_fn = settings.score_fn(self.graphdef, self.score_tokens, self.mesh)
+    r = readout.read_batch(self.graphdef, self.params, pt, pm, jax.random.PRNGKey(int(seed)),
+                           settings=settings, score_tokens=self.score_tokens, score_fn=score_fn,
+                           mesh=self.mesh, pad_id=self.pad_id, prompt_buckets=(width,),
+                           item_ids=item_ids)
+    values = self.score_tokens.values
+    k = settings.num_cots if settings.readout != "direct" else 1
+    out = []
+    for i in range(n):
+      cots = tuple(self.tokenizer.decode(r.cot_tokens(i, j)) for j in range(k))
+      if k == 1:
+        y_hats = (float(r.rail[i]),)
+        sampled = (float(r.standard[i]) if r.standard_valid[i] else None,)
+      else:
+        y_hats = tuple(float(x) for x in r.cot_rail[i])
+        sampled = tuple(float(x) if ok else None
+                        for x, ok in zip(r.cot_standard[i], r.cot_standard_valid[i]))
+      out.append(Grade(
+          cot=cots[0], score_probs={float(v): float(p) for v, p in zip(values, r.score_probs[i])},
+          score_mass=float(r.score_mass[i]), y_hat=float(r.y_hat[i]),
+          sampled_score=float(r.standard[i]) if r.standard_valid[i] else None,
+          status=readout.STATUS_NAMES[int(r.status[i])], cots=cots, cot_y_hats=y_hats,
+          cot_sampled_scores=sampled))
     return out
 
