@@ -32,7 +32,9 @@ import numpy as np
 from absl import logging
 from scipy import stats
 
+from real_jax import preference
 from real_jax import sharding as shd
+from real_jax.data.loading import PREFERENCE_BENCHMARKS
 from real_jax.readout import EvalSettings, read_batch
 from real_jax.train import data_utils
 from real_jax.train.methods import get_method
@@ -246,6 +248,25 @@ def valid_only_rows(rows: Sequence[tuple[str, Mapping[str, Any]]]
   return out
 
 
+def preference_table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+  """Reward-model benchmarks (`real_jax.preference`): the headline accuracy of each benchmark
+  split from RAIL ŷ and from the sampled scores, the tie rate and the items compared."""
+  head = ["Model", "Benchmark", "Headline", "RAIL (ŷ)", "standard (sampled)",
+          "ties: RAIL / standard", "items"]
+  lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
+  for name, s in rows:
+    for sp, v in s["splits"].items():
+      p = v.get("preference")
+      if not p:
+        continue
+      r, st = p["rail"], p["standard"]
+      lines.append("| " + " | ".join([
+          name, sp, r["headline_name"], _fmt(r["headline"]), _fmt(st["headline"]),
+          f"{percent_cell(r['tie_rate'])} / {percent_cell(st['tie_rate'])}",
+          str(r["items"])]) + " |")
+  return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def render_results(rows: Sequence[tuple], *, note: str = "") -> str:
   """The markdown written to `results.md`: the Table-2-style Pearson table, the summary, and per
   row its checkpoint, training settings and item counts. `rows`: (name, summary[, info])."""
@@ -261,6 +282,12 @@ def render_results(rows: Sequence[tuple], *, note: str = "") -> str:
     parts += ["## Pearson r x 100 on the items whose CoT reached the delimiter", "",
               "Both readouts on the same items, none of them read by the rule for invalid CoTs.",
               "", results_table(valid, metric="pearson"), ""]
+  prefs = preference_table(pairs)
+  if prefs:
+    parts += ["## Reward benchmarks: accuracy x 100 (each response graded on its own)", "",
+              "A tie between the preferred response and the best other one counts 1/m (m "
+              "responses tied at the top; a pair: 1/2). Subsets, sections and domains: "
+              "eval/<tag>.json.", "", prefs, ""]
   parts += ["## Rows", "", rows_table(full)]
   if note:
     parts += ["", note]
@@ -423,7 +450,20 @@ def evaluate_params(graphdef, params, sources: Mapping[str, Sequence[Mapping[str
   summary = summarize(per_split)
   for split, c in counts.items():
     summary["splits"][split]["counts"] = c
+  for split, source in sources.items():
+    bench = benchmark_of(split)
+    if bench and len(preds[split]["index"]):
+      recs = [source[int(i)] for i in preds[split]["index"]]
+      summary["splits"][split]["preference"] = {
+          r: preference.benchmark_metrics(bench, recs, preds[split][r]) for r in READOUTS}
   return summary, preds
+
+
+def benchmark_of(split: str) -> str | None:
+  """The reward-model benchmark an evaluation split reads ("rewardbench" or
+  "rewardbench:test"), or None."""
+  name = split.split(":")[0]
+  return name if name in PREFERENCE_BENCHMARKS else None
 
 
 def split_counts(available: int, read: int, scored: int, stats: Mapping[str, int]

@@ -23,15 +23,19 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from real_jax.data import builders as builders_lib
+from real_jax.data import preference_builders as preference_lib
 from real_jax.data import synthetic as synthetic_lib
 from real_jax.data.tfds_base import config_name
 from real_jax.judge import prompts as prompts_lib
 
-__all__ = ["DATASETS", "EVAL_BENCHMARKS", "DEFAULT_SPLIT", "get_builder", "JudgeSource",
+__all__ = ["DATASETS", "EVAL_BENCHMARKS", "PREFERENCE_BENCHMARKS", "DEFAULT_SPLIT", "get_builder", "JudgeSource",
     "load_split"]
 
 DATASETS = {**builders_lib.REAL_BUILDERS, "synthetic": synthetic_lib.SyntheticJudge,
-            "synthetic_judge": synthetic_lib.SyntheticJudge}
+            "synthetic_judge": synthetic_lib.SyntheticJudge,
+            **preference_lib.PREFERENCE_BUILDERS, **preference_lib.POINTWISE_BUILDERS}
+# Reward-model benchmarks whose items are compared (one record per response, `real_jax.preference`).
+PREFERENCE_BENCHMARKS = tuple(preference_lib.PREFERENCE_BUILDERS)
 EVAL_BENCHMARKS = ("feedback_bench", "flask", "vicuna_bench", "mt_bench")
 DEFAULT_SPLIT = {name: cls.SPLITS[0] for name, cls in DATASETS.items()}
 
