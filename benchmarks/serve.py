@@ -5,8 +5,8 @@ r"""The scoring server's throughput against grading in-process, side by side in 
 
 The judge (`--hf_dir`, default the committed synthetic base) grades the same `--items` records
 (synthetic test items in the Prometheus prompt, one CoT of at most `--new_tokens` tokens each,
-T = 1, top-p 0.9, seed 0) four ways, each after an untimed warm-up pass that compiles its
-shapes:
+T = 1, top-p 0.9, seed 0) four ways, each after an untimed warm-up pass (and, for the server,
+every power-of-two batch it may use compiled first):
 
   * `Judge.grade`, one call per item (a reward function that calls the judge per sample);
   * `Judge.grade`, one call for all items in batches of `--max_batch` (in-process, batched);
@@ -103,6 +103,14 @@ def main(argv=None) -> int:
     with concurrent.futures.ThreadPoolExecutor(a.clients) as pool:
       list(pool.map(lambda r: _post(port, {"items": [r], "seed": 0}), records))
 
+  # Every batch shape the server may use (power-of-two rows up to max_batch), compiled before
+  # any timing: how concurrent requests happen to batch must not put a compile in a timed pass.
+  settings = judge.settings(max_new_tokens=a.new_tokens, batch_size=a.max_batch)
+  first = judge.prompt_ids(records[0])
+  rows = 1
+  while rows <= a.max_batch:
+    judge.grade_ids([first], [0], seed=0, settings=settings, rows=rows)
+    rows *= 2
   load = os.getloadavg()[0]
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; judge "
         f"{judge.source}; {a.items} items, CoTs <= {a.new_tokens} tokens; max_batch "

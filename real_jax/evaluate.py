@@ -577,10 +577,10 @@ class Evaluator:
     k = settings.num_cots
     if settings.readout == "direct":
       cots = "No CoT (direct readout: the delimiter right after the prompt)"
-      rail, std = "RAIL ŷ", "standard = the score token sampled there"
+      rail, std = "RAIL ŷ =", "standard = the score token sampled there"
     elif k == 1:
       cots = f"One {'greedy' if settings.greedy else 'sampled'} CoT per item ({how})"
-      rail, std = "RAIL ŷ", "standard = the sampled score token"
+      rail, std = "RAIL ŷ =", "standard = the sampled score token"
     else:
       kind = "greedy" if settings.greedy else "sampled"
       cots = f"{k} {kind} CoTs per item ({how}; eval.num_cots={k})"

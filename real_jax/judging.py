@@ -197,6 +197,11 @@ class Judge:
     (seed, its index in `records`, CoT number): its grade does not depend on `batch_size` or
     on the other records (up to float rounding of the batch's shapes). A prompt longer than the
     judge's max_prompt_len raises (grade it with a larger one; nothing is dropped)."""
+    for i, r in enumerate(records):  # every record's type before any work
+      if not isinstance(r, Mapping):
+        raise TypeError(f"records[{i}] is a {type(r).__name__}, not a mapping: pass dicts with "
+                        "a \"prompt\" (or the Prometheus fields: instruction, response, "
+                        "reference_answer, rubric)")
     settings = self.settings(batch_size=batch_size, greedy=greedy, temperature=temperature,
                              top_p=top_p, max_new_tokens=max_new_tokens, invalid=invalid,
                              num_cots=num_cots)

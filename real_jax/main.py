@@ -185,14 +185,13 @@ def setup(config, workdir: str, identity: dict[str, Any] | None = None
   vocab = JudgeVocab(tokenizer, tok_dir, score_tokens, int(pad_id),
                      data_utils.delimiter_at_start(tokenizer, score_tokens))
   settings = settings_lib.resolve(config, score_tokens.values)
-  score_stages = [s for s in settings.stages if s not in ("sft", methods_lib.WARMUP_STAGE)]
-  if score_tokens.multi_token and score_stages:
+  if score_tokens.multi_token and settings.stages:
     raise config_lib.ConfigError(
         f"config.data.scores={config.data.scores!r}: some score is more than one token for this "
-        f"tokenizer ({score_tokens.scale.labels[-1]!r} is {len(score_tokens.sequences[-1])}), "
-        f"and the {score_stages[0]!r} stage trains on one score token's logits; such scales "
-        "evaluate and grade exactly (readout.candidate_log_probs) and train with method=sft. "
-        "Use a scale of one-token scores (e.g. 0-9) to train with this method")
+        f"tokenizer ({score_tokens.scale.labels[-1]!r} is {len(score_tokens.sequences[-1])} "
+        f"tokens); such scales evaluate and grade exactly (method=eval, real_jax.Judge) but do "
+        f"not train yet (the {settings.stages[0]!r} stage). Train on a scale of one-token "
+        "scores (e.g. 0-9)")
   _check_response_room(config, settings, vocab)
   model_cfg, graphdef, params = _resolve_model(config, mesh, tokenizer)
   stages = list(settings.stages)

@@ -4,6 +4,9 @@ Every response of a benchmark item is graded on its own with the same rubric pro
 (`data.preference_builders`: one record per response, its item in `group`); these functions turn
 the grades (RAIL ŷ or the sampled score) back into each benchmark's numbers.
 
+An item whose responses are not all graded (a response skipped as too long, `eval.max_items`
+cutting it) is not scored: it is counted in `incomplete`, never read as a smaller item.
+
 Tie rule: where the preferred response and the best other one get the same score, the item
 counts 1/m, m the number of responses tied at the top (a pairwise tie: 1/2), and counts in the
 tie rate. A preferred response strictly above every other counts 1, anything else 0.
@@ -64,7 +67,8 @@ def group_responses(records: Sequence[Mapping[str, Any]], scores: Sequence[float
   text = lambda x: x.decode("utf-8") if isinstance(x, bytes) else str(x)
   out: dict[str, dict[str, Any]] = {}
   for rec, s in zip(records, scores):
-    g = out.setdefault(text(rec["group"]), {"subset": text(rec["subset"]), "responses": []})
+    g = out.setdefault(text(rec["group"]), {"subset": text(rec["subset"]), "responses": [],
+                                             "size": int(rec.get("group_size", 0))})
     g["responses"].append((float(s), int(rec["preferred"]), int(rec.get("style", -1)),
                            int(rec.get("position", 0))))
   return out
@@ -81,6 +85,16 @@ def _item_credit(responses) -> tuple[float, bool]:
   pref = [s for s, p, *_ in responses if p == 1]
   rest = [s for s, p, *_ in responses if p == 0]
   return top_credit(pref, rest)
+
+
+def complete(groups) -> tuple[dict[str, dict[str, Any]], int]:
+  """(the items with every response graded and both a preferred and another response, the
+  count of the others)."""
+  ok = {k: g for k, g in groups.items()
+        if (not g["size"] or len(g["responses"]) == g["size"])
+        and any(p == 1 for _, p, *_ in g["responses"])
+        and any(p == 0 for _, p, *_ in g["responses"])}
+  return ok, len(groups) - len(ok)
 
 
 def _per_subset(groups) -> dict[str, list[tuple[float, bool]]]:
@@ -126,7 +140,7 @@ def _rm_bench(groups) -> dict[str, Any]:
     chosen = {st: s for s, p, st, _ in g["responses"] if p == 1}
     rejected = {st: s for s, p, st, _ in g["responses"] if p == 0}
     if sorted(chosen) != [0, 1, 2] or sorted(rejected) != [0, 1, 2]:
-      continue
+      raise ValueError(f"rm_bench item without 3 chosen and 3 rejected styles: {g}")
     m = domains.setdefault(g["subset"], np.zeros((3, 3)))
     for i in range(3):
       for j in range(3):
@@ -164,9 +178,10 @@ def benchmark_metrics(name: str, records: Sequence[Mapping[str, Any]], scores: S
                       ) -> dict[str, Any]:
   """The benchmark's numbers from graded records (`records[i]` graded `scores[i]`): its
   headline, per subset or domain, the tie rate. `name` is one of `PREFERENCE`."""
-  groups = group_responses(records, scores)
+  groups, incomplete = complete(group_responses(records, scores))
   out = PREFERENCE[name](groups)
   credits = [_item_credit(g["responses"]) for g in groups.values()]
   out.setdefault("tie_rate", _acc(credits)["tie_rate"])
   out["items"] = len(groups)
+  out["incomplete"] = incomplete
   return out

@@ -628,7 +628,8 @@ def _read_rows(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: E
         graphdef, params, seqs, score_tokens, mesh, score_key, settings, pad_id=pad_id,
         midpoint=midpoint, uniforms=u)
   else:
-    out = run_scoring(score_fn, params, seqs, np.zeros(n, np.int32), score_key, mesh, chunk=n,
+    out = run_scoring(score_fn, params, seqs, np.zeros(n, np.int32), score_key, mesh,
+                      chunk=n // num_cots,  # k CoTs: k passes of the one-CoT shape
                       uniforms=u)
     y_hat, probs, mass = out.y_hat, out.score_probs, out.score_mass
     sampled_value = score_tokens.values_of(out.sampled, midpoint)

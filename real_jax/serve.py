@@ -29,9 +29,10 @@ in its request, CoT number), as `Judge.grade` keys them, so an item gets the gra
 
 Errors: malformed JSON, a missing or mistyped field, an empty `items` list, an item that is not
 a judge prompt or whose prompt is longer than the judge's limit: 422 with the field or item
-named (nothing of the request is graded). More items than the queue holds: 413. A full queue:
-503 (retry later). A batch that fails
-while grading: 500 for its items, and the server keeps serving.
+named (nothing of the request is graded); `max_new_tokens` above the server's: 422 (every
+distinct sampling setting compiles once; the server's flags bound them). More items than the
+queue holds: 413. A full queue: 503 (retry later). A batch that fails while grading is graded
+again item by item: only the failing items get a 500, and the server keeps serving.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ class Item(pydantic.BaseModel):
 class ScoreRequest(pydantic.BaseModel):
   model_config = pydantic.ConfigDict(extra="forbid")
   items: list[Item] = pydantic.Field(min_length=1)
-  seed: int = 0
+  seed: int = pydantic.Field(0, ge=0, lt=2 ** 31)
   num_cots: int = pydantic.Field(1, ge=1, le=64)
   greedy: bool = False
   temperature: float = pydantic.Field(1.0, gt=0.0)
@@ -154,23 +155,26 @@ class Batcher:
       batch = self._take()
       if not batch:
         continue
-      try:
-        grades = self.judge.grade_ids([j.ids for j in batch], [j.index for j in batch],
-                                      seed=batch[0].seed, settings=batch[0].settings,
-                                      rows=self.rows(len(batch)))
-      except Exception as e:  # noqa: BLE001 - the items get a 500, the server keeps serving
-        logging.exception("grading a batch of %d items failed", len(batch))
-        grades = [e] * len(batch)
+      grades = self._grade(batch)
+      if len(batch) > 1 and isinstance(grades[0], Exception):
+        # One bad item must not fail the others: grade each alone, only the bad one fails.
+        grades = [self._grade([j])[0] for j in batch]
       with self.lock:
         self.pending -= len(batch)
-      if isinstance(grades[0], Exception):
-        for j in batch:
-          j.done(grades[0])
-        continue
       self.batches += 1
       self.items += len(batch)
       for j, g in zip(batch, grades):
         j.done(g)
+
+  def _grade(self, batch: list[_Job]) -> list:
+    """The grades of one batch, or its exception once per item (the server keeps serving)."""
+    try:
+      return self.judge.grade_ids([j.ids for j in batch], [j.index for j in batch],
+                                  seed=batch[0].seed, settings=batch[0].settings,
+                                  rows=self.rows(len(batch)))
+    except Exception as e:  # noqa: BLE001
+      logging.exception("grading a batch of %d items failed", len(batch))
+      return [e] * len(batch)
 
 
 def _grade_json(g: judging.Grade, index: int, item_id) -> dict[str, Any]:
@@ -196,12 +200,19 @@ def make_app(judge: judging.Judge, *, max_batch: int = 16, max_wait_ms: float = 
 
   @app.get("/health")
   def health():
-    return {"status": "ok", "judge": judge.source or "in-memory", "scores": judge.scale.spec,
+    alive = batcher.thread.is_alive()
+    return {"status": "ok" if alive else "worker stopped", "judge": judge.source or "in-memory",
+            "scores": judge.scale.spec,
             "output_format": judge.output_format, "queue": batcher.pending,
             "max_batch": batcher.max_batch, "batches": batcher.batches, "items": batcher.items}
 
   @app.post("/score")
   async def score(req: ScoreRequest):
+    if not batcher.thread.is_alive():
+      raise fastapi.HTTPException(503, "the grading worker has stopped; restart the server")
+    if req.max_new_tokens and req.max_new_tokens > max_new_tokens:
+      raise fastapi.HTTPException(422, f"max_new_tokens={req.max_new_tokens}: this server "
+                                       f"samples at most {max_new_tokens} (--max_new_tokens)")
     try:
       settings = judge.settings(greedy=req.greedy, temperature=req.temperature, top_p=req.top_p,
                                 max_new_tokens=req.max_new_tokens or max_new_tokens,
@@ -211,13 +222,17 @@ def make_app(judge: judging.Judge, *, max_batch: int = 16, max_wait_ms: float = 
     if len(req.items) > batcher.max_queue:
       raise fastapi.HTTPException(413, f"items: {len(req.items)} items; this server queues at "
                                        f"most {batcher.max_queue} (--max_queue): split the request")
-    ids = []
-    for i, item in enumerate(req.items):
-      record = {k: v for k, v in item.model_dump().items() if v is not None and k != "id"}
-      try:
-        ids.append(judge.prompt_ids(record, f"items[{i}]"))
-      except (TypeError, ValueError) as e:
-        raise fastapi.HTTPException(422, str(e)) from None
+    def render():  # tokenising is CPU work: off the event loop
+      out = []
+      for i, item in enumerate(req.items):
+        record = {k: v for k, v in item.model_dump().items() if v is not None and k != "id"}
+        out.append(judge.prompt_ids(record, f"items[{i}]"))
+      return out
+
+    try:
+      ids = await asyncio.to_thread(render)
+    except (TypeError, ValueError) as e:
+      raise fastapi.HTTPException(422, str(e)) from None
     loop = asyncio.get_running_loop()
     futures = [loop.create_future() for _ in ids]
 

@@ -32,7 +32,7 @@ RANKS = _doc_ranks()
 # Function-local imports allowed: optional or test-only heavy dependencies, and the package's
 # lazy `real_jax.Judge` attribute.
 LOCAL_OK = {"torch", "transformers", "pyarrow.parquet", "tensorboardX", "wandb",
-            "real_jax.judging"}
+            "fastapi", "pydantic", "uvicorn", "real_jax.judging"}
 
 
 def _modules():

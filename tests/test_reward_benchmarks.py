@@ -58,7 +58,12 @@ def test_best_of_4_and_rm_bench_matrix():
            ("y", "Math", [(4, 1, -1), (3, 0, -1), (2, 0, -1), (1, 0, -1)]),
            ("z", "Focus", [(1, 1, -1), (3, 0, -1), (2, 0, -1), (1, 0, -1)])]
   m = preference.benchmark_metrics("rewardbench2", *_recs(items))
-  assert m["subsets"]["Math"]["accuracy"] == pytest.approx(0.75)
+  assert m["subsets"]["Math"]["accuracy"] == pytest.approx(0.75) and m["incomplete"] == 0
+  recs, scores = _recs(items + [("w", "Math", [(2, 1, -1), (1, 0, -1)]),  # 2 of its 4 graded
+                                ("v", "Math", [(2, 1, -1)])])             # no rejected graded
+  recs[-3]["group_size"] = recs[-2]["group_size"] = 4
+  m2 = preference.benchmark_metrics("rewardbench2", recs, scores)
+  assert m2["incomplete"] == 2 and m2["subsets"] == m["subsets"]  # not scored as smaller items
   assert m["headline"] == pytest.approx((0.75 + 0.0) / 2)
   # RM-Bench: chosen styles score 1, 3, 5 and rejected 2, 2, 2.
   resp = [(1, 1, 0), (3, 1, 1), (5, 1, 2), (2, 0, 0), (2, 0, 1), (2, 0, 2)]
@@ -90,7 +95,7 @@ def test_builders_read_the_published_fields(tmp_path, name, n_records, n_groups)
     assert {r["subset"] for r in recs} == {"knowledge", "math", "coding"}
   if name == "rm_bench":
     assert {r["subset"] for r in recs} == {"chat", "math", "safety"}
-    assert sorted(r["style"] for r in recs if r["group"] == "0") == [0, 0, 1, 1, 2, 2]
+    assert sorted(r["style"] for r in recs if r["group"] == "0000000") == [0, 0, 1, 1, 2, 2]
 
 
 def test_biggen_bench_is_pointwise_on_its_rubrics(tmp_path):

@@ -1,16 +1,14 @@
 """Score scales (real_jax.judge.scales): the prompt, the score tokens, parsing, records, the
-synthetic 0-4 variant end to end, and a judge that reads its run's scale."""
-import json
-import os
+synthetic 0-4 variant's data, and the exact readout of scores of several tokens (1-10). The 0-4
+variant end to end: tests/test_reward_benchmarks.py."""
 
 import jax
 import numpy as np
 import pytest
 
 import real_jax
-from real_jax import evaluate, models, objectives, readout
+from real_jax import models, objectives, readout
 from real_jax import sharding as shd
-from real_jax import main as main_lib
 from real_jax.data import records as records_lib
 from real_jax.data import synthetic
 from real_jax.judge import prompts, scores

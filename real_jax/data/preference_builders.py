@@ -72,10 +72,12 @@ class _PreferenceBuilder(_RealJudgeBuilder, skip_registration=True):
 
   def _extra_features(self):
     return {"group": tfds.features.Text(), "subset": tfds.features.Text(),
-            "preferred": np.int32, "style": np.int32, "position": np.int32}
+            "preferred": np.int32, "style": np.int32, "position": np.int32,
+            "group_size": np.int32}
 
   def _extra_values(self, row):
-    return {k: row["_pref"][k] for k in ("group", "subset", "preferred", "style", "position")}
+    return {k: row["_pref"][k] for k in ("group", "subset", "preferred", "style", "position",
+                                         "group_size")}
 
   def _row_id(self, index, row):
     if not isinstance(row, dict) or "_pref" not in row:
@@ -108,14 +110,16 @@ class _PreferenceBuilder(_RealJudgeBuilder, skip_registration=True):
                                                f"missing or malformed field {e}")
           n += 1
           continue
-        for group, subset, prompt, responses in items:
+        for published_id, subset, prompt, responses in items:
           for pos, (resp, preferred, style) in enumerate(responses):
+            # The item is keyed by its row (published ids may repeat); its id is kept.
             yield n, {"orig_instruction": prompt, "orig_response": resp,
                       "orig_reference_answer": "", **rubric,
                       "orig_score": str(scale.hi if preferred else scale.lo),
-                      "_pref": {"group": str(group), "subset": str(subset),
+                      "idx": str(published_id),
+                      "_pref": {"group": f"{index:07d}", "subset": str(subset),
                                 "preferred": int(preferred), "style": int(style),
-                                "position": pos}}
+                                "position": pos, "group_size": len(responses)}}
             n += 1
 
     return {"test": self._generate_from_rows("test", rows(), path=path, ground_truth="orig_score")}

@@ -176,8 +176,10 @@ class SyntheticConfig:
       raise ValueError("n_eval_graders must be >= 1")
     if self.ood_hard not in ("level", "carry"):
       raise ValueError(f"ood_hard must be 'level' or 'carry', got {self.ood_hard!r}")
-    if self.ood_hard == "carry" and LEVELS[self.difficulty][0] != 2:
-      raise ValueError("ood_hard='carry' needs two operands per item (difficulty 0 or 1)")
+    n_ops, max_op = LEVELS[self.difficulty]
+    if self.ood_hard == "carry" and (n_ops != 2 or n_ops * max_op < 10):
+      raise ValueError("ood_hard='carry' needs two operands per item whose sums reach two "
+                       "digits: difficulty 1 (operands 0..9)")
     if self.scores not in ("1-5", "0-4"):
       raise ValueError(f"scores must be '1-5' or '0-4' (five scores for 0..4 right answers), "
                        f"got {self.scores!r}")

@@ -97,6 +97,9 @@ class ScoreTokens:
   def values_of(self, token_ids, default: float) -> np.ndarray:
     """[N] float32 score value of each token id (`default` where it is not a score token):
     the one lookup from sampled tokens to scores (rollout rewards, the standard readout)."""
+    if self.multi_token:
+      raise ValueError(f"scores {self.scale.spec} are several tokens each: a token is no score "
+                       "(read them with readout.candidate_log_probs)")
     lut = dict(zip(self.token_ids, self.values))
     return np.array([lut.get(int(t), default) for t in np.asarray(token_ids).reshape(-1)],
                     np.float32)

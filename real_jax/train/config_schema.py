@@ -204,7 +204,8 @@ def base_config() -> ConfigDict:
   c.data.output_format = "score_phrase"
   # The score scale: "1-5" (the paper's) | "0-4" | "1-10" | "0-1" | labels "1,3,5" (non-negative
   # integers). It drives the prompt's rules and rubric, the score tokens, parsing, targets,
-  # rewards and the RAIL readout; every score must be one token after the delimiter.
+  # rewards and the RAIL readout. Scores of several tokens ("10" as "1" "0") are read exactly
+  # (method=eval, real_jax.Judge); training needs one-token scores.
   c.data.scores = "1-5"
   # Qwen3 chat template switch: "" = not passed (the template's default; the authors never set
   # it, so their prompts have no <think></think> block) | "false" (empty think block) | "true".

@@ -72,7 +72,11 @@ class RecordBatches:
 
   def __next__(self) -> LMBatch:
     b = next(self.batcher)
-    tid = readout.target_token_ids(b["target"], self.vocab.score_tokens)
+    st = self.vocab.score_tokens
+    # The score token of each target: read by the losses on one score token's logits (RAFT,
+    # TRACT); SFT's cross-entropy does not read it (-1 on scores of several tokens).
+    tid = (np.full(len(b["target"]), -1, np.int32) if st.multi_token
+           else readout.target_token_ids(b["target"], st))
     if self.kind == "raft":
       return raft_batch(b, self.vocab.delim_start, tid)
     return lm_batch(b, self.kind, tid)
