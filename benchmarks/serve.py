@@ -70,6 +70,7 @@ def main(argv=None) -> int:
   p.add_argument("--max_wait_ms", type=float, default=10.0)
   p.add_argument("--clients", type=int, default=16)
   a = p.parse_args(argv)
+  load0 = os.getloadavg()[0]  # before this script's own work
 
   judge = judging.Judge.from_hf(a.hf_dir)
   judge.max_prompt_len = 128 if a.hf_dir == BASE else judge.max_prompt_len
@@ -111,10 +112,10 @@ def main(argv=None) -> int:
   while rows <= a.max_batch:
     judge.grade_ids([first], [0], seed=0, settings=settings, rows=rows)
     rows *= 2
-  load = os.getloadavg()[0]
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; judge "
         f"{judge.source}; {a.items} items, CoTs <= {a.new_tokens} tokens; max_batch "
-        f"{a.max_batch}, max_wait {a.max_wait_ms} ms; load {load:.2f} at start")
+        f"{a.max_batch}, max_wait {a.max_wait_ms} ms; 1-min load {load0:.2f} at start, "
+        f"{os.getloadavg()[0]:.2f} after compiling")
   results = []
   for name, fn in (("Judge.grade, one call per item", per_item),
                    (f"Judge.grade, batches of {a.max_batch}", batched),

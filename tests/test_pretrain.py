@@ -140,3 +140,48 @@ def test_demo_config_starts_from_the_base_of_its_task():
   assert os.path.exists(os.path.join(BASE, "model.safetensors"))
   assert _task(demo).difficulty == _task(base).difficulty
   assert demo.data.synthetic.near_miss_credit == base.data.synthetic.near_miss_credit > 0
+
+
+def test_replay_interleaves_the_corpus_and_resumes():
+  """warmup.replay_every: every k-th batch is the corpus's; the state resumes both streams."""
+  class Counter:
+    def __init__(self, tag):
+      self.tag, self.i = tag, 0
+
+    def __next__(self):
+      self.i += 1
+      return (self.tag, self.i)
+
+    def state(self):
+      return {"i": self.i}
+
+    def restore(self, s):
+      self.i = s["i"]
+
+    def skipped_rows(self):
+      return 0
+
+  r = pretrain.ReplayBatches(Counter("judge"), Counter("corpus"), 3)
+  got = [next(r) for _ in range(5)]
+  assert got == [("judge", 1), ("judge", 2), ("corpus", 1), ("judge", 3), ("judge", 4)]
+  s = r.state()
+  again = pretrain.ReplayBatches(Counter("judge"), Counter("corpus"), 3)
+  again.restore(s)
+  assert [next(again) for _ in range(3)] == [next(r) for _ in range(3)] == [
+      ("corpus", 2), ("judge", 5), ("judge", 6)]
+
+
+def test_sft_with_replay_trains_on_corpus_batches(tmp_path):
+  """warmup.replay_every=2 in the trainer's own path: step 2 is a corpus batch (its rows)."""
+  c = _config("synthetic", "method=sft,runlocal")
+  c.unlock()
+  c.warmup.replay_every = 2
+  c.pretrain.batch_size, c.pretrain.seq_len = 4, 64
+  c.eval.at_end = c.eval.after_warmup = c.eval.before_training = False
+  c.log.tensorboard = False
+  c.lock()
+  wd = str(tmp_path / "r")
+  main_lib.run(c, wd)
+  rows = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
+  sft = {r["step"]: r for r in rows if r.get("stage") == "sft" and "rows" in r}
+  assert sft[1]["rows"] == c.train.batch_size and sft[2]["rows"] == 4

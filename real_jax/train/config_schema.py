@@ -285,6 +285,10 @@ def base_config() -> ConfigDict:
   c.warmup.lr = 0.0  # 0 -> optim.lr
   c.warmup.schedule = ""  # "" -> optim.schedule
   c.warmup.lr_warmup = -1  # linear LR warm-up steps of this stage (-1 -> optim.warmup_steps)
+  # Every k-th step of the warm-up (and of method=sft's stage) trains on a batch of the
+  # synthetic pretraining corpus instead (pretrain.batch_size rows of pretrain.seq_len tokens):
+  # replay that keeps the base's skills through SFT. 0 = off; synthetic data only.
+  c.warmup.replay_every = 0
 
   # RAFT / TRACT (CoT-RAFT) specifics.
   c.raft = ConfigDict()
@@ -463,6 +467,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "checkpoint.every": (1, True, None, False),
     "data.pack_length": (0, True, None, False), "data.pack_max_segments": (1, True, None, False),
     "rl.token_budget": (0, True, None, False), "eval.num_cots": (1, True, None, False),
+    "warmup.replay_every": (0, True, None, False),
     "model.lora.rank": (0, True, None, False), "model.lora.alpha": (0.0, False, None, False),
     "data.synthetic.label_noise": (0.0, True, 1.0, True),
     "data.synthetic.cot_error_rate": (0.0, True, 1.0, True),

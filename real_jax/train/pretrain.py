@@ -19,7 +19,7 @@ from real_jax.train.batch import LMBatch
 from real_jax.train.runner import Run
 from real_jax.train.supervised import run_supervised
 
-__all__ = ["CorpusBatches", "probe_accuracy", "run_pretrain"]
+__all__ = ["CorpusBatches", "ReplayBatches", "probe_accuracy", "run_pretrain"]
 
 
 class CorpusBatches:
@@ -50,6 +50,29 @@ class CorpusBatches:
 
   def restore(self, s):
     self.step = int(s["step"])
+
+
+class ReplayBatches:
+  """A stage's batches with every `every`-th one from the pretraining corpus (`warmup.
+  replay_every`): judge demonstrations interleaved with the base's own data. Resumable."""
+
+  def __init__(self, judge, corpus: CorpusBatches, every: int):
+    self.judge, self.corpus, self.every, self.n = judge, corpus, int(every), 0
+
+  def __next__(self) -> LMBatch:
+    self.n += 1
+    return next(self.corpus) if self.n % self.every == 0 else next(self.judge)
+
+  def skipped_rows(self) -> int:
+    return self.judge.skipped_rows()
+
+  def state(self):
+    return {"judge": self.judge.state(), "corpus": self.corpus.state(), "n": self.n}
+
+  def restore(self, s):
+    self.judge.restore(s["judge"])
+    self.corpus.restore(s["corpus"])
+    self.n = int(s["n"])
 
 
 def probe_accuracy(graphdef, params, probes: dict[str, list[tuple[str, str]]], *, tokenizer,

@@ -23,6 +23,7 @@ from real_jax.train.config_schema import get_field
 from real_jax.train.methods import WARMUP_STAGE
 from real_jax.train.rl import run_rl
 from real_jax.train.runner import Run
+from real_jax.train import supervised
 from real_jax.train.supervised import run_supervised
 
 __all__ = ["Carry", "StageFn", "STAGE_FNS", "register_stage", "stage_steps", "has_row",
@@ -100,7 +101,8 @@ def _warmup(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
   carry.params = run_supervised(
       run, WARMUP_STAGE, carry.params, kind=_loss(WARMUP_STAGE), steps=c.warmup.steps,
       batch_size=c.warmup.batch_size, micro_batch_size=c.warmup.micro_batch_size,
-      lr=c.warmup.lr, schedule=c.warmup.schedule, lr_warmup=c.warmup.lr_warmup, main=final)
+      lr=c.warmup.lr, schedule=c.warmup.schedule, lr_warmup=c.warmup.lr_warmup, main=final,
+      make_source=_replay(run, WARMUP_STAGE, c.warmup.batch_size))
   carry.base = carry.params
   carry.base_label = f"the warm-up model (warmup stage step {c.warmup.steps})"
   if run.settings.evaluations.after_warmup and not final and not has_row(run.workdir,
@@ -111,13 +113,24 @@ def _warmup(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
                       f"{initial_label(c)}")
 
 
+def _replay(run: Run, stage: str, batch_size: int):
+  """The batches of an SFT stage with `warmup.replay_every` (None: the records alone)."""
+  c = run.config
+  if not c.warmup.replay_every:
+    return None
+  return lambda seed: pretrain.ReplayBatches(
+      supervised.RecordBatches(run, _loss(stage), batch_size, seed, shuffle=c.train.shuffle),
+      pretrain.CorpusBatches(run, c.pretrain.batch_size, c.pretrain.seq_len, seed=seed + 1),
+      c.warmup.replay_every)
+
+
 def _supervised(kind: str) -> StageFn:
   def stage(run: Run, evaluate: Evaluate, carry: Carry, final: bool) -> None:
     c = run.config
     carry.params = run_supervised(
         run, kind, carry.params, kind=_loss(kind), steps=c.train.steps,
         batch_size=c.train.batch_size, micro_batch_size=c.train.micro_batch_size, lr=c.train.lr,
-        main=final)
+        main=final, make_source=_replay(run, kind, c.train.batch_size) if kind == "sft" else None)
   return stage
 
 

@@ -119,6 +119,13 @@ def validate(config: ConfigDict, num_devices: int) -> dict[str, int]:
   if config.data.name in ("synthetic", "synthetic_judge") and scale.spec not in ("1-5", "0-4"):
     raise ConfigError(f"config.data.scores={config.data.scores!r}: the synthetic task scores "
                       "0..4 right answers on 5 consecutive scores; use 1-5 (default) or 0-4")
+  if config.warmup.replay_every and config.data.name not in ("synthetic", "synthetic_judge"):
+    raise ConfigError(f"config.warmup.replay_every={config.warmup.replay_every} replays the "
+                      "synthetic pretraining corpus: set it to 0 for data.name="
+                      f"{config.data.name!r}")
+  if config.warmup.replay_every and config.data.pack:
+    raise ConfigError("config.warmup.replay_every: the corpus rows are packed already; turn "
+                      "data.pack off for a warm-up with replay")
   if config.data.val_size < 0:
     raise ConfigError(f"config.data.val_size={config.data.val_size} must be >= 0")
   if config.eval.best_metric:
