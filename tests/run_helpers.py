@@ -1,7 +1,12 @@
-"""A tiny run config shared by the end-to-end tests (tests/test_main.py, tests/test_multihost.py)."""
+"""Shared by the tests: a tiny run config for the end-to-end runs (tests/test_main.py,
+tests/test_multihost.py, ...) and a tiny random model."""
 
 import os
 
+import jax
+
+from real_jax import models
+from real_jax import sharding as shd
 from real_jax.train import config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,3 +63,12 @@ def run_notebook(name: str) -> tuple[list, str]:
 def png_count(outputs) -> int:
   """Number of PNG figures among notebook outputs."""
   return sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+def tiny_random_model(seed: int):
+  """(graphdef, params, mesh): the 2-layer "tiny" preset, random weights, vocabulary 512 (room
+  for the test tokenizers of tests/test_judge.py), on one device."""
+  cfg = models.get_preset("tiny").model.replace(vocab_size=512)
+  mesh = shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  graphdef, params = models.init_params(cfg, mesh=mesh, seed=seed)
+  return graphdef, params, mesh

@@ -1,11 +1,10 @@
 """Several CoTs per item (eval.num_cots, Judge.grade(num_cots=k)): the mean of ŷ and the vote."""
-import jax
 import numpy as np
 import pytest
 
 import real_jax
-from real_jax import models, readout
-from real_jax import sharding as shd
+from real_jax import readout
+from run_helpers import tiny_random_model
 from test_judge import _byte_level
 
 pytestmark = pytest.mark.usefixtures("fast_compiles_module")
@@ -25,11 +24,8 @@ def test_vote_majority_ties_and_nothing_valid():
 
 @pytest.fixture(scope="module")
 def judge():
-  tok = _byte_level(True)
-  cfg = models.get_preset("tiny").model.replace(vocab_size=512)
-  mesh = shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  graphdef, params = models.init_params(cfg, mesh=mesh, seed=5)
-  return real_jax.Judge(graphdef, params, tok, mesh=mesh, max_prompt_len=64)
+  graphdef, params, mesh = tiny_random_model(seed=5)
+  return real_jax.Judge(graphdef, params, _byte_level(True), mesh=mesh, max_prompt_len=64)
 
 
 RECORD = {"prompt": "Is 2+2=4 right? Score it."}  # a ready prompt: short, fast to sample

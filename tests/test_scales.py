@@ -2,19 +2,17 @@
 synthetic 0-4 variant's data, and the exact readout of scores of several tokens (1-10). The 0-4
 variant end to end: tests/test_reward_benchmarks.py."""
 
-import jax
 import numpy as np
 import pytest
 
 import real_jax
 from real_jax import models, objectives, readout
-from real_jax import sharding as shd
 from real_jax.data import records as records_lib
 from real_jax.data import synthetic
 from real_jax.judge import prompts, scores
 from real_jax.judge.scales import DEFAULT_SCALE, ScoreScale
-from real_jax.train import config_lib, data_utils
-from run_helpers import tiny_config
+from real_jax.train import config_lib
+from run_helpers import tiny_config, tiny_random_model
 from test_judge import _byte_level
 
 pytestmark = pytest.mark.usefixtures("fast_compiles_module")
@@ -149,10 +147,7 @@ def test_synthetic_answer_range_and_carry_split():
 
 @pytest.fixture(scope="module")
 def tiny_judge(qwen):
-  cfg = models.get_preset("tiny").model.replace(vocab_size=512)
-  mesh = shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  graphdef, params = models.init_params(cfg, mesh=mesh, seed=3)
-  return graphdef, params, mesh
+  return tiny_random_model(seed=3)
 
 
 def test_1_10_readout_equals_hand_enumeration(qwen, tiny_judge):

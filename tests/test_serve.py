@@ -7,13 +7,12 @@ import socket
 import threading
 import time
 
-import jax
 import pytest
 import uvicorn
 
 import real_jax
-from real_jax import models, serve
-from real_jax import sharding as shd
+from real_jax import serve
+from run_helpers import tiny_random_model
 from test_judge import _byte_level
 
 pytestmark = pytest.mark.usefixtures("fast_compiles_module")
@@ -25,11 +24,8 @@ ITEMS = [{"prompt": f"Is 2+2={r}? Score it.", "id": f"q{i}"}
 
 @pytest.fixture(scope="module")
 def judge():
-  tok = _byte_level(True)
-  cfg = models.get_preset("tiny").model.replace(vocab_size=512)
-  mesh = shd.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  graphdef, params = models.init_params(cfg, mesh=mesh, seed=7)
-  return real_jax.Judge(graphdef, params, tok, mesh=mesh, max_prompt_len=64)
+  graphdef, params, mesh = tiny_random_model(seed=7)
+  return real_jax.Judge(graphdef, params, _byte_level(True), mesh=mesh, max_prompt_len=64)
 
 
 def _free_port() -> int:
