@@ -137,6 +137,29 @@ def _checkpoint_model(path: str, stage: str, best: bool) -> dict[str, Any]:
     return json.load(f).get("model", {})
 
 
+def _check_multi_token_scores(config, settings, score_tokens) -> None:
+  """What reads scores of several tokens (`models.score_candidates`) and what does not."""
+  what = (f"config.data.scores={config.data.scores!r}: {score_tokens.scale.labels[-1]!r} is "
+          f"{len(score_tokens.sequences[-1])} tokens for this tokenizer")
+  losses = {methods_lib.STAGES[n].loss for n in settings.stages}
+  rl = settings.rl
+  if rl is not None and rl.defaults.score_in_action:
+    raise config_lib.ConfigError(
+        f"{what}: standard RL ({config.method}) puts the sampled score token in the action; a "
+        "score of several tokens is no token. Use method=real, or a scale of one-token scores "
+        "(e.g. 0-9)")
+  if rl is not None and config.rl.scores_from_sampler:
+    raise config_lib.ConfigError(
+        f"{what}: rl.scores_from_sampler reads one score token at the decode step; set "
+        "config.rl.scores_from_sampler=False (the scoring pass reads every score's tokens)")
+  if rl is not None and config.rl.score_temperature != 1.0:
+    raise config_lib.ConfigError(
+        f"{what}: such scores are read at temperature 1; set config.rl.score_temperature=1.0")
+  if config.data.pack and losses & {"raft", "tract"}:
+    raise config_lib.ConfigError(
+        f"{what}: RAFT and TRACT read them from unpacked rows; set config.data.pack=False")
+
+
 def _check_response_room(config, settings: settings_lib.RunSettings, vocab: JudgeVocab) -> None:
   """A response limit that cannot hold the delimiter and a score token makes every row invalid
   (loss 0, nothing reported): a config error before anything compiles."""
@@ -185,13 +208,8 @@ def setup(config, workdir: str, identity: dict[str, Any] | None = None
   vocab = JudgeVocab(tokenizer, tok_dir, score_tokens, int(pad_id),
                      data_utils.delimiter_at_start(tokenizer, score_tokens))
   settings = settings_lib.resolve(config, score_tokens.values)
-  if score_tokens.multi_token and settings.stages:
-    raise config_lib.ConfigError(
-        f"config.data.scores={config.data.scores!r}: some score is more than one token for this "
-        f"tokenizer ({score_tokens.scale.labels[-1]!r} is {len(score_tokens.sequences[-1])} "
-        f"tokens); such scales evaluate and grade exactly (method=eval, real_jax.Judge) but do "
-        f"not train yet (the {settings.stages[0]!r} stage). Train on a scale of one-token "
-        "scores (e.g. 0-9)")
+  if score_tokens.multi_token:
+    _check_multi_token_scores(config, settings, score_tokens)
   _check_response_room(config, settings, vocab)
   model_cfg, graphdef, params = _resolve_model(config, mesh, tokenizer)
   stages = list(settings.stages)

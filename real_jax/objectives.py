@@ -68,7 +68,7 @@ from real_jax.registry import (  # re-exported: `obj.register_reward`, `obj.LOSS
     register_policy_loss, register_reward, register_shaping)
 
 __all__ = ["AGGREGATIONS", "ScoreSpec", "masked_aggregate_sums", "masked_aggregate",
-    "score_token_log_probs", "expected_score", "score_token_mass", "score_log_prob",
+    "candidate_logits", "score_token_log_probs", "expected_score", "score_token_mass", "score_log_prob",
     "target_token_ids_for", "token_log_probs", "token_entropy", "regression_reward",
     "binary_reward", "group_advantages", "AdvantageRecipe", "ADVANTAGE_RECIPES",
     "describe_advantages",
@@ -103,10 +103,24 @@ class ScoreSpec(NamedTuple):
   def of(cls, score_tokens) -> "ScoreSpec":
     if getattr(score_tokens, "multi_token", False):
       raise ValueError(f"scores {score_tokens.scale.spec} are more than one token each for this "
-                       "tokenizer: the objectives read one score token's logits; use "
-                       "readout.candidate_log_probs for their exact probabilities")
+                       "tokenizer: no vocabulary logit is a score; read them with "
+                       "models.score_candidates and use ScoreSpec.candidates")
     return cls(jnp.asarray(score_tokens.token_ids, jnp.int32),
                jnp.asarray(score_tokens.values, jnp.float32))
+
+  @classmethod
+  def read(cls, score_tokens) -> "ScoreSpec":
+    """How the losses read a scale: `of` (its tokens' logits) when every score is one token,
+    else `candidates` (the logits of `candidate_logits`)."""
+    if getattr(score_tokens, "multi_token", False):
+      return cls.candidates(score_tokens.values)
+    return cls.of(score_tokens)
+
+  @classmethod
+  def candidates(cls, score_values: ArrayLike) -> "ScoreSpec":
+    """The spec of `candidate_logits`: ids 0..K-1 index the K scores, the values as given."""
+    values = jnp.asarray(score_values, jnp.float32)
+    return cls(jnp.arange(values.shape[0], dtype=jnp.int32), values)
 
 
 # ==============================================================================
@@ -199,6 +213,45 @@ def _score_parts(score_logits, score_token_ids, temperature):
   logits = _float(score_logits) / temperature
   sel = jnp.take(logits, jnp.asarray(score_token_ids), axis=-1)
   return logits, sel, jax.nn.logsumexp(logits, axis=-1)
+
+
+_NO_SCORE_FLOOR = 1e-30  # smallest mass `candidate_logits` gives to "no score"
+
+
+@jax.custom_jvp
+def _log_no_score(score_log_probs):
+  return jnp.log(_no_score(score_log_probs))
+
+
+def _no_score(score_log_probs):
+  return jnp.maximum(1.0 - jnp.sum(jnp.exp(score_log_probs), axis=-1), _NO_SCORE_FLOOR)
+
+
+@_log_no_score.defjvp
+def _log_no_score_jvp(primals, tangents):
+  (lp,), (dlp,) = primals, tangents
+  rest = _no_score(lp)
+  # d log(1 - S) = -dS / (1 - S), with the same (floored) 1 - S as the value: in the softmax
+  # of `candidate_logits` this term cancels the scores' own share exactly.
+  return jnp.log(rest), -jnp.sum(jnp.exp(lp) * dlp, axis=-1) / rest
+
+
+@jax.jit
+def candidate_logits(score_log_probs: ArrayLike) -> Array:
+  """Logits over K + 1 outcomes (the K scores, then "no score") whose softmax is the scores'
+  probabilities: `[..., K] -> [..., K + 1]`.
+
+  For scales whose scores are several tokens ("10" as "1" "0"), `models.score_candidates`
+  reads each score's exact full-vocabulary log-probability; these logits let every function
+  here that takes `score_logits` use them unchanged, with `ScoreSpec.candidates(values)` as
+  the score tokens and the score's index as its token id (temperature 1 only: the scores'
+  probabilities are those of the policy itself). The full-vocabulary softmax is then the exact
+  probability (mass on no score counts for none; `renormalize=True` divides it out), and
+  gradients flow to the scores' log-probabilities exactly (the "no score" logit log(1 - S) has
+  the derivative that makes the log-normaliser's gradient vanish).
+  """
+  lp = _float(score_log_probs)
+  return jnp.concatenate([lp, _log_no_score(lp)[..., None]], axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("renormalize",))

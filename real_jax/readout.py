@@ -29,12 +29,12 @@ from real_jax import objectives as obj
 from real_jax import sampling
 from real_jax import sharding as shd
 from real_jax.judge.scores import ScoreTokens
-from real_jax.models import score_sequences
+from real_jax.models import CandidatePaths, score_candidates, score_sequences
 
 __all__ = ["READOUTS", "INVALID_READOUTS", "STATUS_NAMES", "SamplerSettings", "Samples",
     "sample_cots", "sampling_config", "Sequences", "build_sequences", "append_delimiter",
     "make_score_fn", "Scores", "run_scoring", "scores_from_samples", "target_token_ids", "EvalSettings", "Reading",
-    "apply_invalid_rule", "read_batch", "vote", "row_uniforms", "candidate_paths", "candidate_log_probs"]
+    "apply_invalid_rule", "read_batch", "vote", "row_uniforms", "candidate_log_probs"]
 
 READOUTS = ("cot", "direct")  # a CoT before the score | the delimiter right after the prompt
 INVALID_READOUTS = ("force", "midpoint")  # how a CoT without a delimiter gets a prediction
@@ -231,28 +231,44 @@ def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
   """
   draw_cfg = sampling.SamplingConfig(temperature=sample_temperature if not greedy else 1.0,
                                      top_p=top_p, top_k=top_k, greedy=greedy)
-  spec = obj.ScoreSpec.of(score_tokens)
+  spec, cands = obj.ScoreSpec.read(score_tokens), None
+  if score_tokens.multi_token:
+    if score_temperature != 1.0:
+      raise ValueError(f"scores of several tokens are read at temperature 1, not "
+                       f"{score_temperature} (rl.score_temperature)")
+    cands = CandidatePaths.of(score_tokens)
 
   def fn(params, batch):
     with shd.activation_sharding(mesh):
-      out = score_sequences(graphdef, params, batch["tokens"], batch["mask"], batch["score_pos"],
-                            temperature=1.0, response_width=response_width, with_entropy=True)
-      logits = out.score_logits
+      if cands is None:
+        out = score_sequences(graphdef, params, batch["tokens"], batch["mask"],
+                              batch["score_pos"], temperature=1.0,
+                              response_width=response_width, with_entropy=True)
+        logits = out.score_logits
+        # The score token drawn as the sampler would have drawn it (temperature, top-k, top-p).
+        tok, _, _ = sampling.sample_from_logits(logits, batch["u"], draw_cfg)
+      else:
+        out = score_candidates(graphdef, params, batch["tokens"], batch["mask"],
+                               batch["score_pos"], cands, response_width=response_width,
+                               with_entropy=True)
+        logits = obj.candidate_logits(out.score_log_probs)  # [N, K + 1]: K scores, no score
+        tok = _draw_candidate(out.score_log_probs, batch["u"], greedy)
       y_hat = obj.expected_score(logits, spec.ids, spec.values, renormalize=renormalize,
                                  temperature=score_temperature)
       tlp = obj.score_log_prob(logits, batch["target_id"], temperature=score_temperature)
       mass = obj.score_token_mass(logits, spec.ids, temperature=score_temperature)
       probs = jnp.exp(obj.score_token_log_probs(logits, spec.ids, renormalize=renormalize,
                                                 temperature=score_temperature))
-      # The score token drawn as the sampler would have drawn it (temperature, top-k, top-p).
-      tok, _, _ = sampling.sample_from_logits(logits, batch["u"], draw_cfg)
-      is_score = jnp.any(tok[:, None] == spec.ids[None, :], axis=-1)
+      hit = tok[:, None] == spec.ids[None, :]
+      is_score = jnp.any(hit, axis=-1)
+      value = jnp.where(is_score, spec.values[jnp.argmax(hit, axis=-1)], jnp.nan)
       logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # policy, T = 1
       at = lambda t: jnp.take_along_axis(logp, t[:, None].astype(jnp.int32), axis=-1)[:, 0]
-      return {"lp": out.token_log_probs, "entropy": out.token_entropy, "y_hat": y_hat, "target_logp": tlp,
-              "score_mass": mass, "score_probs": probs, "sampled": tok,
-              "sampled_is_score": is_score,
-              "sampled_logp": at(tok), "probe_logp": at(batch["probe"])}
+      probe = at(batch["probe"]) if cands is None else jnp.zeros_like(y_hat)
+      return {"lp": out.token_log_probs, "entropy": out.token_entropy, "y_hat": y_hat,
+              "target_logp": tlp, "score_mass": mass, "score_probs": probs, "sampled": tok,
+              "sampled_is_score": is_score, "sampled_value": value,
+              "sampled_logp": at(tok), "probe_logp": probe}
 
   in_b = {k: shd.batch_sharding(mesh, nd) for k, nd in
           (("tokens", 2), ("mask", 2), ("score_pos", 1), ("target_id", 1), ("probe", 1),
@@ -260,9 +276,22 @@ def make_score_fn(graphdef, score_tokens: ScoreTokens, mesh: Mesh, *,
   out_b = {"lp": shd.batch_sharding(mesh, 2), "entropy": shd.batch_sharding(mesh, 2),
            "score_probs": shd.batch_sharding(mesh, 2),
            **{k: shd.batch_sharding(mesh, 1) for k in (
-      "y_hat", "target_logp", "score_mass", "sampled", "sampled_is_score", "sampled_logp",
-      "probe_logp")}}
+      "y_hat", "target_logp", "score_mass", "sampled", "sampled_is_score", "sampled_value",
+      "sampled_logp", "probe_logp")}}
   return jax.jit(fn, in_shardings=(None, in_b), out_shardings=out_b)
+
+
+def _draw_candidate(score_log_probs, u, greedy: bool):
+  """[N] the index of a score drawn from the scores' exact probabilities at T = 1 (K: no
+  score, with the remaining mass), by inverse CDF with the uniforms `u`; greedy: the most
+  probable score. Scores of several tokens are drawn whole, not token by token with top-p."""
+  p = jnp.exp(score_log_probs.astype(jnp.float32))
+  k = p.shape[-1]
+  if greedy:
+    return jnp.argmax(p, axis=-1).astype(jnp.int32)
+  cum = jnp.cumsum(p, axis=-1)
+  pick = jnp.minimum(jnp.sum(cum < u[:, None], axis=-1), k - 1)
+  return jnp.where(u < cum[:, -1], pick, k).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,8 +303,10 @@ class Scores:
   target_logp: np.ndarray  # [N] log pi(y* | x, c)
   score_mass: np.ndarray  # [N] the probability mass on the score tokens
   score_probs: np.ndarray  # [N, K] pi(k | x, c), renormalised or not as y_hat
-  sampled: np.ndarray  # [N] a token drawn at the score position as the sampler would
+  sampled: np.ndarray  # [N] a token drawn at the score position as the sampler would (scores
+  # of several tokens: the index of a score drawn whole, K for none; `ScoreSpec.candidates`)
   sampled_is_score: np.ndarray  # [N] bool: that token is a score token
+  sampled_value: np.ndarray  # [N] its score value (nan where it is no score)
   sampled_logp: np.ndarray  # [N] its log pi at T = 1
   probe_logp: np.ndarray  # [N] log pi at T = 1 of the `probe` token
 
@@ -341,19 +372,24 @@ def scores_from_samples(gen: Samples, seqs: Sequences, target_id: np.ndarray,
   else:
     probs = np.exp(logp)
   k_of = np.argmax(np.asarray(target_id)[:, None] == ids[None, :], axis=-1)
-  is_score = np.any(gen.next_token[:, None] == ids[None, :], axis=-1) & gen.found
+  hit = gen.next_token[:, None] == ids[None, :]
+  is_score = np.any(hit, axis=-1) & gen.found
   return Scores(lp=spread(gen.policy_lp), entropy=spread(gen.entropy),
                 y_hat=(probs * values).sum(-1).astype(np.float32),
                 target_logp=np.take_along_axis(logp, k_of[:, None], 1)[:, 0],
                 score_mass=np.exp(logp).sum(-1).astype(np.float32),
                 score_probs=probs.astype(np.float32), sampled=gen.next_token,
-                sampled_is_score=is_score, sampled_logp=gen.next_token_lp,
+                sampled_is_score=is_score,
+                sampled_value=np.where(is_score, values[np.argmax(hit, axis=-1)], np.nan
+                                       ).astype(np.float32),
+                sampled_logp=gen.next_token_lp,
                 probe_logp=np.zeros((n,), np.float32))
 
 
 def target_token_ids(target: np.ndarray, score_tokens: ScoreTokens) -> np.ndarray:
-  """[N] the score token of each target (the nearest score value), host int array."""
-  spec = obj.ScoreSpec.of(score_tokens)
+  """[N] the score token of each target (the nearest score value), host int array (scores of
+  several tokens: the score's index, `ScoreSpec.candidates`)."""
+  spec = obj.ScoreSpec.read(score_tokens)
   return np.asarray(obj.target_token_ids_for(jnp.asarray(target, jnp.float32), spec.ids,
                                              spec.values))
 
@@ -362,73 +398,30 @@ def target_token_ids(target: np.ndarray, score_tokens: ScoreTokens) -> np.ndarra
 # Scores of more than one token ("10" as "1" "0"): each score's exact probability
 
 
-def candidate_paths(score_tokens: ScoreTokens) -> tuple[tuple[tuple[int, ...], ...],
-                                                        tuple[tuple[int, int], ...]]:
-  """(paths, where): the token sequences to teacher-force after the delimiter (the scores that
-  are not a prefix of another score), and for each score k the (path, length) that holds it."""
-  seqs = score_tokens.sequences
-  paths = tuple(s for s in seqs if not any(o != s and o[:len(s)] == s for o in seqs))
-  where = tuple(next((p, len(s)) for p, path in enumerate(paths) if path[:len(s)] == s)
-                for s in seqs)
-  return paths, where
-
-
 @functools.lru_cache(maxsize=16)
-def _path_fn(graphdef, depth: int, continuation_ids: tuple[int, ...], mesh: Mesh):
-  cont = jnp.asarray(continuation_ids, jnp.int32)
-
-  def fn(params, tokens, mask, positions, path):
+def _candidates_fn(graphdef, candidates: CandidatePaths, mesh: Mesh):
+  def fn(params, tokens, mask, score_pos):
     with shd.activation_sharding(mesh):
-      logits = score_sequences(graphdef, params, tokens, mask, positions).score_logits
-      logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [N, depth + 1, V]
-      step = jnp.take_along_axis(logp[:, :depth], path[:, :, None], axis=-1)[..., 0]
-      prefix = jnp.concatenate([jnp.zeros_like(step[:, :1]), jnp.cumsum(step, axis=1)], axis=1)
-      p_cont = jnp.sum(jnp.exp(jnp.take(logp, cont, axis=-1)), axis=-1)  # [N, depth + 1]
-      end = jnp.log1p(-jnp.minimum(p_cont, 1.0 - 1e-7))
-      return prefix, end
+      return score_candidates(graphdef, params, tokens, mask, score_pos, candidates,
+                              response_width=1).score_log_probs
 
-  b2 = shd.batch_sharding(mesh, 2)
-  return jax.jit(fn, in_shardings=(None, b2, b2, b2, b2), out_shardings=(b2, b2))
+  b2, b1 = shd.batch_sharding(mesh, 2), shd.batch_sharding(mesh, 1)
+  return jax.jit(fn, in_shardings=(None, b2, b2, b1), out_shardings=b2)
 
 
 def candidate_log_probs(graphdef, params, seqs: Sequences, score_tokens: ScoreTokens, mesh: Mesh,
                         *, pad_id: int) -> np.ndarray:
-  """[N, K] log pi(score k | prompt, CoT) of every score, each read over all of its tokens.
-
-  A score's probability is that of its tokens after the delimiter followed by a token that ends
-  the number, i.e. any token but the `continuation_ids` (the digits): p("1") on a 1-10 scale
-  is p("1") * (1 - p(digit | "1")), so the "1" that starts "10" (or "17") is not a 1. Mass on
-  continuations that are no score ("17", a word) counts for no score, as the full-vocabulary
-  readout does on one-token scales. Teacher-forced, one pass per path of the score tree (for
-  1-10: "10" and "2".."9"; "1" is read on the path of "10"), every path's positions in one pass.
+  """[N, K] log pi(score k | prompt, CoT) of every score, each read over all of its tokens
+  (`models.score_candidates`: the score's tokens followed by a token that ends the number;
+  one teacher-forced pass per path of the score tree).
 
   `seqs`: rows whose `score_pos` is the last delimiter token (anything after it is ignored).
   """
-  paths, where = candidate_paths(score_tokens)
-  depth = max(len(p) for p in paths)
-  n, width = seqs.tokens.shape
-  cols = np.arange(width + depth)[None, :]
-  base_tokens = np.full((n, width + depth), pad_id, np.int32)
-  base_tokens[:, :width] = seqs.tokens
-  base_mask = np.zeros((n, width + depth), bool)
-  base_mask[:, :width] = seqs.mask
-  base_mask &= cols <= seqs.score_pos[:, None]
-  fn = _path_fn(graphdef, depth, tuple(score_tokens.continuation_ids), mesh)
-  per_path = []
-  for path in paths:
-    tokens, mask = base_tokens.copy(), base_mask.copy()
-    for j, t in enumerate(path):
-      tokens[np.arange(n), seqs.score_pos + 1 + j] = t
-      mask[np.arange(n), seqs.score_pos + 1 + j] = True
-    # Logits at the delimiter and after each of the path's tokens (the last one repeated).
-    positions = seqs.score_pos[:, None] + np.minimum(np.arange(depth + 1), len(path))[None, :]
-    ids = np.zeros((n, depth), np.int32)
-    ids[:, :len(path)] = path
-    b = shd.put_batch({"t": tokens, "m": mask, "p": positions.astype(np.int32), "i": ids}, mesh)
-    prefix, end = shd.to_host(fn(params, b["t"], b["m"], b["p"], b["i"]))
-    per_path.append((np.asarray(prefix), np.asarray(end)))
-  return np.stack([per_path[p][0][:, m] + per_path[p][1][:, m] for p, m in where],
-                  axis=1).astype(np.float32)
+  del pad_id  # the paths are written over the columns after the delimiter
+  fn = _candidates_fn(graphdef, CandidatePaths.of(score_tokens), mesh)
+  b = shd.put_batch({"t": seqs.tokens, "m": seqs.mask, "p": seqs.score_pos.astype(np.int32)},
+                    mesh)
+  return np.asarray(shd.to_host(fn(params, b["t"], b["m"], b["p"])), np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,10 +443,8 @@ class EvalSettings:
   num_cots: int = 1  # CoTs per item: RAIL ŷ averaged over them, the standard readout by vote
 
   def score_fn(self, graphdef, score_tokens: ScoreTokens, mesh: Mesh):
-    """The scoring pass that draws the score token with these settings (None for scores of
-    several tokens: `read_batch` reads them with `candidate_log_probs`)."""
-    if score_tokens.multi_token:
-      return None
+    """The scoring pass that draws the score token with these settings (scores of several
+    tokens: drawn whole from their exact probabilities at T = 1, `make_score_fn`)."""
     return make_score_fn(graphdef, score_tokens, mesh, score_temperature=1.0,
                          renormalize=self.renormalize, sample_temperature=self.temperature,
                          top_p=self.top_p, top_k=0, greedy=self.greedy)
@@ -623,47 +614,15 @@ def _read_rows(graphdef, params, prompt_tokens, prompt_mask, key, *, settings: E
   cot_length = length if resp_tokens is None else np.asarray(g.length)
   score_key = jax.random.fold_in(key, 1)
   u = None if item_ids is None else row_uniforms(score_key, item_ids, num_cots)
-  if score_tokens.multi_token:
-    y_hat, probs, mass, sampled_value, sampled_is_score = _read_candidates(
-        graphdef, params, seqs, score_tokens, mesh, score_key, settings, pad_id=pad_id,
-        midpoint=midpoint, uniforms=u)
-  else:
-    out = run_scoring(score_fn, params, seqs, np.zeros(n, np.int32), score_key, mesh,
-                      chunk=n // num_cots,  # k CoTs: k passes of the one-CoT shape
-                      uniforms=u)
-    y_hat, probs, mass = out.y_hat, out.score_probs, out.score_mass
-    sampled_value = score_tokens.values_of(out.sampled, midpoint)
-    sampled_is_score = out.sampled_is_score
+  out = run_scoring(score_fn, params, seqs, np.zeros(n, np.int32), score_key, mesh,
+                    chunk=n // num_cots,  # k CoTs: k passes of the one-CoT shape
+                    uniforms=u)
+  y_hat, probs, mass = out.y_hat, out.score_probs, out.score_mass
+  sampled_is_score = out.sampled_is_score
+  sampled_value = np.where(sampled_is_score, out.sampled_value, midpoint).astype(np.float32)
   rail, std, std_valid = apply_invalid_rule(settings.invalid, found, y_hat, sampled_value,
                                             sampled_is_score, midpoint)
   return Reading(rail=rail, y_hat=y_hat, score_probs=probs,
                  score_mass=mass, standard=std, standard_valid=std_valid,
                  valid=found, status=status, length=np.asarray(length),
                  cot_length=np.asarray(cot_length), response=resp_tokens)
-
-
-def _read_candidates(graphdef, params, seqs: Sequences, score_tokens: ScoreTokens, mesh: Mesh,
-                     key, settings: EvalSettings, *, pad_id: int, midpoint: float,
-                     uniforms: np.ndarray | None = None):
-  """What `run_scoring` reads at the score position, for scores of several tokens
-  (`candidate_log_probs`): y_hat, pi(k) (renormalised or not as `settings`), the mass on the
-  scores, and the standard readout's score: drawn from the scores' exact probabilities at T = 1
-  (no top-p; the remaining mass draws no score), or the most probable score when greedy."""
-  logp = candidate_log_probs(graphdef, params, seqs, score_tokens, mesh, pad_id=pad_id)
-  full = np.exp(logp.astype(np.float64))
-  mass = full.sum(-1)
-  probs = full / mass[:, None] if settings.renormalize else full
-  values = np.asarray(score_tokens.values, np.float64)
-  y_hat = (probs * values).sum(-1)
-  if settings.greedy:
-    pick = np.argmax(full, axis=-1)
-    is_score = np.ones(len(full), bool)
-  else:
-    u = np.asarray(jax.random.uniform(key, (len(full),)) if uniforms is None else uniforms,
-                   np.float64)
-    cum = np.cumsum(full, axis=-1)
-    pick = np.minimum((cum < u[:, None]).sum(-1), len(values) - 1)
-    is_score = u < cum[:, -1]
-  sampled = np.where(is_score, values[pick], midpoint)
-  return (y_hat.astype(np.float32), probs.astype(np.float32), mass.astype(np.float32),
-          sampled.astype(np.float32), is_score)

@@ -80,13 +80,24 @@ class ScoreTokens:
   @property
   def multi_token(self) -> bool:
     """Some score is more than one token ("10" as "1" "0" with digit-splitting tokenizers):
-    its probability is then read over its tokens (`readout.candidate_log_probs`)."""
+    its probability is then read over its tokens (`models.score_candidates`)."""
     return any(len(c) > 1 for c in self.candidates)
 
   @property
   def sequences(self) -> tuple[tuple[int, ...], ...]:
     """Each score's tokens after the delimiter, aligned with `values`."""
     return self.candidates or tuple((t,) for t in self.token_ids)
+
+  @property
+  def paths(self) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, int], ...]]:
+    """(paths, where): the token sequences to teacher-force after the delimiter (the scores
+    that are no prefix of another score: for 1-10 with split digits "10" and "2".."9"; "1" is
+    read on the path of "10"), and for each score k the (path, length) that holds it."""
+    seqs = self.sequences
+    paths = tuple(s for s in seqs if not any(o != s and o[:len(s)] == s for o in seqs))
+    where = tuple(next((p, len(s)) for p, path in enumerate(paths) if path[:len(s)] == s)
+                  for s in seqs)
+    return paths, where
 
   def score_of(self, token_id: int) -> int | None:
     try:
@@ -99,7 +110,7 @@ class ScoreTokens:
     the one lookup from sampled tokens to scores (rollout rewards, the standard readout)."""
     if self.multi_token:
       raise ValueError(f"scores {self.scale.spec} are several tokens each: a token is no score "
-                       "(read them with readout.candidate_log_probs)")
+                       "(read them with models.score_candidates)")
     lut = dict(zip(self.token_ids, self.values))
     return np.array([lut.get(int(t), default) for t in np.asarray(token_ids).reshape(-1)],
                     np.float32)

@@ -26,15 +26,16 @@ from real_jax.models.presets import PRESETS, Preset, get_preset
 from real_jax.models.qwen3 import (CACHE_AXES, PARAM_AXES, DecodeCache, Qwen3, Qwen3Config,
                                    decode_cache, decode_step, decode_weights, forward_logits,
                                    positions_from_mask)
-from real_jax.models.scoring import ScoreOutput, output_columns, score_sequences
+from real_jax.models.scoring import (CandidateOutput, CandidatePaths, ScoreOutput, output_columns,
+                                     score_candidates, score_sequences)
 
 __all__ = [
     "CACHE_AXES", "PARAM_AXES", "PRESETS", "DecodeCache", "Preset", "Qwen3", "Qwen3Config",
-    "ScoreOutput", "abstract_model", "decode_cache", "decode_step", "decode_weights",
+    "CandidateOutput", "CandidatePaths", "ScoreOutput", "abstract_model", "decode_cache", "decode_step", "decode_weights",
     "forward_logits", "get_preset", "init_params", "add_lora", "without_lora", "merge_lora",
     "quantize_params",
     "output_columns", "param_path",
-    "param_shardings", "positions_from_mask", "score_sequences",
+    "param_shardings", "positions_from_mask", "score_candidates", "score_sequences",
 ]
 
 

@@ -4,6 +4,9 @@
 token log-probs (chunked over time: never a [B, T, V] float32 array) and the logits at the
 score position. Differentiable; the REAL loss differentiates through it, and the rollout uses
 it without gradients to read the score distribution after each sampled CoT.
+
+`score_candidates` is the same pass for scores of several tokens ("10" as "1" "0"): one pass
+per path of the score tree, each score's exact log-probability read over its tokens.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from real_jax.models import qwen3
 
 Array = jax.Array
 
-__all__ = ["ScoreOutput", "score_sequences"]
+__all__ = ["ScoreOutput", "score_sequences", "CandidatePaths", "CandidateOutput",
+           "score_candidates"]
 
 
 class ScoreOutput(NamedTuple):
@@ -156,3 +160,88 @@ def score_sequences(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, ma
   return _score_jit(graphdef, params, tokens, mask, score_positions, segment_ids,
                     temperature=float(temperature), chunk_size=int(chunk_size),
                     response_width=int(response_width), with_entropy=bool(with_entropy))
+
+
+class CandidatePaths(NamedTuple):
+  """The score tree of a scale whose scores are several tokens (static, hashable).
+
+  paths: the token sequences teacher-forced after the delimiter, one pass each (the scores
+    that are no prefix of another); where: per score k, (path index, number of tokens);
+    continuation_ids: the tokens that continue a number (the digits).
+  """
+  paths: tuple[tuple[int, ...], ...]
+  where: tuple[tuple[int, int], ...]
+  continuation_ids: tuple[int, ...]
+
+  @classmethod
+  def of(cls, score_tokens) -> "CandidatePaths":
+    """From a `judge.ScoreTokens` (its `paths` and `continuation_ids`)."""
+    paths, where = score_tokens.paths
+    return cls(tuple(map(tuple, paths)), tuple(map(tuple, where)),
+               tuple(int(t) for t in score_tokens.continuation_ids))
+
+
+class CandidateOutput(NamedTuple):
+  """token_log_probs [B, T] f32 (as `score_sequences`', exact at columns <= score position);
+  score_log_probs [B, K] f32: log pi(score k | prompt, CoT) over the full vocabulary;
+  token_entropy [B, T] f32 or None (as `score_sequences`')."""
+  token_log_probs: Array
+  score_log_probs: Array
+  token_entropy: Array | None = None
+
+
+def score_candidates(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, mask: Array,
+                     score_positions: Array, candidates: CandidatePaths, *,
+                     response_width: int = 0, chunk_size: int = 64,
+                     with_entropy: bool = False) -> CandidateOutput:
+  """Each score's exact probability when scores are several tokens; differentiable.
+
+  A score's probability is that of its tokens after the delimiter followed by a token that
+  ends the number, i.e. any token but a continuation (a digit): on 1-10 with split digits,
+  pi("1") = p("1") * (1 - p(digit | "1")), so the "1" that starts "10" (or "17") is not a 1.
+  Mass on continuations that are no score ("17", a word) counts for no score, as the
+  full-vocabulary readout does on one-token scales. Teacher-forced, one `score_sequences` pass
+  per path of the score tree with the path written after `score_positions` (whatever the row
+  held there is ignored), every position of the path read in that pass.
+
+  Args:
+    tokens, mask: [B, T] as `score_sequences` (no packed rows).
+    score_positions: [B] int, the last delimiter token of each row.
+    candidates: the scale's `CandidatePaths` (static).
+    response_width, with_entropy: as `score_sequences` (response_width: the last columns of
+      the original rows).
+
+  Returns:
+    CandidateOutput(token_log_probs [B, T]: the first path's pass, equal to the row's own
+      log-probs at every column <= score_positions (causal attention; later columns hold the
+      path), score_log_probs [B, K] in the order of the scale's scores).
+  """
+  depth = max(len(p) for p in candidates.paths)
+  b, t = tokens.shape
+  pos = score_positions.astype(jnp.int32)[:, None]
+  off = jnp.arange(t + depth)[None, :] - pos - 1  # [B, T + depth]: column's place in the path
+  tokens = jnp.pad(tokens, ((0, 0), (0, depth)))
+  prefix_mask = jnp.pad(mask.astype(bool), ((0, 0), (0, depth))) & (off < 0)
+  cont = jnp.asarray(candidates.continuation_ids, jnp.int32)
+  first, per_path = None, []
+  for path in candidates.paths:
+    n = len(path)
+    ids = jnp.asarray(path, jnp.int32)
+    on_path = (off >= 0) & (off < n)
+    toks = jnp.where(on_path, ids[jnp.clip(off, 0, n - 1)], tokens)
+    # Logits at the delimiter and after each of the path's tokens.
+    read_at = pos + jnp.arange(n + 1)[None, :]
+    out = score_sequences(graphdef, params, toks, prefix_mask | on_path, read_at,
+                          response_width=response_width + depth if response_width else 0,
+                          chunk_size=chunk_size, with_entropy=with_entropy and first is None)
+    first = out if first is None else first
+    logp = jax.nn.log_softmax(out.score_logits.astype(jnp.float32), axis=-1)  # [B, n + 1, V]
+    step = jnp.take_along_axis(logp[:, :n], ids[None, :, None], axis=-1)[..., 0]  # [B, n]
+    prefix = jnp.concatenate([jnp.zeros((b, 1), jnp.float32), jnp.cumsum(step, axis=1)], 1)
+    p_cont = jnp.sum(jnp.exp(jnp.take(logp, cont, axis=-1)), axis=-1)  # [B, n + 1]
+    # log(1 - p_cont), kept finite where a path's next token is a digit almost surely.
+    per_path.append(prefix + jnp.log1p(-jnp.minimum(p_cont, 1.0 - 1e-7)))
+  score_lp = jnp.stack([per_path[p][:, m] for p, m in candidates.where], axis=1)
+  cut = lambda a: None if a is None else a[:, :t]
+  return CandidateOutput(token_log_probs=cut(first.token_log_probs), score_log_probs=score_lp,
+                         token_entropy=cut(first.token_entropy))

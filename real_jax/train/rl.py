@@ -235,7 +235,7 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
     sc = readout.run_scoring(score_fn, params, seqs, target_id, jax.random.fold_in(key, 1),
                              mesh, chunk=settings.score_rows)
   valid = gen.found
-  sampled = np.where(valid & sc.sampled_is_score, score_tokens.values_of(sc.sampled, -1.0), -1.0)
+  sampled = np.where(valid & sc.sampled_is_score, sc.sampled_value, -1.0).astype(np.float32)
   binary = np.asarray(obj.binary_reward(sampled, target_int)).astype(np.float32)
   ga = compute_advantages(sc.y_hat, sc.target_logp, target, binary, valid, n, advantages)
   g = len(target) // n

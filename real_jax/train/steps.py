@@ -36,11 +36,11 @@ from jax.sharding import Mesh, NamedSharding
 from real_jax import objectives as obj
 from real_jax import sharding as shd
 from real_jax.layout import positions_from_mask
-from real_jax.models import score_sequences
+from real_jax.models import CandidatePaths, score_candidates, score_sequences
 from real_jax.train import state as state_lib
 from real_jax.train.batch import LMBatch, RLBatch
 
-__all__ = ["Batch", "forward", "token_entropies", "Loss", "sft_objective", "raft_objective",
+__all__ = ["Batch", "forward", "score_reading", "token_entropies", "Loss", "sft_objective", "raft_objective",
     "CotRaftDenominators", "cot_raft_objective", "RLLossConfig", "RealDenominators",
     "real_objective", "grpo_objective", "batch_shardings", "make_train_step", "AccumulatingStep"]
 
@@ -52,7 +52,7 @@ Batch = LMBatch | RLBatch
 
 
 def forward(graphdef, params, tokens, mask, score_pos, response_width: int = 0,
-            segment_ids=None):
+            segment_ids=None, candidates: CandidatePaths | None = None):
   """(token_log_probs [B,L] with entry t = log p(tokens[t] | tokens[<t]), score_logits [B,V]).
 
   With a static `response_width` > 0 only the last response_width columns get log-probs.
@@ -61,10 +61,28 @@ def forward(graphdef, params, tokens, mask, score_pos, response_width: int = 0,
 
   The teacher-forced scoring pass `real_jax.models.score_sequences` (chunked; never a full
   [B,L,V] float32 array for a large vocabulary), at temperature 1 (the policy itself).
+
+  Scales of several-token scores (`candidates`, static): `models.score_candidates`, one pass
+  per path of the score tree; score_logits are then `objectives.candidate_logits` [B, K+1]
+  (read with `ScoreSpec.candidates`) and token_log_probs hold the rows' own log-probs up to
+  the score position only (the losses' masks end there).
   """
+  if candidates is not None:
+    if segment_ids is not None:
+      raise ValueError("scores of several tokens are read from unpacked rows (data.pack off)")
+    out = score_candidates(graphdef, params, tokens, mask, score_pos, candidates,
+                           response_width=response_width)
+    return out.token_log_probs, obj.candidate_logits(out.score_log_probs)
   out = score_sequences(graphdef, params, tokens, mask, score_pos, temperature=1.0,
                         response_width=response_width, segment_ids=segment_ids)
   return out.token_log_probs, out.score_logits
+
+
+def score_reading(score_tokens) -> tuple[obj.ScoreSpec, CandidatePaths | None]:
+  """How the losses read the scale's scores: (spec, None) from the score tokens' logits when
+  every score is one token, else (`ScoreSpec.candidates`, the scale's `CandidatePaths`)."""
+  cands = CandidatePaths.of(score_tokens) if score_tokens.multi_token else None
+  return obj.ScoreSpec.read(score_tokens), cands
 
 
 def token_entropies(graphdef, params, tokens, mask, chunk: int = 128):
@@ -120,14 +138,14 @@ def sft_objective() -> Loss:
 
 def raft_objective(score_tokens, *, renormalize: bool = False) -> Loss:
   """RAFT: squared error of y_hat read right after prompt + delimiter (no CoT)."""
-  spec = obj.ScoreSpec.of(score_tokens)
+  spec, cands = score_reading(score_tokens)
 
   def denominators(batch):
     return jnp.sum(batch.sample_mask)
 
   def fn(graphdef, params, mb, den):
     _, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos,
-                        segment_ids=mb.segment_ids)
+                        segment_ids=mb.segment_ids, candidates=cands)
     loss, _ = obj.raft_loss(logits, mb.target, spec.ids, spec.values, renormalize=renormalize,
                             sample_mask=mb.sample_mask, denominator=den)
     y_hat = obj.expected_score(jax.lax.stop_gradient(logits), spec.ids, spec.values,
@@ -149,7 +167,7 @@ def cot_raft_objective(score_tokens, *, lam: float = 1.0, renormalize: bool = Fa
   """TRACT / CoT-RAFT: CE over the CoT tokens (score token excluded) + lam * (y_hat - y*)^2
   (`objectives.cot_raft_loss`, its two terms with their own row masks so packed batches, whose
   records are [B,S] slots, use the same code)."""
-  spec = obj.ScoreSpec.of(score_tokens)
+  spec, cands = score_reading(score_tokens)
 
   def denominators(batch):
     tokens, _ = obj.real_loss_denominators(batch.loss_mask, sample_mask=batch.row_mask)
@@ -157,7 +175,7 @@ def cot_raft_objective(score_tokens, *, lam: float = 1.0, renormalize: bool = Fa
 
   def fn(graphdef, params, mb, den):
     lp, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos,
-                         segment_ids=mb.segment_ids)
+                         segment_ids=mb.segment_ids, candidates=cands)
     ce, _ = obj.sft_loss(lp, mb.loss_mask, sample_mask=mb.row_mask, denominator=den.tokens)
     mse, _ = obj.raft_loss(logits, mb.target, spec.ids, spec.values, renormalize=renormalize,
                            sample_mask=mb.sample_mask, denominator=den.rows)
@@ -212,7 +230,7 @@ def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
   by the valid rows only would reweight E[grad r | valid] and bias the gradient whenever rows
   truncate (tests/test_train.py enumerates such rollouts exactly).
   """
-  spec = obj.ScoreSpec.of(score_tokens)
+  spec, cands = score_reading(score_tokens)
   agg = cfg.aggregation
 
   def denominators(batch) -> RealDenominators:
@@ -223,7 +241,7 @@ def real_objective(score_tokens, cfg: RLLossConfig) -> Loss:
 
   def fn(graphdef, params, mb, den):
     lp, logits = forward(graphdef, params, mb.tokens, mb.mask, mb.score_pos,
-                         cfg.response_width)
+                         cfg.response_width, candidates=cands)
     common = dict(renormalize=cfg.renormalize, aggregation=agg,
                   temperature=cfg.score_temperature, target_token_ids=mb.target_id,
                   policy_loss=cfg.policy_loss,

@@ -11,6 +11,7 @@ import numpy as np
 
 from real_jax import readout
 from real_jax import sharding as shd
+from real_jax.judge import scores as scores_lib
 from real_jax.train import data_utils, packing, state as state_lib, steps as steps_lib
 from real_jax.train.batch import LMBatch
 from real_jax.train.metrics import Progress, fmt_metrics
@@ -24,31 +25,44 @@ __all__ = ["lm_batch", "raft_batch", "RecordBatches", "objective_for", "pack_spe
 # Step batches from judge records
 
 
-def lm_batch(b: Mapping[str, np.ndarray], kind: str, target_ids: np.ndarray) -> LMBatch:
+def lm_batch(b: Mapping[str, np.ndarray], kind: str, target_ids: np.ndarray,
+             score_tokens=None) -> LMBatch:
   """Teacher-forced batch from a JudgeBatcher batch with targets (prompt ⊕ completion).
 
   kind "sft": cross-entropy on every completion token (feedback, delimiter, score, EOS).
-  kind "tract": cross-entropy on the CoT (feedback + delimiter; not the score token, not EOS)
-  and the squared error of y_hat read at the last delimiter token.
+  kind "tract": cross-entropy on the CoT (feedback + delimiter; not the score's tokens, not
+  EOS) and the squared error of y_hat read at the last delimiter token.
+  `score_tokens`: the scale's, where a score may be several tokens (`score_lengths`); else
+  every score is one token.
   """
   pt, pm = b["prompt_tokens"], b["prompt_mask"]
   ct, cm = b["completion_tokens"], b["completion_mask"]
   lp = pt.shape[1]
   n_c = cm.sum(axis=1)
+  n_s = (score_lengths(b, score_tokens) if score_tokens is not None and score_tokens.multi_token
+         else np.ones_like(n_c))
   tokens = np.concatenate([pt, ct], axis=1).astype(np.int32)
   mask = np.concatenate([pm, cm], axis=1).astype(bool)
   cols = np.arange(ct.shape[1])[None, :]
   if kind == "sft":
     resp = cm.astype(np.float32)
   elif kind == "tract":
-    resp = (cols < (n_c - 2)[:, None]).astype(np.float32)  # drop score token and EOS
+    resp = (cols < (n_c - n_s - 1)[:, None]).astype(np.float32)  # drop the score and EOS
   else:
     raise ValueError(kind)
   loss_mask = np.concatenate([np.zeros(pt.shape, np.float32), resp], axis=1)
-  score_pos = np.maximum(lp + n_c - 3, 0).astype(np.int32)  # predicts the score token
+  score_pos = np.maximum(lp + n_c - n_s - 2, 0).astype(np.int32)  # the last delimiter token
   return LMBatch(tokens=tokens, mask=mask, loss_mask=loss_mask, score_pos=score_pos,
                  target=b["target"].astype(np.float32), target_id=target_ids.astype(np.int32),
                  sample_mask=b["valid"].astype(np.float32))
+
+
+def score_lengths(b: Mapping[str, np.ndarray], score_tokens) -> np.ndarray:
+  """[B] the tokens of the score each completion writes after its delimiter (parsed from the
+  completion; 1 where none parses)."""
+  lens = [scores_lib.parse_generation(t, score_tokens, length=int(m.sum())).score_len
+          for t, m in zip(b["completion_tokens"], b["completion_mask"])]
+  return np.maximum(np.asarray(lens, np.int32), 1)
 
 
 def raft_batch(b: Mapping[str, np.ndarray], delim: Sequence[int], target_ids: np.ndarray
@@ -73,13 +87,11 @@ class RecordBatches:
   def __next__(self) -> LMBatch:
     b = next(self.batcher)
     st = self.vocab.score_tokens
-    # The score token of each target: read by the losses on one score token's logits (RAFT,
-    # TRACT); SFT's cross-entropy does not read it (-1 on scores of several tokens).
-    tid = (np.full(len(b["target"]), -1, np.int32) if st.multi_token
-           else readout.target_token_ids(b["target"], st))
+    # The score token of each target (its index on scales of several-token scores).
+    tid = readout.target_token_ids(b["target"], st)
     if self.kind == "raft":
       return raft_batch(b, self.vocab.delim_start, tid)
-    return lm_batch(b, self.kind, tid)
+    return lm_batch(b, self.kind, tid, st)
 
   def skipped_rows(self) -> int:
     return self.batcher.skipped_rows()
