@@ -409,15 +409,14 @@ def _candidates_fn(graphdef, candidates: CandidatePaths, mesh: Mesh):
   return jax.jit(fn, in_shardings=(None, b2, b2, b1), out_shardings=b2)
 
 
-def candidate_log_probs(graphdef, params, seqs: Sequences, score_tokens: ScoreTokens, mesh: Mesh,
-                        *, pad_id: int) -> np.ndarray:
+def candidate_log_probs(graphdef, params, seqs: Sequences, score_tokens: ScoreTokens, mesh: Mesh
+                        ) -> np.ndarray:
   """[N, K] log pi(score k | prompt, CoT) of every score, each read over all of its tokens
   (`models.score_candidates`: the score's tokens followed by a token that ends the number;
   one teacher-forced pass per path of the score tree).
 
   `seqs`: rows whose `score_pos` is the last delimiter token (anything after it is ignored).
   """
-  del pad_id  # the paths are written over the columns after the delimiter
   fn = _candidates_fn(graphdef, CandidatePaths.of(score_tokens), mesh)
   b = shd.put_batch({"t": seqs.tokens, "m": seqs.mask, "p": seqs.score_pos.astype(np.int32)},
                     mesh)

@@ -24,6 +24,7 @@ from real_jax.train import supervised
 from real_jax.train import state as state_lib
 from real_jax.train import steps
 from real_jax.train.batch import LMBatch, RLBatch
+from real_jax.tools import plan
 from real_jax.train.settings import AdvantageSettings
 from run_helpers import tiny_random_model
 from test_judge import _byte_level
@@ -126,7 +127,8 @@ def _enumerated(graphdef, params, qwen, st, prompt, cots):
 def test_real_loss_and_gradient_on_1_10_equal_hand_enumeration(qwen, judge):
   """The REAL loss of the trainer (`steps.real_objective`: CoT policy gradient + beta *
   [(y_hat - y*)^2 + lam * -log pi(y*)]) and its gradient, on 1-10, equal the same loss built
-  from a forward pass per score; two CoTs of different lengths, right padding."""
+  from a forward pass per score; two CoTs of different lengths, right padding, log-probs on
+  the response columns as the trainer reads them."""
   graphdef, params, _ = judge
   st = scores.resolve_score_tokens(qwen, scale="1-10")
   prompt, resp, seqs = _rows(qwen, st)
@@ -139,7 +141,9 @@ def test_real_loss_and_gradient_on_1_10_equal_hand_enumeration(qwen, judge):
                   pg_keep=np.ones(2, np.float32), refine_keep=np.ones(2, np.float32))
   assert list(batch.target_id) == [9, 2]  # the scores' indices on 1-10
   beta, lam = 1.0, 0.5
-  loss = steps.real_objective(st, steps.RLLossConfig(beta=beta, lam=lam))
+  # Log-probs on the response columns only, as the trainer computes them (`run_rl`).
+  width = seqs.tokens.shape[1] - len(prompt)
+  loss = steps.real_objective(st, steps.RLLossConfig(beta=beta, lam=lam, response_width=width))
   den = loss.denominators(batch)
   got_fn = lambda p: loss.fn(graphdef, p, jax.tree.map(jnp.asarray, batch), den)[0]
   values = jnp.arange(1.0, 11.0)
@@ -161,14 +165,14 @@ def test_real_loss_and_gradient_on_1_10_equal_hand_enumeration(qwen, judge):
 
 
 def test_raft_and_tract_read_the_scores_exactly_on_1_10(qwen, judge):
-  """RAFT's and TRACT's squared error on 1-10 use the same y_hat as the readout."""
-  graphdef, params, mesh = judge
+  """RAFT's and TRACT's squared error on 1-10 read y_hat from each score's probability (a
+  forward pass per score)."""
+  graphdef, params, _ = judge
   st = scores.resolve_score_tokens(qwen, scale="1-10")
-  _, _, seqs = _rows(qwen, st)
+  prompt, resp, seqs = _rows(qwen, st)
   target = np.array([10.0, 1.0], np.float32)
-  pi = np.exp(readout.candidate_log_probs(graphdef, params, seqs, st, mesh,
-                                          pad_id=qwen.pad_token_id))
-  mse = float(np.mean(((pi * np.arange(1, 11)).sum(-1) - target) ** 2))
+  _, pi = _enumerated(graphdef, params, qwen, st, prompt, resp)
+  mse = float(np.mean(((np.asarray(pi) * np.arange(1, 11)).sum(-1) - target) ** 2))
   ones = np.ones(2, np.float32)
   b = LMBatch(tokens=seqs.tokens, mask=seqs.mask, loss_mask=seqs.cot_mask,
               score_pos=seqs.score_pos, target=target,
@@ -183,48 +187,91 @@ def test_raft_and_tract_read_the_scores_exactly_on_1_10(qwen, judge):
 
 
 def test_rollout_and_update_on_1_10(qwen, judge):
-  """The trainer's own path: a rollout round (sample CoTs, the scoring pass, rewards) and a
-  REAL step on its batch. The rollout's y_hat is the exact readout's; the step moves y_hat."""
+  """The trainer's own path: a rollout round (CoTs that reach the delimiter and one that does
+  not, the scoring pass, rewards) and REAL steps on its batch. The rollout's y_hat and sampled
+  score are those of each score's probability (a forward pass per score) and the draw's
+  uniforms; the binary reward follows the sampled score; the steps move y_hat to the labels."""
   graphdef, params, mesh = judge
   st = scores.resolve_score_tokens(qwen, scale="1-10")
-  prompt = np.asarray(prompts.render_chat(qwen, "Is 2+2=4? Score it."), np.int32)[None]
-  prompts_batch = {"prompt_tokens": np.tile(prompt, (2, 1)),
-                   "prompt_mask": np.ones((2, prompt.shape[1]), bool),
+  prompt, resp, _ = _rows(qwen, st)
+  cots = [resp[0], resp[1], resp[0], resp[1][:5]]  # the last one stops before the delimiter
+  width = max(map(len, cots))
+  response = np.full((8, width), qwen.pad_token_id, np.int32)
+  length = np.zeros(8, np.int32)
+  for i in range(8):
+    c = cots[i % 4]
+    response[i, :len(c)], length[i] = c, len(c)
+  found = np.array([i % 4 != 3 for i in range(8)])
+  pt = np.tile(np.asarray(prompt, np.int32)[None], (8, 1))
+  gen = readout.Samples(prompt_tokens=pt, prompt_mask=np.ones_like(pt), response=response,
+                        length=length, found=found, eos=~found, truncated=np.zeros(8, bool))
+  prompts_batch = {"prompt_tokens": pt[::4], "prompt_mask": np.ones_like(pt[::4]),
                    "target": np.array([10.0, 2.0], np.float32),
                    "target_int": np.array([10, 2], np.int32)}
   settings = rl_lib.RolloutSettings(
-      sampler=readout.SamplerSettings(max_new_tokens=6, temperature=1.0, top_p=1.0),
-      group_size=4, filter="all", prompt_buckets=(prompt.shape[1],))
-  score_fn = readout.make_score_fn(graphdef, st, mesh, response_width=7)  # 6 tokens + 1 slot
+      sampler=readout.SamplerSettings(max_new_tokens=width), group_size=4, filter="all")
+  score_fn = readout.make_score_fn(graphdef, st, mesh, response_width=width + 1)
   advantages = AdvantageSettings(format_penalty=81.0)  # the authors' recipe; 1-10's worst error
-  r = rl_lib.rollout_round(graphdef, params, None, prompts_batch, jax.random.PRNGKey(0),
-                           settings=settings, advantages=advantages, score_fn=score_fn,
-                           score_tokens=st, mesh=mesh, pad_id=qwen.pad_token_id)
+  key = jax.random.PRNGKey(0)
+  r = rl_lib.rollout_round(graphdef, params, None, prompts_batch, key, settings=settings,
+                           advantages=advantages, score_fn=score_fn, score_tokens=st,
+                           mesh=mesh, pad_id=qwen.pad_token_id, gen=gen)
   b = r.batch
-  assert b.num_rows == 8 and set(b.target_id) == {9, 1}
-  seqs = readout.Sequences(tokens=b.tokens, mask=b.mask, score_pos=b.score_pos,
-                           cot_mask=b.cot_mask)
-  pi = np.exp(readout.candidate_log_probs(graphdef, params, seqs, st, mesh,
-                                          pad_id=qwen.pad_token_id))
+  assert list(b.target_id) == [9] * 4 + [1] * 4 and list(b.refine_keep) == list(found)
+  _, pi = _enumerated(graphdef, params, qwen, st, prompt, cots)
+  pi = np.asarray(pi)[np.arange(8) % 4]
   np.testing.assert_allclose(r.samples.y_hat, (pi * np.arange(1, 11)).sum(-1), rtol=1e-4)
-  scored = np.isfinite(r.samples.sampled_score)
-  assert set(r.samples.sampled_score[scored]) <= set(range(1, 11))
+  # The score drawn whole by inverse CDF with the scoring pass's uniforms (`run_scoring`).
+  u = np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 1), 0),
+                                    (settings.score_rows,)))[:8]
+  cum = np.cumsum(pi, -1)
+  want = np.where(u < cum[:, -1], 1 + (cum < u[:, None]).sum(-1), np.nan)
+  want[~found] = np.nan  # no delimiter: no sampled score
+  np.testing.assert_array_equal(r.samples.sampled_score, want)
+  np.testing.assert_array_equal(r.samples.binary_reward,
+                                (want == np.repeat([10, 2], 4)).astype(np.float32))
 
-  # Every row counts in the refinement term here (the tiny random judge rarely reaches the
-  # delimiter; the rows read at their last token still have a y_hat to move).
-  batch = dataclasses.replace(b, refine_keep=np.ones(8, np.float32))
   tx = optax.adam(1e-2)
   state, shardings = state_lib.init_state(jax.tree.map(jnp.copy, params), tx, mesh, 0)
   loss = steps.real_objective(st, steps.RLLossConfig(beta=1.0, lam=0.0,
-                                                     response_width=b.tokens.shape[1]
-                                                     - prompt.shape[1]))
-  step = steps.make_train_step(loss, graphdef, tx, mesh, shardings, batch, donate=False)
+                                                     response_width=width + 1))
+  step = steps.make_train_step(loss, graphdef, tx, mesh, shardings, b, donate=False)
   errs = []
   for _ in range(3):
-    state, m = step(state, shd.put_batch(batch, mesh))
+    state, m = step(state, shd.put_batch(b, mesh))
     assert float(m["applied"]) == 1.0 and np.isfinite(float(m["loss"]))
     errs.append(float(m["mse"]))
   assert errs[-1] < errs[0]
+  # Standard RL's action is one score token: refused on such scales, naming the method.
+  with pytest.raises(ValueError, match="method=real"):
+    rl_lib.rollout_round(graphdef, params, None, prompts_batch, key,
+                         settings=dataclasses.replace(settings, standard_rl=True),
+                         advantages=advantages, score_fn=score_fn, score_tokens=st, mesh=mesh,
+                         pad_id=qwen.pad_token_id, gen=gen)
+
+
+def test_end_of_number_stays_exact_where_a_digit_follows_almost_surely():
+  """log(1 - p(digit)) as the log-mass of the other tokens: float32 agrees with float64 where
+  1 - sum p(digit) would round away, and its gradient to the digit's logit stays alive."""
+  x = np.zeros((3, 100))
+  x[:, 10] = [12.0, 18.0, 25.0]  # the digit's logit above 99 others
+  lp = jax.nn.log_softmax(jnp.asarray(x, jnp.float32))
+  got = models.log_number_ends(lp, (10, 11))
+  x64 = x - np.log(np.exp(x).sum(-1, keepdims=True))
+  want = np.log(np.exp(np.delete(x64, [10, 11], -1)).sum(-1))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  grad = jax.grad(lambda z: models.log_number_ends(jax.nn.log_softmax(z), (10, 11)).sum())(
+      jnp.asarray(x, jnp.float32))
+  # d/dz_digit [log sum_other e^z - log sum_all e^z] = -p(digit)
+  np.testing.assert_allclose(grad[:, 10], -np.exp(x64[:, 10]), rtol=1e-5)
+
+
+def test_plan_compiles_one_pass_per_path_for_such_scales():
+  """The plan tool's stand-in scores follow the config's scale: split digits on 1-10."""
+  assert not plan._stand_in_scores("1-5").multi_token
+  assert plan._stand_in_scores("1-5").token_ids == plan._SCORE_TOKENS.token_ids
+  ten = plan._stand_in_scores("1-10")
+  assert ten.multi_token and len(ten.paths[0]) == 9 and ten.sequences[-1] == (17, 16)
 
 
 @pytest.mark.parametrize("method,over,says", [

@@ -166,8 +166,7 @@ def test_1_10_readout_equals_hand_enumeration(qwen, tiny_judge):
   pt = np.tile(np.asarray(prompt, np.int32)[None], (2, 1))
   seqs = readout.build_sequences(pt, np.ones_like(pt, bool), response,
                                  np.array([len(r) for r in resp]), pad_id=qwen.pad_token_id)
-  got = np.exp(readout.candidate_log_probs(graphdef, params, seqs, st, mesh,
-                                           pad_id=qwen.pad_token_id))
+  got = np.exp(readout.candidate_log_probs(graphdef, params, seqs, st, mesh))
   digits = [qwen.convert_tokens_to_ids(str(d)) for d in range(10)]
   for i, r in enumerate(resp):
     for k, label in enumerate(st.scale.labels):

@@ -26,13 +26,14 @@ from real_jax.models.presets import PRESETS, Preset, get_preset
 from real_jax.models.qwen3 import (CACHE_AXES, PARAM_AXES, DecodeCache, Qwen3, Qwen3Config,
                                    decode_cache, decode_step, decode_weights, forward_logits,
                                    positions_from_mask)
-from real_jax.models.scoring import (CandidateOutput, CandidatePaths, ScoreOutput, output_columns,
-                                     score_candidates, score_sequences)
+from real_jax.models.scoring import (CandidateOutput, CandidatePaths, ScoreOutput,
+                                     log_number_ends, output_columns, score_candidates,
+                                     score_sequences)
 
 __all__ = [
     "CACHE_AXES", "PARAM_AXES", "PRESETS", "DecodeCache", "Preset", "Qwen3", "Qwen3Config",
     "CandidateOutput", "CandidatePaths", "ScoreOutput", "abstract_model", "decode_cache", "decode_step", "decode_weights",
-    "forward_logits", "get_preset", "init_params", "add_lora", "without_lora", "merge_lora",
+    "forward_logits", "get_preset", "init_params", "log_number_ends", "add_lora", "without_lora", "merge_lora",
     "quantize_params",
     "output_columns", "param_path",
     "param_shardings", "positions_from_mask", "score_candidates", "score_sequences",

@@ -24,7 +24,7 @@ from real_jax.models import qwen3
 Array = jax.Array
 
 __all__ = ["ScoreOutput", "score_sequences", "CandidatePaths", "CandidateOutput",
-           "score_candidates"]
+           "score_candidates", "log_number_ends"]
 
 
 class ScoreOutput(NamedTuple):
@@ -190,6 +190,14 @@ class CandidateOutput(NamedTuple):
   token_entropy: Array | None = None
 
 
+def log_number_ends(logp: Array, continuation_ids: tuple[int, ...]) -> Array:
+  """log(1 - sum_d p(d)) over the continuation tokens d: [..., V] log-probs -> [...], as the
+  log-mass of every other token (a logsumexp, not 1 minus a sum), so it stays exact, and its
+  gradient alive, where a digit follows almost surely."""
+  is_cont = jnp.zeros(logp.shape[-1], bool).at[jnp.asarray(continuation_ids, jnp.int32)].set(True)
+  return jax.nn.logsumexp(jnp.where(is_cont, -jnp.inf, logp), axis=-1)
+
+
 def score_candidates(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, mask: Array,
                      score_positions: Array, candidates: CandidatePaths, *,
                      response_width: int = 0, chunk_size: int = 64,
@@ -222,7 +230,6 @@ def score_candidates(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, m
   off = jnp.arange(t + depth)[None, :] - pos - 1  # [B, T + depth]: column's place in the path
   tokens = jnp.pad(tokens, ((0, 0), (0, depth)))
   prefix_mask = jnp.pad(mask.astype(bool), ((0, 0), (0, depth))) & (off < 0)
-  cont = jnp.asarray(candidates.continuation_ids, jnp.int32)
   first, per_path = None, []
   for path in candidates.paths:
     n = len(path)
@@ -238,9 +245,7 @@ def score_candidates(graphdef: nnx.GraphDef, params: nnx.State, tokens: Array, m
     logp = jax.nn.log_softmax(out.score_logits.astype(jnp.float32), axis=-1)  # [B, n + 1, V]
     step = jnp.take_along_axis(logp[:, :n], ids[None, :, None], axis=-1)[..., 0]  # [B, n]
     prefix = jnp.concatenate([jnp.zeros((b, 1), jnp.float32), jnp.cumsum(step, axis=1)], 1)
-    p_cont = jnp.sum(jnp.exp(jnp.take(logp, cont, axis=-1)), axis=-1)  # [B, n + 1]
-    # log(1 - p_cont), kept finite where a path's next token is a digit almost surely.
-    per_path.append(prefix + jnp.log1p(-jnp.minimum(p_cont, 1.0 - 1e-7)))
+    per_path.append(prefix + log_number_ends(logp, candidates.continuation_ids))
   score_lp = jnp.stack([per_path[p][:, m] for p, m in candidates.where], axis=1)
   cut = lambda a: None if a is None else a[:, :t]
   return CandidateOutput(token_log_probs=cut(first.token_log_probs), score_log_probs=score_lp,

@@ -51,6 +51,7 @@ from jax.experimental import topologies
 
 from real_jax import models, readout, sampling
 from real_jax import sharding as shd
+from real_jax.judge.scales import as_scale
 from real_jax.judge.scores import ScoreTokens
 from real_jax.train import config_lib, data_utils, state as state_lib, steps as steps_lib
 from real_jax.train.batch import LMBatch, RLBatch
@@ -67,6 +68,21 @@ __all__ = ["ProgramReport", "topology_devices", "usable_hbm", "programs", "compi
 # Stand-in score tokens: ids and values only shape the programs, never their memory.
 _SCORE_TOKENS = ScoreTokens(token_ids=(16, 17, 18, 19, 20), values=(1.0, 2.0, 3.0, 4.0, 5.0),
                             delimiter_ids=(5, 6, 7), eos_id=2)
+
+
+def _stand_in_scores(scores: str) -> ScoreTokens:
+  """Stand-in score tokens of the config's scale (`data.scores`). Where a score has several
+  digits, the digits are taken as split into tokens (Qwen, Llama 3): the programs then read one
+  pass per path of the score tree (`models.score_candidates`), which their memory reflects."""
+  scale = as_scale(scores)
+  if all(len(label) == 1 for label in scale.labels):
+    return dataclasses.replace(_SCORE_TOKENS, token_ids=tuple(16 + i for i in range(len(
+        scale.labels))), values=scale.values)
+  digit = lambda ch: 16 + int(ch)
+  seqs = tuple(tuple(map(digit, label)) for label in scale.labels)
+  return dataclasses.replace(_SCORE_TOKENS, token_ids=tuple(s[0] for s in seqs),
+                             values=scale.values, continuation_ids=tuple(range(16, 26)),
+                             candidates=seqs)
 _GIB = 2 ** 30
 
 
@@ -153,7 +169,7 @@ def programs(config, mesh) -> dict[str, tuple[Any, tuple, str]]:
                       target=((rows,), f32), target_id=((rows,), i32),
                       sample_mask=((rows,), f32))
 
-  score_tokens = _SCORE_TOKENS
+  score_tokens = _stand_in_scores(c.data.scores)
   run_settings = settings_lib.resolve(c, score_tokens.values)
   method = c.method
   if methods_lib.WARMUP_STAGE in run_settings.stages:

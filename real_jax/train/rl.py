@@ -205,6 +205,12 @@ def rollout_round(graphdef, params, ref_params, prompts: dict[str, np.ndarray], 
   `prompts` is a `JudgeBatcher` batch (prompt_tokens, prompt_mask, target, target_int); `gen`
   (`readout.Samples`, what `readout.sample_cots` returns) replaces sampling, e.g. in tests.
   """
+  if score_tokens.multi_token and (settings.standard_rl or settings.scores_from_sampler):
+    raise ValueError(
+        f"scores {score_tokens.scale.spec} are several tokens: " + (
+            "standard RL's action ends with one score token; use method=real"
+            if settings.standard_rl else "set rl.scores_from_sampler=False (the decode step "
+            "reads one score token)"))
   n = settings.group_size
   t0 = time.time()
   if gen is None:
