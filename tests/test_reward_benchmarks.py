@@ -112,18 +112,19 @@ def test_biggen_bench_is_pointwise_on_its_rubrics(tmp_path):
 
 
 def test_runlocal_judge_on_every_benchmark(tmp_path):
-  """The runlocal config: warm-up and REAL on the 0-4 synthetic task, evaluation with 4 CoTs
-  per item on its test split and every benchmark's fixtures."""
+  """The runlocal config: warm-up and REAL on the 0-4 synthetic task, evaluation of the final
+  judge with 4 CoTs per item on its test split and every benchmark's fixtures."""
   c = config_lib.load_config(CONFIG + ":runlocal,scores=0-4,method=real")
   c.unlock()
   c.eval.num_cots = 4
+  c.eval.after_warmup = False  # one evaluation (the final judge's) keeps the test short
   c.log.tensorboard = False
   c.lock()
   wd = str(tmp_path / "rb")
   main_lib.run(c, wd)
   with open(os.path.join(wd, "results.json")) as f:
     rows = json.load(f)["rows"]
-  assert len(rows) == 2  # the warm-up and REAL
+  assert len(rows) == 1  # REAL after its warm-up
   for r in rows:
     assert r["info"]["num_cots"] == 4
     splits = r["summary"]["splits"]
@@ -138,7 +139,7 @@ def test_runlocal_judge_on_every_benchmark(tmp_path):
   table = md.split("## Reward benchmarks")[1].split("\n\n")[2]
   cells = evaluate.check_markdown_table(table)
   assert [row[1] for row in cells[1:]] == ["rewardbench", "rewardbench2", "rm_bench",
-                                           "judgebench", "ppe"] * 2
+                                           "judgebench", "ppe"]
   # The 0-4 scale everywhere: training labels, the prompts, the readouts, the judge.
   train, evals, _ = data_utils.load_sources(c, wd, train=True, evaluation=True)
   assert {train[i]["target_int"] for i in range(len(train))} == {0, 1, 2, 3, 4}
