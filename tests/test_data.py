@@ -201,6 +201,31 @@ def test_synthetic_shuffled_items_are_found_by_label():
           for r in plain["train"]} == {tuple("abcd")}
 
 
+def test_synthetic_ood_rubric_shuffled_responses_change_only_their_order():
+  """ood_rubric_shuffle_response lists the OOD-rubric responses' answers in random label orders
+  and changes nothing else: every other field of that split and every other split are those of
+  the default, and each label keeps its answer (the score and the demonstration still hold)."""
+  cfg = synthetic.SyntheticConfig(seed=2, shuffle_items=True, label_noise=0.0, cot_error_rate=0.0,
+                                  train_size=200, test_size=40, ood_size=120)
+  plain = synthetic.generate_all(cfg)
+  shuffled = synthetic.generate_all(dataclasses.replace(cfg, ood_rubric_shuffle_response=True))
+  orders = set()
+  for split in plain:
+    for a, b in zip(plain[split], shuffled[split], strict=True):
+      if split != "test_ood_rubric":
+        assert a == b
+        continue
+      assert {k: v for k, v in a.items() if k != "orig_response"} == {
+          k: v for k, v in b.items() if k != "orig_response"}
+      by_label = lambda r: dict(re.findall(r"\b([a-d])\) (\d+)", r["orig_response"]))
+      assert by_label(a) == by_label(b)
+      orders.add(tuple(re.findall(r"\b([a-d])\) \d+", b["orig_response"])))
+      all_right, score = check_cot(b)
+      assert all_right and score == b["true_score"] == independent_score(b["orig_instruction"],
+                                                                        b["orig_response"])
+  assert len(orders) > 12 and tuple("abcd") in orders
+
+
 def test_synthetic_ground_truth_matches_independent_checker():
   cfg = synthetic.SyntheticConfig(seed=3, label_noise=0.0, cot_error_rate=0.0, train_size=400,
                                   test_size=100, ood_size=100)

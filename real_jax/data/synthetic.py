@@ -57,6 +57,12 @@ Knobs (`SyntheticConfig`):
                    labels ("c) 2+3 a) 4+1 d) ..."; the response keeps a, b, c, d); the
                    demonstration still walks a, b, c, d, so a judge must find each item by its
                    label, not by its position (which a held-out wording shifts).
+  ood_rubric_shuffle_response  if True the OOD-rubric split's responses also list their answers
+                   in a random order of labels ("c) 7 a) 12 d) 9 b) 5"), a format the judge never
+                   saw (its training responses keep a, b, c, d) and the base reads (its corpus
+                   lists answers in either order): the judge must find each answer by its label.
+                   The split's items, answers and labels are those of the default; only the
+                   order of its responses changes, and no other split changes.
 
 Splits, and what each holds out from judge training (the pretrained base of
 `configs/synthetic_base.py` knows all of it; `real_jax.data.synthetic_corpus`):
@@ -161,6 +167,7 @@ class SyntheticConfig:
   scores: str = "1-5"
   reference_has_answers: bool = False
   shuffle_items: bool = False
+  ood_rubric_shuffle_response: bool = False
   train_size: int = 8192
   test_size: int = 512
   ood_size: int = 512
@@ -357,6 +364,7 @@ def _make_example(rng: _Uniforms, config: SyntheticConfig, split: str):
     graders = [grader_score(k_correct, n_close, config, rng) for _ in range(config.n_eval_graders)]
     row["orig_score"] = str(graders[0])
     row["gpt4_score"] = graders
+  row["answers"] = answers  # for the response order of `generate_all` (not stored)
   return row, key
 
 
@@ -385,6 +393,13 @@ def generate_all(config: SyntheticConfig = SyntheticConfig()) -> dict[str, list[
       seen.add(key)
       row["id"] = f"synthetic-{split}-{len(rows):06d}"
       rows.append(row)
+    if config.ood_rubric_shuffle_response and split == "test_ood_rubric":
+      # Its own stream: the split's items, answers and labels stay those of the default.
+      order = np.random.default_rng([config.seed, SPLITS.index(split), 20261208])
+      for row in rows:
+        row["orig_response"] = labelled(row["answers"], order.permutation(N_ITEMS))
+    for row in rows:
+      del row["answers"]
     out[split] = rows
   return {s: out[s] for s in SPLITS}
 
@@ -469,6 +484,7 @@ class SyntheticBuilderConfig(JudgeBuilderConfig):
   answer_max: int = 0
   reference_has_answers: bool = False
   shuffle_items: bool = False
+  ood_rubric_shuffle_response: bool = False
   train_size: int = 8192
   test_size: int = 512
   ood_size: int = 512
@@ -485,10 +501,11 @@ class SyntheticJudge(JudgeBuilderBase):
   test_ood_rubric (held-out wordings); test targets are the mean of n_eval_graders noisy labels.
   """
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {"1.0.0": "Initial synthetic judge task.",
                    "1.1.0": "Graded near misses (near_miss_credit), expected_score, n_close.",
-                   "1.2.0": "Labelled CoT steps; shuffle_items."}
+                   "1.2.0": "Labelled CoT steps; shuffle_items.",
+                   "1.3.0": "ood_rubric_shuffle_response."}
   BUILDER_CONFIGS = [SyntheticBuilderConfig(name="score_phrase", output_format="score_phrase"),
                      SyntheticBuilderConfig(name="result", output_format="result")]
   SOURCE = "synthetic"

@@ -22,9 +22,9 @@ __all__ = ["SYNTHETIC_OPTIONS", "SYNTHETIC_EVAL_SPLITS", "PROMETHEUS_EVAL", "loa
     "thinking_flag", "data_order_seed", "make_batcher", "delimiter_at_start", "ArrayIterator"]
 
 SYNTHETIC_OPTIONS = ("seed", "difficulty", "label_noise", "n_eval_graders", "cot_error_rate",
-                     "near_miss_rate", "near_miss_credit", "ood_hard", "answer_max", "reference_has_answers", "shuffle_items",
-                     "train_size", "test_size",
-                     "ood_size")
+                     "near_miss_rate", "near_miss_credit", "ood_hard", "answer_max",
+                     "reference_has_answers", "shuffle_items", "ood_rubric_shuffle_response",
+                     "train_size", "test_size", "ood_size")
 SYNTHETIC_EVAL_SPLITS = ("test", "test_ood_hard", "test_ood_rubric")
 PROMETHEUS_EVAL = ("feedback_bench", "flask", "vicuna_bench", "mt_bench")
 
