@@ -5,7 +5,17 @@ Command (the README's first command):
   python -m real_jax.main --config configs/synthetic.py --workdir workdirs/synthetic
 
 Variants (`:arg`): `method=sft|raft|tract|grpo|real` (default real), `runlocal` (a few steps
-only, for smoke tests), e.g. `--config configs/synthetic.py:method=grpo`.
+only, for smoke tests), `study` (the task and recipe of experiments/synthetic_table: see
+below), e.g. `--config configs/synthetic.py:method=grpo`.
+
+`study`: difficulty 1 with `ood_hard=carry` (every split but OOD hard has one-digit sums; OOD
+hard's are two-digit: new sums of operands the judge has copied), wrong answers up to 18, and
+OOD-rubric responses that list their answers in a random label order (a format the judge never
+trained on); every 2nd warm-up step trains on a batch of the base's pretraining corpus (16 rows
+x 256 tokens), so the warm-up keeps the base's reading skills. With these the warm-up's CoTs are
+entirely right on about 30% (OOD hard) and 57% (OOD rubric) of the items against 79% in domain
+(5 seeds, 1,200 steps at LR 3e-3): the study's precondition. Its settings (LR, steps, budgets)
+come from experiments/synthetic_table/sweep.py.
 
 Hardware: 2 CPU cores, 1 device (no accelerator). Model: the committed synthetic base
 (assets/synthetic_base: ~0.85M-parameter Qwen3-style "tiny-1m", pretrained by
@@ -35,7 +45,7 @@ BASE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, method="real", runlocal=False)
+  a = config_lib.parse_arg(arg, method="real", runlocal=False, study=False)
   c = config_lib.base_config()
   c.method = a.method
   c.seed = 0
@@ -116,6 +126,15 @@ def get_config(arg=None):
 
   c.checkpoint.every = 10
   c.log.every = 50
+
+  if a.study:  # the task and recipe of experiments/synthetic_table (docstring)
+    c.data.synthetic.difficulty = 1
+    c.data.synthetic.ood_hard = "carry"
+    c.data.synthetic.answer_max = 18
+    c.data.synthetic.ood_rubric_shuffle_response = True
+    c.warmup.replay_every = 2
+    c.pretrain.batch_size = 16
+    c.pretrain.seq_len = 256
 
   if a.runlocal:
     c.warmup.steps = min(c.warmup.steps, 2) if c.warmup.steps else 0
