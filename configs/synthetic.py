@@ -12,10 +12,10 @@ below), e.g. `--config configs/synthetic.py:method=grpo`.
 hard's are two-digit: new sums of operands the judge has copied), wrong answers up to 18, and
 OOD-rubric responses that list their answers in a random label order (a format the judge never
 trained on); every 2nd warm-up step trains on a batch of the base's pretraining corpus (16 rows
-x 256 tokens), so the warm-up keeps the base's reading skills. With these the warm-up's CoTs are
-entirely right on about 30% (OOD hard) and 57% (OOD rubric) of the items against 79% in domain
-(5 seeds, 1,200 steps at LR 3e-3): the study's precondition. Its settings (LR, steps, budgets)
-come from experiments/synthetic_table/sweep.py.
+x 256 tokens), so the warm-up keeps the base's reading skills through SFT. It is the task on
+which the warm-up's CoTs are right often enough out of domain for RL to have signal, and wrong
+often enough for it to have room: the precondition of experiments/synthetic_table, whose
+sweep chooses its settings (LR, steps, budgets) on the validation split.
 
 Hardware: 2 CPU cores, 1 device (no accelerator). Model: the committed synthetic base
 (assets/synthetic_base: ~0.85M-parameter Qwen3-style "tiny-1m", pretrained by
@@ -158,4 +158,5 @@ def get_config(arg=None):
     c.data.val_size = 16
     c.checkpoint.every = 1
     c.log.every = 1
+    c.pretrain.batch_size = min(c.pretrain.batch_size, 4)  # study: small replay batches
   return c

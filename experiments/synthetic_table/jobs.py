@@ -33,7 +33,7 @@ AFTER_STAGE = {"sft": "sft", "tract": "tract2"}
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-  """One run: `python -m real_jax.main --config configs/synthetic.py:method=<method>,study` plus
+  """One run: `python -m real_jax.main --config configs/synthetic.py:method=<method>` plus
   `args`; `after` names the job whose checkpoint it starts from (same seed). It is finished
   when `done` exists in its workdir ("" = results.json has its final row)."""
   name: str
@@ -130,7 +130,7 @@ def finished(job: Job, wd: str) -> bool:
 def command(root: str, jobs: dict[str, Job], name: str, seed: int, config_arg: str = "",
             extra: tuple[str, ...] = ()) -> list[str]:
   j = jobs[name]
-  arg = f"method={j.method},study" + (f",{config_arg}" if config_arg else "")
+  arg = f"method={j.method}" + (f",{config_arg}" if config_arg else "")
   cmd = [sys.executable, "-m", "real_jax.main", f"--config={CONFIG}:{arg}",
          f"--workdir={workdir(root, name, seed)}", f"--config.seed={seed}",
          f"--config.name={j.label}", "--config.eval.before_training=false"]

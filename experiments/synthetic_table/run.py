@@ -5,8 +5,8 @@ r"""A synthetic Table 2: every method from the shared synthetic base, 5 seeds, p
   python experiments/synthetic_table/run.py                 # the study, then every output
   python experiments/synthetic_table/run.py --aggregate     # only rebuild the outputs
 
-Every run is `python -m real_jax.main --config configs/synthetic.py:method=M,study` (the
-study's task and recipe, starting from assets/synthetic_base) with the settings of `chosen.json` — the
+Every run is `python -m real_jax.main --config configs/synthetic.py:method=M` (the README's
+default task, starting from assets/synthetic_base) with the settings of `chosen.json` — the
 sweep's choice on the in-domain validation split; this script reads settings from nowhere
 else and refuses a chosen.json entry whose split is not "validation". Workdirs are
 <root>/<run>_s<seed> (outside the work tree): an interrupted study resumes where it stopped.

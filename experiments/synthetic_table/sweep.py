@@ -40,8 +40,8 @@ METRIC = "rail/pearson"
 class Grid:
   """The candidates. `smoke()`: the same stages at a few steps (tests)."""
   sft_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # the same LRs for RAFT and TRACT
-  sft_steps: int = 1200
-  sft_every: int = 400
+  sft_steps: int = 400
+  sft_every: int = 100
   raft_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
   raft_renorm: tuple[bool, ...] = (False, True)
   raft_steps: int = 300
@@ -54,7 +54,7 @@ class Grid:
   tract_steps: int = 300  # stage 2, read every `tract_every` steps
   tract_stage1_steps: int = 300
   tract_every: int = 100
-  rl_lrs: tuple[float, ...] = (1e-5, 5e-5, 2e-4)  # the same for GRPO and REAL
+  rl_lrs: tuple[float, ...] = (5e-5, 2e-4, 1e-3)  # the same for GRPO and REAL
   rl_budgets: tuple[int, ...] = (20, 60, 150)
   rl_every: int = 20
 
