@@ -5,17 +5,15 @@ Command (the README's first command):
   python -m real_jax.main --config configs/synthetic.py --workdir workdirs/synthetic
 
 Variants (`:arg`): `method=sft|raft|tract|grpo|real` (default real), `runlocal` (a few steps
-only, for smoke tests), `study` (the task and recipe of experiments/synthetic_table: see
-below), e.g. `--config configs/synthetic.py:method=grpo`.
+only, for smoke tests), `study` (below), e.g. `--config configs/synthetic.py:method=grpo`.
 
-`study`: difficulty 1 with `ood_hard=carry` (every split but OOD hard has one-digit sums; OOD
-hard's are two-digit: new sums of operands the judge has copied), wrong answers up to 18, and
-OOD-rubric responses that list their answers in a random label order (a format the judge never
-trained on); every 2nd warm-up step trains on a batch of the base's pretraining corpus (16 rows
-x 256 tokens), so the warm-up keeps the base's reading skills through SFT. It is the task on
-which the warm-up's CoTs are right often enough out of domain for RL to have signal, and wrong
-often enough for it to have room: the precondition of experiments/synthetic_table, whose
-sweep chooses its settings (LR, steps, budgets) on the validation split.
+`study`: a harder task with out-of-domain shifts the base can read and the judge never trains
+on: difficulty 1 with `ood_hard=carry` (every split but OOD hard has one-digit sums; OOD hard's
+are two-digit: new sums of operands the judge has copied) and OOD-rubric responses that list
+their answers in a random label order (`ood_rubric_shuffle_response`); every 2nd warm-up step
+trains on a batch of the base's pretraining corpus (16 rows x 256 tokens, `warmup.replay_every`),
+so the warm-up keeps the base's reading skills through SFT. Its LR and budgets are not tuned
+here (the demo's); choose them on the validation split (experiments/synthetic_table/sweep.py).
 
 Hardware: 2 CPU cores, 1 device (no accelerator). Model: the committed synthetic base
 (assets/synthetic_base: ~0.85M-parameter Qwen3-style "tiny-1m", pretrained by
@@ -127,10 +125,10 @@ def get_config(arg=None):
   c.checkpoint.every = 10
   c.log.every = 50
 
-  if a.study:  # the task and recipe of experiments/synthetic_table (docstring)
+  if a.study:  # the harder task with out-of-domain shifts (docstring)
     c.data.synthetic.difficulty = 1
     c.data.synthetic.ood_hard = "carry"
-    c.data.synthetic.answer_max = 18
+    c.data.synthetic.answer_max = 18  # 0..18: difficulty 1's max sum, the same as the default
     c.data.synthetic.ood_rubric_shuffle_response = True
     c.warmup.replay_every = 2
     c.pretrain.batch_size = 16
@@ -158,5 +156,5 @@ def get_config(arg=None):
     c.data.val_size = 16
     c.checkpoint.every = 1
     c.log.every = 1
-    c.pretrain.batch_size = min(c.pretrain.batch_size, 4)  # study: small replay batches
+    c.pretrain.batch_size = min(c.pretrain.batch_size, 4)  # small replay batches (study)
   return c

@@ -27,9 +27,9 @@ def test_synthetic_configs_validate(arg):
   assert config_lib.validate(c, num_devices=1) == {"data": 1, "fsdp": 1, "tensor": 1}
   study = bool(arg) and "study" in arg
   s = c.data.synthetic
-  assert (s.difficulty, s.ood_hard, s.answer_max, s.ood_rubric_shuffle_response,
-          c.warmup.replay_every > 0) == ((1, "carry", 18, True, True) if study else
-                                         (0, "level", 0, False, False))
+  assert (s.difficulty, s.ood_hard, s.ood_rubric_shuffle_response,
+          c.warmup.replay_every > 0) == ((1, "carry", True, True) if study else
+                                         (0, "level", False, False))
 
 
 @pytest.mark.parametrize("size", ["0.6b", "1.7b", "4b", "8b", "14b", "32b"])

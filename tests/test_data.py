@@ -1,5 +1,6 @@
 """Judge datasets: TFDS builders on fixture files, validation counts, the synthetic task."""
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -209,7 +210,7 @@ def test_synthetic_ood_rubric_shuffled_responses_change_only_their_order():
                                   train_size=200, test_size=40, ood_size=120)
   plain = synthetic.generate_all(cfg)
   shuffled = synthetic.generate_all(dataclasses.replace(cfg, ood_rubric_shuffle_response=True))
-  orders = set()
+  orders = []
   for split in plain:
     for a, b in zip(plain[split], shuffled[split], strict=True):
       if split != "test_ood_rubric":
@@ -219,11 +220,27 @@ def test_synthetic_ood_rubric_shuffled_responses_change_only_their_order():
           k: v for k, v in b.items() if k != "orig_response"}
       by_label = lambda r: dict(re.findall(r"\b([a-d])\) (\d+)", r["orig_response"]))
       assert by_label(a) == by_label(b)
-      orders.add(tuple(re.findall(r"\b([a-d])\) \d+", b["orig_response"])))
+      orders.append(tuple(re.findall(r"\b([a-d])\) \d+", b["orig_response"])))
       all_right, score = check_cot(b)
       assert all_right and score == b["true_score"] == independent_score(b["orig_instruction"],
                                                                         b["orig_response"])
-  assert len(orders) > 12 and tuple("abcd") in orders
+      assert sorted(orders[-1]) == list("abcd")
+  assert len(set(orders)) > 12
+  assert synthetic.generate_all(dataclasses.replace(cfg, ood_rubric_shuffle_response=True)) == (
+      shuffled)  # deterministic
+
+
+def test_synthetic_default_data_unchanged():
+  """The generator's default path keeps producing the data it produced before the OOD-rubric
+  response knob existed (sha1 of the JSON of every split, computed with that version)."""
+  cases = [(dict(seed=2, shuffle_items=True, train_size=200, test_size=40, ood_size=120),
+            "04195d4c2de44423d2ada5ce6eaa5249e5936590"),
+           (dict(seed=5, difficulty=1, ood_hard="carry", near_miss_credit=0.5, cot_error_rate=0.3,
+                 train_size=100, test_size=30, ood_size=60),
+            "127f8fb62731acd9f270188a9f63b07a978b607c")]
+  for kw, want in cases:
+    data = synthetic.generate_all(synthetic.SyntheticConfig(**kw))
+    assert hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest() == want, kw
 
 
 def test_synthetic_ground_truth_matches_independent_checker():

@@ -364,7 +364,6 @@ def _make_example(rng: _Uniforms, config: SyntheticConfig, split: str):
     graders = [grader_score(k_correct, n_close, config, rng) for _ in range(config.n_eval_graders)]
     row["orig_score"] = str(graders[0])
     row["gpt4_score"] = graders
-  row["answers"] = answers  # for the response order of `generate_all` (not stored)
   return row, key
 
 
@@ -378,7 +377,7 @@ def generate_all(config: SyntheticConfig = SyntheticConfig()) -> dict[str, list[
   out = {}
   for split in ("test", "test_ood_hard", "test_ood_rubric", "train"):
     rng = _Uniforms(np.random.default_rng([config.seed, SPLITS.index(split), 20260101]))
-    rows = []
+    rows, responses = [], []  # responses: each row's answers in label order (key[1])
     n = config.split_size(split)
     misses = 0  # consecutive draws that were already used
     while len(rows) < n:
@@ -393,14 +392,13 @@ def generate_all(config: SyntheticConfig = SyntheticConfig()) -> dict[str, list[
       seen.add(key)
       row["id"] = f"synthetic-{split}-{len(rows):06d}"
       rows.append(row)
+      responses.append(key[1])
+    out[split] = rows
     if config.ood_rubric_shuffle_response and split == "test_ood_rubric":
       # Its own stream: the split's items, answers and labels stay those of the default.
       order = np.random.default_rng([config.seed, SPLITS.index(split), 20261208])
-      for row in rows:
-        row["orig_response"] = labelled(row["answers"], order.permutation(N_ITEMS))
-    for row in rows:
-      del row["answers"]
-    out[split] = rows
+      for row, answers in zip(rows, responses):
+        row["orig_response"] = labelled(answers, order.permutation(N_ITEMS))
   return {s: out[s] for s in SPLITS}
 
 

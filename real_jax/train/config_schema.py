@@ -239,8 +239,9 @@ def base_config() -> ConfigDict:
   c.data.synthetic.ood_hard = "level"  # level: OOD hard = difficulty + 1 | carry: 2-digit sums
   c.data.synthetic.answer_max = 0  # other wrong answers uniform over 0..this (0: the max sum)
   c.data.synthetic.reference_has_answers = False  # the reference lists the correct sums
-  c.data.synthetic.shuffle_items = False  # list items and answers in a random order of labels
-  c.data.synthetic.ood_rubric_shuffle_response = False  # OOD-rubric responses: answers in a random label order
+  c.data.synthetic.shuffle_items = False  # list the items in a random order of labels
+  # The OOD-rubric split's responses list their answers in a random order of labels.
+  c.data.synthetic.ood_rubric_shuffle_response = False
   c.data.synthetic.train_size = 8192  # records in train
   c.data.synthetic.test_size = 512  # records in test (in domain)
   c.data.synthetic.ood_size = 512  # records in each OOD split
