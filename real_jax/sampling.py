@@ -339,6 +339,18 @@ def _nucleus_threshold(e: Array, z: Array, top_p: float, max_iters: int,
   return jax.lax.cond(jnp.all(resolved(search)), lambda search: search["lo"], finish, search)
 
 
+def _argmax(x: Array, m: Array) -> Array:
+  """`jnp.argmax(x, axis=-1)` of x [R, V] (the first maximum; the first NaN in a row that has
+  one) given m, x's row maxima, as three vectorised passes: XLA:CPU's argmax is a variadic
+  reduce, several times slower on the sampler's [64, 32k] logits (`benchmarks/top_p.py` times
+  both)."""
+  v = x.shape[-1]
+  nan = jnp.isnan(x)
+  hit = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan, x == m[:, None])
+  first = jnp.min(jnp.where(hit, jnp.arange(v, dtype=jnp.float32), float(v)), axis=-1)
+  return first.astype(jnp.int32)  # float32 holds every index below 2**24 exactly
+
+
 def sample_from_logits(logits: Array, u: Array, cfg: SamplingConfig
                        ) -> tuple[Array, Array, Array]:
   """One token per row from float32 logits [R, V] and uniforms u [R] in [0, 1).
@@ -354,7 +366,7 @@ def sample_from_logits(logits: Array, u: Array, cfg: SamplingConfig
     return logits[rows, tok] - lse
 
   if cfg.greedy:
-    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    tok = _argmax(logits, m0)
     lse = m0 + jnp.log(jnp.sum(jnp.exp(logits - m0[:, None]), axis=-1))
     return tok, jnp.zeros((r,), jnp.float32), policy_lp(tok, lse)
 

@@ -337,6 +337,27 @@ def test_shared_prompt_cache_equals_per_row_cache(model, prompts, sampled_out):
                              atol=1e-5)
 
 
+def test_greedy_argmax_is_jnp_argmax():
+  """The greedy draw's argmax (max, then the first index that holds it) equals jnp.argmax on
+  every kind of row: distinct values, ties (the first wins), a NaN (the first NaN wins, as
+  jnp.argmax), all -inf, all equal, +inf; an odd vocabulary."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(9, 1001)).astype(np.float32)
+  x[1, [5, 700]] = 9.0                 # tie: the first
+  x[2, [40, 41]] = np.nan              # NaN: the first NaN
+  x[3] = -np.inf
+  x[4] = 0.5                           # all equal
+  x[5, 900] = np.inf
+  x[6, 1000] = 50.0                    # last index
+  x[7, 0] = 50.0                       # first index
+  x[8, [3, 800]] = [np.nan, np.inf]
+  x = jnp.asarray(x)
+  got = jax.jit(lambda x: S._argmax(x, jnp.max(x, axis=-1)))(x)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(x, axis=-1)))
+  tok, _, _ = jax.jit(lambda x: S.sample_from_logits(x, jnp.zeros(9), GREEDY))(x)
+  np.testing.assert_array_equal(np.asarray(tok), np.asarray(jnp.argmax(x, axis=-1)))
+
+
 def test_ahead_of_time_sampler_is_the_program_sample_runs(model, prompts, sampled_out):
   """`sampling.lower` (what the plan tool and the GPU suite compile) prepares the prompts as
   `sample` does (widths cut to the bucket, padding set to pad_id): its compiled program returns
