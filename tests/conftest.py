@@ -47,6 +47,27 @@ def fast_compiles_module(tmp_path_factory):
     yield
 
 
+# Longest files first. `-n 2 --dist loadfile` hands whole files to the two workers; with
+# xdist's default reordering (most tests first) the long end-to-end files came last and one
+# worker finished minutes before the other. Turning it off and collecting the files by their
+# measured time (`--durations=0`, per-file sums, heaviest first) makes it longest-first
+# scheduling; files not named keep their order after these.
+LONGEST_FIRST = ("test_synthetic_table.py", "test_plan.py", "test_lora.py", "test_train.py",
+                 "test_main.py", "test_multihost.py", "test_reliability.py",
+                 "test_reward_benchmarks.py", "test_multi_token_training.py", "test_pretrain.py",
+                 "test_packing.py", "test_cli.py")
+
+
+def pytest_configure(config):
+  if hasattr(config.option, "loadscopereorder"):  # pytest-xdist
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
 # Session fixtures for the end-to-end runs (tests/test_main.py, tests/test_multihost.py).
 
 from run_helpers import tiny_config  # noqa: E402
