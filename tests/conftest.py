@@ -52,10 +52,12 @@ def fast_compiles_module(tmp_path_factory):
 # worker finished minutes before the other. Turning it off and collecting the files by their
 # measured time (`--durations=0`, per-file sums, heaviest first) makes it longest-first
 # scheduling; files not named keep their order after these.
-LONGEST_FIRST = ("test_synthetic_table.py", "test_plan.py", "test_lora.py", "test_train.py",
-                 "test_main.py", "test_multihost.py", "test_reliability.py",
-                 "test_reward_benchmarks.py", "test_multi_token_training.py", "test_pretrain.py",
-                 "test_packing.py", "test_cli.py")
+LONGEST_FIRST = (  # per-file sums, heaviest first (2026-12-08, 2-core EPYC, 500 tests)
+    "test_synthetic_table.py", "test_train.py", "test_plan.py", "test_main.py", "test_lora.py",
+    "test_sampling.py", "test_reliability.py", "test_model.py", "test_objectives.py",
+    "test_multihost.py", "test_reward_benchmarks.py", "test_multi_token_training.py",
+    "test_attention.py", "test_packing.py", "test_pretrain.py", "test_bad_input.py",
+    "test_judging.py", "test_cli.py", "test_serve.py", "test_scales.py")
 
 
 def pytest_configure(config):
