@@ -48,10 +48,11 @@ def fast_compiles_module(tmp_path_factory):
 
 
 # Longest files first. `-n 2 --dist loadfile` hands whole files to the two workers; with
-# xdist's default reordering (most tests first) the long end-to-end files came last and one
-# worker finished minutes before the other. Turning it off and collecting the files by their
-# measured time (`--durations=0`, per-file sums, heaviest first) makes it longest-first
-# scheduling; files not named keep their order after these.
+# xdist's default reordering (most tests first) the long end-to-end files, which have few tests,
+# were handed out last. Turning it off and collecting the files by their measured time
+# (`--durations=0`, per-file sums, heaviest first) starts the long files first (xdist hands a
+# worker its next file when at most 2 of its tests remain, so the order is approximately
+# longest-first); files not named keep their order after these.
 LONGEST_FIRST = (  # per-file sums, heaviest first (2026-12-08, 2-core EPYC, 500 tests)
     "test_synthetic_table.py", "test_train.py", "test_plan.py", "test_main.py", "test_lora.py",
     "test_sampling.py", "test_reliability.py", "test_model.py", "test_objectives.py",

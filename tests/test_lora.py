@@ -90,7 +90,7 @@ def test_adapter_equals_the_dense_update_in_logits_and_gradients():
                                jax.tree_util.tree_flatten_with_path(g2)[0]):
     scale = float(jnp.abs(y).max())  # float32 sums in two association orders: error ~ scale
     assert float(jnp.abs(x).max()) > 0, models.param_path(path)
-    np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4 * scale, err_msg=models.param_path(path))
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-4 * scale, err_msg=models.param_path(path))
 
 
 def test_optimizer_state_holds_only_the_adapters():
