@@ -53,7 +53,7 @@ def fast_compiles_module(tmp_path_factory):
 # (`--durations=0`, per-file sums, heaviest first) starts the long files first (xdist hands a
 # worker its next file when at most 2 of its tests remain, so the order is approximately
 # longest-first); files not named keep their order after these.
-LONGEST_FIRST = (  # per-file sums, heaviest first (2026-12-08, 2-core EPYC, 500 tests)
+LONGEST_FIRST = (  # per-file sums, heaviest first (2026-12-08, 2-core EPYC, beside 2 training runs)
     "test_synthetic_table.py", "test_train.py", "test_plan.py", "test_main.py", "test_lora.py",
     "test_sampling.py", "test_reliability.py", "test_model.py", "test_objectives.py",
     "test_multihost.py", "test_reward_benchmarks.py", "test_multi_token_training.py",
